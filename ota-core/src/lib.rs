@@ -1,1 +1,13 @@
 #![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+//! ota-core: placeholder crate root while modules land.
+
+extern crate alloc;
+
+pub mod downlink;
+pub mod error;
+pub mod identity;
+pub mod task;
+pub mod time;
+pub mod uplink;

@@ -1,0 +1,336 @@
+//! The lenient parser for upgrade pushes and firmware/get replies (PROTOCOL.md §3).
+//!
+//! Lenient where the platform is inconsistent (id number or string, code string or
+//! number, size number or digit string, signMethod in any case, hex in either case,
+//! unknown keys), strict where a mistake would install the wrong thing. Every
+//! rejection carries a reason that names the offending field.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::identity::{is_valid_module, is_valid_version, DEFAULT_MODULE};
+use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
+
+/// Longest `extData` accepted, in bytes of JSON text (PROTOCOL.md §8).
+pub const MAX_EXT_DATA_LEN: usize = 4096;
+
+/// What a device accepts; the parser checks tasks against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRules {
+    /// Accept `http://` URLs (only for local testing; real downloads are HTTPS).
+    pub allow_http: bool,
+    /// Largest image that fits the slot.
+    pub max_image_size: u64,
+    /// Largest downlink message parsed; longer ones are rejected unread.
+    pub max_message_len: usize,
+}
+
+impl Default for TaskRules {
+    fn default() -> Self {
+        TaskRules {
+            allow_http: false,
+            max_image_size: 1000 * 1024 * 1024,
+            max_message_len: 16 * 1024,
+        }
+    }
+}
+
+/// Why a downlink message was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Human-readable reason, sent as the `desc` of the `-1` report.
+    pub reason: String,
+    /// The task's module, when it could be read (the report names it).
+    pub module: Option<String>,
+}
+
+impl core::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+fn reject(reason: impl Into<String>) -> Rejection {
+    Rejection {
+        reason: reason.into(),
+        module: None,
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    code: Option<Value>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct Data<'a> {
+    size: Option<Value>,
+    version: Option<Value>,
+    url: Option<Value>,
+    md5: Option<Value>,
+    sign: Option<Value>,
+    #[serde(rename = "signMethod")]
+    sign_method: Option<Value>,
+    module: Option<Value>,
+    #[serde(rename = "isDiff")]
+    is_diff: Option<Value>,
+    #[serde(rename = "extData", borrow)]
+    ext_data: Option<&'a RawValue>,
+    digestsign: Option<Value>,
+    #[serde(rename = "dProtocol")]
+    d_protocol: Option<Value>,
+    #[serde(rename = "streamId")]
+    stream_id: Option<Value>,
+    #[serde(rename = "streamFileId")]
+    stream_file_id: Option<Value>,
+    files: Option<Value>,
+}
+
+/// Parses an upgrade push (`/ota/device/upgrade/...`). A push always carries a task.
+pub fn parse_push(payload: &[u8], rules: &TaskRules) -> Result<Task, Rejection> {
+    parse_envelope(payload, rules)?.ok_or_else(|| reject("push data is empty: no task in it"))
+}
+
+/// Parses a firmware/get reply; `Ok(None)` when `data` is `{}` (no task pending).
+pub fn parse_get_reply(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rejection> {
+    parse_envelope(payload, rules)
+}
+
+fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rejection> {
+    if payload.len() > rules.max_message_len {
+        return Err(reject(format!(
+            "message of {} bytes exceeds the {} byte limit",
+            payload.len(),
+            rules.max_message_len
+        )));
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(payload).map_err(|e| reject(format!("invalid json: {e}")))?;
+    check_code(envelope.code.as_ref())?;
+    let raw = envelope
+        .data
+        .ok_or_else(|| reject("no data object in the message"))?;
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(reject("data is not an object"));
+    }
+    let data: Data = serde_json::from_str(raw.get())
+        .map_err(|e| reject(format!("invalid json in data: {e}")))?;
+    if is_empty(&data) {
+        return Ok(None);
+    }
+    let module = match &data.module {
+        None | Some(Value::Null) => String::from(DEFAULT_MODULE),
+        Some(Value::String(m)) if is_valid_module(m) => m.clone(),
+        Some(_) => {
+            return Err(reject(
+                "module must be 1 to 64 characters of [A-Za-z0-9._-]",
+            ))
+        }
+    };
+    let message_id = match &envelope.id {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    build_task(&data, message_id, module.clone(), rules)
+        .map(Some)
+        .map_err(|reason| Rejection {
+            reason,
+            module: Some(module),
+        })
+}
+
+fn check_code(code: Option<&Value>) -> Result<(), Rejection> {
+    let ok = match code {
+        None => true,
+        Some(Value::String(s)) => s == "1000" || s == "200",
+        Some(Value::Number(n)) => n.as_u64() == Some(1000) || n.as_u64() == Some(200),
+        Some(_) => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(reject("message code is not a success code (1000 or 200)"))
+    }
+}
+
+fn is_empty(d: &Data) -> bool {
+    d.size.is_none()
+        && d.version.is_none()
+        && d.url.is_none()
+        && d.md5.is_none()
+        && d.sign.is_none()
+        && d.sign_method.is_none()
+        && d.module.is_none()
+        && d.d_protocol.is_none()
+        && d.stream_id.is_none()
+        && d.files.is_none()
+}
+
+fn build_task(
+    data: &Data,
+    message_id: String,
+    module: String,
+    rules: &TaskRules,
+) -> Result<Task, String> {
+    let version = match &data.version {
+        Some(Value::String(v)) if is_valid_version(v) => v.clone(),
+        Some(Value::String(_)) => {
+            return Err("version must be 1 to 64 characters of [A-Za-z0-9._-]".into())
+        }
+        Some(_) => return Err("version must be a string".into()),
+        None => return Err("no version in the task".into()),
+    };
+    let size = match data.size.as_ref().map(unsigned) {
+        Some(Some(0)) => return Err("size must be greater than 0".into()),
+        Some(Some(n)) => n,
+        Some(None) => return Err("size must be a positive integer".into()),
+        None => return Err("no size in the task".into()),
+    };
+    if size > rules.max_image_size {
+        return Err(format!(
+            "image size {size} exceeds the slot capacity of {} bytes",
+            rules.max_image_size
+        ));
+    }
+    let digest = expected_digest(data)?;
+    if data.files.is_some() {
+        return Err("multi-file tasks (data.files) are not supported by this device".into());
+    }
+    let channel = channel(data, rules)?;
+    let is_diff =
+        matches!(&data.is_diff, Some(v) if unsigned(v) == Some(1) || v == &Value::Bool(true));
+    let ext_data = match data.ext_data {
+        Some(raw) if raw.get().len() > MAX_EXT_DATA_LEN => {
+            return Err(format!("extData longer than {MAX_EXT_DATA_LEN} bytes"))
+        }
+        Some(raw) if raw.get() != "null" => Some(String::from(raw.get())),
+        _ => None,
+    };
+    let digestsign = match &data.digestsign {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    Ok(Task {
+        message_id,
+        version,
+        module,
+        size,
+        digest,
+        channel,
+        is_diff,
+        ext_data,
+        digestsign,
+    })
+}
+
+/// `sign` with `signMethod` when both are present and the method is known, else `md5`.
+fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
+    let method = match &data.sign_method {
+        Some(Value::String(m)) if m.eq_ignore_ascii_case("md5") => Some(Ok(DigestMethod::Md5)),
+        Some(Value::String(m))
+            if m.eq_ignore_ascii_case("sha256") || m.eq_ignore_ascii_case("sha-256") =>
+        {
+            Some(Ok(DigestMethod::Sha256))
+        }
+        Some(Value::String(m)) => Some(Err(m.as_str())),
+        Some(_) => Some(Err("?")),
+        None => None,
+    };
+    let sign = match &data.sign {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let md5 = match &data.md5 {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    match (method, sign, md5) {
+        (Some(Ok(method)), Some(sign), _) => {
+            ExpectedDigest::from_hex(method, sign).ok_or_else(|| {
+                format!(
+                    "{} digest in sign must be {} hex characters",
+                    method.name(),
+                    method.len() * 2
+                )
+            })
+        }
+        (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, md5)
+            .ok_or_else(|| "md5 digest must be 32 hex characters".into()),
+        (Some(Err(m)), _, None) => Err(format!(
+            "unsupported signMethod {m:?} and no md5 digest to fall back on"
+        )),
+        (Some(Ok(_)), None, None) => Err("signMethod given but no sign digest".into()),
+        (None, Some(_), None) => Err("sign digest without a signMethod".into()),
+        (None, None, None) => Err("no digest (md5 or sign) in the task".into()),
+    }
+}
+
+fn channel(data: &Data, rules: &TaskRules) -> Result<Channel, String> {
+    let mqtt = match &data.d_protocol {
+        Some(Value::String(p)) if p.eq_ignore_ascii_case("mqtt") => true,
+        Some(Value::String(p))
+            if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https") =>
+        {
+            false
+        }
+        None | Some(Value::Null) => false,
+        Some(_) => return Err("unsupported dProtocol (expected mqtt or https)".into()),
+    };
+    if mqtt {
+        let stream_id = data
+            .stream_id
+            .as_ref()
+            .and_then(unsigned)
+            .ok_or("MQTT-channel task without a numeric streamId")?;
+        let file_id = match &data.stream_file_id {
+            None => 1,
+            Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
+        };
+        return Ok(Channel::Mqtt { stream_id, file_id });
+    }
+    let url = match &data.url {
+        Some(Value::String(u)) => u,
+        Some(_) => return Err("url must be a string".into()),
+        None => return Err("no url in the task (and dProtocol is not mqtt)".into()),
+    };
+    let scheme_end = url.find("://").unwrap_or(0);
+    let scheme = &url[..scheme_end];
+    let scheme_ok = scheme.eq_ignore_ascii_case("https")
+        || (rules.allow_http && scheme.eq_ignore_ascii_case("http"));
+    if !scheme_ok {
+        return Err(if scheme.eq_ignore_ascii_case("http") {
+            "url is plain http, and this device only downloads over https".into()
+        } else {
+            "url scheme is not https".into()
+        });
+    }
+    if url.len() <= scheme_end + 3 || url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("url has no host, or contains spaces or control characters".into());
+    }
+    Ok(Channel::Http { url: url.clone() })
+}
+
+/// A non-negative integer from a JSON number or a string of ASCII digits.
+fn unsigned(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s)
+            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

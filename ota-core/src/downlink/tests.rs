@@ -1,0 +1,173 @@
+use super::*;
+use alloc::vec::Vec;
+
+const DOWNLINK: &str = include_str!("../../testdata/downlink.json");
+
+fn rules() -> TaskRules {
+    TaskRules {
+        allow_http: false,
+        max_image_size: 100 * 1024 * 1024,
+        max_message_len: 16 * 1024,
+    }
+}
+
+#[test]
+fn every_downlink_vector_parses_as_expected() {
+    let doc: Value = serde_json::from_str(DOWNLINK).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 27);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let payload = case["payload"].as_str().unwrap().as_bytes();
+        let expect = &case["expect"];
+        let parsed = match case["kind"].as_str().unwrap() {
+            "push" => parse_push(payload, &rules()).map(Some),
+            "get_reply" => parse_get_reply(payload, &rules()),
+            other => panic!("unknown kind {other}"),
+        };
+        if expect["ok"] == Value::Bool(false) {
+            let rejection = parsed.expect_err(name);
+            let word = expect["reason_mentions"].as_str().unwrap();
+            assert!(
+                rejection.reason.to_lowercase().contains(word),
+                "{name}: reason {:?} should mention {word:?}",
+                rejection.reason
+            );
+            continue;
+        }
+        let parsed = parsed.unwrap_or_else(|r| panic!("{name}: rejected: {r}"));
+        if expect["no_task"] == Value::Bool(true) {
+            assert!(parsed.is_none(), "{name}");
+            continue;
+        }
+        let task = parsed.expect(name);
+        assert_eq!(task.version, expect["version"].as_str().unwrap(), "{name}");
+        assert_eq!(task.size, expect["size"].as_u64().unwrap(), "{name}");
+        assert_eq!(task.module, expect["module"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            task.digest.method().name(),
+            expect["digest_method"].as_str().unwrap(),
+            "{name}"
+        );
+        let mut hex = [0u8; 64];
+        assert_eq!(
+            task.digest.to_hex(&mut hex),
+            expect["digest"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            task.is_diff,
+            expect["is_diff"] == Value::Bool(true),
+            "{name}"
+        );
+        match (&task.channel, expect["channel"].as_str().unwrap()) {
+            (Channel::Http { url }, "http") => assert!(url.starts_with("https://")),
+            (Channel::Mqtt { stream_id, file_id }, "mqtt") => {
+                assert_eq!(*stream_id, expect["stream_id"].as_u64().unwrap());
+                assert_eq!(*file_id, expect["stream_file_id"].as_u64().unwrap());
+            }
+            (c, e) => panic!("{name}: channel {c:?}, expected {e}"),
+        }
+    }
+}
+
+#[test]
+fn ext_data_and_digestsign_are_handed_over_untouched() {
+    let doc: Value = serde_json::from_str(DOWNLINK).unwrap();
+    let payload = doc["cases"][1]["payload"].as_str().unwrap();
+    let task = parse_push(payload.as_bytes(), &rules()).unwrap();
+    assert_eq!(
+        task.ext_data.as_deref(),
+        Some(r#"{"key1":"value1","_package_udi":"{\"ota_notice\":\"hello\"}"}"#)
+    );
+    assert_eq!(task.digestsign.as_deref(), Some("A4WOP"));
+    assert_eq!(task.message_id, "1626969597470");
+}
+
+#[test]
+fn the_seed_push_with_its_line_wrapped_url_is_refused_with_a_url_reason() {
+    // The seed document's url contains the spaces of its line wrap; a real parser sees them.
+    let payload = r#"{"code":"1000","data":{"size":432945,"version":"2.0.0","url":"https://h/nopoll.tar.gz?    Expires=1502955804","md5":"93230c3bde425a9d7984a594ac55ea1e"},"id":1507707025,"message":"success"}"#;
+    let r = parse_push(payload.as_bytes(), &rules()).unwrap_err();
+    assert!(r.reason.contains("url"), "{r}");
+}
+
+#[test]
+fn the_protocol_page_push_parses() {
+    let payload = r#"{"code":"1000","data":{"size":432945,"version":"2.0.0","url":"https://host/path/fw.bin?Expires=1502955804&OSSAccessKeyId=XXX&Signature=abc%3D","md5":"93230c3bde425a9d7984a594ac55ea1e","sign":"93230c3bde425a9d7984a594ac55ea1e","signMethod":"Md5","module":"MCU","isDiff":1,"extData":{"key1":"value1","_package_udi":"{\"k\":\"v\"}"}},"id":1626969597470,"message":"success"}"#;
+    let task = parse_push(payload.as_bytes(), &rules()).unwrap();
+    assert_eq!(task.module, "MCU");
+    assert!(task.is_diff);
+    assert_eq!(
+        task.url(),
+        Some("https://host/path/fw.bin?Expires=1502955804&OSSAccessKeyId=XXX&Signature=abc%3D")
+    );
+    let get = r#"{"id":"3","code":200,"data":{},"message":"success"}"#;
+    assert_eq!(parse_get_reply(get.as_bytes(), &rules()), Ok(None));
+}
+
+#[test]
+fn oversized_messages_are_refused_before_parsing() {
+    let mut payload: Vec<u8> = Vec::new();
+    payload.extend_from_slice(br#"{"code":"1000","data":{"url":""#);
+    payload.resize(20_000, b'a');
+    let r = parse_push(&payload, &rules()).unwrap_err();
+    assert!(r.reason.contains("limit"), "{r}");
+}
+
+#[test]
+fn slot_capacity_http_policy_and_codes_are_enforced() {
+    let small = TaskRules {
+        max_image_size: 100,
+        ..rules()
+    };
+    let push = r#"{"code":"1000","data":{"size":101,"version":"1","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e","module":"MCU"}}"#;
+    let r = parse_push(push.as_bytes(), &small).unwrap_err();
+    assert!(
+        r.reason.contains("size") && r.reason.contains("capacity"),
+        "{r}"
+    );
+    assert_eq!(r.module.as_deref(), Some("MCU"));
+
+    let http = r#"{"code":"1000","data":{"size":10,"version":"1","url":"http://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"}}"#;
+    let lax = TaskRules {
+        allow_http: true,
+        ..rules()
+    };
+    assert!(parse_push(http.as_bytes(), &lax).is_ok());
+
+    let failed = r#"{"code":"9201","data":{},"message":"device not found"}"#;
+    assert!(parse_get_reply(failed.as_bytes(), &rules())
+        .unwrap_err()
+        .reason
+        .contains("code"));
+}
+
+#[test]
+fn duplicate_keys_and_bad_field_types_are_refused() {
+    let dup = r#"{"code":"1000","data":{"size":10,"size":11,"version":"1","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"}}"#;
+    assert!(parse_push(dup.as_bytes(), &rules()).is_err());
+    let bad_module = r#"{"code":"1000","data":{"size":10,"version":"1","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e","module":"a/b"}}"#;
+    assert!(parse_push(bad_module.as_bytes(), &rules())
+        .unwrap_err()
+        .reason
+        .contains("module"));
+    let num_version = r#"{"code":"1000","data":{"size":10,"version":2,"url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"}}"#;
+    assert!(parse_push(num_version.as_bytes(), &rules())
+        .unwrap_err()
+        .reason
+        .contains("version"));
+    let files = r#"{"code":"1000","data":{"version":"1","size":3,"md5":"93230c3bde425a9d7984a594ac55ea1e","files":[]}}"#;
+    assert!(parse_push(files.as_bytes(), &rules())
+        .unwrap_err()
+        .reason
+        .contains("multi-file"));
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        let _ = parse_push(&bytes, &rules());
+        let _ = parse_get_reply(&bytes, &rules());
+    }
+}

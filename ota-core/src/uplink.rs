@@ -1,0 +1,202 @@
+//! Encoders for what the device sends (PROTOCOL.md §2, §3, §4, §6): compact JSON, byte-exact.
+//!
+//! They append to a caller's buffer so that the agent can reuse one arena and send
+//! progress without allocating once the arena has grown to its working size.
+
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use crate::identity::DEFAULT_MODULE;
+
+/// A failure code of the progress topic (PROTOCOL.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureCode {
+    /// `-1`: the upgrade failed (invalid task, rollback, anything not below).
+    UpgradeFailed,
+    /// `-2`: the download failed.
+    DownloadFailed,
+    /// `-3`: the image did not verify.
+    VerifyFailed,
+    /// `-4`: writing or activating the image failed.
+    FlashFailed,
+}
+
+impl FailureCode {
+    /// The step value sent on the wire.
+    pub fn step(self) -> i8 {
+        match self {
+            FailureCode::UpgradeFailed => -1,
+            FailureCode::DownloadFailed => -2,
+            FailureCode::VerifyFailed => -3,
+            FailureCode::FlashFailed => -4,
+        }
+    }
+}
+
+/// A progress step: a percentage in 1..=100 or a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// 1..=100 percent (0 is never sent: the platform reads it as a failure).
+    Percent(u8),
+    /// A failure code.
+    Failed(FailureCode),
+}
+
+impl Step {
+    fn value(self) -> i16 {
+        match self {
+            Step::Percent(p) => i16::from(p.clamp(1, 100)),
+            Step::Failed(code) => i16::from(code.step()),
+        }
+    }
+}
+
+/// `{"id":"1","params":{"version":"1.2.0"[,"module":"MCU"]}}` on the inform topic. The legacy
+/// request topic takes the same shape.
+pub fn encode_inform(out: &mut Vec<u8>, id: u64, version: &str, module: &str) {
+    open_params(out, id);
+    out.extend_from_slice(b"\"version\":");
+    push_json_str(out, version);
+    push_module(out, module);
+    out.extend_from_slice(b"}}");
+}
+
+/// `{"id":"4","params":{"step":"37","desc":"downloading"[,"module":"MCU"]}}` on the progress topic.
+pub fn encode_progress(out: &mut Vec<u8>, id: u64, step: Step, desc: &str, module: &str) {
+    open_params(out, id);
+    let _ = write!(ByteWriter(out), "\"step\":\"{}\",\"desc\":", step.value());
+    push_json_str(out, desc);
+    push_module(out, module);
+    out.extend_from_slice(b"}}");
+}
+
+/// `{"id":"3","version":"1.0","params":{["module":"MCU"]},"method":"thing.ota.firmware.get"}`.
+pub fn encode_firmware_get(out: &mut Vec<u8>, id: u64, module: &str) {
+    open_id(out, id);
+    out.extend_from_slice(b",\"version\":\"1.0\",\"params\":{");
+    if module != DEFAULT_MODULE {
+        out.extend_from_slice(b"\"module\":");
+        push_json_str(out, module);
+    }
+    out.extend_from_slice(b"},\"method\":\"thing.ota.firmware.get\"}");
+}
+
+fn open_id(out: &mut Vec<u8>, id: u64) {
+    let _ = write!(ByteWriter(out), "{{\"id\":\"{id}\"");
+}
+
+fn open_params(out: &mut Vec<u8>, id: u64) {
+    open_id(out, id);
+    out.extend_from_slice(b",\"params\":{");
+}
+
+fn push_module(out: &mut Vec<u8>, module: &str) {
+    if module != DEFAULT_MODULE {
+        out.extend_from_slice(b",\"module\":");
+        push_json_str(out, module);
+    }
+}
+
+/// Appends `s` as a JSON string literal (RFC 8259 escaping).
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(ByteWriter(out), "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Lets `write!` append to a byte vector without an intermediate `String`.
+pub(crate) struct ByteWriter<'a>(pub &'a mut Vec<u8>);
+
+impl core::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+
+    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    // The cases of PROTOCOL.md's vectors/uplink.json, byte for byte.
+    #[test]
+    fn inform_matches_the_vectors() {
+        assert_eq!(
+            text(|o| encode_inform(o, 1, "1.2.0", "default")),
+            r#"{"id":"1","params":{"version":"1.2.0"}}"#
+        );
+        assert_eq!(
+            text(|o| encode_inform(o, 2, "0.9.3", "MCU")),
+            r#"{"id":"2","params":{"version":"0.9.3","module":"MCU"}}"#
+        );
+    }
+
+    #[test]
+    fn progress_matches_the_vectors() {
+        assert_eq!(
+            text(|o| encode_progress(o, 4, Step::Percent(37), "downloading", "MCU")),
+            r#"{"id":"4","params":{"step":"37","desc":"downloading","module":"MCU"}}"#
+        );
+        assert_eq!(
+            text(|o| encode_progress(
+                o,
+                5,
+                Step::Failed(FailureCode::VerifyFailed),
+                "md5 mismatch",
+                "default"
+            )),
+            r#"{"id":"5","params":{"step":"-3","desc":"md5 mismatch"}}"#
+        );
+    }
+
+    #[test]
+    fn firmware_get_matches_the_vectors() {
+        assert_eq!(
+            text(|o| encode_firmware_get(o, 3, "MCU")),
+            r#"{"id":"3","version":"1.0","params":{"module":"MCU"},"method":"thing.ota.firmware.get"}"#
+        );
+        assert_eq!(
+            text(|o| encode_firmware_get(o, 6, "default")),
+            r#"{"id":"6","version":"1.0","params":{},"method":"thing.ota.firmware.get"}"#
+        );
+    }
+
+    #[test]
+    fn ids_beyond_u32_and_percent_zero_is_never_sent() {
+        assert_eq!(
+            text(|o| encode_progress(o, 1_626_969_597_470, Step::Percent(0), "x", "default")),
+            r#"{"id":"1626969597470","params":{"step":"1","desc":"x"}}"#
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaped_strings_round_trip_through_a_json_parser(s in ".*") {
+            let encoded = text(|o| push_json_str(o, &s));
+            let decoded: String = serde_json::from_str(&encoded).unwrap();
+            proptest::prop_assert_eq!(decoded, s);
+        }
+    }
+}
