@@ -5,9 +5,12 @@
 
 extern crate alloc;
 
+pub mod backoff;
+pub mod digest;
 pub mod downlink;
 pub mod error;
 pub mod identity;
+pub mod record;
 pub mod task;
 pub mod time;
 pub mod uplink;

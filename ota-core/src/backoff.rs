@@ -1,0 +1,64 @@
+//! Jittered exponential back-off from a seeded generator (the core has no randomness of its own).
+
+use core::time::Duration;
+
+/// Back-off delays: `base * 2^attempt`, capped at `max`, with "equal jitter" (a uniform
+/// draw in the upper half) so that a fleet of devices does not retry in lockstep.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    state: u64,
+}
+
+impl Backoff {
+    /// A generator seeded with `seed` (give each device a different one).
+    pub fn new(base: Duration, max: Duration, seed: u64) -> Self {
+        Backoff {
+            base,
+            max: max.max(base),
+            state: seed,
+        }
+    }
+
+    /// The delay before retry number `attempt` (0 for the first retry).
+    pub fn delay(&mut self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        let half = ms / 2;
+        Duration::from_millis(half + self.next() % (ms - half + 1))
+    }
+
+    /// splitmix64: tiny, and good enough to spread retries.
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_stay_within_bounds_and_differ_between_seeds() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        let mut a = Backoff::new(base, max, 1);
+        let mut b = Backoff::new(base, max, 2);
+        let mut differ = false;
+        for attempt in 0..40 {
+            let ceiling = base.saturating_mul(1 << attempt.min(20)).min(max);
+            let d = a.delay(attempt);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+            differ |= d != b.delay(attempt);
+        }
+        assert!(differ);
+    }
+}

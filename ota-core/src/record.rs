@@ -1,0 +1,309 @@
+//! The saved record: what survives a power loss (DESIGN.md "The saved record").
+//!
+//! A small, versioned binary encoding with a CRC-32 at the end. The adapter stores it
+//! atomically; the agent hands it back at boot. A record that does not decode is not an
+//! error: the agent starts clean and says what it found.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
+
+const MAGIC: &[u8; 4] = b"OTAR";
+const FORMAT: u8 = 1;
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Where an upgrade stood when the record was saved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Downloading: bytes `0..offset` are written, and `digest_state` is the digest's
+    /// mid-state over exactly those bytes.
+    Downloading {
+        /// Durable offset.
+        offset: u64,
+        /// Serialized digest mid-state at `offset`.
+        digest_state: Vec<u8>,
+    },
+    /// The image verified and the device is switching to it.
+    Activating,
+    /// The new image failed its health check; the device is going back.
+    RollingBack,
+}
+
+/// The identity of the image being installed, as far as resuming needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageId {
+    /// Module.
+    pub module: String,
+    /// Target version.
+    pub version: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Expected digest.
+    pub digest: ExpectedDigest,
+    /// `Some((stream_id, file_id))` for an MQTT-channel image.
+    pub mqtt_stream: Option<(u64, u64)>,
+}
+
+impl ImageId {
+    /// The identity of `task`'s image.
+    pub fn of(task: &Task) -> Self {
+        ImageId {
+            module: task.module.clone(),
+            version: task.version.clone(),
+            size: task.size,
+            digest: task.digest,
+            mqtt_stream: match task.channel {
+                Channel::Mqtt { stream_id, file_id } => Some((stream_id, file_id)),
+                Channel::Http { .. } => None,
+            },
+        }
+    }
+
+    /// True when `task` describes this image (its URL or stream may be new).
+    pub fn matches(&self, task: &Task) -> bool {
+        self.module == task.module
+            && self.version == task.version
+            && self.size == task.size
+            && self.digest == task.digest
+            && self.mqtt_stream.is_some() == matches!(task.channel, Channel::Mqtt { .. })
+    }
+}
+
+/// Everything the agent persists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The image being installed.
+    pub image: ImageId,
+    /// The version that was running when the upgrade began (rollback target).
+    pub previous_version: String,
+    /// Where the upgrade stood.
+    pub phase: Phase,
+}
+
+/// Why a saved record could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Not a record of this project (or an erased slot).
+    #[error("not an OTA record (bad magic)")]
+    BadMagic,
+    /// Written by a newer format.
+    #[error("record format {0} is not supported")]
+    UnsupportedFormat(u8),
+    /// Bytes damaged (a torn or partial save).
+    #[error("record checksum mismatch")]
+    BadChecksum,
+    /// Structurally invalid despite a good checksum.
+    #[error("record fields are invalid")]
+    Invalid,
+}
+
+impl Record {
+    /// Appends the encoding of the record to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT);
+        let (phase, offset, state): (u8, u64, &[u8]) = match &self.phase {
+            Phase::Downloading {
+                offset,
+                digest_state,
+            } => (0, *offset, digest_state),
+            Phase::Activating => (1, 0, &[]),
+            Phase::RollingBack => (2, 0, &[]),
+        };
+        out.push(phase);
+        push_str(out, &self.image.module);
+        push_str(out, &self.image.version);
+        push_str(out, &self.previous_version);
+        out.extend_from_slice(&self.image.size.to_le_bytes());
+        out.push(match self.image.digest.method() {
+            DigestMethod::Md5 => 0,
+            DigestMethod::Sha256 => 1,
+        });
+        out.extend_from_slice(self.image.digest.bytes());
+        match self.image.mqtt_stream {
+            None => out.push(0),
+            Some((stream, file)) => {
+                out.push(1);
+                out.extend_from_slice(&stream.to_le_bytes());
+                out.extend_from_slice(&file.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.push(u8::try_from(state.len()).unwrap_or(0));
+        out.extend_from_slice(if state.len() <= 255 { state } else { &[] });
+        let crc = CRC.checksum(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes a record saved by [`Record::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+        if bytes.len() < 5 || &bytes[..4] != MAGIC {
+            return Err(RecordError::BadMagic);
+        }
+        if bytes[4] != FORMAT {
+            return Err(RecordError::UnsupportedFormat(bytes[4]));
+        }
+        let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
+        if crc.len() != 4
+            || CRC.checksum(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
+        {
+            return Err(RecordError::BadChecksum);
+        }
+        let mut r = Reader(&body[5..]);
+        Self::decode_fields(&mut r)
+            .filter(|_| r.0.is_empty())
+            .ok_or(RecordError::Invalid)
+    }
+
+    fn decode_fields(r: &mut Reader) -> Option<Record> {
+        let phase = r.u8()?;
+        let module = r.string()?;
+        let version = r.string()?;
+        let previous_version = r.string()?;
+        let size = r.u64()?;
+        let method = match r.u8()? {
+            0 => DigestMethod::Md5,
+            1 => DigestMethod::Sha256,
+            _ => return None,
+        };
+        let digest = ExpectedDigest::new(method, r.take(method.len())?)?;
+        let mqtt_stream = match r.u8()? {
+            0 => None,
+            1 => Some((r.u64()?, r.u64()?)),
+            _ => return None,
+        };
+        let offset = r.u64()?;
+        let state_len = usize::from(r.u8()?);
+        let digest_state = r.take(state_len)?.to_vec();
+        let phase = match phase {
+            0 if offset <= size => Phase::Downloading {
+                offset,
+                digest_state,
+            },
+            1 => Phase::Activating,
+            2 => Phase::RollingBack,
+            _ => return None,
+        };
+        Some(Record {
+            image: ImageId {
+                module,
+                version,
+                size,
+                digest,
+                mqtt_stream,
+            },
+            previous_version,
+            phase,
+        })
+    }
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Module and version names are at most 64 bytes; validated before they get here.
+    let bytes = &s.as_bytes()[..s.len().min(255)];
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = usize::from(self.u8()?);
+        core::str::from_utf8(self.take(n)?).ok().map(String::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(phase: Phase, mqtt: bool) -> Record {
+        Record {
+            image: ImageId {
+                module: "MCU".into(),
+                version: "2.0.0".into(),
+                size: 432_945,
+                digest: ExpectedDigest::from_hex(DigestMethod::Sha256, &"ab".repeat(32)).unwrap(),
+                mqtt_stream: mqtt.then_some((1_397_345, 1)),
+            },
+            previous_version: "1.0.0".into(),
+            phase,
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut state = Vec::new();
+        crate::digest::Hasher::new(DigestMethod::Sha256).save_state(&mut state);
+        for (phase, mqtt) in [
+            (
+                Phase::Downloading {
+                    offset: 4096,
+                    digest_state: state,
+                },
+                false,
+            ),
+            (Phase::Activating, true),
+            (Phase::RollingBack, false),
+        ] {
+            let record = sample(phase, mqtt);
+            let mut bytes = Vec::new();
+            record.encode(&mut bytes);
+            assert!(bytes.len() < 400, "{} bytes", bytes.len());
+            assert_eq!(Record::decode(&bytes), Ok(record));
+        }
+    }
+
+    #[test]
+    fn damaged_records_are_refused_never_misread() {
+        let mut bytes = Vec::new();
+        sample(Phase::Activating, false).encode(&mut bytes);
+        for cut in 0..bytes.len() {
+            assert!(
+                Record::decode(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes"
+            );
+        }
+        for i in 5..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x10;
+            assert_eq!(
+                Record::decode(&flipped),
+                Err(RecordError::BadChecksum),
+                "byte {i}"
+            );
+        }
+        assert_eq!(Record::decode(&[0xff; 64]), Err(RecordError::BadMagic));
+        let mut future = bytes.clone();
+        future[4] = 9;
+        assert_eq!(
+            Record::decode(&future),
+            Err(RecordError::UnsupportedFormat(9))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = Record::decode(&bytes);
+        }
+    }
+}
