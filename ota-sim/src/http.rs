@@ -1,0 +1,249 @@
+//! The firmware server: signed URLs, `Range` requests and the per-device faults, plus the JSON
+//! status page. It speaks plain HTTP/1.1; a TLS acceptor would wrap the listener in `spawn`.
+
+use crate::faults::{body_stream, BodyPlan, Fault};
+use crate::signing::{SignedQuery, UrlError};
+use crate::{DeviceId, PackageId, Shared};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// One firmware request as the server answered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DownloadRecord {
+    /// The device the URL was issued to (`None` when the signature did not check out).
+    pub device: Option<DeviceId>,
+    /// HTTP status sent.
+    pub status: u16,
+    /// The `Range` header, as sent.
+    pub range: Option<String>,
+    /// Body bytes promised by `Content-Length`.
+    pub content_length: u64,
+}
+
+/// A `Range: bytes=...` header with one range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeSpec {
+    From(u64),
+    FromTo(u64, u64),
+    Suffix(u64),
+}
+
+/// Parses a single byte range; anything else is ignored as RFC 9110 allows.
+fn parse_range(value: &str) -> Option<RangeSpec> {
+    let spec = value.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        (false, true) => Some(RangeSpec::From(num(a)?)),
+        (false, false) => {
+            let (a, b) = (num(a)?, num(b)?);
+            (a <= b).then_some(RangeSpec::FromTo(a, b))
+        }
+        (true, false) => Some(RangeSpec::Suffix(num(b)?)),
+        (true, true) => None,
+    }
+}
+
+/// The half-open byte span a range selects, or `None` when it is unsatisfiable (416).
+fn resolve(spec: RangeSpec, size: u64) -> Option<(u64, u64)> {
+    match spec {
+        RangeSpec::From(n) => (n < size).then_some((n, size)),
+        RangeSpec::FromTo(n, m) => (n < size).then_some((n, (m + 1).min(size))),
+        RangeSpec::Suffix(k) => (k > 0 && size > 0).then_some((size - k.min(size), size)),
+    }
+}
+
+fn xml_error(status: u16, code: &str, message: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\n  <Code>{code}</Code>\n  \
+         <Message>{message}</Message>\n  <RequestId>ota-sim</RequestId>\n  \
+         <HostId>ota-sim</HostId>\n</Error>\n"
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/xml")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+/// The routes: `GET /status` and `GET /fw/{package}/{file}?...`.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/fw/:package/:file", get(firmware))
+        .with_state(shared)
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let body = serde_json::to_string_pretty(&shared.lock().engine.status()).unwrap_or_default();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let query = SignedQuery::parse(uri.query().unwrap_or(""));
+    let device = match shared.signer.verify(uri.path(), &query) {
+        Ok(d) => d,
+        Err(e) => {
+            shared.lock().downloads.push(DownloadRecord {
+                device: None,
+                status: 403,
+                range,
+                content_length: 0,
+            });
+            tracing::info!("download refused: {e}");
+            return xml_error(403, e.code(), &e.to_string());
+        }
+    };
+    let (response, record) = answer(&shared, uri.path(), device, range);
+    shared.lock().downloads.push(record);
+    shared.changed.notify_all();
+    response
+}
+
+/// Decides the answer under the lock; the body is streamed after it is released.
+fn answer(
+    shared: &Shared,
+    path: &str,
+    device: DeviceId,
+    range: Option<String>,
+) -> (Response, DownloadRecord) {
+    let mut world = shared.lock();
+    let mut record = DownloadRecord {
+        device: Some(device.clone()),
+        status: 200,
+        range: range.clone(),
+        content_length: 0,
+    };
+    let package = path
+        .split('/')
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .map(PackageId)
+        .filter(|&id| world.engine.package_path(id).ok().as_deref() == Some(path));
+    let Some(data) = package
+        .and_then(|id| world.engine.packages.get(id.0 as usize))
+        .map(|p| p.data.clone())
+    else {
+        record.status = 404;
+        return (
+            xml_error(404, "NoSuchKey", "The specified key does not exist."),
+            record,
+        );
+    };
+    let status_fault = world.faults.take(&device, |f| match f {
+        Fault::Status(c) => Some(*c),
+        _ => None,
+    });
+    if let Some(fault) = status_fault {
+        fault.fire();
+        record.status = fault.value;
+        let (code, message) = match fault.value {
+            403 => (UrlError::Expired.code(), "Injected fault: access denied"),
+            404 => ("NoSuchKey", "The specified key does not exist."),
+            _ => ("InternalError", "Injected fault: internal error"),
+        };
+        return (xml_error(fault.value, code, message), record);
+    }
+    let size = data.len() as u64;
+    let mut spec = range.as_deref().and_then(parse_range);
+    if spec.is_some() {
+        if let Some(ignore) = world
+            .faults
+            .take(&device, |f| (*f == Fault::IgnoreRange).then_some(()))
+        {
+            ignore.fire();
+            spec = None;
+        }
+    }
+    let (start, end) = match spec {
+        None => (0, size),
+        Some(spec) => match resolve(spec, size) {
+            Some(span) => span,
+            None => {
+                record.status = 416;
+                let response = Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .header(header::CONTENT_LENGTH, 0)
+                    .body(Body::empty())
+                    .unwrap_or_default();
+                return (response, record);
+            }
+        },
+    };
+    let len = end - start;
+    let plan = BodyPlan {
+        cut_after: world.faults.take(&device, |f| match f {
+            Fault::CutAfter(n) if *n < len => Some(*n),
+            _ => None,
+        }),
+        stall: world.faults.take(&device, |f| match f {
+            Fault::Stall { after, duration } if *after < len => Some((*after, *duration)),
+            _ => None,
+        }),
+        corrupt: world.faults.take(&device, |f| match f {
+            Fault::CorruptByte(k) if (start..end).contains(k) => Some(*k - start),
+            _ => None,
+        }),
+        rate: world.faults.take(&device, |f| match f {
+            Fault::RateLimit(r) => Some(*r),
+            _ => None,
+        }),
+    };
+    drop(world);
+    let body = data.slice(start as usize..end as usize);
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if spec.is_some() {
+        record.status = 206;
+        builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        );
+    }
+    record.content_length = len;
+    let response = builder
+        .body(Body::from_stream(body_stream(body, plan)))
+        .unwrap_or_default();
+    (response, record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_resolve() {
+        assert_eq!(parse_range("bytes=10-"), Some(RangeSpec::From(10)));
+        assert_eq!(parse_range("bytes=10-19"), Some(RangeSpec::FromTo(10, 19)));
+        assert_eq!(parse_range("bytes=-5"), Some(RangeSpec::Suffix(5)));
+        assert_eq!(parse_range("bytes=5-1"), None);
+        assert_eq!(parse_range("bytes=0-1,5-6"), None);
+        assert_eq!(parse_range("items=0-1"), None);
+        assert_eq!(parse_range("bytes=x-"), None);
+        assert_eq!(resolve(RangeSpec::From(10), 100), Some((10, 100)));
+        assert_eq!(resolve(RangeSpec::From(100), 100), None);
+        assert_eq!(resolve(RangeSpec::FromTo(90, 200), 100), Some((90, 100)));
+        assert_eq!(resolve(RangeSpec::Suffix(500), 100), Some((0, 100)));
+        assert_eq!(resolve(RangeSpec::Suffix(0), 100), None);
+    }
+}

@@ -1,0 +1,608 @@
+//! The job engine: packages, jobs and per-device task states driven by device messages and
+//! deadlines (PROTOCOL.md §9). It does no I/O: callers pass the time in and take the MQTT
+//! messages it wants sent out, so the lock around it is the only synchronisation needed.
+
+use crate::crypto::{md5_hex, sha256_hex};
+use crate::messages::{self, TaskData, Uplink, DEFAULT_MODULE};
+use crate::model::*;
+use crate::signing::UrlSigner;
+use crate::Error;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// An MQTT message the cloud sends.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    pub(crate) topic: String,
+    pub(crate) payload: String,
+}
+
+pub(crate) struct Device {
+    pub(crate) secret: String,
+    pub(crate) online: bool,
+    pub(crate) versions: BTreeMap<String, String>,
+    pub(crate) steps: Vec<ProgressRecord>,
+}
+
+pub(crate) struct Package {
+    pub(crate) spec: PackageSpec,
+    pub(crate) data: Bytes,
+    pub(crate) digest: String,
+    pub(crate) verified: bool,
+}
+
+struct Job {
+    spec: JobSpec,
+    canceled: bool,
+}
+
+struct Task {
+    view: TaskView,
+    deadline: Option<Instant>,
+    retry_at: Option<Instant>,
+}
+
+pub(crate) struct Engine {
+    pub(crate) devices: BTreeMap<DeviceId, Device>,
+    pub(crate) packages: Vec<Package>,
+    jobs: Vec<Job>,
+    tasks: Vec<Task>,
+    signer: UrlSigner,
+    http_base: String,
+    pub(crate) url_ttl: Duration,
+    last_message_id: u64,
+    outbound: Vec<Outbound>,
+}
+
+/// `[A-Za-z0-9._-]{1,64}`, the platform's rule for versions and modules.
+fn valid_label(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl Engine {
+    pub(crate) fn new(signer: UrlSigner, http_base: String, url_ttl: Duration) -> Engine {
+        Engine {
+            devices: BTreeMap::new(),
+            packages: Vec::new(),
+            jobs: Vec::new(),
+            tasks: Vec::new(),
+            signer,
+            http_base,
+            url_ttl,
+            last_message_id: 0,
+            outbound: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add_device(&mut self, id: DeviceId, secret: String) -> Result<(), Error> {
+        let bad = |s: &str| s.is_empty() || s.contains(['/', '+', '#', '\0', '&', '|']);
+        if bad(&id.product_key) || bad(&id.device_name) {
+            return Err(Error::InvalidName(id.to_string()));
+        }
+        if self.devices.contains_key(&id) {
+            return Err(Error::DuplicateDevice(id.to_string()));
+        }
+        let device = Device {
+            secret,
+            online: false,
+            versions: BTreeMap::new(),
+            steps: Vec::new(),
+        };
+        self.devices.insert(id, device);
+        Ok(())
+    }
+
+    pub(crate) fn add_package(&mut self, spec: PackageSpec) -> Result<PackageId, Error> {
+        if !valid_label(&spec.version) || !valid_label(&spec.module) {
+            return Err(Error::InvalidName(format!(
+                "{}/{}",
+                spec.module, spec.version
+            )));
+        }
+        if spec.data.is_empty() {
+            return Err(Error::EmptyPackage);
+        }
+        let digest = match spec.sign_method {
+            SignMethod::Md5 => md5_hex(&spec.data),
+            SignMethod::Sha256 => sha256_hex(&spec.data),
+        };
+        let id = PackageId(self.packages.len() as u32);
+        tracing::info!(
+            "package {} {} {} bytes",
+            id.0,
+            spec.version,
+            spec.data.len()
+        );
+        self.packages.push(Package {
+            data: Bytes::from(spec.data.clone()),
+            spec,
+            digest,
+            verified: false,
+        });
+        Ok(id)
+    }
+
+    fn package(&self, id: PackageId) -> Result<&Package, Error> {
+        self.packages
+            .get(id.0 as usize)
+            .ok_or(Error::UnknownPackage)
+    }
+
+    /// Path of a package's file on the firmware server.
+    pub(crate) fn package_path(&self, id: PackageId) -> Result<String, Error> {
+        let p = self.package(id)?;
+        Ok(format!("/fw/{}/firmware-{}.bin", id.0, p.spec.version))
+    }
+
+    pub(crate) fn sign_url(&self, package: PackageId, device: &DeviceId) -> Result<String, Error> {
+        let path = self.package_path(package)?;
+        Ok(self
+            .signer
+            .sign(&self.http_base, &path, device, self.url_ttl))
+    }
+
+    pub(crate) fn create_job(&mut self, spec: JobSpec) -> Result<JobId, Error> {
+        let package = self.package(spec.package)?;
+        if spec.kind == JobKind::Batch && package.spec.needs_verification && !package.verified {
+            return Err(Error::PackageNotVerified);
+        }
+        if spec.kind == JobKind::Verification && spec.devices.as_ref().is_none_or(Vec::is_empty) {
+            return Err(Error::NoDevices);
+        }
+        for d in spec.devices.iter().flatten() {
+            if !self.devices.contains_key(d) {
+                return Err(Error::UnknownDevice(d.to_string()));
+            }
+        }
+        let id = JobId(self.jobs.len() as u32);
+        tracing::info!(
+            "job {} {:?} dynamic={} package {}",
+            id.0,
+            spec.kind,
+            spec.dynamic,
+            spec.package.0
+        );
+        self.jobs.push(Job {
+            spec,
+            canceled: false,
+        });
+        let devices: Vec<DeviceId> = self.devices.keys().cloned().collect();
+        for d in devices {
+            self.offer(id, &d);
+        }
+        Ok(id)
+    }
+
+    fn job(&self, id: JobId) -> Result<&Job, Error> {
+        self.jobs.get(id.0 as usize).ok_or(Error::UnknownJob)
+    }
+
+    /// Creates a task for `device` if the job wants it and it has no other active task.
+    fn offer(&mut self, job_id: JobId, device: &DeviceId) {
+        let Ok(job) = self.job(job_id) else { return };
+        let Ok(package) = self.package(job.spec.package) else {
+            return;
+        };
+        let (module, target) = (package.spec.module.clone(), package.spec.version.clone());
+        let in_scope = job
+            .spec
+            .devices
+            .as_ref()
+            .is_none_or(|ds| ds.contains(device));
+        let has_task = self
+            .tasks
+            .iter()
+            .any(|t| t.view.job == job_id && t.view.device == *device);
+        let Some(dev) = self.devices.get(device) else {
+            return;
+        };
+        let current = dev.versions.get(&module).cloned();
+        let filter = &job.spec.source_versions;
+        let matches = filter.is_empty() || current.as_ref().is_some_and(|v| filter.contains(v));
+        if job.canceled || !in_scope || has_task || !matches || current.as_ref() == Some(&target) {
+            return;
+        }
+        if self.active_task(device, &module).is_some() {
+            tracing::info!(
+                "job {} skips {device}: it already has an active task",
+                job_id.0
+            );
+            return;
+        }
+        let state = if job.spec.needs_confirm {
+            TaskState::Confirm
+        } else {
+            TaskState::Queued
+        };
+        let online = dev.online;
+        self.tasks.push(Task {
+            view: TaskView {
+                job: job_id,
+                device: device.clone(),
+                module,
+                state,
+                source_version: current,
+                target_version: target,
+                last_step: None,
+                reason: None,
+                pushes: 0,
+                retries_used: 0,
+                retry_pending: false,
+            },
+            deadline: None,
+            retry_at: None,
+        });
+        tracing::info!("task job={} device={device} created {state:?}", job_id.0);
+        if state == TaskState::Queued && online {
+            self.push(self.tasks.len() - 1);
+        }
+    }
+
+    fn active_task(&self, device: &DeviceId, module: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| {
+            t.view.device == *device && t.view.module == module && t.view.state.is_active()
+        })
+    }
+
+    fn set_state(&mut self, idx: usize, state: TaskState, reason: Option<String>) {
+        let t = &mut self.tasks[idx].view;
+        tracing::info!(
+            "task job={} device={} {:?} -> {state:?}{}",
+            t.job.0,
+            t.device,
+            t.state,
+            reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        t.state = state;
+        if reason.is_some() {
+            t.reason = reason;
+        }
+        if state == TaskState::Succeeded {
+            self.mark_verified(self.tasks[idx].view.job);
+        }
+    }
+
+    /// A package is verified once every task of one of its verification jobs succeeded.
+    fn mark_verified(&mut self, job_id: JobId) {
+        let Ok(job) = self.job(job_id) else { return };
+        if job.spec.kind != JobKind::Verification {
+            return;
+        }
+        let package = job.spec.package;
+        let mut tasks = self
+            .tasks
+            .iter()
+            .filter(|t| t.view.job == job_id)
+            .peekable();
+        let all_ok = tasks.peek().is_some() && tasks.all(|t| t.view.state == TaskState::Succeeded);
+        if let (true, Some(p)) = (all_ok, self.packages.get_mut(package.0 as usize)) {
+            if !p.verified {
+                tracing::info!("package {} verified by job {}", package.0, job_id.0);
+            }
+            p.verified = true;
+        }
+    }
+
+    fn next_message_id(&mut self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_message_id = now.max(self.last_message_id + 1);
+        self.last_message_id
+    }
+
+    /// The task as a device sees it, with a freshly signed URL.
+    fn task_data(&self, idx: usize) -> Option<TaskData> {
+        let view = &self.tasks[idx].view;
+        let job = self.job(view.job).ok()?;
+        let package = self.package(job.spec.package).ok()?;
+        let (md5, method) = match package.spec.sign_method {
+            SignMethod::Md5 => (Some(package.digest.clone()), "Md5"),
+            SignMethod::Sha256 => (None, "SHA256"),
+        };
+        Some(TaskData {
+            size: package.data.len() as u64,
+            version: package.spec.version.clone(),
+            url: self.sign_url(job.spec.package, &view.device).ok()?,
+            md5,
+            sign: package.digest.clone(),
+            sign_method: method.to_owned(),
+            module: (package.spec.module != DEFAULT_MODULE).then(|| package.spec.module.clone()),
+        })
+    }
+
+    fn push(&mut self, idx: usize) {
+        let Some(data) = self.task_data(idx) else {
+            return;
+        };
+        let id = self.next_message_id();
+        let topic = messages::upgrade_topic(&self.tasks[idx].view.device);
+        self.outbound.push(Outbound {
+            topic,
+            payload: messages::push_payload(&data, id),
+        });
+        self.tasks[idx].view.pushes += 1;
+        if self.tasks[idx].view.state == TaskState::Queued {
+            self.set_state(idx, TaskState::Notified, None);
+        }
+    }
+
+    fn fail(&mut self, idx: usize, reason: String, now: Instant) {
+        self.set_state(idx, TaskState::Failed, Some(reason));
+        let policy = self
+            .job(self.tasks[idx].view.job)
+            .ok()
+            .and_then(|j| j.spec.retry);
+        let task = &mut self.tasks[idx];
+        task.deadline = None;
+        if let Some(p) = policy.filter(|p| task.view.retries_used < p.count) {
+            task.retry_at = Some(now + p.interval);
+            task.view.retry_pending = true;
+        }
+    }
+
+    /// Puts a failed task back in the queue and pushes it if the device is online.
+    fn retry(&mut self, idx: usize, automatic: bool) {
+        let (device, module) = (
+            self.tasks[idx].view.device.clone(),
+            self.tasks[idx].view.module.clone(),
+        );
+        let task = &mut self.tasks[idx];
+        task.retry_at = None;
+        task.view.retry_pending = false;
+        if self.active_task(&device, &module).is_some() {
+            return;
+        }
+        let dev = self.devices.get(&device);
+        let current = dev.and_then(|d| d.versions.get(&module)).cloned();
+        let online = dev.is_some_and(|d| d.online);
+        let task = &mut self.tasks[idx];
+        if automatic {
+            task.view.retries_used += 1;
+        }
+        if current.as_ref() != Some(&task.view.target_version) {
+            task.view.source_version = current.or(task.view.source_version.take());
+        }
+        task.view.last_step = None;
+        task.deadline = None;
+        self.set_state(idx, TaskState::Queued, Some("retry".into()));
+        if online {
+            self.push(idx);
+        }
+    }
+
+    pub(crate) fn confirm_job(&mut self, job: JobId) -> Result<usize, Error> {
+        self.job(job)?;
+        let idxs: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| {
+                self.tasks[i].view.job == job && self.tasks[i].view.state == TaskState::Confirm
+            })
+            .collect();
+        for &i in &idxs {
+            self.set_state(i, TaskState::Queued, None);
+            if self
+                .devices
+                .get(&self.tasks[i].view.device)
+                .is_some_and(|d| d.online)
+            {
+                self.push(i);
+            }
+        }
+        Ok(idxs.len())
+    }
+
+    pub(crate) fn cancel(&mut self, job: JobId, device: Option<&DeviceId>) -> Result<usize, Error> {
+        self.job(job)?;
+        if device.is_none() {
+            self.jobs[job.0 as usize].canceled = true;
+        }
+        let idxs: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| {
+                let v = &self.tasks[i].view;
+                v.job == job && device.is_none_or(|d| v.device == *d) && v.state.is_active()
+            })
+            .collect();
+        for &i in &idxs {
+            self.tasks[i].deadline = None;
+            self.set_state(i, TaskState::Canceled, Some("canceled".into()));
+        }
+        Ok(idxs.len())
+    }
+
+    /// Re-pushes the job's FAILED tasks (only those: pending and finished ones are untouched).
+    pub(crate) fn retry_job(&mut self, job: JobId) -> Result<usize, Error> {
+        self.job(job)?;
+        let idxs: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| {
+                self.tasks[i].view.job == job && self.tasks[i].view.state == TaskState::Failed
+            })
+            .collect();
+        for &i in &idxs {
+            self.retry(i, false);
+        }
+        Ok(idxs.len())
+    }
+
+    pub(crate) fn handle_login(&mut self, device: &DeviceId) {
+        if let Some(d) = self.devices.get_mut(device) {
+            d.online = true;
+        }
+    }
+
+    pub(crate) fn handle_uplink(&mut self, device: &DeviceId, uplink: Uplink, now: Instant) {
+        let Some(dev) = self.devices.get_mut(device) else {
+            tracing::warn!("message from unknown device {device} ignored");
+            return;
+        };
+        dev.online = true;
+        match uplink {
+            Uplink::Inform { version, module } => self.inform(device, &module, version, now),
+            Uplink::Progress { step, desc, module } => {
+                dev.steps.push(ProgressRecord {
+                    step,
+                    desc: desc.clone(),
+                    module: module.clone(),
+                });
+                self.progress(device, &module, step, desc, now);
+            }
+            Uplink::FirmwareGet { id, module } => {
+                let idx = self.pushable_task(device, &module);
+                let data = idx.and_then(|i| self.task_data(i));
+                let payload = messages::get_reply_payload(&id, data.as_ref());
+                self.outbound.push(Outbound {
+                    topic: messages::get_reply_topic(device),
+                    payload,
+                });
+                if let (Some(i), Some(_)) = (idx, data) {
+                    self.tasks[i].view.pushes += 1;
+                    if self.tasks[i].view.state == TaskState::Queued {
+                        self.set_state(i, TaskState::Notified, None);
+                    }
+                }
+            }
+            Uplink::LegacyRequest { module } => match self.pushable_task(device, &module) {
+                Some(i) => self.push(i),
+                None => tracing::info!("{device} asked for a task; it has none"),
+            },
+        }
+    }
+
+    /// The active task a device may be told about (not one waiting for confirmation).
+    fn pushable_task(&self, device: &DeviceId, module: &str) -> Option<usize> {
+        self.active_task(device, module)
+            .filter(|&i| self.tasks[i].view.state != TaskState::Confirm)
+    }
+
+    fn inform(&mut self, device: &DeviceId, module: &str, version: String, now: Instant) {
+        tracing::info!("{device} reports {module} version {version}");
+        if let Some(d) = self.devices.get_mut(device) {
+            d.versions.insert(module.to_owned(), version.clone());
+        }
+        if let Some(i) = self.active_task(device, module) {
+            let view = &mut self.tasks[i].view;
+            if version == view.target_version {
+                self.tasks[i].deadline = None;
+                self.set_state(i, TaskState::Succeeded, None);
+            } else if view.source_version.is_none()
+                || view.source_version.as_ref() == Some(&version)
+            {
+                view.source_version = Some(version);
+                if view.state != TaskState::Confirm {
+                    self.push(i);
+                }
+            } else {
+                self.fail(i, format!("device reports foreign version {version}"), now);
+            }
+        }
+        if self.active_task(device, module).is_none() {
+            let dynamic: Vec<JobId> = (0..self.jobs.len() as u32)
+                .map(JobId)
+                .filter(|&j| self.jobs[j.0 as usize].spec.dynamic)
+                .collect();
+            for j in dynamic {
+                self.offer(j, device);
+            }
+        }
+    }
+
+    fn progress(
+        &mut self,
+        device: &DeviceId,
+        module: &str,
+        step: i64,
+        desc: Option<String>,
+        now: Instant,
+    ) {
+        let Some(i) = self.pushable_task(device, module) else {
+            tracing::info!("{device} progress {step} without a task");
+            return;
+        };
+        // The platform ends a task on step 0 as on a negative one (PROTOCOL.md §4).
+        if step <= 0 {
+            let why = desc.unwrap_or_default();
+            self.fail(i, format!("progress step {step}: {why}"), now);
+            return;
+        }
+        self.tasks[i].view.last_step = Some(step);
+        if self.tasks[i].view.state != TaskState::InProgress {
+            let timeout = self
+                .job(self.tasks[i].view.job)
+                .ok()
+                .and_then(|j| j.spec.timeout);
+            self.tasks[i].deadline = timeout.map(|t| now + t);
+            self.set_state(i, TaskState::InProgress, None);
+        }
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.tasks.len() {
+            let t = &self.tasks[i];
+            if t.view.state == TaskState::InProgress && t.deadline.is_some_and(|d| d <= now) {
+                self.fail(i, "timed out".into(), now);
+            } else if t.view.state == TaskState::Failed && t.retry_at.is_some_and(|d| d <= now) {
+                self.retry(i, true);
+            }
+        }
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.tasks
+            .iter()
+            .filter_map(|t| match t.view.state {
+                TaskState::InProgress => t.deadline,
+                TaskState::Failed => t.retry_at,
+                _ => None,
+            })
+            .min()
+    }
+
+    pub(crate) fn take_outbound(&mut self) -> Vec<Outbound> {
+        std::mem::take(&mut self.outbound)
+    }
+
+    pub(crate) fn task_views(&self, job: Option<JobId>) -> Vec<TaskView> {
+        self.tasks
+            .iter()
+            .filter(|t| job.is_none_or(|j| t.view.job == j))
+            .map(|t| t.view.clone())
+            .collect()
+    }
+
+    pub(crate) fn task_view(&self, job: JobId, device: &DeviceId) -> Option<TaskView> {
+        self.tasks
+            .iter()
+            .find(|t| t.view.job == job && t.view.device == *device)
+            .map(|t| t.view.clone())
+    }
+
+    /// The `/status` document: devices, jobs and tasks.
+    pub(crate) fn status(&self) -> serde_json::Value {
+        let devices: Vec<_> = self.devices.iter().map(|(id, d)| serde_json::json!({
+            "product_key": id.product_key, "device_name": id.device_name, "online": d.online,
+            "versions": d.versions, "progress": d.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+        })).collect();
+        let jobs: Vec<_> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                serde_json::json!({
+                    "id": i, "spec": j.spec, "canceled": j.canceled,
+                })
+            })
+            .collect();
+        let packages: Vec<_> = self.packages.iter().enumerate().map(|(i, p)| serde_json::json!({
+            "id": i, "version": p.spec.version, "module": p.spec.module, "size": p.data.len(),
+            "sign_method": p.spec.sign_method, "digest": p.digest, "verified": p.verified,
+            "needs_verification": p.spec.needs_verification,
+        })).collect();
+        serde_json::json!({"devices": devices, "packages": packages, "jobs": jobs, "tasks": self.task_views(None)})
+    }
+}
