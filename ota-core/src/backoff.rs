@@ -6,27 +6,21 @@ use core::time::Duration;
 /// draw in the upper half) so that a fleet of devices does not retry in lockstep.
 #[derive(Clone, Debug)]
 pub struct Backoff {
-    base: Duration,
-    max: Duration,
     state: u64,
 }
 
 impl Backoff {
     /// A generator seeded with `seed` (give each device a different one).
-    pub fn new(base: Duration, max: Duration, seed: u64) -> Self {
-        Backoff {
-            base,
-            max: max.max(base),
-            state: seed,
-        }
+    pub fn new(seed: u64) -> Self {
+        Backoff { state: seed }
     }
 
-    /// The delay before retry number `attempt` (0 for the first retry).
-    pub fn delay(&mut self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base
+    /// The delay before retry number `attempt` (0 for the first retry) when delays start
+    /// at `base` and never exceed `max`.
+    pub fn delay(&mut self, base: Duration, max: Duration, attempt: u32) -> Duration {
+        let ceiling = base
             .saturating_mul(1u32 << attempt.min(20))
-            .min(self.max);
+            .min(max.max(base));
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         let half = ms / 2;
         Duration::from_millis(half + self.next() % (ms - half + 1))
@@ -50,14 +44,14 @@ mod tests {
     fn delays_grow_stay_within_bounds_and_differ_between_seeds() {
         let base = Duration::from_secs(1);
         let max = Duration::from_secs(60);
-        let mut a = Backoff::new(base, max, 1);
-        let mut b = Backoff::new(base, max, 2);
+        let mut a = Backoff::new(1);
+        let mut b = Backoff::new(2);
         let mut differ = false;
         for attempt in 0..40 {
             let ceiling = base.saturating_mul(1 << attempt.min(20)).min(max);
-            let d = a.delay(attempt);
+            let d = a.delay(base, max, attempt);
             assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
-            differ |= d != b.delay(attempt);
+            differ |= d != b.delay(base, max, attempt);
         }
         assert!(differ);
     }

@@ -5,6 +5,7 @@
 
 extern crate alloc;
 
+pub mod agent;
 pub mod backoff;
 pub mod digest;
 pub mod downlink;
@@ -14,3 +15,13 @@ pub mod record;
 pub mod task;
 pub mod time;
 pub mod uplink;
+
+pub use agent::{
+    Action, Agent, Boot, Config, Event, FetchId, Notification, Outcome, Phase, RetryPolicy,
+    TaskRequest,
+};
+pub use error::Error;
+pub use identity::DeviceIdentity;
+pub use task::{Channel, DigestMethod, ExpectedDigest, Task};
+pub use time::Instant;
+pub use uplink::FailureCode;

@@ -101,40 +101,18 @@ pub enum RecordError {
 impl Record {
     /// Appends the encoding of the record to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT);
-        let (phase, offset, state): (u8, u64, &[u8]) = match &self.phase {
+        let phase = match &self.phase {
             Phase::Downloading {
                 offset,
                 digest_state,
-            } => (0, *offset, digest_state),
-            Phase::Activating => (1, 0, &[]),
-            Phase::RollingBack => (2, 0, &[]),
+            } => PhaseRef::Downloading {
+                offset: *offset,
+                digest_state,
+            },
+            Phase::Activating => PhaseRef::Activating,
+            Phase::RollingBack => PhaseRef::RollingBack,
         };
-        out.push(phase);
-        push_str(out, &self.image.module);
-        push_str(out, &self.image.version);
-        push_str(out, &self.previous_version);
-        out.extend_from_slice(&self.image.size.to_le_bytes());
-        out.push(match self.image.digest.method() {
-            DigestMethod::Md5 => 0,
-            DigestMethod::Sha256 => 1,
-        });
-        out.extend_from_slice(self.image.digest.bytes());
-        match self.image.mqtt_stream {
-            None => out.push(0),
-            Some((stream, file)) => {
-                out.push(1);
-                out.extend_from_slice(&stream.to_le_bytes());
-                out.extend_from_slice(&file.to_le_bytes());
-            }
-        }
-        out.extend_from_slice(&offset.to_le_bytes());
-        out.push(u8::try_from(state.len()).unwrap_or(0));
-        out.extend_from_slice(if state.len() <= 255 { state } else { &[] });
-        let crc = CRC.checksum(&out[start..]);
-        out.extend_from_slice(&crc.to_le_bytes());
+        encode_record(out, &self.image, &self.previous_version, phase);
     }
 
     /// Decodes a record saved by [`Record::encode`].
@@ -198,6 +176,59 @@ impl Record {
             phase,
         })
     }
+}
+
+/// A [`Phase`] that borrows its digest state, so checkpoints encode without allocating.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PhaseRef<'a> {
+    Downloading { offset: u64, digest_state: &'a [u8] },
+    Activating,
+    RollingBack,
+}
+
+/// Appends the encoding of a record made of these parts to `out`.
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    image: &ImageId,
+    previous_version: &str,
+    phase: PhaseRef<'_>,
+) {
+    let start = out.len();
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT);
+    let (code, offset, state): (u8, u64, &[u8]) = match phase {
+        PhaseRef::Downloading {
+            offset,
+            digest_state,
+        } => (0, offset, digest_state),
+        PhaseRef::Activating => (1, 0, &[]),
+        PhaseRef::RollingBack => (2, 0, &[]),
+    };
+    out.push(code);
+    push_str(out, &image.module);
+    push_str(out, &image.version);
+    push_str(out, previous_version);
+    out.extend_from_slice(&image.size.to_le_bytes());
+    out.push(match image.digest.method() {
+        DigestMethod::Md5 => 0,
+        DigestMethod::Sha256 => 1,
+    });
+    out.extend_from_slice(image.digest.bytes());
+    match image.mqtt_stream {
+        None => out.push(0),
+        Some((stream, file)) => {
+            out.push(1);
+            out.extend_from_slice(&stream.to_le_bytes());
+            out.extend_from_slice(&file.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&offset.to_le_bytes());
+    // Digest states are ~100 bytes; a longer one cannot come from `Hasher`.
+    let state = if state.len() <= 255 { state } else { &[] };
+    out.push(state.len() as u8);
+    out.extend_from_slice(state);
+    let crc = CRC.checksum(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {

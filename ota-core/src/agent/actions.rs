@@ -1,0 +1,327 @@
+//! What the agent asks of its adapter, and the queue that holds it until drained.
+//!
+//! Queued actions are owned and compact; [`Outbox::view`] lends them out as [`Action`]s
+//! that borrow payloads from one reusable arena and written bytes from the staging
+//! block, so steady-state operation does not allocate.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use crate::identity::Topics;
+use crate::record::RecordError;
+use crate::task::Task;
+use crate::uplink::FailureCode;
+
+/// Identifies one HTTP request, so that events of an abandoned request are told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FetchId(pub u32);
+
+/// One thing for the adapter to do. Every storage action (`Write`, `SaveRecord`,
+/// `ClearRecord`, `Activate`) is answered by exactly one result event; at most one of them
+/// is outstanding at any time.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Subscribe (QoS 1) to a downlink topic.
+    Subscribe {
+        /// Topic filter.
+        topic: &'a str,
+    },
+    /// Publish (QoS 1).
+    Publish {
+        /// Topic.
+        topic: &'a str,
+        /// Compact JSON.
+        payload: &'a [u8],
+    },
+    /// GET `url`; when `offset > 0` send `Range: bytes={offset}-`. Report the response
+    /// with [`Event::HttpResponse`](crate::Event), then body bytes, then the end or a failure.
+    Fetch {
+        /// Tag the request's events with this.
+        fetch: FetchId,
+        /// The signed URL.
+        url: &'a str,
+        /// First byte wanted.
+        offset: u64,
+    },
+    /// Stop the request and deliver no more of its events (stale ones are ignored anyway).
+    CancelFetch {
+        /// The request.
+        fetch: FetchId,
+    },
+    /// Write `data` to the staging slot at `offset`; answer `WriteDone` or `WriteFailed`.
+    Write {
+        /// Offset in the image (a multiple of the write block).
+        offset: u64,
+        /// Bytes (a whole block, or the image's tail).
+        data: &'a [u8],
+    },
+    /// Replace the saved record atomically; answer `RecordSaved` or `RecordSaveFailed`.
+    SaveRecord {
+        /// Encoded record.
+        record: &'a [u8],
+    },
+    /// Delete the saved record; answer `RecordSaved` or `RecordSaveFailed`.
+    ClearRecord,
+    /// Make the verified staged image the one to boot next; answer `Activated` or
+    /// `ActivationFailed`.
+    Activate {
+        /// Module.
+        module: &'a str,
+        /// Its new version.
+        version: &'a str,
+    },
+    /// Restart the device (into the activated image, or back to the old one).
+    Reboot,
+    /// The new image is healthy: make it permanent (e.g. embassy-boot `mark_booted`).
+    Confirm,
+    /// The new image is not healthy: make the previous one boot next.
+    Rollback,
+    /// Tell the application something.
+    Notify(Notification<'a>),
+}
+
+/// News for the application.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notification<'a> {
+    /// A valid task was accepted and its download begins (or resumes).
+    TaskReceived(&'a Task),
+    /// A push or reply was refused; `-1` was reported when the protocol asks for it.
+    TaskRejected {
+        /// Why.
+        reason: &'a str,
+    },
+    /// Download progress.
+    Progress {
+        /// 1..=100.
+        percent: u8,
+        /// Bytes received.
+        received: u64,
+        /// Image size.
+        size: u64,
+    },
+    /// The new image is running: run the self-test and answer with `HealthVerdict`.
+    HealthCheckRequested {
+        /// The version under test.
+        version: &'a str,
+    },
+    /// The saved record could not be used and was discarded.
+    RecordDiscarded(RecordError),
+    /// How the task ended.
+    Outcome(Outcome<'a>),
+}
+
+/// How a task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Verified and activated; a reboot follows.
+    Installed {
+        /// The new version.
+        version: &'a str,
+    },
+    /// Running the new version, healthy and confirmed.
+    Succeeded {
+        /// The new version.
+        version: &'a str,
+    },
+    /// Failed; the code was reported to the cloud.
+    Failed {
+        /// The code reported.
+        code: FailureCode,
+        /// Why (also the `desc` of the report).
+        reason: &'a str,
+    },
+    /// The previous version runs again.
+    RolledBack {
+        /// The running version.
+        version: &'a str,
+    },
+    /// The cloud no longer has the task.
+    Canceled,
+}
+
+/// Which topic a queued publish or subscribe refers to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Topic {
+    Inform,
+    Upgrade,
+    Progress,
+    Request,
+    FirmwareGet,
+    FirmwareGetReply,
+}
+
+impl Topic {
+    fn of(self, topics: &Topics) -> &str {
+        match self {
+            Topic::Inform => &topics.inform,
+            Topic::Upgrade => &topics.upgrade,
+            Topic::Progress => &topics.progress,
+            Topic::Request => &topics.request,
+            Topic::FirmwareGet => &topics.firmware_get,
+            Topic::FirmwareGetReply => &topics.firmware_get_reply,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Note {
+    TaskReceived(Box<Task>),
+    TaskRejected(String),
+    Progress {
+        percent: u8,
+        received: u64,
+        size: u64,
+    },
+    HealthCheck(String),
+    RecordDiscarded(RecordError),
+    Installed(String),
+    Succeeded(String),
+    Failed(FailureCode, String),
+    RolledBack(String),
+    Canceled,
+}
+
+#[derive(Debug)]
+pub(crate) enum Queued {
+    Subscribe(Topic),
+    Publish(Topic, Range<usize>),
+    Fetch {
+        fetch: FetchId,
+        url: Range<usize>,
+        offset: u64,
+    },
+    CancelFetch(FetchId),
+    Write {
+        offset: u64,
+        len: usize,
+    },
+    SaveRecord(Range<usize>),
+    ClearRecord,
+    Activate {
+        module: Range<usize>,
+        version: Range<usize>,
+    },
+    Reboot,
+    Confirm,
+    Rollback,
+    Notify(Note),
+}
+
+/// Most actions one input can produce; the queue never grows beyond it.
+pub(crate) const QUEUE_CAPACITY: usize = 32;
+
+/// The pending actions and the arena their payloads live in.
+pub(crate) struct Outbox {
+    queue: VecDeque<Queued>,
+    current: Option<Queued>,
+    pub(crate) arena: Vec<u8>,
+}
+
+impl Outbox {
+    pub(crate) fn new() -> Self {
+        Outbox {
+            queue: VecDeque::with_capacity(QUEUE_CAPACITY),
+            current: None,
+            arena: Vec::with_capacity(1024),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Called before each input: the previous input's actions are all performed.
+    pub(crate) fn recycle(&mut self) {
+        self.current = None;
+        self.arena.clear();
+    }
+
+    pub(crate) fn push(&mut self, item: Queued) {
+        debug_assert!(self.queue.len() < QUEUE_CAPACITY, "action queue overflow");
+        self.queue.push_back(item);
+    }
+
+    /// Copies `bytes` into the arena and returns where they are.
+    pub(crate) fn stash(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        start..self.arena.len()
+    }
+
+    /// Runs an encoder that appends to the arena and returns the range it wrote.
+    pub(crate) fn encode(&mut self, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+        let start = self.arena.len();
+        f(&mut self.arena);
+        start..self.arena.len()
+    }
+
+    pub(crate) fn pop<'a>(
+        &'a mut self,
+        topics: &'a Topics,
+        staging: &'a [u8],
+    ) -> Option<Action<'a>> {
+        self.current = self.queue.pop_front();
+        let arena = &self.arena[..];
+        let text = |r: &Range<usize>| core::str::from_utf8(&arena[r.clone()]).unwrap_or_default();
+        Some(match self.current.as_ref()? {
+            Queued::Subscribe(t) => Action::Subscribe {
+                topic: t.of(topics),
+            },
+            Queued::Publish(t, r) => Action::Publish {
+                topic: t.of(topics),
+                payload: &arena[r.clone()],
+            },
+            Queued::Fetch { fetch, url, offset } => Action::Fetch {
+                fetch: *fetch,
+                url: text(url),
+                offset: *offset,
+            },
+            Queued::CancelFetch(fetch) => Action::CancelFetch { fetch: *fetch },
+            Queued::Write { offset, len } => Action::Write {
+                offset: *offset,
+                data: &staging[..*len],
+            },
+            Queued::SaveRecord(r) => Action::SaveRecord {
+                record: &arena[r.clone()],
+            },
+            Queued::ClearRecord => Action::ClearRecord,
+            Queued::Activate { module, version } => Action::Activate {
+                module: text(module),
+                version: text(version),
+            },
+            Queued::Reboot => Action::Reboot,
+            Queued::Confirm => Action::Confirm,
+            Queued::Rollback => Action::Rollback,
+            Queued::Notify(note) => Action::Notify(match note {
+                Note::TaskReceived(task) => Notification::TaskReceived(task),
+                Note::TaskRejected(reason) => Notification::TaskRejected { reason },
+                Note::Progress {
+                    percent,
+                    received,
+                    size,
+                } => Notification::Progress {
+                    percent: *percent,
+                    received: *received,
+                    size: *size,
+                },
+                Note::HealthCheck(version) => Notification::HealthCheckRequested { version },
+                Note::RecordDiscarded(e) => Notification::RecordDiscarded(*e),
+                Note::Installed(version) => Notification::Outcome(Outcome::Installed { version }),
+                Note::Succeeded(version) => Notification::Outcome(Outcome::Succeeded { version }),
+                Note::Failed(code, reason) => Notification::Outcome(Outcome::Failed {
+                    code: *code,
+                    reason,
+                }),
+                Note::RolledBack(version) => Notification::Outcome(Outcome::RolledBack { version }),
+                Note::Canceled => Notification::Outcome(Outcome::Canceled),
+            }),
+        })
+    }
+}

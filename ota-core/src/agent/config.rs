@@ -1,0 +1,130 @@
+//! What the application decides: identity, limits, budgets and timings.
+
+use alloc::string::String;
+use core::time::Duration;
+
+use crate::downlink::TaskRules;
+use crate::error::Error;
+use crate::identity::{is_valid_module, DeviceIdentity, DEFAULT_MODULE};
+
+/// How the device asks the cloud for its pending task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskRequest {
+    /// `/sys/{pk}/{dn}/thing/ota/firmware/get` (newer SDKs; the reply can say "no task").
+    FirmwareGet,
+    /// `/ota/device/request/{pk}/{dn}` (older SDK; the answer comes as a push).
+    Legacy,
+}
+
+/// Retry budget and back-off for one class of errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Consecutive failures tolerated before the download is given up.
+    pub max_attempts: u32,
+    /// First back-off delay.
+    pub base_delay: Duration,
+    /// Longest back-off delay.
+    pub max_delay: Duration,
+}
+
+/// Agent configuration. `Config::new` gives defaults suited to a Linux gateway; firmware
+/// usually lowers `write_block` and `checkpoint_interval` to its flash geometry.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Product key and device name.
+    pub identity: DeviceIdentity,
+    /// The module this agent updates (`default` = the whole firmware).
+    pub module: String,
+    /// What tasks are accepted (https only, slot capacity, message size cap).
+    pub rules: TaskRules,
+    /// Staging block: bytes are written in blocks of this size (the last one may be shorter).
+    /// Must be a multiple of the flash write unit.
+    pub write_block: usize,
+    /// A record with the durable offset and digest mid-state is saved every this many bytes.
+    /// A power loss re-downloads at most this much. Rounded up to whole write blocks.
+    pub checkpoint_interval: u64,
+    /// Ask for a pending task after every connect (a record of an unfinished download
+    /// always asks).
+    pub request_task_on_connect: bool,
+    /// Which request to use.
+    pub task_request: TaskRequest,
+    /// Transient download errors (connection, 5xx, short body, stall).
+    pub retry: RetryPolicy,
+    /// Dead URLs (403 and friends): how many times to ask the cloud for a fresh URL.
+    pub url_refresh: RetryPolicy,
+    /// How long to wait for the answer to a task request.
+    pub reply_timeout: Duration,
+    /// A download that receives nothing for this long is restarted.
+    pub stall_timeout: Duration,
+    /// Report progress when it grew by this many percent...
+    pub progress_step: u8,
+    /// ...or when it grew at all and this much time has passed.
+    pub progress_interval: Duration,
+    /// How long the application may take to declare a new image healthy after boot.
+    pub health_timeout: Duration,
+    /// Seed of the back-off jitter (give each device its own, e.g. from its name or a TRNG).
+    pub seed: u64,
+}
+
+impl Config {
+    /// A configuration with defaults.
+    pub fn new(identity: DeviceIdentity) -> Self {
+        Config {
+            identity,
+            module: String::from(DEFAULT_MODULE),
+            rules: TaskRules::default(),
+            write_block: 4096,
+            checkpoint_interval: 256 * 1024,
+            request_task_on_connect: true,
+            task_request: TaskRequest::FirmwareGet,
+            retry: RetryPolicy {
+                max_attempts: 8,
+                base_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(60),
+            },
+            url_refresh: RetryPolicy {
+                max_attempts: 5,
+                base_delay: Duration::from_secs(2),
+                max_delay: Duration::from_secs(120),
+            },
+            reply_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            progress_step: 5,
+            progress_interval: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(120),
+            seed: 0x5EED,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !is_valid_module(&self.module) {
+            return Err(Error::InvalidVersion);
+        }
+        if self.write_block == 0 || self.write_block > 1024 * 1024 {
+            return Err(Error::InvalidConfig("write_block must be 1 byte to 1 MiB"));
+        }
+        if self.checkpoint_interval == 0 {
+            return Err(Error::InvalidConfig("checkpoint_interval must be > 0"));
+        }
+        if self.progress_step == 0 || self.progress_step > 100 {
+            return Err(Error::InvalidConfig("progress_step must be 1..=100"));
+        }
+        if self.stall_timeout.is_zero()
+            || self.reply_timeout.is_zero()
+            || self.health_timeout.is_zero()
+        {
+            return Err(Error::InvalidConfig("timeouts must be > 0"));
+        }
+        if self.retry.base_delay.is_zero() || self.url_refresh.base_delay.is_zero() {
+            return Err(Error::InvalidConfig("back-off delays must be > 0"));
+        }
+        Ok(())
+    }
+
+    /// The checkpoint interval rounded up to whole write blocks, so that every saved
+    /// offset is block-aligned.
+    pub(crate) fn checkpoint_bytes(&self) -> u64 {
+        let block = self.write_block as u64;
+        self.checkpoint_interval.div_ceil(block) * block
+    }
+}

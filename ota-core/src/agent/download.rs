@@ -1,0 +1,607 @@
+//! The download phase: Range resume, response checks, staging and writes, checkpoints,
+//! retries with back-off, URL refresh, stall detection, progress and verification.
+
+use alloc::format;
+use core::time::Duration;
+
+use super::actions::{FetchId, Note, Queued, Topic};
+use super::{Agent, Io, RecordPurpose, State};
+use crate::digest::Hasher;
+use crate::error::Error;
+use crate::record::{encode_record, ImageId, PhaseRef};
+use crate::task::{Channel, Task};
+use crate::time::Instant;
+use crate::uplink::{encode_progress, FailureCode, Step};
+
+/// Where the HTTP side of a download stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fetch {
+    /// No request out; one starts as soon as the record allows.
+    Idle,
+    /// Request sent from `offset`; waiting for the status.
+    Requested { id: FetchId, offset: u64 },
+    /// Body flowing until byte `end` (exclusive).
+    Streaming { id: FetchId, end: u64 },
+    /// Waiting out a back-off delay after a transient error.
+    Backoff { until: Instant },
+    /// The URL is dead; a task request is (or will be) out for a fresh one.
+    Refreshing { sent: bool, until: Instant },
+    /// Every byte arrived.
+    Complete,
+}
+
+/// One task's download.
+pub(super) struct Download {
+    pub(super) task: Task,
+    pub(super) image: ImageId,
+    pub(super) generation: u32,
+    hasher: Hasher,
+    /// Bytes confirmed on flash; the hasher covers exactly them whenever `staged == 0`.
+    pub(super) written: u64,
+    /// Bytes hashed (written + staged).
+    pub(super) received: u64,
+    staged: usize,
+    /// Offset in the last durable record; `None` until the first one is saved.
+    pub(super) recorded: Option<u64>,
+    fetch: Fetch,
+    failures: u32,
+    refreshes: u32,
+    /// Leading body bytes to drop: the server ignored our Range and sent from byte 0.
+    skip: u64,
+    last_activity: Instant,
+    notified: u8,
+    notified_at: Instant,
+    reported: u8,
+}
+
+impl Download {
+    pub(super) fn new(task: Task, generation: u32, now: Instant) -> Self {
+        let hasher = Hasher::new(task.digest.method());
+        Self::at(task, generation, 0, hasher, None, now)
+    }
+
+    /// Continues from a saved record: `offset` bytes are on flash and `hasher` covers them.
+    pub(super) fn resume(
+        task: Task,
+        generation: u32,
+        offset: u64,
+        hasher: Hasher,
+        now: Instant,
+    ) -> Self {
+        Self::at(task, generation, offset, hasher, Some(offset), now)
+    }
+
+    fn at(
+        task: Task,
+        generation: u32,
+        offset: u64,
+        hasher: Hasher,
+        recorded: Option<u64>,
+        now: Instant,
+    ) -> Self {
+        Download {
+            image: ImageId::of(&task),
+            task,
+            generation,
+            hasher,
+            written: offset,
+            received: offset,
+            staged: 0,
+            recorded,
+            fetch: Fetch::Idle,
+            failures: 0,
+            refreshes: 0,
+            skip: 0,
+            last_activity: now,
+            notified: 0,
+            notified_at: now,
+            reported: 0,
+        }
+    }
+
+    pub(super) fn open_fetch(&self) -> Option<FetchId> {
+        match self.fetch {
+            Fetch::Requested { id, .. } | Fetch::Streaming { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_refreshing(&self) -> bool {
+        matches!(self.fetch, Fetch::Refreshing { .. })
+    }
+
+    /// The connect handler just asked for the task: wait for the answer from now.
+    pub(super) fn mark_request_sent(&mut self, now: Instant, reply_timeout: Duration) {
+        if let Fetch::Refreshing { .. } = self.fetch {
+            self.fetch = Fetch::Refreshing {
+                sent: true,
+                until: now + reply_timeout,
+            };
+        }
+    }
+
+    /// The same image came again: keep its (possibly fresher) URL, and go on if we were
+    /// waiting for exactly that.
+    pub(super) fn adopt_fresh_channel(&mut self, task: &Task) {
+        if let Channel::Http { url } = &task.channel {
+            self.task.channel = Channel::Http { url: url.clone() };
+        }
+        if self.is_refreshing() {
+            self.fetch = Fetch::Idle;
+        }
+    }
+
+    pub(super) fn on_written(&mut self, end: u64, now: Instant) {
+        self.written = end;
+        self.staged = 0;
+        self.last_activity = now;
+        self.failures = 0;
+    }
+
+    /// The next deadline, if any. A stall is only measured while the agent waits on the
+    /// network, not while the adapter's storage is busy.
+    pub(super) fn deadline(&self, stall: Duration, storage_busy: bool) -> Option<Instant> {
+        match self.fetch {
+            Fetch::Requested { .. } | Fetch::Streaming { .. } if !storage_busy => {
+                Some(self.last_activity + stall)
+            }
+            Fetch::Backoff { until } | Fetch::Refreshing { until, .. } => Some(until),
+            _ => None,
+        }
+    }
+
+    fn percent(&self) -> u8 {
+        let pct = u128::from(self.received) * 100 / u128::from(self.task.size.max(1));
+        pct.clamp(1, 99) as u8
+    }
+}
+
+/// What `advance_download` decided, computed while the download is borrowed.
+enum Next {
+    Nothing,
+    Checkpoint(u64),
+    Write { offset: u64, len: usize, end: u64 },
+    Verify,
+    Fetch,
+}
+
+impl Agent {
+    pub(super) fn advance_download(&mut self) {
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
+        let block = self.staging.len();
+        let size = d.task.size;
+        let interval = self.config.checkpoint_bytes();
+        let next = if d.recorded.is_none() {
+            Next::Checkpoint(d.written)
+        } else if d.staged > 0 && (d.staged == block || d.received == size) {
+            Next::Write {
+                offset: d.written,
+                len: d.staged,
+                end: d.received,
+            }
+        } else if d.staged == 0
+            && d.written < size
+            && d.written >= d.recorded.unwrap_or(0) + interval
+        {
+            Next::Checkpoint(d.written)
+        } else if d.written == size {
+            Next::Verify
+        } else if d.fetch == Fetch::Idle && d.received < size {
+            Next::Fetch
+        } else {
+            Next::Nothing
+        };
+        match next {
+            Next::Nothing => {}
+            Next::Checkpoint(offset) => {
+                self.scratch.clear();
+                d.hasher.save_state(&mut self.scratch);
+                let phase = PhaseRef::Downloading {
+                    offset,
+                    digest_state: &self.scratch,
+                };
+                let (image, previous) = (&d.image, &self.running_version);
+                let range = self
+                    .outbox
+                    .encode(|out| encode_record(out, image, previous, phase));
+                self.outbox.push(Queued::SaveRecord(range));
+                self.io = Some(Io::SaveRecord(RecordPurpose::Checkpoint {
+                    generation: d.generation,
+                    offset,
+                }));
+            }
+            Next::Write { offset, len, end } => {
+                self.outbox.push(Queued::Write { offset, len });
+                self.io = Some(Io::Write {
+                    generation: d.generation,
+                    end,
+                });
+            }
+            Next::Fetch => {
+                let id = FetchId(self.next_fetch);
+                self.next_fetch = self.next_fetch.wrapping_add(1);
+                let url = self
+                    .outbox
+                    .stash(d.task.url().unwrap_or_default().as_bytes());
+                self.outbox.push(Queued::Fetch {
+                    fetch: id,
+                    url,
+                    offset: d.received,
+                });
+                d.fetch = Fetch::Requested {
+                    id,
+                    offset: d.received,
+                };
+                d.last_activity = self.now;
+            }
+            Next::Verify => self.verify(),
+        }
+    }
+
+    fn verify(&mut self) {
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
+        d.fetch = Fetch::Complete;
+        if !d.hasher.matches(&d.task.digest) {
+            let reason = format!(
+                "{} mismatch: the downloaded image does not match the task's digest",
+                d.task.digest.method().name()
+            );
+            self.fail(FailureCode::VerifyFailed, &reason);
+            return;
+        }
+        self.verified = true;
+        d.notified = 100;
+        let size = d.task.size;
+        self.notify(Note::Progress {
+            percent: 100,
+            received: size,
+            size,
+        });
+        self.publish_pending_progress();
+        let State::Downloading(d) = core::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        let previous = self.running_version.clone();
+        let range = self
+            .outbox
+            .encode(|out| encode_record(out, &d.image, &previous, PhaseRef::Activating));
+        self.outbox.push(Queued::SaveRecord(range));
+        self.io = Some(Io::SaveRecord(RecordPurpose::Activating));
+        self.state = State::Activating { image: d.image };
+    }
+
+    /// Is `fetch` the request the download is waiting on? Stale ids are `Ok(false)`.
+    fn is_current_fetch(&self, fetch: FetchId) -> Result<bool, Error> {
+        if fetch.0 >= self.next_fetch {
+            return Err(Error::UnknownFetch);
+        }
+        Ok(matches!(&self.state, State::Downloading(d) if d.open_fetch() == Some(fetch)))
+    }
+
+    pub(super) fn on_response(
+        &mut self,
+        fetch: FetchId,
+        status: u16,
+        content_length: Option<u64>,
+        content_range: Option<&str>,
+    ) -> Result<(), Error> {
+        if !self.is_current_fetch(fetch)? {
+            return Ok(());
+        }
+        let State::Downloading(d) = &mut self.state else {
+            return Ok(());
+        };
+        let Fetch::Requested { id, offset } = d.fetch else {
+            return Err(Error::DuplicateResponse);
+        };
+        let size = d.task.size;
+        d.last_activity = self.now;
+        match status {
+            200 => match content_length {
+                Some(len) if len != size => {
+                    let reason = format!(
+                        "HTTP 200 with Content-Length {len}, but the image has {size} bytes"
+                    );
+                    self.transient_failure(&reason, Some(id));
+                }
+                _ => {
+                    // A server that ignores Range sends from byte 0: drop what we have.
+                    d.skip = offset;
+                    d.fetch = Fetch::Streaming { id, end: size };
+                }
+            },
+            206 => match content_range.and_then(parse_content_range) {
+                Some((first, last, total))
+                    if first == offset
+                        && total == size
+                        && last >= first
+                        && last < size
+                        && content_length.is_none_or(|len| len == last - first + 1) =>
+                {
+                    d.fetch = Fetch::Streaming { id, end: last + 1 };
+                }
+                _ => {
+                    let reason = format!(
+                        "HTTP 206 with Content-Range {:?}, expected bytes {offset}-{}/{size}",
+                        content_range.unwrap_or(""),
+                        size - 1
+                    );
+                    self.transient_failure(&reason, Some(id));
+                }
+            },
+            401 | 403 | 404 | 410 => self.refresh_url(&format!("HTTP {status}"), Some(id)),
+            408 | 416 | 429 | 500..=599 => {
+                self.transient_failure(&format!("HTTP {status}"), Some(id))
+            }
+            _ => self.fail(
+                FailureCode::DownloadFailed,
+                &format!("unexpected HTTP status {status}"),
+            ),
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<usize, Error> {
+        if !self.is_current_fetch(fetch)? {
+            return Ok(bytes.len());
+        }
+        let storage_busy = self.write_pending();
+        let block = self.staging.len();
+        let State::Downloading(d) = &mut self.state else {
+            return Ok(bytes.len());
+        };
+        let Fetch::Streaming { id, end } = d.fetch else {
+            return Err(Error::BodyBeforeResponse);
+        };
+        if storage_busy || d.staged == block {
+            return Ok(0);
+        }
+        let mut taken = 0;
+        if d.skip > 0 {
+            let n = d.skip.min(bytes.len() as u64) as usize;
+            d.skip -= n as u64;
+            taken = n;
+        }
+        let room = block - d.staged;
+        let n = (bytes.len() - taken)
+            .min(room)
+            .min((end - d.received) as usize);
+        if n > 0 {
+            let chunk = &bytes[taken..taken + n];
+            self.staging[d.staged..d.staged + n].copy_from_slice(chunk);
+            d.hasher.update(chunk);
+            d.staged += n;
+            d.received += n as u64;
+            taken += n;
+            d.last_activity = self.now;
+        }
+        let size = d.task.size;
+        if d.received == end && end == size {
+            d.fetch = Fetch::Complete;
+        }
+        if d.received == end && taken < bytes.len() {
+            // More than the server announced (or than the image holds): never accepted.
+            if end == size {
+                self.outbox.push(Queued::CancelFetch(id));
+            } else {
+                self.transient_failure("server sent more bytes than the requested range", Some(id));
+            }
+            taken = bytes.len();
+        }
+        if n > 0 {
+            self.report_progress(false);
+        }
+        Ok(taken)
+    }
+
+    pub(super) fn on_http_end(&mut self, fetch: FetchId) -> Result<(), Error> {
+        if !self.is_current_fetch(fetch)? {
+            return Ok(());
+        }
+        let State::Downloading(d) = &mut self.state else {
+            return Ok(());
+        };
+        match d.fetch {
+            Fetch::Streaming { end, .. } if d.skip == 0 && d.received >= end => {
+                d.fetch = Fetch::Idle; // a partial 206 ended as announced: ask for the rest
+            }
+            Fetch::Streaming { end, .. } => {
+                let reason = format!("body ended at byte {} of {end}", d.received);
+                self.transient_failure(&reason, None);
+            }
+            _ => self.transient_failure("connection closed before the response", None),
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_http_failed(&mut self, fetch: FetchId, reason: &str) -> Result<(), Error> {
+        if self.is_current_fetch(fetch)? {
+            self.transient_failure(reason, None);
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_download_timeout(&mut self) {
+        let now = self.now;
+        let stall = self.config.stall_timeout;
+        let busy = self.io.is_some();
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
+        match d.fetch {
+            Fetch::Requested { id, .. } | Fetch::Streaming { id, .. }
+                if !busy && now >= d.last_activity + stall =>
+            {
+                let reason = format!("no data for {} s", stall.as_secs());
+                self.transient_failure(&reason, Some(id));
+            }
+            Fetch::Backoff { until } if now >= until => d.fetch = Fetch::Idle,
+            Fetch::Refreshing { sent: false, until } if now >= until => {
+                self.request_task();
+                if let State::Downloading(d) = &mut self.state {
+                    d.fetch = Fetch::Refreshing {
+                        sent: self.online,
+                        until: now + self.config.reply_timeout,
+                    };
+                }
+            }
+            Fetch::Refreshing { sent: true, until } if now >= until => {
+                self.refresh_url("no answer to the request for a fresh URL", None);
+            }
+            _ => {}
+        }
+    }
+
+    /// A retryable error: back off and try again from the bytes we hold, within budget.
+    fn transient_failure(&mut self, reason: &str, open: Option<FetchId>) {
+        if let Some(id) = open {
+            self.outbox.push(Queued::CancelFetch(id));
+        }
+        let policy = self.config.retry;
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
+        d.failures += 1;
+        if d.failures > policy.max_attempts {
+            let reason = format!("download failed after {} attempts: {reason}", d.failures);
+            self.fail(FailureCode::DownloadFailed, &reason);
+            return;
+        }
+        let delay = self
+            .backoff
+            .delay(policy.base_delay, policy.max_delay, d.failures - 1);
+        d.fetch = Fetch::Backoff {
+            until: self.now + delay,
+        };
+    }
+
+    /// The URL is refused: ask the cloud for the task again (a fresh signature), within budget.
+    fn refresh_url(&mut self, reason: &str, open: Option<FetchId>) {
+        if let Some(id) = open {
+            self.outbox.push(Queued::CancelFetch(id));
+        }
+        let policy = self.config.url_refresh;
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
+        d.refreshes += 1;
+        if d.refreshes > policy.max_attempts {
+            let reason = format!(
+                "download URL refused ({reason}) and {} fresh URLs did not help",
+                policy.max_attempts
+            );
+            self.fail(FailureCode::DownloadFailed, &reason);
+            return;
+        }
+        if d.refreshes == 1 {
+            // Expiry is routine: ask at once.
+            d.fetch = Fetch::Refreshing {
+                sent: self.online,
+                until: self.now + self.config.reply_timeout,
+            };
+            self.request_task();
+        } else {
+            let delay = self
+                .backoff
+                .delay(policy.base_delay, policy.max_delay, d.refreshes - 2);
+            d.fetch = Fetch::Refreshing {
+                sent: false,
+                until: self.now + delay,
+            };
+        }
+    }
+
+    /// Notifies the application (throttled) and publishes to the cloud when online.
+    pub(super) fn report_progress(&mut self, force: bool) {
+        let (step, interval, now) = (
+            self.config.progress_step,
+            self.config.progress_interval,
+            self.now,
+        );
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
+        if d.received > 0 {
+            // The first report says "started" (1), whatever the first chunk held.
+            let pct = if d.notified == 0 { 1 } else { d.percent() };
+            let due = force
+                || d.notified == 0
+                || pct >= d.notified.saturating_add(step)
+                || now >= d.notified_at + interval;
+            if pct > d.notified && due {
+                d.notified = pct;
+                d.notified_at = now;
+                let (received, size) = (d.received, d.task.size);
+                self.notify(Note::Progress {
+                    percent: pct,
+                    received,
+                    size,
+                });
+            }
+        }
+        self.publish_pending_progress();
+    }
+
+    /// Sends the last notified percentage if the cloud has not seen it yet.
+    fn publish_pending_progress(&mut self) {
+        if !self.online {
+            return;
+        }
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
+        if d.notified > d.reported {
+            d.reported = d.notified;
+            let pct = d.notified;
+            let desc = if pct == 100 {
+                "downloaded and verified"
+            } else {
+                "downloading"
+            };
+            let id = self.next_id();
+            let module = &self.config.module;
+            let range = self
+                .outbox
+                .encode(|out| encode_progress(out, id, Step::Percent(pct), desc, module));
+            self.outbox.push(Queued::Publish(Topic::Progress, range));
+        }
+    }
+}
+
+/// Parses `bytes FIRST-LAST/TOTAL`.
+fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    Some((parse_u64(first)?, parse_u64(last)?, parse_u64(total)?))
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_range;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, 199, 200))
+        );
+        assert_eq!(parse_content_range("bytes  0-0/1 "), Some((0, 0, 1)));
+        assert_eq!(parse_content_range("bytes 100-199/*"), None);
+        assert_eq!(parse_content_range("bytes -5-199/200"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+        assert_eq!(parse_content_range("bytes 1-2"), None);
+    }
+}

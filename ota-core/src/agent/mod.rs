@@ -1,0 +1,795 @@
+//! The agent: the whole upgrade lifecycle as one state machine (DESIGN.md "The upgrade
+//! lifecycle"). Inputs are [`Event`]s, body bytes and timeouts; outputs are [`Action`]s.
+
+mod actions;
+mod config;
+mod download;
+#[cfg(test)]
+mod tests;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+pub use actions::{Action, FetchId, Notification, Outcome};
+pub use config::{Config, RetryPolicy, TaskRequest};
+
+use crate::backoff::Backoff;
+use crate::digest::Hasher;
+use crate::downlink::{parse_get_reply, parse_push, Rejection};
+use crate::error::Error;
+use crate::identity::{is_valid_version, Topics};
+use crate::record::{ImageId, Phase as RecordPhase, Record};
+use crate::task::{Channel, ExpectedDigest, Task};
+use crate::time::Instant;
+use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, FailureCode, Step};
+use actions::{Note, Outbox, Queued, Topic};
+use download::Download;
+
+/// What the device knows at start-up.
+#[derive(Clone, Copy, Debug)]
+pub struct Boot<'a> {
+    /// The version of the module that is running now.
+    pub running_version: &'a str,
+    /// The saved record, if the adapter found one.
+    pub record: Option<&'a [u8]>,
+}
+
+/// One input to the agent. Body bytes go through [`Agent::handle_body`] instead, because
+/// the agent answers how many it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The MQTT session is up (after every connect and reconnect).
+    Connected,
+    /// The MQTT session is down.
+    Disconnected,
+    /// A message arrived on a subscribed topic.
+    Message {
+        /// Topic.
+        topic: &'a str,
+        /// Payload.
+        payload: &'a [u8],
+    },
+    /// The status line and headers of a fetch.
+    HttpResponse {
+        /// The fetch.
+        fetch: FetchId,
+        /// Status code.
+        status: u16,
+        /// `Content-Length`, if present.
+        content_length: Option<u64>,
+        /// `Content-Range`, if present.
+        content_range: Option<&'a str>,
+    },
+    /// The body of a fetch ended cleanly.
+    HttpEnd {
+        /// The fetch.
+        fetch: FetchId,
+    },
+    /// A fetch failed (connect, TLS, reset, read timeout...).
+    HttpFailed {
+        /// The fetch.
+        fetch: FetchId,
+        /// What happened, for the failure description.
+        reason: &'a str,
+    },
+    /// The pending `Write` is on flash.
+    WriteDone,
+    /// The pending `Write` failed.
+    WriteFailed,
+    /// The pending `SaveRecord` or `ClearRecord` is durable.
+    RecordSaved,
+    /// The pending `SaveRecord` or `ClearRecord` failed.
+    RecordSaveFailed,
+    /// The pending `Activate` succeeded.
+    Activated,
+    /// The pending `Activate` failed.
+    ActivationFailed,
+    /// The application's verdict on the new image.
+    HealthVerdict {
+        /// True when the image works.
+        healthy: bool,
+    },
+}
+
+/// Where the agent stands, for the application and for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No task.
+    Idle,
+    /// Downloading (or waiting to retry, or waiting for a fresh URL).
+    Downloading,
+    /// Verified; saving the record and activating.
+    Activating,
+    /// Activated; waiting for the reboot.
+    Rebooting,
+    /// Booted into the new image; waiting for the health verdict.
+    CheckingHealth,
+    /// Rolling back to the previous image.
+    RollingBack,
+}
+
+/// The storage or boot operation in flight (one at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Io {
+    Write { generation: u32, end: u64 },
+    SaveRecord(RecordPurpose),
+    ClearRecord,
+    Activate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecordPurpose {
+    /// A download checkpoint of the given generation at the given offset.
+    Checkpoint {
+        generation: u32,
+        offset: u64,
+    },
+    Activating,
+    RollingBack,
+}
+
+enum State {
+    Idle,
+    Downloading(Box<Download>),
+    Activating {
+        image: ImageId,
+    },
+    Rebooting,
+    CheckingHealth {
+        image: ImageId,
+        previous: String,
+        deadline: Instant,
+    },
+    RollingBack,
+}
+
+/// A download interrupted by a restart, waiting for the cloud to send its task again.
+struct ResumePoint {
+    image: ImageId,
+    offset: u64,
+    hasher: Hasher,
+}
+
+/// The OTA agent. See the crate documentation for the driving loop.
+pub struct Agent {
+    config: Config,
+    topics: Topics,
+    running_version: String,
+    now: Instant,
+    online: bool,
+    next_message_id: u64,
+    next_fetch: u32,
+    generation: u32,
+    state: State,
+    io: Option<Io>,
+    clear_record_wanted: bool,
+    resume: Option<ResumePoint>,
+    /// Failure reports made while offline, sent on the next connect.
+    unsent_reports: Vec<(Step, String, String)>,
+    /// The image verified in this session (for `is_image_verified`).
+    verified: bool,
+    staging: Vec<u8>,
+    /// Reused buffer for the digest mid-state of checkpoints.
+    scratch: Vec<u8>,
+    backoff: Backoff,
+    outbox: Outbox,
+}
+
+/// Failure reports kept while offline; older ones beyond this are dropped.
+const MAX_UNSENT_REPORTS: usize = 4;
+
+impl Agent {
+    /// Builds the agent from its configuration and what was found at boot. Actions may be
+    /// queued already (e.g. a health check after an upgrade): drain them.
+    pub fn new(config: Config, boot: Boot<'_>, now: Instant) -> Result<Self, Error> {
+        config.validate()?;
+        if !is_valid_version(boot.running_version) {
+            return Err(Error::InvalidVersion);
+        }
+        let backoff = Backoff::new(config.seed);
+        let mut agent = Agent {
+            topics: Topics::new(&config.identity),
+            staging: vec![0; config.write_block],
+            scratch: Vec::with_capacity(128),
+            running_version: boot.running_version.into(),
+            now,
+            online: false,
+            next_message_id: 1,
+            next_fetch: 0,
+            generation: 0,
+            state: State::Idle,
+            io: None,
+            clear_record_wanted: false,
+            resume: None,
+            unsent_reports: Vec::new(),
+            verified: false,
+            backoff,
+            outbox: Outbox::new(),
+            config,
+        };
+        if let Some(bytes) = boot.record {
+            agent.recover(bytes);
+        }
+        agent.advance();
+        Ok(agent)
+    }
+
+    /// Processes one input. Drain [`Agent::poll_action`] before the next input.
+    pub fn handle(&mut self, now: Instant, event: Event<'_>) -> Result<(), Error> {
+        self.begin_input(now)?;
+        let result = self.dispatch(event);
+        self.advance();
+        result
+    }
+
+    /// Offers body bytes of `fetch`; returns how many were taken. Fewer than offered
+    /// (possibly 0) means a write is in flight: perform the queued actions, then offer
+    /// the rest again. Bytes of an abandoned fetch are taken and dropped.
+    pub fn handle_body(
+        &mut self,
+        now: Instant,
+        fetch: FetchId,
+        bytes: &[u8],
+    ) -> Result<usize, Error> {
+        self.begin_input(now)?;
+        let result = self.on_body(fetch, bytes);
+        self.advance();
+        result
+    }
+
+    /// Fires the deadlines that have passed. Call it when [`Agent::poll_timeout`] is reached.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        self.begin_input(now)?;
+        self.on_timeout();
+        self.advance();
+        Ok(())
+    }
+
+    /// The next action to perform, borrowing the agent until it is dropped.
+    pub fn poll_action(&mut self) -> Option<Action<'_>> {
+        self.outbox.pop(&self.topics, &self.staging)
+    }
+
+    /// When to call [`Agent::handle_timeout`]: `now` while actions are queued, `None`
+    /// when nothing is scheduled. Never earlier than the latest `now` seen.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.outbox.is_empty() {
+            return Some(self.now);
+        }
+        let deadline = match &self.state {
+            State::Downloading(d) => d.deadline(self.config.stall_timeout, self.write_pending()),
+            State::CheckingHealth { deadline, .. } => Some(*deadline),
+            _ => None,
+        };
+        deadline.map(|d| d.max(self.now))
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        match &self.state {
+            State::Idle => Phase::Idle,
+            State::Downloading(_) => Phase::Downloading,
+            State::Activating { .. } => Phase::Activating,
+            State::Rebooting => Phase::Rebooting,
+            State::CheckingHealth { .. } => Phase::CheckingHealth,
+            State::RollingBack => Phase::RollingBack,
+        }
+    }
+
+    /// Bytes of the current image received so far (`IOT_OTAG_FETCHED_SIZE`).
+    pub fn fetched_size(&self) -> u64 {
+        match &self.state {
+            State::Downloading(d) => d.received,
+            State::Activating { image, .. } => image.size,
+            _ => 0,
+        }
+    }
+
+    /// Size of the current image (`IOT_OTAG_FILE_SIZE`).
+    pub fn file_size(&self) -> Option<u64> {
+        match &self.state {
+            State::Downloading(d) => Some(d.task.size),
+            State::Activating { image, .. } => Some(image.size),
+            _ => None,
+        }
+    }
+
+    /// The digest the current image must have (`IOT_OTAG_MD5SUM`, any method).
+    pub fn expected_digest(&self) -> Option<ExpectedDigest> {
+        match &self.state {
+            State::Downloading(d) => Some(d.task.digest),
+            State::Activating { image, .. } => Some(image.digest),
+            _ => None,
+        }
+    }
+
+    /// The version being installed (`IOT_OTAG_VERSION`).
+    pub fn target_version(&self) -> Option<&str> {
+        match &self.state {
+            State::Downloading(d) => Some(&d.task.version),
+            State::Activating { image, .. } => Some(&image.version),
+            State::CheckingHealth { image, .. } => Some(&image.version),
+            _ => None,
+        }
+    }
+
+    /// True once the downloaded image matched its digest (`IOT_OTAG_CHECK_FIRMWARE`).
+    pub fn is_image_verified(&self) -> bool {
+        self.verified
+    }
+
+    /// The running version.
+    pub fn running_version(&self) -> &str {
+        &self.running_version
+    }
+
+    /// True while the MQTT session is up.
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+
+    /// Number of queued actions (bounded; for tests and assertions).
+    pub fn queued_actions(&self) -> usize {
+        self.outbox.len()
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    fn begin_input(&mut self, now: Instant) -> Result<(), Error> {
+        if !self.outbox.is_empty() {
+            return Err(Error::ActionsNotDrained);
+        }
+        self.outbox.recycle();
+        self.now = self.now.max(now);
+        Ok(())
+    }
+
+    fn dispatch(&mut self, event: Event<'_>) -> Result<(), Error> {
+        match event {
+            Event::Connected => self.on_connected(),
+            Event::Disconnected => self.online = false,
+            Event::Message { topic, payload } => self.on_message(topic, payload),
+            Event::HttpResponse {
+                fetch,
+                status,
+                content_length,
+                content_range,
+            } => return self.on_response(fetch, status, content_length, content_range),
+            Event::HttpEnd { fetch } => return self.on_http_end(fetch),
+            Event::HttpFailed { fetch, reason } => return self.on_http_failed(fetch, reason),
+            Event::WriteDone | Event::WriteFailed => {
+                return self.on_write_result(event == Event::WriteDone)
+            }
+            Event::RecordSaved | Event::RecordSaveFailed => {
+                return self.on_record_result(event == Event::RecordSaved)
+            }
+            Event::Activated | Event::ActivationFailed => {
+                return self.on_activation_result(event == Event::Activated)
+            }
+            Event::HealthVerdict { healthy } => return self.on_health_verdict(healthy),
+        }
+        Ok(())
+    }
+
+    fn on_connected(&mut self) {
+        self.online = true;
+        for topic in [Topic::Upgrade, Topic::FirmwareGetReply] {
+            self.outbox.push(Queued::Subscribe(topic));
+        }
+        self.publish_inform();
+        for (step, desc, module) in core::mem::take(&mut self.unsent_reports) {
+            self.publish_progress(step, &desc, &module);
+        }
+        let must_ask = self.resume.is_some()
+            || matches!(&self.state, State::Downloading(d) if d.is_refreshing());
+        if must_ask
+            || (self.config.request_task_on_connect
+                && matches!(self.state, State::Idle | State::Downloading(_)))
+        {
+            self.request_task();
+        }
+        if let State::Downloading(d) = &mut self.state {
+            d.mark_request_sent(self.now, self.config.reply_timeout);
+        }
+        self.report_progress(false);
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        let parsed = if topic == self.topics.upgrade {
+            parse_push(payload, &self.config.rules).map(Some)
+        } else if topic == self.topics.firmware_get_reply {
+            parse_get_reply(payload, &self.config.rules)
+        } else {
+            return; // another device's topic, or one we do not serve
+        };
+        match parsed {
+            Ok(Some(task)) => self.on_task(task),
+            Ok(None) => self.on_no_task(),
+            Err(rejection) => self.on_rejection(rejection),
+        }
+    }
+
+    fn on_rejection(&mut self, rejection: Rejection) {
+        self.notify(Note::TaskRejected(rejection.reason.clone()));
+        // Only an idle device reports: while another task runs, a -1 would be taken as
+        // the verdict on that task.
+        if matches!(self.state, State::Idle) {
+            let module = rejection
+                .module
+                .unwrap_or_else(|| self.config.module.clone());
+            self.report_failure(FailureCode::UpgradeFailed, &rejection.reason, &module);
+        }
+    }
+
+    fn on_task(&mut self, task: Task) {
+        if task.module != self.config.module {
+            let reason = format!("module {} is not managed by this agent", task.module);
+            self.notify(Note::TaskRejected(reason.clone()));
+            self.report_failure(FailureCode::UpgradeFailed, &reason, &task.module);
+            return;
+        }
+        match &mut self.state {
+            State::Downloading(d) if d.task.same_image(&task) => {
+                d.adopt_fresh_channel(&task);
+                return;
+            }
+            State::Idle | State::Downloading(_) => {}
+            // Busy activating or checking a new image: the cloud will ask again later.
+            _ => return,
+        }
+        if task.version == self.running_version {
+            // Already running it: the version report is what completes the cloud's task.
+            self.resume = None;
+            self.publish_inform();
+            return;
+        }
+        if let Channel::Mqtt { .. } = task.channel {
+            let reason =
+                String::from("download over the MQTT channel is not supported by this agent");
+            self.notify(Note::TaskRejected(reason.clone()));
+            self.report_failure(FailureCode::UpgradeFailed, &reason, &task.module);
+            return;
+        }
+        self.start_download(task);
+    }
+
+    fn on_no_task(&mut self) {
+        if self.resume.take().is_some() {
+            self.clear_record_wanted = true;
+        }
+        if let State::Downloading(d) = &self.state {
+            if let Some(fetch) = d.open_fetch() {
+                self.outbox.push(Queued::CancelFetch(fetch));
+            }
+            self.state = State::Idle;
+            self.clear_record_wanted = true;
+            self.notify(Note::Canceled);
+        }
+    }
+
+    fn start_download(&mut self, task: Task) {
+        if let State::Downloading(old) = &self.state {
+            if let Some(fetch) = old.open_fetch() {
+                self.outbox.push(Queued::CancelFetch(fetch));
+            }
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.verified = false;
+        self.clear_record_wanted = false;
+        let resume = self.resume.take().filter(|r| r.image.matches(&task));
+        self.notify(Note::TaskReceived(Box::new(task.clone())));
+        let download = match resume {
+            Some(r) => Download::resume(task, self.generation, r.offset, r.hasher, self.now),
+            None => Download::new(task, self.generation, self.now),
+        };
+        self.state = State::Downloading(Box::new(download));
+    }
+
+    fn on_write_result(&mut self, ok: bool) -> Result<(), Error> {
+        let Some(Io::Write { generation, end }) = self.io else {
+            return Err(Error::UnexpectedWriteResult);
+        };
+        self.io = None;
+        let State::Downloading(d) = &mut self.state else {
+            return Ok(()); // the task it belonged to is gone
+        };
+        if d.generation != generation {
+            return Ok(());
+        }
+        if ok {
+            d.on_written(end, self.now);
+        } else {
+            let reason = format!("flash write failed at offset {}", d.written);
+            self.fail(FailureCode::FlashFailed, &reason);
+        }
+        Ok(())
+    }
+
+    fn on_record_result(&mut self, ok: bool) -> Result<(), Error> {
+        let purpose = match self.io {
+            Some(Io::SaveRecord(purpose)) => Some(purpose),
+            Some(Io::ClearRecord) => None,
+            _ => return Err(Error::UnexpectedRecordResult),
+        };
+        self.io = None;
+        match (purpose, &mut self.state) {
+            // A failed clear leaves a stale record; the next boot asks the cloud and clears it.
+            (None, _) => {}
+            (Some(RecordPurpose::Checkpoint { generation, offset }), State::Downloading(d))
+                if d.generation == generation =>
+            {
+                if ok {
+                    d.recorded = Some(offset);
+                } else {
+                    self.fail(
+                        FailureCode::FlashFailed,
+                        "could not save the upgrade record",
+                    );
+                }
+            }
+            (Some(RecordPurpose::Checkpoint { .. }), _) => {}
+            (Some(RecordPurpose::Activating), State::Activating { image, .. }) => {
+                if ok {
+                    let module = self.outbox.stash(image.module.as_bytes());
+                    let version = self.outbox.stash(image.version.as_bytes());
+                    self.outbox.push(Queued::Activate { module, version });
+                    self.io = Some(Io::Activate);
+                } else {
+                    self.fail(
+                        FailureCode::FlashFailed,
+                        "could not save the activation record",
+                    );
+                }
+            }
+            (Some(RecordPurpose::RollingBack), State::RollingBack) => {
+                self.outbox.push(Queued::Rollback);
+                self.outbox.push(Queued::Reboot);
+            }
+            (Some(_), _) => {}
+        }
+        Ok(())
+    }
+
+    fn on_activation_result(&mut self, ok: bool) -> Result<(), Error> {
+        if self.io != Some(Io::Activate) {
+            return Err(Error::UnexpectedActivationResult);
+        }
+        self.io = None;
+        let State::Activating { image, .. } = &self.state else {
+            return Ok(());
+        };
+        if ok {
+            self.notify(Note::Installed(image.version.clone()));
+            self.outbox.push(Queued::Reboot);
+            self.state = State::Rebooting;
+        } else {
+            self.fail(
+                FailureCode::FlashFailed,
+                "activation of the new image failed",
+            );
+        }
+        Ok(())
+    }
+
+    fn on_health_verdict(&mut self, healthy: bool) -> Result<(), Error> {
+        if !matches!(self.state, State::CheckingHealth { .. }) {
+            return Err(Error::UnexpectedHealthVerdict);
+        }
+        self.conclude_health_check(healthy, "the application reported the new image unhealthy");
+        Ok(())
+    }
+
+    fn conclude_health_check(&mut self, healthy: bool, why: &str) {
+        let State::CheckingHealth {
+            image, previous, ..
+        } = core::mem::replace(&mut self.state, State::Idle)
+        else {
+            return;
+        };
+        if healthy {
+            self.outbox.push(Queued::Confirm);
+            self.clear_record_wanted = true;
+            self.notify(Note::Succeeded(image.version));
+            return;
+        }
+        let reason = format!("{why}; rolling back to {previous}");
+        self.report_failure(FailureCode::UpgradeFailed, &reason, &image.module);
+        self.notify(Note::Failed(FailureCode::UpgradeFailed, reason));
+        let record = Record {
+            image,
+            previous_version: previous,
+            phase: RecordPhase::RollingBack,
+        };
+        self.save_record(&record, RecordPurpose::RollingBack);
+        self.state = State::RollingBack;
+    }
+
+    fn on_timeout(&mut self) {
+        let now = self.now;
+        match &mut self.state {
+            State::CheckingHealth { deadline, .. } if *deadline <= now => {
+                self.conclude_health_check(false, "the new image did not report healthy in time");
+            }
+            State::Downloading(_) => self.on_download_timeout(),
+            _ => {}
+        }
+    }
+
+    // ---- boot ---------------------------------------------------------------------------
+
+    fn recover(&mut self, bytes: &[u8]) {
+        let record = match Record::decode(bytes) {
+            Ok(r) if r.image.module == self.config.module => r,
+            Ok(_) => return, // another module's record: not ours to touch
+            Err(e) => {
+                self.notify(Note::RecordDiscarded(e));
+                self.clear_record_wanted = true;
+                return;
+            }
+        };
+        let module = record.image.module.clone();
+        match record.phase {
+            RecordPhase::Downloading {
+                offset,
+                digest_state,
+            } => match Hasher::restore(record.image.digest.method(), &digest_state) {
+                Some(hasher) if offset <= record.image.size => {
+                    self.resume = Some(ResumePoint {
+                        image: record.image,
+                        offset,
+                        hasher,
+                    });
+                }
+                _ => {
+                    self.notify(Note::RecordDiscarded(crate::record::RecordError::Invalid));
+                    self.clear_record_wanted = true;
+                }
+            },
+            RecordPhase::Activating if self.running_version == record.image.version => {
+                self.notify(Note::HealthCheck(record.image.version.clone()));
+                self.state = State::CheckingHealth {
+                    image: record.image,
+                    previous: record.previous_version,
+                    deadline: self.now + self.config.health_timeout,
+                };
+            }
+            RecordPhase::Activating => {
+                let reason = if self.running_version == record.previous_version {
+                    format!(
+                        "rolled back: {} did not boot, {} is running",
+                        record.image.version, self.running_version
+                    )
+                } else {
+                    format!(
+                        "running {} is neither the target {} nor the previous {}",
+                        self.running_version, record.image.version, record.previous_version
+                    )
+                };
+                self.report_failure(FailureCode::UpgradeFailed, &reason, &module);
+                self.notify(Note::Failed(FailureCode::UpgradeFailed, reason));
+                self.notify(Note::RolledBack(self.running_version.clone()));
+                self.clear_record_wanted = true;
+            }
+            RecordPhase::RollingBack => {
+                self.notify(Note::RolledBack(self.running_version.clone()));
+                self.clear_record_wanted = true;
+            }
+        }
+    }
+
+    // ---- the engine ---------------------------------------------------------------------
+
+    /// Starts whatever the state allows next: one storage operation at a time, fetches
+    /// once the record is durable, verification once every byte is written.
+    fn advance(&mut self) {
+        if self.io.is_some() {
+            return;
+        }
+        if let State::Downloading(_) = self.state {
+            self.advance_download();
+        }
+        if self.io.is_none()
+            && self.clear_record_wanted
+            && !matches!(self.state, State::Downloading(_))
+        {
+            self.clear_record_wanted = false;
+            self.outbox.push(Queued::ClearRecord);
+            self.io = Some(Io::ClearRecord);
+        }
+    }
+
+    fn write_pending(&self) -> bool {
+        matches!(self.io, Some(Io::Write { .. }))
+    }
+
+    fn save_record(&mut self, record: &Record, purpose: RecordPurpose) {
+        let range = self.outbox.encode(|out| record.encode(out));
+        self.outbox.push(Queued::SaveRecord(range));
+        self.io = Some(Io::SaveRecord(purpose));
+    }
+
+    /// Ends the current task with one failure report.
+    fn fail(&mut self, code: FailureCode, reason: &str) {
+        let module = self.config.module.clone();
+        if let State::Downloading(d) = &self.state {
+            if let Some(fetch) = d.open_fetch() {
+                self.outbox.push(Queued::CancelFetch(fetch));
+            }
+        }
+        self.report_failure(code, reason, &module);
+        self.notify(Note::Failed(code, reason.into()));
+        self.state = State::Idle;
+        self.verified = false;
+        self.clear_record_wanted = true;
+    }
+
+    fn report_failure(&mut self, code: FailureCode, reason: &str, module: &str) {
+        let step = Step::Failed(code);
+        if self.online {
+            self.publish_progress(step, reason, module);
+        } else {
+            if self.unsent_reports.len() == MAX_UNSENT_REPORTS {
+                self.unsent_reports.remove(0);
+            }
+            self.unsent_reports
+                .push((step, reason.into(), module.into()));
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        id
+    }
+
+    fn publish_inform(&mut self) {
+        if !self.online {
+            return;
+        }
+        let id = self.next_id();
+        let (version, module) = (&self.running_version, &self.config.module);
+        let range = self
+            .outbox
+            .encode(|out| encode_inform(out, id, version, module));
+        self.outbox.push(Queued::Publish(Topic::Inform, range));
+    }
+
+    fn publish_progress(&mut self, step: Step, desc: &str, module: &str) {
+        let id = self.next_id();
+        let range = self
+            .outbox
+            .encode(|out| encode_progress(out, id, step, desc, module));
+        self.outbox.push(Queued::Publish(Topic::Progress, range));
+    }
+
+    fn request_task(&mut self) {
+        if !self.online {
+            return;
+        }
+        let id = self.next_id();
+        let module = &self.config.module;
+        let (topic, range) = match self.config.task_request {
+            TaskRequest::FirmwareGet => (
+                Topic::FirmwareGet,
+                self.outbox
+                    .encode(|out| encode_firmware_get(out, id, module)),
+            ),
+            TaskRequest::Legacy => {
+                let version = &self.running_version;
+                (
+                    Topic::Request,
+                    self.outbox
+                        .encode(|out| encode_inform(out, id, version, module)),
+                )
+            }
+        };
+        self.outbox.push(Queued::Publish(topic, range));
+    }
+
+    fn notify(&mut self, note: Note) {
+        self.outbox.push(Queued::Notify(note));
+    }
+}

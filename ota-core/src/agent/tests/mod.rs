@@ -1,0 +1,3 @@
+mod lifecycle;
+mod power_loss;
+mod world;
