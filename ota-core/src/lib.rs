@@ -4,6 +4,8 @@
 //! ota-core: placeholder crate root while modules land.
 
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 pub mod agent;
 pub mod backoff;
