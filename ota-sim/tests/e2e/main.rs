@@ -1,0 +1,15 @@
+//! End-to-end tests of the simulator with a scripted device over loopback.
+
+mod cli;
+mod device;
+mod download;
+mod jobs;
+mod login;
+mod push;
+
+use ota_sim::{Sim, SimConfig};
+
+/// A simulator on free ports.
+pub fn sim() -> Sim {
+    Sim::start(SimConfig::default()).expect("simulator starts")
+}
