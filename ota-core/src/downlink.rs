@@ -259,7 +259,7 @@ fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
                 format!(
                     "{} digest in sign must be {} hex characters",
                     method.name(),
-                    method.len() * 2
+                    method.digest_len() * 2
                 )
             })
         }

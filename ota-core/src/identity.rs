@@ -148,7 +148,7 @@ mod tests {
             "de/v1",
             "dev+1",
             "dev#1",
-            "dev\01",
+            "dev\u{0}1",
             "dev 1",
             &"d".repeat(33),
         ] {

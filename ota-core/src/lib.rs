@@ -1,7 +1,54 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-//! ota-core: placeholder crate root while modules land.
+//! A sans-IO firmware over-the-air (OTA) update agent for the Alibaba Cloud IoT Platform.
+//!
+//! The [`Agent`] is a pure state machine: it never touches a socket, a file, a clock or
+//! a random number generator. The adapter feeds it [`Event`]s (MQTT up/down and messages,
+//! HTTP status/body/end/failure, storage results, the application's health verdict) and
+//! performs the [`Action`]s it asks for (subscribe, publish, fetch from an offset, write
+//! bytes at an offset, save the record, activate, reboot, confirm, roll back, notify).
+//!
+//! The driving loop — mutate, drain until nothing, sleep until the deadline:
+//!
+//! ```
+//! use ota_core::{Action, Agent, Boot, Config, DeviceIdentity, Event, Instant};
+//!
+//! # fn main() -> Result<(), ota_core::Error> {
+//! let config = Config::new(DeviceIdentity::new("a1TestPK001", "dev01")?);
+//! let boot = Boot { running_version: "1.0.0", record: None }; // record: what storage holds
+//! let mut agent = Agent::new(config, boot, Instant::ZERO)?;
+//!
+//! let mut subscribed = Vec::new();
+//! let mut now = Instant::from_millis(10);
+//! agent.handle(now, Event::Connected)?; // one input...
+//! while let Some(action) = agent.poll_action() { // ...then drain every action
+//!     match action {
+//!         Action::Subscribe { topic } => subscribed.push(topic.to_string()),
+//!         Action::Publish { topic: _, payload: _ } => { /* MQTT publish, QoS 1 */ }
+//!         Action::Fetch { fetch: _, url: _, offset: _ } => { /* GET, Range: bytes=offset- */ }
+//!         Action::Write { offset: _, data: _ } => { /* then Event::WriteDone */ }
+//!         Action::SaveRecord { record: _ } => { /* atomically; then Event::RecordSaved */ }
+//!         _ => { /* CancelFetch, ClearRecord, Activate, Reboot, Confirm, Rollback, Notify */ }
+//!     }
+//! }
+//! if let Some(deadline) = agent.poll_timeout() { // sleep until then (or an input arrives)
+//!     now = deadline;
+//!     agent.handle_timeout(now)?;
+//! }
+//! assert_eq!(subscribed, ["/ota/device/upgrade/a1TestPK001/dev01",
+//!                         "/sys/a1TestPK001/dev01/thing/ota/firmware/get_reply"]);
+//! # Ok(()) }
+//! ```
+//!
+//! Body bytes go through [`Agent::handle_body`], which says how many it took: fewer than
+//! offered means a write is in flight, so the adapter performs the queued `Write`, reports
+//! `WriteDone`, and offers the rest. That back-pressure keeps memory bounded; the body path
+//! hashes each byte once on the way into the staging block and does not allocate.
+//!
+//! Protocol failures (a 403, a short body, a digest mismatch, a flash failure) are not
+//! `Err`: they become a state change and exactly one failure report with the right code.
+//! `Err` means the adapter broke the contract; the state is then unchanged.
 
 extern crate alloc;
 #[cfg(test)]

@@ -146,7 +146,7 @@ impl Record {
             1 => DigestMethod::Sha256,
             _ => return None,
         };
-        let digest = ExpectedDigest::new(method, r.take(method.len())?)?;
+        let digest = ExpectedDigest::new(method, r.take(method.digest_len())?)?;
         let mqtt_stream = match r.u8()? {
             0 => None,
             1 => Some((r.u64()?, r.u64()?)),

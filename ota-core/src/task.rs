@@ -13,7 +13,7 @@ pub enum DigestMethod {
 
 impl DigestMethod {
     /// Length of the digest in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn digest_len(self) -> usize {
         match self {
             DigestMethod::Md5 => 16,
             DigestMethod::Sha256 => 32,
@@ -39,7 +39,7 @@ pub struct ExpectedDigest {
 impl ExpectedDigest {
     /// Builds a digest from its raw bytes; `None` if the length does not fit the method.
     pub fn new(method: DigestMethod, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != method.len() {
+        if bytes.len() != method.digest_len() {
             return None;
         }
         let mut buf = [0u8; 32];
@@ -50,7 +50,7 @@ impl ExpectedDigest {
     /// Parses hex of either case; `None` unless exactly the method's length of hex digits.
     pub fn from_hex(method: DigestMethod, hex: &str) -> Option<Self> {
         let hex = hex.as_bytes();
-        if hex.len() != method.len() * 2 {
+        if hex.len() != method.digest_len() * 2 {
             return None;
         }
         let mut buf = [0u8; 32];
@@ -67,13 +67,13 @@ impl ExpectedDigest {
 
     /// The digest bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.method.len()]
+        &self.bytes[..self.method.digest_len()]
     }
 
     /// Lower-case hex, written into `out` (64 bytes fit every method).
     pub fn to_hex<'a>(&self, out: &'a mut [u8; 64]) -> &'a str {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let n = self.method.len();
+        let n = self.method.digest_len();
         for (i, b) in self.bytes().iter().enumerate() {
             out[2 * i] = DIGITS[usize::from(b >> 4)];
             out[2 * i + 1] = DIGITS[usize::from(b & 15)];

@@ -650,7 +650,7 @@ impl World {
     /// Runs until the first fetch after a reboot is issued (true) or the run stops (false).
     pub fn run_until_first_fetch_or_stop(&mut self) -> bool {
         let before = self.fetch_offsets.len();
-        matches!(self.run_with(&|w| w.fetch_offsets.len() > before), None)
+        self.run_with(&|w| w.fetch_offsets.len() > before).is_none()
     }
 
     pub fn slot_image(&self) -> &[u8] {
