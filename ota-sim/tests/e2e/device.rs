@@ -29,8 +29,13 @@ pub struct Device {
 impl Device {
     /// Connects with the device's own credentials and subscribes to its downlink topics.
     pub fn online(sim: &Sim, info: &DeviceInfo) -> Device {
-        let mut d = Device::connect(sim.mqtt_host(), sim.mqtt_port(), &info.id, &info.credentials())
-            .expect("login accepted");
+        let mut d = Device::connect(
+            sim.mqtt_host(),
+            sim.mqtt_port(),
+            &info.id,
+            &info.credentials(),
+        )
+        .expect("login accepted");
         d.subscribe();
         d
     }
@@ -55,7 +60,9 @@ impl Device {
                 let ev = match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::ConnAck,
                     Ok(Event::Incoming(Packet::SubAck(_))) => Ev::SubAck,
-                    Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish(p.topic, p.payload.to_vec()),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Ev::Publish(p.topic, p.payload.to_vec())
+                    }
                     Ok(_) => continue,
                     Err(e) => {
                         let _ = tx.send(Ev::Error(e.to_string()));
@@ -67,7 +74,12 @@ impl Device {
                 }
             }
         });
-        let d = Device { id: id.clone(), client, events, next_id: 0 };
+        let d = Device {
+            id: id.clone(),
+            client,
+            events,
+            next_id: 0,
+        };
         match d.events.recv_timeout(WAIT) {
             Ok(Ev::ConnAck) => Ok(d),
             Ok(Ev::Error(e)) => Err(e),
@@ -77,7 +89,10 @@ impl Device {
     }
 
     fn topic(&self, kind: &str) -> String {
-        format!("/ota/device/{kind}/{}/{}", self.id.product_key, self.id.device_name)
+        format!(
+            "/ota/device/{kind}/{}/{}",
+            self.id.product_key, self.id.device_name
+        )
     }
 
     /// Subscribes to the push and firmware/get reply topics and waits for the SUBACK.
@@ -86,7 +101,9 @@ impl Device {
             "/sys/{}/{}/thing/ota/firmware/get_reply",
             self.id.product_key, self.id.device_name
         );
-        self.client.subscribe(self.topic("upgrade"), QoS::AtLeastOnce).unwrap();
+        self.client
+            .subscribe(self.topic("upgrade"), QoS::AtLeastOnce)
+            .unwrap();
         self.client.subscribe(reply, QoS::AtLeastOnce).unwrap();
         for _ in 0..2 {
             match self.events.recv_timeout(WAIT) {
@@ -103,12 +120,17 @@ impl Device {
 
     /// Publishes raw bytes on a topic.
     pub fn publish_raw(&self, topic: &str, payload: &[u8]) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
+            .unwrap();
     }
 
     /// Reports the running version (default module).
     pub fn inform(&mut self, version: &str) {
-        let p = format!(r#"{{"id":"{}","params":{{"version":"{version}"}}}}"#, self.id());
+        let p = format!(
+            r#"{{"id":"{}","params":{{"version":"{version}"}}}}"#,
+            self.id()
+        );
         self.publish_raw(&self.topic("inform"), p.as_bytes());
     }
 
@@ -123,23 +145,34 @@ impl Device {
 
     /// Reports a progress step (as a string, like the SDKs).
     pub fn progress(&mut self, step: i64, desc: &str) {
-        let p = format!(r#"{{"id":"{}","params":{{"step":"{step}","desc":"{desc}"}}}}"#, self.id());
+        let p = format!(
+            r#"{{"id":"{}","params":{{"step":"{step}","desc":"{desc}"}}}}"#,
+            self.id()
+        );
         self.publish_raw(&self.topic("progress"), p.as_bytes());
     }
 
     /// Sends an Alink firmware/get request with the given raw JSON id.
     pub fn firmware_get(&self, id_json: &str, module: Option<&str>) {
-        let params = module.map(|m| format!(r#"{{"module":"{m}"}}"#)).unwrap_or("{}".into());
+        let params = module
+            .map(|m| format!(r#"{{"module":"{m}"}}"#))
+            .unwrap_or("{}".into());
         let p = format!(
             r#"{{"id":{id_json},"version":"1.0","params":{params},"method":"thing.ota.firmware.get"}}"#
         );
-        let topic = format!("/sys/{}/{}/thing/ota/firmware/get", self.id.product_key, self.id.device_name);
+        let topic = format!(
+            "/sys/{}/{}/thing/ota/firmware/get",
+            self.id.product_key, self.id.device_name
+        );
         self.publish_raw(&topic, p.as_bytes());
     }
 
     /// Sends the legacy request for a task.
     pub fn legacy_request(&mut self, version: &str) {
-        let p = format!(r#"{{"id":"{}","params":{{"version":"{version}"}}}}"#, self.id());
+        let p = format!(
+            r#"{{"id":"{}","params":{{"version":"{version}"}}}}"#,
+            self.id()
+        );
         self.publish_raw(&self.topic("request"), p.as_bytes());
     }
 
@@ -150,7 +183,10 @@ impl Device {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left).ok()? {
                 Ev::Publish(topic, payload) => {
-                    return Some((topic, serde_json::from_slice(&payload).expect("cloud sends JSON")))
+                    return Some((
+                        topic,
+                        serde_json::from_slice(&payload).expect("cloud sends JSON"),
+                    ))
                 }
                 Ev::Error(e) => panic!("connection lost: {e}"),
                 _ => {}
@@ -220,7 +256,12 @@ pub fn http_get(url: &str, range: Option<&str>, body_timeout: Duration) -> Got {
             Err(e) => break Some(e.to_string()),
         }
     };
-    Got { status, headers, body, error }
+    Got {
+        status,
+        headers,
+        body,
+        error,
+    }
 }
 
 /// Deterministic test firmware of `len` bytes.

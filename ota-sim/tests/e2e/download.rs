@@ -11,7 +11,9 @@ fn setup() -> (Sim, DeviceInfo, String, Vec<u8>) {
     let sim = sim();
     let info = sim.add_device().unwrap();
     let data = firmware(SIZE);
-    let package = sim.add_package(PackageSpec::new("2.0.0", data.clone())).unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", data.clone()))
+        .unwrap();
     let url = sim.signed_url(package, &info).unwrap();
     (sim, info, url, data)
 }
@@ -35,7 +37,10 @@ fn range_requests_get_206_with_content_range() {
     let (_sim, _info, url, data) = setup();
     let got = get(&url, Some("bytes=40000-"));
     assert_eq!(got.status, 206);
-    assert_eq!(got.header("content-range"), Some("bytes 40000-99999/100000"));
+    assert_eq!(
+        got.header("content-range"),
+        Some("bytes 40000-99999/100000")
+    );
     assert_eq!(got.header("content-length"), Some("60000"));
     assert_eq!(got.body, &data[40000..]);
     let got = get(&url, Some("bytes=10-19"));
@@ -55,8 +60,14 @@ fn expired_url_gets_403_access_denied() {
     let got = get(&url, None);
     assert_eq!(got.status, 403);
     let body = String::from_utf8(got.body).unwrap();
-    assert!(body.contains("<Error>") && body.contains("<Code>AccessDenied</Code>"), "{body}");
-    assert!(body.contains("<Message>Request has expired</Message>"), "{body}");
+    assert!(
+        body.contains("<Error>") && body.contains("<Code>AccessDenied</Code>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<Message>Request has expired</Message>"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -72,7 +83,10 @@ fn altered_url_gets_403_signature_does_not_match() {
         let got = get(&altered, None);
         assert_eq!(got.status, 403, "{altered}");
         let body = String::from_utf8(got.body).unwrap();
-        assert!(body.contains("<Code>SignatureDoesNotMatch</Code>"), "{body}");
+        assert!(
+            body.contains("<Code>SignatureDoesNotMatch</Code>"),
+            "{body}"
+        );
     }
 }
 
@@ -96,7 +110,11 @@ fn ignore_range_answers_200_with_whole_file() {
     let (sim, info, url, data) = setup();
     let fault = sim.set_fault(&info, Fault::IgnoreRange, Times::Always);
     let full = get(&url, None);
-    assert_eq!(sim.fault_fired(fault), 0, "a request without Range is not affected");
+    assert_eq!(
+        sim.fault_fired(fault),
+        0,
+        "a request without Range is not affected"
+    );
     assert_eq!(full.body, data);
     let got = get(&url, Some("bytes=5000-"));
     assert_eq!(got.status, 200);
@@ -108,7 +126,9 @@ fn ignore_range_answers_200_with_whole_file() {
 fn status_fault(code: u16, times: Times, expected: &[u16]) {
     let (sim, info, url, _data) = setup();
     let fault = sim.set_fault(&info, Fault::Status(code), times);
-    let statuses: Vec<u16> = (0..expected.len()).map(|_| get(&url, None).status).collect();
+    let statuses: Vec<u16> = (0..expected.len())
+        .map(|_| get(&url, None).status)
+        .collect();
     assert_eq!(statuses, expected);
     let fired = expected.iter().filter(|&&s| s == code).count() as u32;
     assert_eq!(sim.fault_fired(fault), fired);
@@ -143,7 +163,11 @@ fn corrupt_byte_k_flips_that_byte_only() {
     let fault = sim.set_fault(&info, Fault::CorruptByte(70_000), Times::Once);
     let untouched = get(&url, Some("bytes=0-999"));
     assert_eq!(untouched.body, &data[..1000]);
-    assert_eq!(sim.fault_fired(fault), 0, "byte outside the range is not sent");
+    assert_eq!(
+        sim.fault_fired(fault),
+        0,
+        "byte outside the range is not sent"
+    );
     let got = get(&url, Some("bytes=50000-"));
     let mut expected = data[50_000..].to_vec();
     expected[20_000] ^= 0xff;
@@ -155,7 +179,10 @@ fn corrupt_byte_k_flips_that_byte_only() {
 #[test]
 fn stall_sends_some_bytes_then_nothing() {
     let (sim, info, url, data) = setup();
-    let stall = Fault::Stall { after: 20_000, duration: Duration::from_secs(3) };
+    let stall = Fault::Stall {
+        after: 20_000,
+        duration: Duration::from_secs(3),
+    };
     let fault = sim.set_fault(&info, stall, Times::Once);
     let got = http_get(&url, None, Duration::from_millis(400));
     assert!(got.error.is_some(), "the body must not complete");
@@ -171,7 +198,10 @@ fn rate_limit_slows_the_body() {
     let got = get(&url, None);
     let took = start.elapsed();
     assert_eq!(got.body, data);
-    assert!(took >= Duration::from_millis(200), "100 kB at 400 kB/s took {took:?}");
+    assert!(
+        took >= Duration::from_millis(200),
+        "100 kB at 400 kB/s took {took:?}"
+    );
     assert_eq!(sim.fault_fired(fault), 1);
 }
 

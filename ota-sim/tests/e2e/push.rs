@@ -10,7 +10,9 @@ fn device_gets_push_after_connect_and_inform() {
     let sim = sim();
     let info = sim.add_device().unwrap();
     let data = firmware(1000);
-    let package = sim.add_package(PackageSpec::new("2.0.0", data.clone())).unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", data.clone()))
+        .unwrap();
     let job = sim.create_job(JobSpec::batch(package)).unwrap();
     assert_eq!(sim.task(job, &info).unwrap().state, TaskState::Queued);
 
@@ -30,7 +32,10 @@ fn device_gets_push_after_connect_and_inform() {
     let got = http_get(d["url"].as_str().unwrap(), None, WAIT);
     assert_eq!((got.status, got.body), (200, data));
     assert_eq!(sim.task(job, &info).unwrap().state, TaskState::Notified);
-    assert_eq!(sim.task(job, &info).unwrap().source_version.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        sim.task(job, &info).unwrap().source_version.as_deref(),
+        Some("1.0.0")
+    );
 }
 
 #[test]
@@ -40,7 +45,9 @@ fn online_device_gets_push_when_job_is_created() {
     let mut dev = Device::online(&sim, &info);
     dev.inform("1.0.0");
     sim.wait_version(&info, "default", "1.0.0", WAIT).unwrap();
-    let package = sim.add_package(PackageSpec::new("2.0.0", firmware(10))).unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", firmware(10)))
+        .unwrap();
     let job = sim.create_job(JobSpec::batch(package)).unwrap();
     assert_eq!(dev.expect_push()["data"]["version"], "2.0.0");
     assert_eq!(sim.task(job, &info).unwrap().state, TaskState::Notified);
@@ -53,7 +60,10 @@ fn firmware_get_without_task_replies_empty_data() {
     let dev = Device::online(&sim, &info);
     dev.firmware_get("\"7\"", None);
     let reply = dev.expect_get_reply();
-    assert_eq!(reply, serde_json::json!({"id":"7","code":200,"data":{},"message":"success"}));
+    assert_eq!(
+        reply,
+        serde_json::json!({"id":"7","code":200,"data":{},"message":"success"})
+    );
     dev.firmware_get("1626969597470", None);
     assert_eq!(dev.expect_get_reply()["id"], 1626969597470u64);
 }
@@ -63,7 +73,9 @@ fn firmware_get_with_task_replies_fresh_url_for_module_package() {
     let sim = sim();
     let info = sim.add_device().unwrap();
     let data = firmware(3000);
-    let spec = PackageSpec::new("0.9.4", data.clone()).module("MCU").sign_method(SignMethod::Sha256);
+    let spec = PackageSpec::new("0.9.4", data.clone())
+        .module("MCU")
+        .sign_method(SignMethod::Sha256);
     let package = sim.add_package(spec).unwrap();
     let job = sim.create_job(JobSpec::batch(package)).unwrap();
     let mut dev = Device::online(&sim, &info);
@@ -91,7 +103,9 @@ fn firmware_get_with_task_replies_fresh_url_for_module_package() {
 fn legacy_request_is_answered_with_a_push() {
     let sim = sim();
     let info = sim.add_device().unwrap();
-    let package = sim.add_package(PackageSpec::new("2.0.0", firmware(10))).unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", firmware(10)))
+        .unwrap();
     sim.create_job(JobSpec::batch(package)).unwrap();
     let mut dev = Device::online(&sim, &info);
     dev.inform("1.0.0");
@@ -106,12 +120,20 @@ fn malformed_messages_are_ignored() {
     let info = sim.add_device().unwrap();
     let mut dev = Device::online(&sim, &info);
     let (pk, dn) = (&info.id.product_key, &info.id.device_name);
-    for (kind, payload) in [("inform", "not json"), ("progress", "{\"params\":{\"step\":\"x\"}}"), ("inform", "[]")] {
+    for (kind, payload) in [
+        ("inform", "not json"),
+        ("progress", "{\"params\":{\"step\":\"x\"}}"),
+        ("inform", "[]"),
+    ] {
         dev.publish_raw(&format!("/ota/device/{kind}/{pk}/{dn}"), payload.as_bytes());
     }
-    dev.publish_raw(&format!("/sys/{pk}/{dn}/thing/ota/firmware/get"), b"\xff\xfe");
+    dev.publish_raw(
+        &format!("/sys/{pk}/{dn}/thing/ota/firmware/get"),
+        b"\xff\xfe",
+    );
     dev.inform("1.0.0");
-    sim.wait_version(&info, "default", "1.0.0", crate::device::WAIT).unwrap();
+    sim.wait_version(&info, "default", "1.0.0", crate::device::WAIT)
+        .unwrap();
     assert!(sim.progress_steps(&info).is_empty());
     let _: Value = sim.status();
 }
