@@ -159,8 +159,15 @@ fn forward_link(mut rx: LinkRx, inbound: Sender<Input>) {
     }
 }
 
-/// `mqtt://[user[:password]@]host[:port]` split into its parts.
-fn parse_url(url: &str) -> Result<(String, u16, Option<(String, String)>), Error> {
+/// The parts of `mqtt://[user[:password]@]host[:port]`.
+#[derive(Debug, PartialEq, Eq)]
+struct BrokerUrl {
+    host: String,
+    port: u16,
+    login: Option<(String, String)>,
+}
+
+fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
     let bad = || {
         Error::Broker(format!(
             "bad broker url {url:?}, want mqtt://[user:pass@]host[:port]"
@@ -186,7 +193,11 @@ fn parse_url(url: &str) -> Result<(String, u16, Option<(String, String)>), Error
         Some((u, p)) => (u.to_owned(), p.to_owned()),
         None => (l.to_owned(), String::new()),
     });
-    Ok((host.to_owned(), port, login))
+    Ok(BrokerUrl {
+        host: host.to_owned(),
+        port,
+        login,
+    })
 }
 
 /// Connects the cloud to an external broker; returns once it is subscribed.
@@ -194,7 +205,7 @@ pub(crate) fn connect_external(
     url: &str,
     inbound: Sender<Input>,
 ) -> Result<(String, u16, Publisher), Error> {
-    let (host, port, login) = parse_url(url)?;
+    let BrokerUrl { host, port, login } = parse_url(url)?;
     let client_id = format!(
         "ota-sim-cloud-{}",
         crate::crypto::Rng::new().alphanumeric(8)
@@ -258,14 +269,16 @@ mod tests {
 
     #[test]
     fn broker_urls_parse() {
-        assert_eq!(
-            parse_url("mqtt://h:1884").unwrap(),
-            ("h".into(), 1884, None)
-        );
-        assert_eq!(parse_url("tcp://h").unwrap(), ("h".into(), 1883, None));
+        let url = |host: &str, port, login: Option<(&str, &str)>| BrokerUrl {
+            host: host.into(),
+            port,
+            login: login.map(|(u, p)| (u.into(), p.into())),
+        };
+        assert_eq!(parse_url("mqtt://h:1884").unwrap(), url("h", 1884, None));
+        assert_eq!(parse_url("tcp://h").unwrap(), url("h", 1883, None));
         assert_eq!(
             parse_url("mqtt://u:p@h:1/").unwrap(),
-            ("h".into(), 1, Some(("u".into(), "p".into())))
+            url("h", 1, Some(("u", "p")))
         );
         assert!(parse_url("http://h").is_err());
         assert!(parse_url("mqtt://h:x").is_err());

@@ -55,13 +55,6 @@ pub(crate) struct Engine {
     outbound: Vec<Outbound>,
 }
 
-/// `[A-Za-z0-9._-]{1,64}`, the platform's rule for versions and modules.
-fn valid_label(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
 impl Engine {
     pub(crate) fn new(signer: UrlSigner, http_base: String, url_ttl: Duration) -> Engine {
         Engine {
@@ -96,15 +89,7 @@ impl Engine {
     }
 
     pub(crate) fn add_package(&mut self, spec: PackageSpec) -> Result<PackageId, Error> {
-        if !valid_label(&spec.version) || !valid_label(&spec.module) {
-            return Err(Error::InvalidName(format!(
-                "{}/{}",
-                spec.module, spec.version
-            )));
-        }
-        if spec.data.is_empty() {
-            return Err(Error::EmptyPackage);
-        }
+        spec.validate()?;
         let digest = match spec.sign_method {
             SignMethod::Md5 => md5_hex(&spec.data),
             SignMethod::Sha256 => sha256_hex(&spec.data),

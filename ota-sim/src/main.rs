@@ -1,1 +1,194 @@
-fn main() {}
+//! `ota-sim`: run the simulated OTA cloud from the command line.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ota_sim::{BrokerConfig, DeviceInfo, JobSpec, PackageSpec, SignMethod, Sim, SimConfig};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A local Alibaba-Cloud-IoT-like OTA cloud for testing device OTA clients.
+#[derive(Parser)]
+#[command(name = "ota-sim", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one package to simulated devices until interrupted.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SignMethodArg {
+    Md5,
+    Sha256,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The firmware image to serve.
+    #[arg(long, value_name = "FILE")]
+    firmware: PathBuf,
+    /// Its version; devices reporting another version get it.
+    #[arg(long, value_name = "V")]
+    version: String,
+    /// Module of the package.
+    #[arg(long, value_name = "M", default_value = ota_sim::DEFAULT_MODULE)]
+    module: String,
+    /// Digest announced in pushes.
+    #[arg(long, value_enum, default_value = "md5")]
+    sign_method: SignMethodArg,
+    /// How many devices to create.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    devices: u32,
+    /// MQTT port of the embedded broker (0 picks a free one).
+    #[arg(long, value_name = "P", default_value_t = 1883)]
+    mqtt_port: u16,
+    /// Use this broker instead of the embedded one: mqtt://[user:pass@]host[:port].
+    #[arg(long, value_name = "URL", conflicts_with = "mqtt_port")]
+    broker_url: Option<String>,
+    /// Firmware server port (0 picks a free one).
+    #[arg(long, value_name = "P", default_value_t = 8080)]
+    http_port: u16,
+    /// How long download URLs stay valid, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    url_ttl: u64,
+    /// Write the endpoints and device credentials here as JSON (default: stdout).
+    #[arg(long, value_name = "PATH")]
+    info_file: Option<PathBuf>,
+}
+
+/// What a device or a test harness needs to talk to this simulator.
+#[derive(Serialize)]
+struct Info<'a> {
+    mqtt_host: &'a str,
+    mqtt_port: u16,
+    http_base_url: &'a str,
+    version: &'a str,
+    module: &'a str,
+    devices: &'a [DeviceInfo],
+}
+
+/// A failure worth one line on stderr, with its exit code.
+struct Failure(u8, String);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let message = match e.kind() {
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    "missing subcommand (serve)".to_owned()
+                }
+                _ => {
+                    // clap's message is the first paragraph; the rest is usage.
+                    let text = e.render().to_string();
+                    let para: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+                    para.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
+                }
+            };
+            eprintln!(
+                "ota-sim: {} (try --help)",
+                message.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, message)) => {
+            eprintln!("ota-sim: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ota_sim=info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let usage = |m: String| Failure(2, m);
+    let data = std::fs::read(&args.firmware).map_err(|e| {
+        usage(format!(
+            "cannot read firmware {}: {e}",
+            args.firmware.display()
+        ))
+    })?;
+    let sign_method = match args.sign_method {
+        SignMethodArg::Md5 => SignMethod::Md5,
+        SignMethodArg::Sha256 => SignMethod::Sha256,
+    };
+    let spec = PackageSpec::new(args.version.clone(), data)
+        .module(args.module.clone())
+        .sign_method(sign_method);
+    spec.validate()
+        .map_err(|e| usage(format!("bad package: {e}")))?;
+    init_logging();
+    let broker = match &args.broker_url {
+        Some(url) => BrokerConfig::External { url: url.clone() },
+        None => BrokerConfig::Embedded {
+            port: args.mqtt_port,
+        },
+    };
+    let config = SimConfig {
+        broker,
+        http_port: args.http_port,
+        url_ttl: Duration::from_secs(args.url_ttl),
+        ..SimConfig::default()
+    };
+    let sim = Sim::start(config).map_err(|e| Failure(1, format!("cannot start: {e}")))?;
+    let devices = (0..args.devices)
+        .map(|_| sim.add_device())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure(1, e.to_string()))?;
+    let package = sim
+        .add_package(spec)
+        .map_err(|e| Failure(1, e.to_string()))?;
+    sim.create_job(JobSpec::batch(package).dynamic())
+        .map_err(|e| Failure(1, e.to_string()))?;
+    let info = Info {
+        mqtt_host: sim.mqtt_host(),
+        mqtt_port: sim.mqtt_port(),
+        http_base_url: sim.http_base_url(),
+        version: &args.version,
+        module: &args.module,
+        devices: &devices,
+    };
+    let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;
+    match &args.info_file {
+        Some(path) => std::fs::write(path, json + "\n")
+            .map_err(|e| Failure(1, format!("cannot write {}: {e}", path.display())))?,
+        None => println!("{json}"),
+    }
+    tracing::info!(
+        "ready: mqtt {}:{}, firmware {}, {} device(s)",
+        sim.mqtt_host(),
+        sim.mqtt_port(),
+        sim.http_base_url(),
+        devices.len()
+    );
+    loop {
+        std::thread::park();
+    }
+}

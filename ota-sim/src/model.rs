@@ -107,6 +107,26 @@ impl PackageSpec {
         self
     }
 
+    /// Checks the platform's rules: version and module 1–64 chars of `[A-Za-z0-9._-]`, and a
+    /// non-empty image.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let valid = |s: &str| {
+            (1..=64).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !valid(&self.version) {
+            return Err(crate::Error::InvalidName(self.version.clone()));
+        }
+        if !valid(&self.module) {
+            return Err(crate::Error::InvalidName(self.module.clone()));
+        }
+        if self.data.is_empty() {
+            return Err(crate::Error::EmptyPackage);
+        }
+        Ok(())
+    }
+
     /// Requires a successful verification job before batch jobs.
     pub fn needs_verification(mut self) -> PackageSpec {
         self.needs_verification = true;

@@ -1,1 +1,147 @@
+//! The `ota-sim serve` binary: flag errors, and one upgrade through the info file it writes.
 
+use crate::device::{firmware, http_get, Device, WAIT};
+use ota_sim::{Credentials, DeviceId};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ota-sim");
+
+fn fails_with_one_line(args: &[&str], mentions: &str) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(mentions), "{err}");
+}
+
+#[test]
+fn bad_flags_and_unreadable_firmware_exit_2() {
+    fails_with_one_line(&["serve", "--bogus"], "--bogus");
+    fails_with_one_line(&["serve", "--firmware", "/etc/hostname"], "--version");
+    fails_with_one_line(
+        &[
+            "serve",
+            "--firmware",
+            "/x",
+            "--version",
+            "1",
+            "--devices",
+            "x",
+        ],
+        "--devices",
+    );
+    fails_with_one_line(
+        &[
+            "serve",
+            "--firmware",
+            "/nonexistent/fw.bin",
+            "--version",
+            "1",
+        ],
+        "/nonexistent/fw.bin",
+    );
+    fails_with_one_line(&[], "subcommand");
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for a stderr line containing `needle`.
+fn wait_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no stderr line with {needle:?}"),
+        }
+    }
+}
+
+#[test]
+fn serve_writes_info_and_upgrades_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let fw_path = dir.path().join("fw.bin");
+    let info_path = dir.path().join("info.json");
+    let data = firmware(20_000);
+    std::fs::write(&fw_path, &data).unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--version",
+            "2.0.0",
+            "--devices",
+            "2",
+            "--mqtt-port",
+            "0",
+        ])
+        .args([
+            "--http-port",
+            "0",
+            "--url-ttl",
+            "60",
+            "--sign-method",
+            "sha256",
+        ])
+        .arg("--firmware")
+        .arg(&fw_path)
+        .arg("--info-file")
+        .arg(&info_path)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let stderr = server.0.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    wait_line(&lines, "ready");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    assert_eq!(info["devices"].as_array().unwrap().len(), 2);
+    let d = &info["devices"][1];
+    let id = DeviceId::new(
+        d["product_key"].as_str().unwrap(),
+        d["device_name"].as_str().unwrap(),
+    );
+    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    let host = info["mqtt_host"].as_str().unwrap();
+    let port = info["mqtt_port"].as_u64().unwrap() as u16;
+    let mut dev = Device::connect(host, port, &id, &creds).unwrap();
+    dev.subscribe();
+    dev.inform("1.0.0");
+    let push = dev.expect_push();
+    assert_eq!(push["data"]["signMethod"], "SHA256");
+    let url = push["data"]["url"].as_str().unwrap();
+    assert!(url.starts_with(info["http_base_url"].as_str().unwrap()));
+    assert_eq!(http_get(url, None, WAIT).body, data);
+    dev.progress(100, "done");
+    wait_line(&lines, "-> InProgress");
+    dev.inform("2.0.0");
+    let line = wait_line(&lines, "-> Succeeded");
+    assert!(line.contains(&id.device_name), "{line}");
+    let status = http_get(
+        &format!("{}/status", info["http_base_url"].as_str().unwrap()),
+        None,
+        WAIT,
+    );
+    assert_eq!(status.status, 200);
+    drop(server);
+}
