@@ -3,7 +3,8 @@
 //! forwards what arrives as [`Input`]s, and sends pushes and replies through a [`Publisher`].
 
 use crate::messages::CLOUD_FILTERS;
-use crate::{Error, Input};
+use crate::world::Input;
+use crate::Error;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use std::collections::HashMap;

@@ -3,7 +3,8 @@
 
 use crate::faults::{body_stream, BodyPlan, Fault};
 use crate::signing::{SignedQuery, UrlError};
-use crate::{DeviceId, PackageId, Shared};
+use crate::world::Shared;
+use crate::{DeviceId, PackageId};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};

@@ -1,0 +1,366 @@
+//! The library API: start a simulator, register devices and packages, run jobs, inject
+//! faults, and observe (or wait for) what devices did.
+
+use crate::broker::{self, BrokerConfig};
+use crate::faults::{Fault, FaultId, Times};
+use crate::http::DownloadRecord;
+use crate::model::*;
+use crate::world::{run_engine, spawn_http, Input, Shared, World};
+use crate::{crypto, verify_login, Error, SimConfig};
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A running simulator. Dropping it stops the job engine and the firmware server; an embedded
+/// rumqttd cannot be stopped and keeps its port until the process exits.
+pub struct Sim {
+    shared: Arc<Shared>,
+    inputs: Sender<Input>,
+    mqtt_host: String,
+    mqtt_port: u16,
+    http_base: String,
+    product_key: String,
+    http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Sim {
+    /// Starts the broker (or connects to one), the firmware server and the job engine.
+    pub fn start(config: SimConfig) -> Result<Sim, Error> {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))?;
+        let http_addr = listener.local_addr()?;
+        let http_base = format!("http://{http_addr}");
+        let shared = Arc::new(Shared::new(http_base.clone(), config.url_ttl));
+        let (inputs, rx) = mpsc::channel();
+        let (mqtt_host, mqtt_port, publisher) = match &config.broker {
+            BrokerConfig::Embedded { port } => {
+                let (check_shared, logins) = (shared.clone(), inputs.clone());
+                let check = Box::new(move |client_id: &str, user: &str, pass: &str| {
+                    let result = verify_login(client_id, user, pass, |d| {
+                        let world = check_shared.lock();
+                        world.engine.devices.get(d).map(|d| d.secret.clone())
+                    });
+                    match result {
+                        Ok(device) => {
+                            tracing::info!("{device} logged in");
+                            let _ = logins.send(Input::Login(device));
+                            true
+                        }
+                        Err(e) => {
+                            tracing::info!("login refused for {user:?}: {e}");
+                            false
+                        }
+                    }
+                });
+                let (addr, publisher) =
+                    broker::start_embedded(config.bind, *port, check, inputs.clone())?;
+                (addr.ip().to_string(), addr.port(), publisher)
+            }
+            BrokerConfig::External { url } => broker::connect_external(url, inputs.clone())?,
+        };
+        shared.set_publisher(publisher);
+        let http_stop = spawn_http(listener, shared.clone())?;
+        let engine_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("ota-sim-engine".into())
+            .spawn(move || run_engine(engine_shared, rx))?;
+        tracing::info!("mqtt on {mqtt_host}:{mqtt_port}, firmware on {http_base}");
+        Ok(Sim {
+            shared,
+            inputs,
+            mqtt_host,
+            mqtt_port,
+            http_base,
+            product_key: config.product_key,
+            http_stop: Some(http_stop),
+        })
+    }
+
+    /// Host devices connect to.
+    pub fn mqtt_host(&self) -> &str {
+        &self.mqtt_host
+    }
+
+    /// Port devices connect to.
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt_port
+    }
+
+    /// Base URL of the firmware server, e.g. `http://127.0.0.1:41234` (`/status` is below it).
+    pub fn http_base_url(&self) -> &str {
+        &self.http_base
+    }
+
+    /// Runs `f` on the world, then publishes what it queued and wakes waiters and the engine.
+    fn with_world<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
+        let mut world = self.shared.lock();
+        let result = f(&mut world);
+        self.shared.flush(&mut world);
+        drop(world);
+        let _ = self.inputs.send(Input::Wake);
+        result
+    }
+
+    /// Registers a device `devNNNN` under the configured product key with a random secret.
+    pub fn add_device(&self) -> Result<DeviceInfo, Error> {
+        let n = self.shared.lock().engine.devices.len() + 1;
+        let id = DeviceId::new(self.product_key.clone(), format!("dev{n:04}"));
+        self.add_device_with(id, &crypto::Rng::new().alphanumeric(32))
+    }
+
+    /// Registers a device with a chosen identity and secret.
+    pub fn add_device_with(&self, id: DeviceId, secret: &str) -> Result<DeviceInfo, Error> {
+        self.with_world(|w| w.engine.add_device(id.clone(), secret.to_owned()))?;
+        Ok(DeviceInfo {
+            id,
+            device_secret: secret.to_owned(),
+        })
+    }
+
+    /// Uploads a package.
+    pub fn add_package(&self, spec: PackageSpec) -> Result<PackageId, Error> {
+        self.with_world(|w| w.engine.add_package(spec))
+    }
+
+    /// Whether a verification job proved the package.
+    pub fn is_verified(&self, package: PackageId) -> bool {
+        let world = self.shared.lock();
+        world
+            .engine
+            .packages
+            .get(package.0 as usize)
+            .is_some_and(|p| p.verified)
+    }
+
+    /// Creates a job; its tasks are pushed at once to devices that are online.
+    pub fn create_job(&self, spec: JobSpec) -> Result<JobId, Error> {
+        self.with_world(|w| w.engine.create_job(spec))
+    }
+
+    /// Moves the job's CONFIRM tasks on; returns how many.
+    pub fn confirm_job(&self, job: JobId) -> Result<usize, Error> {
+        self.with_world(|w| w.engine.confirm_job(job))
+    }
+
+    /// Cancels the job and its active tasks; returns how many tasks were canceled.
+    pub fn cancel_job(&self, job: JobId) -> Result<usize, Error> {
+        self.with_world(|w| w.engine.cancel(job, None))
+    }
+
+    /// Cancels one device's active task in a job.
+    pub fn cancel_task(&self, job: JobId, device: impl AsRef<DeviceId>) -> Result<usize, Error> {
+        self.with_world(|w| w.engine.cancel(job, Some(device.as_ref())))
+    }
+
+    /// Re-pushes the job's FAILED tasks; returns how many.
+    pub fn retry_job(&self, job: JobId) -> Result<usize, Error> {
+        self.with_world(|w| w.engine.retry_job(job))
+    }
+
+    /// Changes how long URLs issued from now on stay valid (zero: already expired).
+    pub fn set_url_ttl(&self, ttl: Duration) {
+        self.with_world(|w| w.engine.url_ttl = ttl);
+    }
+
+    /// A download URL for `package` issued to `device`, as a push would carry it.
+    pub fn signed_url(
+        &self,
+        package: PackageId,
+        device: impl AsRef<DeviceId>,
+    ) -> Result<String, Error> {
+        self.shared.lock().engine.sign_url(package, device.as_ref())
+    }
+
+    /// Injects a firmware-server fault for one device.
+    pub fn set_fault(&self, device: impl AsRef<DeviceId>, fault: Fault, times: Times) -> FaultId {
+        self.with_world(|w| w.faults.add(device.as_ref().clone(), fault, times))
+    }
+
+    /// Removes a device's faults (their counters stay readable).
+    pub fn clear_faults(&self, device: impl AsRef<DeviceId>) {
+        self.with_world(|w| w.faults.clear(device.as_ref()));
+    }
+
+    /// How many times a fault fired.
+    pub fn fault_fired(&self, id: FaultId) -> u32 {
+        self.shared.lock().faults.fired(id)
+    }
+
+    /// A device's task in a job.
+    pub fn task(&self, job: JobId, device: impl AsRef<DeviceId>) -> Option<TaskView> {
+        self.shared.lock().engine.task_view(job, device.as_ref())
+    }
+
+    /// All tasks of a job.
+    pub fn tasks(&self, job: JobId) -> Vec<TaskView> {
+        self.shared.lock().engine.task_views(Some(job))
+    }
+
+    /// Every progress message a device sent, in order.
+    pub fn progress(&self, device: impl AsRef<DeviceId>) -> Vec<ProgressRecord> {
+        let world = self.shared.lock();
+        world
+            .engine
+            .devices
+            .get(device.as_ref())
+            .map(|d| d.steps.clone())
+            .unwrap_or_default()
+    }
+
+    /// The steps of [`Sim::progress`].
+    pub fn progress_steps(&self, device: impl AsRef<DeviceId>) -> Vec<i64> {
+        self.progress(device).iter().map(|p| p.step).collect()
+    }
+
+    /// The version a device last reported for a module.
+    pub fn device_version(&self, device: impl AsRef<DeviceId>, module: &str) -> Option<String> {
+        let world = self.shared.lock();
+        world
+            .engine
+            .devices
+            .get(device.as_ref())
+            .and_then(|d| d.versions.get(module).cloned())
+    }
+
+    /// The firmware server's answers to a device, in order.
+    pub fn downloads(&self, device: impl AsRef<DeviceId>) -> Vec<DownloadRecord> {
+        let world = self.shared.lock();
+        let device = device.as_ref();
+        world
+            .downloads
+            .iter()
+            .filter(|r| r.device.as_ref() == Some(device))
+            .cloned()
+            .collect()
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        self.shared.lock().engine.status()
+    }
+
+    /// Blocks until `check` returns `Some`, re-checking after every change; `describe` says
+    /// what was seen when the time runs out.
+    fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        wanted: &str,
+        mut check: impl FnMut(&World) -> Option<Result<T, String>>,
+    ) -> Result<T, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut world = self.shared.lock();
+        loop {
+            match check(&world) {
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(last)) => {
+                    return Err(Error::Wait {
+                        wanted: wanted.into(),
+                        last,
+                    })
+                }
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let last = format!("{:?}", check(&world).map(|r| r.err()));
+                return Err(Error::Wait {
+                    wanted: wanted.into(),
+                    last: last_or_timeout(last),
+                });
+            }
+            world = self
+                .shared
+                .changed
+                .wait_timeout(world, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until the device's task in `job` is in `state`. Fails early when the task ended
+    /// in another state and no retry is pending.
+    pub fn wait_task_state(
+        &self,
+        job: JobId,
+        device: impl AsRef<DeviceId>,
+        state: TaskState,
+        timeout: Duration,
+    ) -> Result<TaskView, Error> {
+        let device = device.as_ref();
+        let mut last = None;
+        let wanted = format!("{device} in job {} to be {state:?}", job.0);
+        self.wait_for(timeout, &wanted, |w| {
+            let view = w.engine.task_view(job, device)?;
+            if view.state == state {
+                return Some(Ok(view));
+            }
+            let ended = !view.state.is_active() && !view.retry_pending;
+            last = Some(view.clone());
+            ended.then(|| Err(format!("{view:?}")))
+        })
+        .map_err(|e| match (e, last) {
+            (Error::Wait { wanted, .. }, Some(view)) => Error::Wait {
+                wanted,
+                last: format!("{view:?}"),
+            },
+            (e, _) => e,
+        })
+    }
+
+    /// Waits until the device sent at least `count` progress messages; returns their steps.
+    pub fn wait_progress(
+        &self,
+        device: impl AsRef<DeviceId>,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<i64>, Error> {
+        let device = device.as_ref();
+        self.wait_for(
+            timeout,
+            &format!("{count} progress steps from {device}"),
+            |w| {
+                let steps: Vec<i64> = w
+                    .engine
+                    .devices
+                    .get(device)?
+                    .steps
+                    .iter()
+                    .map(|s| s.step)
+                    .collect();
+                (steps.len() >= count).then_some(Ok(steps))
+            },
+        )
+    }
+
+    /// Waits until the device reported `version` for `module`.
+    pub fn wait_version(
+        &self,
+        device: impl AsRef<DeviceId>,
+        module: &str,
+        version: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let device = device.as_ref();
+        self.wait_for(timeout, &format!("{device} to report {version}"), |w| {
+            let v = w.engine.devices.get(device)?.versions.get(module)?;
+            (v == version).then_some(Ok(()))
+        })
+    }
+}
+
+fn last_or_timeout(last: String) -> String {
+    if last == "None" {
+        "nothing yet (timed out)".to_owned()
+    } else {
+        last
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.inputs.send(Input::Stop);
+        if let Some(stop) = self.http_stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

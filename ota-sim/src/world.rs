@@ -1,0 +1,132 @@
+//! What the simulator's threads share, and the two threads it runs: the job engine, fed by a
+//! channel of device messages with deadlines as receive timeouts, and the firmware server.
+
+use crate::broker::Publisher;
+use crate::faults::FaultTable;
+use crate::http::{self, DownloadRecord};
+use crate::jobs::Engine;
+use crate::messages;
+use crate::signing::UrlSigner;
+use crate::{DeviceId, Error};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// What the engine thread reacts to.
+pub(crate) enum Input {
+    Message { topic: String, payload: Vec<u8> },
+    Login(DeviceId),
+    Wake,
+    Stop,
+}
+
+/// The state behind one lock: engine, faults, and the firmware server's request log.
+pub(crate) struct World {
+    pub(crate) engine: Engine,
+    pub(crate) faults: FaultTable,
+    pub(crate) downloads: Vec<DownloadRecord>,
+}
+
+/// What the threads of one simulator share.
+pub(crate) struct Shared {
+    world: Mutex<World>,
+    /// Signalled after every change, for the `wait_*` methods.
+    pub(crate) changed: Condvar,
+    pub(crate) signer: UrlSigner,
+    publisher: OnceLock<Publisher>,
+}
+
+impl Shared {
+    /// The shared state of a simulator whose firmware server is at `http_base`.
+    pub(crate) fn new(http_base: String, url_ttl: Duration) -> Shared {
+        let signer = UrlSigner::new();
+        Shared {
+            world: Mutex::new(World {
+                engine: Engine::new(signer.clone(), http_base, url_ttl),
+                faults: FaultTable::default(),
+                downloads: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            signer,
+            publisher: OnceLock::new(),
+        }
+    }
+
+    /// Sets how cloud messages leave; messages queued before are dropped with a warning.
+    pub(crate) fn set_publisher(&self, publisher: Publisher) {
+        let _ = self.publisher.set(publisher);
+    }
+
+    /// Locks the world; a panic elsewhere does not make the state unreadable.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends what the engine queued and wakes waiters. Called with the lock held, so
+    /// messages leave in the order the state changed.
+    pub(crate) fn flush(&self, world: &mut World) {
+        for out in world.engine.take_outbound() {
+            match self.publisher.get() {
+                Some(p) => p.publish(out.topic, out.payload),
+                None => tracing::warn!("no broker yet; dropped message to {}", out.topic),
+            }
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// The engine thread: device messages and deadlines in, state changes and messages out.
+pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
+    loop {
+        let deadline = shared.lock().engine.next_deadline();
+        let input = match deadline {
+            Some(d) => inputs.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let now = Instant::now();
+        let mut world = shared.lock();
+        match input {
+            Ok(Input::Message { topic, payload }) => match messages::parse_uplink(&topic, &payload)
+            {
+                Ok((device, uplink)) => world.engine.handle_uplink(&device, uplink, now),
+                Err(e) => tracing::warn!("ignored message on {topic}: {e}"),
+            },
+            Ok(Input::Login(device)) => world.engine.handle_login(&device),
+            Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        world.engine.handle_timeout(now);
+        shared.flush(&mut world);
+    }
+}
+
+/// Serves HTTP on its own thread with a single-threaded tokio runtime.
+pub(crate) fn spawn_http(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+) -> Result<tokio::sync::oneshot::Sender<()>, Error> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ota-sim-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("firmware server: {e}"),
+                };
+                let serve = axum::serve(listener, http::router(shared))
+                    .tcp_nodelay(true)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    });
+                if let Err(e) = serve.await {
+                    tracing::error!("firmware server stopped: {e}");
+                }
+            });
+        })?;
+    Ok(stop_tx)
+}
