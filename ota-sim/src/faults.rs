@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest body chunk handed to the HTTP stack at once.
-const CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 /// A misbehaviour of the firmware server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 mod cli;
 mod device;
 mod download;
+mod external;
 mod jobs;
 mod login;
 mod push;
@@ -12,4 +13,11 @@ use ota_sim::{Sim, SimConfig};
 /// A simulator on free ports.
 pub fn sim() -> Sim {
     Sim::start(SimConfig::default()).expect("simulator starts")
+}
+
+/// Tests and adapters share one simulator between threads.
+#[test]
+fn sim_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Sim>();
 }
