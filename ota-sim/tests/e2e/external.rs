@@ -38,7 +38,11 @@ fn bare_broker() -> SocketAddr {
         ..rumqttd::Config::default()
     };
     let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || broker.start());
+    std::thread::spawn(move || {
+        if let Err(e) = broker.start() {
+            eprintln!("bare broker: {e}");
+        }
+    });
     // Readiness guard: rumqttd binds on its own thread.
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(listen).is_err() {
