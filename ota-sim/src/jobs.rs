@@ -190,7 +190,15 @@ impl Engine {
         let current = dev.versions.get(&module).cloned();
         let filter = &job.spec.source_versions;
         let matches = filter.is_empty() || current.as_ref().is_some_and(|v| filter.contains(v));
-        if job.canceled || !in_scope || has_task || !matches || current.as_ref() == Some(&target) {
+        // A dynamic job waits for a device's report, so devices on the target are skipped exactly.
+        let known = !job.spec.dynamic || current.is_some();
+        if !known
+            || job.canceled
+            || !in_scope
+            || has_task
+            || !matches
+            || current.as_ref() == Some(&target)
+        {
             return;
         }
         if self.active_task(device, &module).is_some() {

@@ -63,7 +63,11 @@ impl Engine {
         }
         if let Some(i) = self.active_task(device, module) {
             let view = &mut self.tasks[i].view;
-            if version == view.target_version {
+            if version == view.target_version && view.source_version.is_none() && view.pushes == 0 {
+                // Queued before the device ever reported: it was on the target all along.
+                tracing::info!("job {} skips {device}: already on {version}", view.job.0);
+                self.tasks.remove(i);
+            } else if version == view.target_version {
                 self.tasks[i].deadline = None;
                 self.set_state(i, TaskState::Succeeded, None);
             } else if view.source_version.is_none()

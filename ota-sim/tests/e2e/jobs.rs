@@ -298,3 +298,33 @@ fn status_endpoint_lists_devices_jobs_and_tasks() {
     assert_eq!(status["tasks"][0]["state"], "QUEUED");
     assert_eq!(status["packages"][0]["version"], "2.0.0");
 }
+
+#[test]
+fn device_already_on_target_is_skipped() {
+    let sim = sim();
+    let (a, b) = (sim.add_device().unwrap(), sim.add_device().unwrap());
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", firmware(10)))
+        .unwrap();
+    let fixed = sim
+        .create_job(JobSpec::batch(package).devices(&[&a]))
+        .unwrap();
+    let dynamic = sim
+        .create_job(JobSpec::batch(package).dynamic().devices(&[&b]))
+        .unwrap();
+    assert_eq!(sim.task(fixed, &a).unwrap().state, TaskState::Queued);
+    assert!(
+        sim.task(dynamic, &b).is_none(),
+        "a dynamic job waits for the report"
+    );
+    let (mut da, mut db) = (Device::online(&sim, &a), Device::online(&sim, &b));
+    da.inform("2.0.0");
+    db.inform("2.0.0");
+    sim.wait_version(&a, "default", "2.0.0", WAIT).unwrap();
+    sim.wait_version(&b, "default", "2.0.0", WAIT).unwrap();
+    assert!(sim.task(fixed, &a).is_none());
+    assert!(sim.task(dynamic, &b).is_none());
+    db.inform("1.0.0");
+    db.expect_push();
+    assert_eq!(sim.task(dynamic, &b).unwrap().state, TaskState::Notified);
+}
