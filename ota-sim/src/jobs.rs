@@ -74,6 +74,7 @@ impl Engine {
     }
 
     pub(crate) fn add_device(&mut self, id: DeviceId, secret: String) -> Result<(), Error> {
+        // Topic wildcards and separators, and the `&`/`|` that delimit the login fields.
         let bad = |s: &str| s.is_empty() || s.contains(['/', '+', '#', '\0', '&', '|']);
         if bad(&id.product_key) || bad(&id.device_name) {
             return Err(Error::InvalidName(id.to_string()));
@@ -91,7 +92,7 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn add_package(&mut self, spec: PackageSpec) -> Result<PackageId, Error> {
+    pub(crate) fn add_package(&mut self, mut spec: PackageSpec) -> Result<PackageId, Error> {
         spec.validate()?;
         let digest = match spec.sign_method {
             SignMethod::Md5 => md5_hex(&spec.data),
@@ -104,8 +105,10 @@ impl Engine {
             spec.version,
             spec.data.len()
         );
+        // The image lives once, shared by every response body; the spec keeps the metadata.
+        let data = Bytes::from(std::mem::take(&mut spec.data));
         self.packages.push(Package {
-            data: Bytes::from(spec.data.clone()),
+            data,
             spec,
             digest,
             verified: false,

@@ -239,34 +239,25 @@ impl Sim {
         self.shared.lock().engine.status()
     }
 
-    /// Blocks until `check` returns `Some`, re-checking after every change; `describe` says
-    /// what was seen when the time runs out.
+    /// Blocks until `check` says done or failed, re-checking after every change.
     fn wait_for<T>(
         &self,
         timeout: Duration,
-        wanted: &str,
-        mut check: impl FnMut(&World) -> Option<Result<T, String>>,
+        wanted: String,
+        mut check: impl FnMut(&World) -> Waited<T>,
     ) -> Result<T, Error> {
         let deadline = Instant::now() + timeout;
         let mut world = self.shared.lock();
         loop {
-            match check(&world) {
-                Some(Ok(v)) => return Ok(v),
-                Some(Err(last)) => {
-                    return Err(Error::Wait {
-                        wanted: wanted.into(),
-                        last,
-                    })
-                }
-                None => {}
-            }
+            let seen = match check(&world) {
+                Waited::Done(v) => return Ok(v),
+                Waited::Failed(last) => return Err(Error::Wait { wanted, last }),
+                Waited::Pending(seen) => seen,
+            };
             let now = Instant::now();
             if now >= deadline {
-                let last = format!("{:?}", check(&world).map(|r| r.err()));
-                return Err(Error::Wait {
-                    wanted: wanted.into(),
-                    last: last_or_timeout(last),
-                });
+                let last = format!("{seen} (timed out after {timeout:?})");
+                return Err(Error::Wait { wanted, last });
             }
             world = self
                 .shared
@@ -287,23 +278,14 @@ impl Sim {
         timeout: Duration,
     ) -> Result<TaskView, Error> {
         let device = device.as_ref();
-        let mut last = None;
         let wanted = format!("{device} in job {} to be {state:?}", job.0);
-        self.wait_for(timeout, &wanted, |w| {
-            let view = w.engine.task_view(job, device)?;
-            if view.state == state {
-                return Some(Ok(view));
+        self.wait_for(timeout, wanted, |w| match w.engine.task_view(job, device) {
+            None => Waited::Pending("no task".into()),
+            Some(view) if view.state == state => Waited::Done(view),
+            Some(view) if !view.state.is_active() && !view.retry_pending => {
+                Waited::Failed(format!("{view:?}"))
             }
-            let ended = !view.state.is_active() && !view.retry_pending;
-            last = Some(view.clone());
-            ended.then(|| Err(format!("{view:?}")))
-        })
-        .map_err(|e| match (e, last) {
-            (Error::Wait { wanted, .. }, Some(view)) => Error::Wait {
-                wanted,
-                last: format!("{view:?}"),
-            },
-            (e, _) => e,
+            Some(view) => Waited::Pending(format!("{view:?}")),
         })
     }
 
@@ -315,21 +297,20 @@ impl Sim {
         timeout: Duration,
     ) -> Result<Vec<i64>, Error> {
         let device = device.as_ref();
-        self.wait_for(
-            timeout,
-            &format!("{count} progress steps from {device}"),
-            |w| {
-                let steps: Vec<i64> = w
-                    .engine
-                    .devices
-                    .get(device)?
-                    .steps
-                    .iter()
-                    .map(|s| s.step)
-                    .collect();
-                (steps.len() >= count).then_some(Ok(steps))
-            },
-        )
+        let wanted = format!("{count} progress steps from {device}");
+        self.wait_for(timeout, wanted, |w| {
+            let steps: Vec<i64> = w
+                .engine
+                .devices
+                .get(device)
+                .map(|d| d.steps.iter().map(|s| s.step).collect())
+                .unwrap_or_default();
+            if steps.len() >= count {
+                Waited::Done(steps)
+            } else {
+                Waited::Pending(format!("steps {steps:?}"))
+            }
+        })
     }
 
     /// Waits until the device reported `version` for `module`.
@@ -341,19 +322,28 @@ impl Sim {
         timeout: Duration,
     ) -> Result<(), Error> {
         let device = device.as_ref();
-        self.wait_for(timeout, &format!("{device} to report {version}"), |w| {
-            let v = w.engine.devices.get(device)?.versions.get(module)?;
-            (v == version).then_some(Ok(()))
+        let wanted = format!("{device} to report {module} {version}");
+        self.wait_for(timeout, wanted, |w| {
+            let seen = w
+                .engine
+                .devices
+                .get(device)
+                .and_then(|d| d.versions.get(module));
+            match seen {
+                Some(v) if v == version => Waited::Done(()),
+                other => Waited::Pending(format!("version {other:?}")),
+            }
         })
     }
 }
 
-fn last_or_timeout(last: String) -> String {
-    if last == "None" {
-        "nothing yet (timed out)".to_owned()
-    } else {
-        last
-    }
+/// What a wait sees on one look at the world.
+enum Waited<T> {
+    Done(T),
+    /// Can no longer happen; says why.
+    Failed(String),
+    /// Not yet; says what is seen.
+    Pending(String),
 }
 
 impl Drop for Sim {
