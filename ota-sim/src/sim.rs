@@ -34,10 +34,12 @@ impl Sim {
         let (inputs, rx) = mpsc::channel();
         let (mqtt_host, mqtt_port, publisher) = match &config.broker {
             BrokerConfig::Embedded { port } => {
-                let (check_shared, logins) = (shared.clone(), inputs.clone());
+                // Weak: rumqttd outlives the Sim, and must not keep its state alive.
+                let (check_shared, logins) = (Arc::downgrade(&shared), inputs.clone());
                 let check = Box::new(move |client_id: &str, user: &str, pass: &str| {
                     let result = verify_login(client_id, user, pass, |d| {
-                        let world = check_shared.lock();
+                        let shared = check_shared.upgrade()?;
+                        let world = shared.lock();
                         world.engine.devices.get(d).map(|d| d.secret.clone())
                     });
                     match result {
