@@ -15,6 +15,15 @@
 //! sim.wait_task_state(job, &device, TaskState::Succeeded, Duration::from_secs(10))?;
 //! # Ok::<(), ota_sim::Error>(())
 //! ```
+//!
+//! Behaviour worth knowing when testing a device against it:
+//! * A refused login is a connection closed before CONNACK (rumqttd sends no refusal code).
+//! * A device counts as online once it logged in or sent anything; jobs push to online devices
+//!   at once, others when they next report their version (inform).
+//! * Progress step `0` fails a task like a negative one (the platform FAQ says so; devices must
+//!   start at `1`). Success comes only from an inform of the target version.
+//! * Through the embedded broker the cloud publishes at QoS 0 (a lost push is re-sent on the
+//!   next inform); through an external broker at QoS 1.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
