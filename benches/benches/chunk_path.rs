@@ -27,7 +27,9 @@ fn criterion_benches(c: &mut Criterion, data: &[u8]) {
             group.bench_with_input(BenchmarkId::new("agent", chunk), &chunk, |b, &chunk| {
                 b.iter_batched(
                     || agent_ready(&push, WRITE_BLOCK),
-                    |(mut agent, fetch)| assert!(download(&mut agent, fetch, black_box(data), chunk)),
+                    |(mut agent, fetch)| {
+                        assert!(download(&mut agent, fetch, black_box(data), chunk))
+                    },
                     criterion::BatchSize::LargeInput,
                 )
             });

@@ -46,16 +46,30 @@ pub fn agent_ready(push: &str, write_block: usize) -> (Agent, FetchId) {
     let mut config = Config::new(DeviceIdentity::new("a1TestPK001", "dev01").expect("identity"));
     config.write_block = write_block;
     config.checkpoint_interval = 1024 * 1024;
-    let boot = Boot { running_version: "1.0.0", record: None };
+    let boot = Boot {
+        running_version: "1.0.0",
+        record: None,
+    };
     let mut agent = Agent::new(config, boot, Instant::ZERO).expect("agent");
     let now = Instant::ZERO;
     agent.handle(now, Event::Connected).expect("connect");
     let mut fetch = None;
     while agent.poll_action().is_some() {}
     let topic = "/ota/device/upgrade/a1TestPK001/dev01";
-    agent.handle(now, Event::Message { topic, payload: push.as_bytes() }).expect("push");
+    agent
+        .handle(
+            now,
+            Event::Message {
+                topic,
+                payload: push.as_bytes(),
+            },
+        )
+        .expect("push");
     while let Some(action) = agent.poll_action() {
-        assert!(!matches!(action, Action::Fetch { .. }), "fetch before the record");
+        assert!(
+            !matches!(action, Action::Fetch { .. }),
+            "fetch before the record"
+        );
     }
     agent.handle(now, Event::RecordSaved).expect("record");
     while let Some(action) = agent.poll_action() {
@@ -64,7 +78,12 @@ pub fn agent_ready(push: &str, write_block: usize) -> (Agent, FetchId) {
         }
     }
     let fetch = fetch.expect("fetch");
-    let response = Event::HttpResponse { fetch, status: 200, content_length: None, content_range: None };
+    let response = Event::HttpResponse {
+        fetch,
+        status: 200,
+        content_length: None,
+        content_range: None,
+    };
     agent.handle(now, response).expect("response");
     while agent.poll_action().is_some() {}
     (agent, fetch)
@@ -77,13 +96,17 @@ pub fn download(agent: &mut Agent, fetch: FetchId, image: &[u8], chunk: usize) -
     for piece in image.chunks(chunk) {
         let mut offset = 0;
         while offset < piece.len() {
-            offset += agent.handle_body(now, fetch, &piece[offset..]).expect("body");
+            offset += agent
+                .handle_body(now, fetch, &piece[offset..])
+                .expect("body");
             loop {
                 let mut result = None;
                 while let Some(action) = agent.poll_action() {
                     match action {
                         Action::Write { .. } => result = Some(Event::WriteDone),
-                        Action::SaveRecord { .. } | Action::ClearRecord => result = Some(Event::RecordSaved),
+                        Action::SaveRecord { .. } | Action::ClearRecord => {
+                            result = Some(Event::RecordSaved)
+                        }
                         Action::Activate { .. } => result = Some(Event::Activated),
                         _ => {}
                     }
