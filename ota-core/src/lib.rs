@@ -65,6 +65,10 @@ pub mod task;
 pub mod time;
 pub mod uplink;
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testkit;
+
 pub use agent::{
     Action, Agent, Boot, Config, Event, FetchId, Notification, Outcome, Phase, RetryPolicy,
     TaskRequest,

@@ -25,6 +25,8 @@ use crate::record::{ImageId, Phase as RecordPhase, Record};
 use crate::task::{Channel, ExpectedDigest, Task};
 use crate::time::Instant;
 use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, FailureCode, Step};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use actions::QUEUE_CAPACITY;
 use actions::{Note, Outbox, Queued, Topic};
 use download::Download;
 
@@ -166,6 +168,8 @@ pub struct Agent {
     state: State,
     io: Option<Io>,
     clear_record_wanted: bool,
+    /// A clear failed; retried at the next connect.
+    stale_record: bool,
     resume: Option<ResumePoint>,
     /// Failure reports made while offline, sent on the next connect.
     unsent_reports: Vec<(Step, String, String)>,
@@ -203,6 +207,7 @@ impl Agent {
             state: State::Idle,
             io: None,
             clear_record_wanted: false,
+            stale_record: false,
             resume: None,
             unsent_reports: Vec::new(),
             verified: false,
@@ -376,6 +381,9 @@ impl Agent {
 
     fn on_connected(&mut self) {
         self.online = true;
+        if core::mem::take(&mut self.stale_record) {
+            self.clear_record_wanted = true;
+        }
         for topic in [Topic::Upgrade, Topic::FirmwareGetReply] {
             self.outbox.push(Queued::Subscribe(topic));
         }
@@ -516,8 +524,9 @@ impl Agent {
         };
         self.io = None;
         match (purpose, &mut self.state) {
-            // A failed clear leaves a stale record; the next boot asks the cloud and clears it.
-            (None, _) => {}
+            // A failed clear leaves a stale record (harmless: the next boot asks the cloud
+            // and clears it); try again at the next connect rather than in a tight loop.
+            (None, _) => self.stale_record = !ok,
             (Some(RecordPurpose::Checkpoint { generation, offset }), State::Downloading(d))
                 if d.generation == generation =>
             {
@@ -596,8 +605,8 @@ impl Agent {
             return;
         }
         let reason = format!("{why}; rolling back to {previous}");
+        self.notify(Note::Failed(FailureCode::UpgradeFailed, reason.clone()));
         self.report_failure(FailureCode::UpgradeFailed, &reason, &image.module);
-        self.notify(Note::Failed(FailureCode::UpgradeFailed, reason));
         let record = Record {
             image,
             previous_version: previous,
@@ -668,8 +677,8 @@ impl Agent {
                         self.running_version, record.image.version, record.previous_version
                     )
                 };
+                self.notify(Note::Failed(FailureCode::UpgradeFailed, reason.clone()));
                 self.report_failure(FailureCode::UpgradeFailed, &reason, &module);
-                self.notify(Note::Failed(FailureCode::UpgradeFailed, reason));
                 self.notify(Note::RolledBack(self.running_version.clone()));
                 self.clear_record_wanted = true;
             }
@@ -719,8 +728,8 @@ impl Agent {
                 self.outbox.push(Queued::CancelFetch(fetch));
             }
         }
-        self.report_failure(code, reason, &module);
         self.notify(Note::Failed(code, reason.into()));
+        self.report_failure(code, reason, &module);
         self.state = State::Idle;
         self.verified = false;
         self.clear_record_wanted = true;

@@ -89,6 +89,11 @@ pub struct World {
     pub version: String,
     pub running: String,
     pub boot_next: Option<String>,
+    /// The version the bootloader goes back to after a rollback.
+    pub fallback: String,
+    /// Every target version the cloud has offered, with its image.
+    pub offered: Vec<String>,
+    images: Vec<(String, Vec<u8>)>,
     pub confirmed: bool,
     pub slot: Vec<u8>,
     pub record: Option<Vec<u8>>,
@@ -123,6 +128,13 @@ pub struct World {
     pending_body: Option<(FetchId, Vec<u8>)>,
     pub steps: usize,
     pub max_steps: usize,
+    // Invariant bookkeeping.
+    storage_in_flight: usize,
+    attempt_last_step: i16,
+    expected_failures: Vec<i16>,
+    allowed_rejections: usize,
+    /// Image offsets that some response corrupted (those bytes may legitimately differ).
+    pub corrupted: Vec<u64>,
 }
 
 pub fn md5_hex(data: &[u8]) -> String {
@@ -171,11 +183,14 @@ impl World {
             config,
             agent,
             now: Instant::ZERO,
-            slot: vec![0xFF; image.len() + 64],
+            slot: vec![0xFF; image.len().max(64 * 1024) + 64],
             image,
             version: "2.0.0".into(),
             running: "1.0.0".into(),
             boot_next: None,
+            fallback: "1.0.0".into(),
+            offered: Vec::new(),
+            images: Vec::new(),
             confirmed: false,
             record: None,
             transcript: Vec::new(),
@@ -207,11 +222,28 @@ impl World {
             pending_body: None,
             steps: 0,
             max_steps: 200_000,
+            storage_in_flight: 0,
+            attempt_last_step: 0,
+            expected_failures: Vec::new(),
+            allowed_rejections: 0,
+            corrupted: Vec::new(),
         }
+    }
+
+    fn remember_offer(&mut self) {
+        self.offered.push(self.version.clone());
+        self.images.push((self.version.clone(), self.image.clone()));
+    }
+
+    /// The image the cloud offered for `version` (the latest offer wins).
+    fn image_of(&self, version: &str) -> &[u8] {
+        let found = self.images.iter().rev().find(|(v, _)| v == version);
+        &found.expect("a version the cloud offered").1
     }
 
     /// Publishes an MD5 task for the world's image and version.
     pub fn offer_md5_task(&mut self) {
+        self.remember_offer();
         let md5 = md5_hex(&self.image);
         self.cloud_task = Some(format!(
             r#""size":{},"version":"{}","md5":"{md5}","sign":"{md5}","signMethod":"Md5""#,
@@ -222,6 +254,7 @@ impl World {
 
     /// Publishes a SHA-256 task for the world's image and version.
     pub fn offer_sha256_task(&mut self) {
+        self.remember_offer();
         let sha = sha256_hex(&self.image).to_uppercase();
         self.cloud_task = Some(format!(
             r#""size":{},"version":"{}","sign":"{sha}","signMethod":"SHA256""#,
@@ -233,7 +266,10 @@ impl World {
     fn signed_task_json(&mut self, code: &str) -> String {
         match &self.cloud_task {
             Some(fields) => {
-                let url = format!("https://fw.example/img.bin?gen={}", self.url_generation);
+                let url = format!(
+                    "https://fw.example/{}.bin?gen={}",
+                    self.version, self.url_generation
+                );
                 self.url_generation += 1;
                 format!(
                     r#"{{"code":{code},"data":{{{fields},"url":"{url}"}},"id":1626969597470,"message":"success"}}"#
@@ -284,6 +320,9 @@ impl World {
         self.messages.clear();
         self.online = false;
         self.cut = None;
+        self.storage_in_flight = 0;
+        self.attempt_last_step = 0;
+        self.expected_failures.clear(); // reports not yet sent were lost with the RAM
         self.transcript.push(format!("boot {}", self.running));
         let record = self.record.clone();
         self.agent = Agent::new(
@@ -314,190 +353,318 @@ impl World {
 
     fn run_with(&mut self, until: &dyn Fn(&World) -> bool) -> Option<Stop> {
         loop {
-            self.steps += 1;
-            assert!(
-                self.steps < self.max_steps,
-                "livelock: step budget exhausted"
-            );
             if let Some(stop) = self.drain() {
                 return Some(stop);
             }
             if until(self) {
                 return None;
             }
-            if let Some(event) = self.inbox.pop_front() {
-                self.agent.handle(self.now, event).unwrap();
-            } else if let Some((topic, payload)) = self.messages.pop_front() {
-                if self.online {
-                    self.agent
-                        .handle(
-                            self.now,
-                            Event::Message {
-                                topic: &topic,
-                                payload: &payload,
-                            },
-                        )
-                        .unwrap();
-                }
-            } else if let Some((fetch, body)) = self.pending_body.take() {
-                let taken = self.agent.handle_body(self.now, fetch, &body).unwrap();
-                assert!(taken <= body.len());
-                if taken < body.len() {
-                    self.pending_body = Some((fetch, body[taken..].to_vec()));
-                    // Back-pressure must come with something to do, or the world would stall.
-                    assert!(
-                        self.agent.queued_actions() > 0 || !self.inbox.is_empty() || taken > 0,
-                        "refused body with nothing pending"
-                    );
-                }
-            } else if let Some(step) = self
-                .http
-                .as_mut()
-                .and_then(|h| h.events.pop_front().map(|s| (h.fetch, s)))
-            {
-                let (fetch, step) = step;
-                match step {
-                    HttpStep::Response {
-                        status,
-                        length,
-                        range,
-                    } => {
-                        let event = Event::HttpResponse {
-                            fetch,
-                            status,
-                            content_length: length,
-                            content_range: range.as_deref(),
-                        };
-                        self.agent.handle(self.now, event).unwrap();
-                    }
-                    HttpStep::Body(bytes) => self.pending_body = Some((fetch, bytes)),
-                    HttpStep::End => {
-                        self.http = None;
-                        self.agent
-                            .handle(self.now, Event::HttpEnd { fetch })
-                            .unwrap();
-                    }
-                    HttpStep::Failed(reason) => {
-                        self.http = None;
-                        self.agent
-                            .handle(self.now, Event::HttpFailed { fetch, reason })
-                            .unwrap();
-                    }
-                }
-            } else if let Some(deadline) = self.agent.poll_timeout() {
-                assert!(deadline >= self.now, "deadline in the past");
-                if deadline == self.now && self.agent.queued_actions() == 0 {
-                    // A due deadline must make progress when fired.
-                    self.agent.handle_timeout(self.now).unwrap();
-                    if self.agent.queued_actions() == 0
-                        && self.agent.poll_timeout() == Some(self.now)
-                    {
-                        panic!("poll_timeout asks for a busy loop");
-                    }
-                    continue;
-                }
-                self.now = deadline;
-                self.agent.handle_timeout(self.now).unwrap();
-            } else {
-                return Some(Stop::Quiet);
+            if let Some(stop) = self.step() {
+                return Some(stop);
             }
         }
     }
 
+    /// Performs every queued action, then delivers one input: a storage result, a message,
+    /// body bytes, an HTTP event, or the next deadline. `Some` when the run stops there.
+    pub fn step(&mut self) -> Option<Stop> {
+        self.steps += 1;
+        assert!(
+            self.steps < self.max_steps,
+            "livelock: step budget exhausted"
+        );
+        if let Some(stop) = self.drain() {
+            return Some(stop);
+        }
+        if let Some(event) = self.inbox.pop_front() {
+            if matches!(
+                event,
+                Event::WriteDone
+                    | Event::WriteFailed
+                    | Event::RecordSaved
+                    | Event::RecordSaveFailed
+                    | Event::Activated
+                    | Event::ActivationFailed
+            ) {
+                self.storage_in_flight -= 1;
+            }
+            self.agent.handle(self.now, event).unwrap();
+        } else if let Some((topic, payload)) = self.messages.pop_front() {
+            if self.online {
+                let event = Event::Message {
+                    topic: &topic,
+                    payload: &payload,
+                };
+                self.agent.handle(self.now, event).unwrap();
+            }
+        } else if let Some((fetch, body)) = self.pending_body.take() {
+            let taken = self.agent.handle_body(self.now, fetch, &body).unwrap();
+            assert!(taken <= body.len());
+            if taken < body.len() {
+                self.pending_body = Some((fetch, body[taken..].to_vec()));
+                // Back-pressure must come with something to do, or the world would stall.
+                assert!(
+                    self.agent.queued_actions() > 0 || !self.inbox.is_empty() || taken > 0,
+                    "refused body with nothing pending"
+                );
+            }
+        } else if let Some((fetch, step)) = self
+            .http
+            .as_mut()
+            .and_then(|h| h.events.pop_front().map(|s| (h.fetch, s)))
+        {
+            match step {
+                HttpStep::Response {
+                    status,
+                    length,
+                    range,
+                } => {
+                    let event = Event::HttpResponse {
+                        fetch,
+                        status,
+                        content_length: length,
+                        content_range: range.as_deref(),
+                    };
+                    self.agent.handle(self.now, event).unwrap();
+                }
+                HttpStep::Body(bytes) => self.pending_body = Some((fetch, bytes)),
+                HttpStep::End => {
+                    self.http = None;
+                    self.agent
+                        .handle(self.now, Event::HttpEnd { fetch })
+                        .unwrap();
+                }
+                HttpStep::Failed(reason) => {
+                    self.http = None;
+                    self.agent
+                        .handle(self.now, Event::HttpFailed { fetch, reason })
+                        .unwrap();
+                }
+            }
+        } else if let Some(deadline) = self.agent.poll_timeout() {
+            // A deadline before the world's clock passed while time jumped: fire it now.
+            if deadline <= self.now {
+                // A due deadline must make progress when fired.
+                self.agent.handle_timeout(self.now).unwrap();
+                let stuck =
+                    self.agent.queued_actions() == 0 && self.agent.poll_timeout() == Some(self.now);
+                assert!(!stuck, "poll_timeout asks for a busy loop");
+                return None;
+            }
+            self.now = deadline;
+            self.agent.handle_timeout(self.now).unwrap();
+        } else {
+            return Some(Stop::Quiet);
+        }
+        None
+    }
+
+    /// Lets time pass (the agent sees it at its next input).
+    pub fn advance(&mut self, span: Duration) {
+        self.now = self.now + span;
+    }
+
     /// Performs every queued action.
     fn drain(&mut self) -> Option<Stop> {
-        let mut stop = None;
-        assert!(self.agent.queued_actions() <= super::super::actions::QUEUE_CAPACITY);
+        assert!(
+            self.agent.queued_actions() <= crate::agent::QUEUE_CAPACITY,
+            "action queue unbounded"
+        );
         while let Some(action) = self.agent.poll_action() {
-            let line = describe(&action);
-            self.transcript.push(line);
-            match action {
-                Action::Subscribe { .. } => {}
-                Action::Publish { topic, payload } => {
-                    let topic = topic.to_string();
-                    let payload = String::from_utf8(payload.to_vec()).unwrap();
-                    self.on_publish(&topic, &payload);
-                }
-                Action::Fetch { fetch, url, offset } => {
-                    let url = url.to_string();
-                    self.serve(fetch, &url, offset);
-                }
-                Action::CancelFetch { fetch } => {
-                    if self.http.as_ref().is_some_and(|h| h.fetch == fetch) {
-                        self.http = None;
-                    }
-                    if self.pending_body.as_ref().is_some_and(|(f, _)| *f == fetch) {
-                        self.pending_body = None;
-                    }
-                }
-                Action::Write { offset, data } => {
-                    let n = self.writes;
-                    self.writes += 1;
-                    if let Some(Cut::Write { n: at, torn }) = self.cut {
-                        if at == n {
-                            let torn = torn.min(data.len());
-                            let o = offset as usize;
-                            self.slot[o..o + torn].copy_from_slice(&data[..torn]);
-                            stop = Some(Stop::PowerLost);
-                            break;
-                        }
-                    }
-                    if self.fail_write == Some(n) {
-                        self.inbox.push_back(Event::WriteFailed);
-                    } else {
-                        let o = offset as usize;
-                        self.slot[o..o + data.len()].copy_from_slice(data);
-                        self.inbox.push_back(Event::WriteDone);
-                    }
-                }
-                Action::SaveRecord { record } => {
-                    let record = record.to_vec();
-                    if let Some(s) = self.store(Some(record)) {
-                        stop = Some(s);
-                        break;
-                    }
-                }
-                Action::ClearRecord => {
-                    if let Some(s) = self.store(None) {
-                        stop = Some(s);
-                        break;
-                    }
-                }
-                Action::Activate { version, .. } => {
-                    if self.cut == Some(Cut::Activate) {
-                        stop = Some(Stop::PowerLost);
-                        break;
-                    }
-                    if self.fail_activate {
-                        self.inbox.push_back(Event::ActivationFailed);
-                    } else {
-                        self.boot_next = Some(version.to_string());
-                        self.inbox.push_back(Event::Activated);
-                    }
-                }
-                Action::Reboot => stop = Some(Stop::Reboot),
-                Action::Confirm => self.confirmed = true,
-                Action::Rollback => self.boot_next = Some("1.0.0".into()),
-                Action::Notify(note) => match note {
-                    Notification::HealthCheckRequested { .. } => match self.health {
-                        Health::Healthy => {
-                            self.inbox.push_back(Event::HealthVerdict { healthy: true })
-                        }
-                        Health::Unhealthy => self
-                            .inbox
-                            .push_back(Event::HealthVerdict { healthy: false }),
-                        Health::Silent => {}
-                    },
-                    Notification::Outcome(o) => self.outcomes.push(outcome(&o)),
-                    other => self.notes.push(format!("{other:?}")),
-                },
+            self.transcript.push(describe(&action));
+            let owned = Owned::from(&action);
+            if let Some(stop) = self.perform(owned) {
+                // Power is gone: whatever else was queued never happens.
+                while self.agent.poll_action().is_some() {}
+                return Some(stop);
             }
         }
-        if stop.is_some() {
-            // Power is gone: whatever else was queued never happens.
-            while self.agent.poll_action().is_some() {}
+        None
+    }
+
+    fn perform(&mut self, action: Owned) -> Option<Stop> {
+        match action {
+            Owned::Nothing | Owned::Confirm => self.confirmed |= matches!(action, Owned::Confirm),
+            Owned::Publish { topic, payload } => self.on_publish(&topic, &payload),
+            Owned::Fetch { fetch, url, offset } => self.serve(fetch, &url, offset),
+            Owned::CancelFetch(fetch) => {
+                if self.http.as_ref().is_some_and(|h| h.fetch == fetch) {
+                    self.http = None;
+                }
+                if self.pending_body.as_ref().is_some_and(|(f, _)| *f == fetch) {
+                    self.pending_body = None;
+                }
+            }
+            Owned::Write { offset, data } => {
+                self.begin_storage();
+                self.check_write(offset, &data);
+                let n = self.writes;
+                self.writes += 1;
+                let o = offset as usize;
+                if let Some(Cut::Write { n: at, torn }) = self.cut {
+                    if at == n {
+                        let torn = torn.min(data.len());
+                        self.slot[o..o + torn].copy_from_slice(&data[..torn]);
+                        return Some(Stop::PowerLost);
+                    }
+                }
+                if self.fail_write == Some(n) {
+                    self.inbox.push_back(Event::WriteFailed);
+                } else {
+                    self.slot[o..o + data.len()].copy_from_slice(&data);
+                    self.inbox.push_back(Event::WriteDone);
+                }
+            }
+            Owned::SaveRecord(record) => {
+                self.begin_storage();
+                self.check_record(&record);
+                return self.store(Some(record));
+            }
+            Owned::ClearRecord => {
+                self.begin_storage();
+                return self.store(None);
+            }
+            Owned::Activate(version) => {
+                self.begin_storage();
+                let image = self.image_of(&version);
+                assert!(
+                    self.slot[..image.len()] == *image,
+                    "activation of an image that is not the task's"
+                );
+                if self.cut == Some(Cut::Activate) {
+                    return Some(Stop::PowerLost);
+                }
+                if self.fail_activate {
+                    self.inbox.push_back(Event::ActivationFailed);
+                } else {
+                    self.fallback = self.running.clone();
+                    self.boot_next = Some(version);
+                    self.inbox.push_back(Event::Activated);
+                }
+            }
+            Owned::Reboot => return Some(Stop::Reboot),
+            Owned::Rollback => self.boot_next = Some(self.fallback.clone()),
+            Owned::HealthCheck => match self.health {
+                Health::Healthy => self.inbox.push_back(Event::HealthVerdict { healthy: true }),
+                Health::Unhealthy => self
+                    .inbox
+                    .push_back(Event::HealthVerdict { healthy: false }),
+                Health::Silent => {}
+            },
+            Owned::Outcome { text, failed } => {
+                if let Some(code) = failed {
+                    self.expected_failures.push(code);
+                }
+                self.outcomes.push(text);
+            }
+            Owned::TaskReceived => {
+                self.attempt_last_step = 0;
+                self.notes.push("task received".into());
+            }
+            Owned::TaskRejected(text) => {
+                self.allowed_rejections += 1;
+                self.notes.push(text);
+            }
+            Owned::Note(text) => self.notes.push(text),
         }
-        stop
+        None
+    }
+
+    fn begin_storage(&mut self) {
+        assert_eq!(
+            self.storage_in_flight, 0,
+            "two storage operations in flight"
+        );
+        self.storage_in_flight += 1;
+    }
+
+    fn check_write(&mut self, offset: u64, data: &[u8]) {
+        let (o, block) = (offset as usize, self.config.write_block);
+        assert!(
+            o % block == 0 && !data.is_empty() && data.len() <= block,
+            "unaligned write @{o} +{}",
+            data.len()
+        );
+        let version = self
+            .agent
+            .target_version()
+            .expect("writes only while a task runs");
+        let image = self.image_of(version);
+        assert!(o + data.len() <= image.len(), "write beyond the image");
+        for (i, byte) in data.iter().enumerate() {
+            let at = (o + i) as u64;
+            assert!(
+                *byte == image[o + i] || self.corrupted.contains(&at),
+                "wrong byte written at {at}"
+            );
+        }
+        if self.slot.len() < o + data.len() {
+            self.slot.resize(o + data.len(), 0xFF);
+        }
+    }
+
+    /// A saved offset never exceeds what is on flash, and its digest mid-state covers
+    /// exactly those bytes.
+    fn check_record(&self, bytes: &[u8]) {
+        let record =
+            crate::record::Record::decode(bytes).expect("the agent saves decodable records");
+        if let crate::record::Phase::Downloading {
+            offset,
+            digest_state,
+        } = &record.phase
+        {
+            let (offset, method) = (*offset as usize, record.image.digest.method());
+            assert!(
+                offset as u64 <= record.image.size,
+                "record offset beyond the image"
+            );
+            assert!(offset % self.config.write_block == 0 || offset as u64 == record.image.size);
+            let restored =
+                crate::digest::Hasher::restore(method, digest_state).expect("valid digest state");
+            let on_flash = self
+                .slot
+                .get(..offset)
+                .expect("record offset beyond the slot");
+            let digest = match method {
+                crate::task::DigestMethod::Md5 => md5::Md5::digest(on_flash).to_vec(),
+                crate::task::DigestMethod::Sha256 => sha2::Sha256::digest(on_flash).to_vec(),
+            };
+            let expected =
+                crate::task::ExpectedDigest::new(method, &digest).expect("digest length");
+            assert!(
+                restored.matches(&expected),
+                "record digest state does not cover exactly the {offset} bytes on flash"
+            );
+        }
+    }
+
+    fn check_progress(&mut self, step: i16) {
+        assert!(step != 0 && (-4..=100).contains(&step), "step {step}");
+        if step > 0 {
+            assert!(
+                step > self.attempt_last_step,
+                "progress went from {} to {step}",
+                self.attempt_last_step
+            );
+            self.attempt_last_step = step;
+        } else if let Some(i) = self.expected_failures.iter().position(|c| *c == step) {
+            self.expected_failures.remove(i);
+        } else {
+            assert!(
+                step == -1 && self.allowed_rejections > 0,
+                "failure report {step} without a failure"
+            );
+            self.allowed_rejections -= 1;
+        }
+    }
+
+    /// Every failure the agent declared has been reported (call when online and quiet).
+    pub fn assert_reports_settled(&self) {
+        assert!(
+            self.expected_failures.is_empty(),
+            "failures never reported: {:?}",
+            self.expected_failures
+        );
     }
 
     fn store(&mut self, record: Option<Vec<u8>>) -> Option<Stop> {
@@ -519,6 +686,7 @@ impl World {
         let v: serde_json::Value = serde_json::from_str(payload).expect("uplink is JSON");
         if topic.starts_with("/ota/device/progress/") {
             let step: i16 = v["params"]["step"].as_str().unwrap().parse().unwrap();
+            self.check_progress(step);
             self.progress.push(step);
             if step < 0 {
                 self.cloud_task = None; // the cloud marks the task failed
@@ -550,9 +718,16 @@ impl World {
     fn serve(&mut self, fetch: FetchId, url: &str, offset: u64) {
         self.fetch_offsets.push(offset);
         let generation: u32 = url.rsplit('=').next().unwrap().parse().unwrap();
+        // The URL names the file: an old URL still serves the old image.
+        let version = url
+            .trim_start_matches("https://fw.example/")
+            .split(".bin?")
+            .next()
+            .unwrap();
+        let image = self.image_of(version).to_vec();
         let mut events = VecDeque::new();
         let fault = self.faults.pop_front();
-        let size = self.image.len() as u64;
+        let size = image.len() as u64;
         if generation < self.url_valid_from {
             events.push_back(HttpStep::Response {
                 status: 403,
@@ -566,7 +741,7 @@ impl World {
             self.http = Some(HttpStream { fetch, events });
             return;
         }
-        let mut body = self.image.clone();
+        let mut body = image;
         let (mut from, mut status, mut range) = (offset, if offset > 0 { 206 } else { 200 }, None);
         match fault {
             Some(Fault::Refuse) => {
@@ -588,7 +763,12 @@ impl World {
                 from = 0;
                 status = 200;
             }
-            Some(Fault::Corrupt(k)) => body[k as usize] ^= 0x5A,
+            Some(Fault::Corrupt(k)) => {
+                if let Some(byte) = body.get_mut(k as usize) {
+                    *byte ^= 0x5A;
+                    self.corrupted.push(k);
+                }
+            }
             Some(Fault::WrongRange) => {
                 range = Some(format!("bytes {}-{}/{}", offset + 1, size - 1, size))
             }
@@ -655,6 +835,80 @@ impl World {
 
     pub fn slot_image(&self) -> &[u8] {
         &self.slot[..self.image.len()]
+    }
+}
+
+/// An action copied out of the agent, so the world can act while mutating itself.
+enum Owned {
+    Nothing,
+    Publish {
+        topic: String,
+        payload: String,
+    },
+    Fetch {
+        fetch: FetchId,
+        url: String,
+        offset: u64,
+    },
+    CancelFetch(FetchId),
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    SaveRecord(Vec<u8>),
+    ClearRecord,
+    Activate(String),
+    Reboot,
+    Confirm,
+    Rollback,
+    HealthCheck,
+    Outcome {
+        text: String,
+        failed: Option<i16>,
+    },
+    TaskReceived,
+    TaskRejected(String),
+    Note(String),
+}
+
+impl From<&Action<'_>> for Owned {
+    fn from(action: &Action<'_>) -> Owned {
+        match action {
+            Action::Subscribe { .. } => Owned::Nothing,
+            Action::Publish { topic, payload } => Owned::Publish {
+                topic: topic.to_string(),
+                payload: String::from_utf8(payload.to_vec()).expect("uplink is UTF-8"),
+            },
+            Action::Fetch { fetch, url, offset } => Owned::Fetch {
+                fetch: *fetch,
+                url: url.to_string(),
+                offset: *offset,
+            },
+            Action::CancelFetch { fetch } => Owned::CancelFetch(*fetch),
+            Action::Write { offset, data } => Owned::Write {
+                offset: *offset,
+                data: data.to_vec(),
+            },
+            Action::SaveRecord { record } => Owned::SaveRecord(record.to_vec()),
+            Action::ClearRecord => Owned::ClearRecord,
+            Action::Activate { version, .. } => Owned::Activate(version.to_string()),
+            Action::Reboot => Owned::Reboot,
+            Action::Confirm => Owned::Confirm,
+            Action::Rollback => Owned::Rollback,
+            Action::Notify(Notification::HealthCheckRequested { .. }) => Owned::HealthCheck,
+            Action::Notify(Notification::Outcome(o)) => Owned::Outcome {
+                text: outcome(o),
+                failed: match o {
+                    Outcome::Failed { code, .. } => Some(i16::from(code.step())),
+                    _ => None,
+                },
+            },
+            Action::Notify(Notification::TaskReceived(_)) => Owned::TaskReceived,
+            Action::Notify(n @ Notification::TaskRejected { .. }) => {
+                Owned::TaskRejected(format!("{n:?}"))
+            }
+            Action::Notify(n) => Owned::Note(format!("{n:?}")),
+        }
     }
 }
 

@@ -5,9 +5,9 @@ use alloc::vec::Vec;
 use alloc::{format, vec};
 use core::time::Duration;
 
-use super::world::*;
 use crate::agent::{Action, Agent, Boot, Event, FetchId, Phase};
 use crate::error::Error;
+use crate::testkit::world::*;
 use crate::time::Instant;
 
 fn world(len: usize) -> World {

@@ -1,3 +1,3 @@
 mod lifecycle;
 mod power_loss;
-mod world;
+mod properties;

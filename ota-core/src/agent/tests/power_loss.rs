@@ -4,7 +4,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::world::*;
+use crate::testkit::world::*;
 
 const IMAGE_LEN: usize = 23_000;
 const CHECKPOINT: u64 = 4096;

@@ -1,0 +1,260 @@
+//! Arbitrary operation sequences over the simulated world, for property tests and fuzzing.
+//!
+//! Whatever the sequence, the world's invariant checks hold at every step (no activation
+//! of a wrong image, every written byte the image's, records covering exactly the bytes on
+//! flash, monotone progress, one report per failure, bounded queue, no busy loop). After
+//! the sequence the world heals and runs to the end; when the sequence was benign (the
+//! small reference model below), the upgrade must have succeeded.
+
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use super::world::{test_config, test_image, Cut, Fault, Health, Stop, World};
+
+/// One thing that happens to the device or the cloud.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Let the world deliver up to this many inputs.
+    Steps(u8),
+    Connect,
+    Disconnect,
+    /// The cloud pushes its current task again.
+    PushSameTask,
+    /// The cloud replaces the task with another image and version.
+    ReplaceTask(u8),
+    /// A malformed push (one of a few shapes).
+    PushGarbage(u8),
+    /// The next HTTP request suffers this fault.
+    Fault(Fault),
+    FailNextWrite,
+    FailNextSave,
+    FailActivation,
+    /// Power fails at the next write, `torn` bytes of it reaching flash.
+    CutNextWrite(u16),
+    /// Power fails at the next record save.
+    CutNextSave,
+    AdvanceSecs(u16),
+    /// Every URL issued so far expires.
+    ExpireUrls,
+    /// The cloud cancels the task.
+    DropTask,
+    /// The next health check fails.
+    Unhealthy,
+}
+
+/// A whole scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub image_len: usize,
+    pub sha256: bool,
+    pub chunk_sizes: Vec<usize>,
+    pub ops: Vec<Op>,
+}
+
+impl Op {
+    /// True when the op cannot make a correct agent fail the upgrade, alone or with other
+    /// benign ops within the budgets counted by [`Scenario::is_benign`].
+    fn is_benign(&self) -> bool {
+        match self {
+            Op::Steps(_) | Op::Connect | Op::Disconnect | Op::PushSameTask | Op::AdvanceSecs(_) => {
+                true
+            }
+            Op::CutNextWrite(_) | Op::CutNextSave | Op::ExpireUrls => true,
+            Op::Fault(f) => !matches!(f, Fault::Corrupt(_) | Fault::Status(400..=402 | 405..=499)),
+            _ => false,
+        }
+    }
+}
+
+impl Scenario {
+    /// The reference model: benign ops within the retry budgets always end in success.
+    pub fn is_benign(&self) -> bool {
+        let faults = self
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Fault(_)))
+            .count();
+        let dead = self
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::ExpireUrls | Op::Fault(Fault::Status(403 | 404))))
+            .count();
+        let cuts = self
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::CutNextWrite(_) | Op::CutNextSave))
+            .count();
+        self.ops.iter().all(Op::is_benign) && faults <= 8 && dead <= 4 && cuts <= 6
+    }
+
+    /// Decodes a scenario from fuzzer bytes (every input is valid).
+    pub fn from_bytes(data: &[u8]) -> Scenario {
+        let mut it = data.iter().copied();
+        let mut next = move || it.next();
+        let len_hi = next().unwrap_or(0);
+        let len_lo = next().unwrap_or(64);
+        let image_len = 1 + (usize::from(len_hi) << 8 | usize::from(len_lo)) % 24_000;
+        let sha256 = next().unwrap_or(0) & 1 == 1;
+        let chunk_sizes = (0..3)
+            .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
+            .collect();
+        let mut ops = Vec::new();
+        while let Some(tag) = next() {
+            let arg = next().unwrap_or(0);
+            let arg16 = u16::from(arg) * 97;
+            ops.push(match tag % 20 {
+                0..=4 => Op::Steps(arg),
+                5 => Op::Connect,
+                6 => Op::Disconnect,
+                7 => Op::PushSameTask,
+                8 => Op::ReplaceTask(arg),
+                9 => Op::PushGarbage(arg),
+                10 => Op::Fault(fault(arg, image_len)),
+                11 => Op::Fault(fault(arg.wrapping_add(3), image_len)),
+                12 => Op::FailNextWrite,
+                13 => Op::FailNextSave,
+                14 => match arg % 3 {
+                    0 => Op::FailActivation,
+                    1 => Op::DropTask,
+                    _ => Op::Unhealthy,
+                },
+                15 => Op::CutNextWrite(arg16 % 1100),
+                16 => Op::CutNextSave,
+                17 => Op::AdvanceSecs(arg16),
+                18 => Op::ExpireUrls,
+                _ => Op::Steps(arg.saturating_mul(4)),
+            });
+            if ops.len() >= 64 {
+                break;
+            }
+        }
+        Scenario {
+            image_len,
+            sha256,
+            chunk_sizes,
+            ops,
+        }
+    }
+}
+
+fn fault(arg: u8, image_len: usize) -> Fault {
+    let at = usize::from(arg) * 131 % image_len.max(1);
+    match arg % 10 {
+        0 => Fault::Status(500),
+        1 => Fault::Status(403),
+        2 => Fault::Status(404),
+        3 => Fault::IgnoreRange,
+        4 => Fault::CutAfter(at),
+        5 => Fault::StallAfter(at),
+        6 => Fault::Corrupt(at as u64),
+        7 => Fault::WrongRange,
+        8 => Fault::Extra(1 + usize::from(arg)),
+        _ => Fault::Refuse,
+    }
+}
+
+const GARBAGE: [&str; 4] = [
+    "{not json",
+    r#"{"code":"1000","data":{"size":0,"version":"9","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"}}"#,
+    r#"{"code":"1000","data":{"size":10,"version":"9","url":"ftp://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"}}"#,
+    r#"{"code":"1000","data":"x"}"#,
+];
+
+/// Runs the scenario; panics when an invariant breaks. Returns the finished world.
+pub fn run(scenario: &Scenario) -> World {
+    let mut config = test_config();
+    config.write_block = 512;
+    config.checkpoint_interval = 2048;
+    let mut w = World::new(config, test_image(scenario.image_len, 1));
+    w.chunk_sizes = scenario.chunk_sizes.clone();
+    w.max_steps = 400_000;
+    let offer = |w: &mut World| {
+        if scenario.sha256 {
+            w.offer_sha256_task()
+        } else {
+            w.offer_md5_task()
+        }
+    };
+    offer(&mut w);
+    w.connect();
+    let mut reboots = 0;
+    for op in &scenario.ops {
+        match op {
+            Op::Steps(n) => {
+                for _ in 0..*n {
+                    match w.step() {
+                        None => {}
+                        Some(Stop::Quiet) => break,
+                        Some(Stop::Reboot | Stop::PowerLost) => {
+                            reboots += 1;
+                            w.reboot();
+                            w.connect();
+                        }
+                    }
+                }
+            }
+            Op::Connect => {
+                if !w.online {
+                    w.connect();
+                }
+            }
+            Op::Disconnect => {
+                if w.online {
+                    w.disconnect();
+                }
+            }
+            Op::PushSameTask => w.push_task(),
+            Op::ReplaceTask(seed) => {
+                w.image = test_image(scenario.image_len / 2 + usize::from(*seed) + 1, *seed);
+                w.version = alloc::format!("3.{seed}");
+                w.corrupted.clear();
+                offer(&mut w);
+                w.push_task();
+            }
+            Op::PushGarbage(i) => w.push_raw(GARBAGE[usize::from(*i) % GARBAGE.len()]),
+            Op::Fault(f) => w.faults.push_back(f.clone()),
+            Op::FailNextWrite => w.fail_write = Some(w.writes),
+            Op::FailNextSave => w.fail_save = Some(w.saves),
+            Op::FailActivation => w.fail_activate = true,
+            Op::CutNextWrite(torn) => {
+                w.cut = Some(Cut::Write {
+                    n: w.writes,
+                    torn: usize::from(*torn),
+                })
+            }
+            Op::CutNextSave => w.cut = Some(Cut::Save { n: w.saves }),
+            Op::AdvanceSecs(s) => w.advance(Duration::from_secs(u64::from(*s))),
+            Op::ExpireUrls => w.url_valid_from = w.url_generation,
+            Op::DropTask => w.cloud_task = None,
+            Op::Unhealthy => w.health = Health::Unhealthy,
+        }
+    }
+    // Heal and let the story finish.
+    w.faults.clear();
+    (w.fail_write, w.fail_save, w.fail_activate, w.cut) = (None, None, false, None);
+    if !w.online {
+        w.connect();
+    }
+    reboots += w.run_through_reboots();
+    assert!(reboots < 40);
+    w.assert_reports_settled();
+    if w.running == w.version {
+        assert!(
+            w.confirmed || w.health == Health::Unhealthy,
+            "running the target without confirmation"
+        );
+        // A failed clear may leave a stale record until the next connect or boot.
+        if !scenario.ops.contains(&Op::FailNextSave) {
+            assert_eq!(w.record, None, "record left behind after success");
+        }
+    }
+    if scenario.is_benign() {
+        assert_eq!(
+            w.running, w.version,
+            "benign scenario did not upgrade: {:?}",
+            w.outcomes
+        );
+        assert!(w.confirmed);
+    }
+    w
+}
