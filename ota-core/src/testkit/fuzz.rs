@@ -59,8 +59,8 @@ pub fn topics(data: &[u8]) {
             (&t.upgrade, 6),
             (&t.progress, 6),
             (&t.request, 6),
-            (&t.firmware_get, 7),
-            (&t.firmware_get_reply, 7),
+            (&t.firmware_get, 8),
+            (&t.firmware_get_reply, 8),
         ] {
             assert_eq!(topic.split('/').count(), segments, "{topic}");
             assert!(!topic.contains(['+', '#', '\0']), "{topic}");
