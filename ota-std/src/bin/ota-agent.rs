@@ -1,0 +1,148 @@
+//! `ota-agent`: the OTA agent for a Linux device. Settings come from a TOML file and flags
+//! (flags win); a progress bar is shown on a terminal, structured logs otherwise.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use ota_std::file::Settings;
+use ota_std::{run_until_reboot, DeviceEvent, Exit, Reboot, Stopper};
+
+/// Firmware over-the-air updates from the Alibaba Cloud IoT Platform.
+///
+/// Every option may also be given in the TOML file of --config, with `_` for `-` in the key
+/// (e.g. `product_key = "a1..."`); flags override the file.
+#[derive(Parser)]
+#[command(name = "ota-agent", version)]
+struct Cli {
+    /// TOML file with the settings below.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Show a progress bar (default: when stderr is a terminal).
+    #[arg(long, value_name = "BOOL")]
+    progress: Option<bool>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's first paragraph is the message; the usage below it is noise in logs.
+            let text = e.render().to_string();
+            let lines: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+            let message = lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+            eprintln!(
+                "ota-agent: {} (try --help)",
+                message.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ota-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), ota_std::Error> {
+    let file = match &cli.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let config = cli.settings.or(file).into_device_config()?;
+    let bar = cli
+        .progress
+        .unwrap_or_else(|| std::io::stderr().is_terminal())
+        .then(progress_bar);
+    init_logging(bar.is_none());
+    let observer = |event: DeviceEvent| show(bar.as_ref(), &event);
+    let stopper = Stopper::default();
+    loop {
+        match run_until_reboot(&config, &observer, &stopper)? {
+            Exit::Rebooted if config.reboot == Reboot::InProcess => {
+                tracing::info!("restarting the agent");
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template(
+        "{msg:20} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+/// One line (or bar update) per event.
+fn show(bar: Option<&ProgressBar>, event: &DeviceEvent) {
+    match (bar, event) {
+        (Some(bar), DeviceEvent::TaskReceived { version, size }) => {
+            bar.reset();
+            bar.set_length(*size);
+            bar.set_message(format!("downloading {version}"));
+        }
+        (Some(bar), DeviceEvent::Progress { received, .. }) => bar.set_position(*received),
+        (Some(bar), DeviceEvent::Installed { version }) => {
+            bar.finish_with_message(format!("installed {version}"));
+        }
+        (Some(bar), DeviceEvent::Failed { code, reason }) => {
+            bar.abandon_with_message(format!("failed ({code})"));
+            eprintln!("ota-agent: task failed ({code}): {reason}");
+        }
+        (Some(bar), other) => bar.println(describe(other)),
+        (None, DeviceEvent::Progress { received, size, .. }) => {
+            tracing::info!(received, size, "downloading");
+        }
+        (None, DeviceEvent::Failed { code, reason }) => {
+            tracing::warn!(code, reason = reason.as_str(), "task failed");
+        }
+        (None, other) => tracing::info!("{}", describe(other)),
+    }
+}
+
+fn describe(event: &DeviceEvent) -> String {
+    match event {
+        DeviceEvent::Started { version } => format!("running {version}"),
+        DeviceEvent::Connected => "connected".into(),
+        DeviceEvent::Disconnected { reason } => format!("disconnected: {reason}"),
+        DeviceEvent::TaskReceived { version, size } => format!("task: {version}, {size} bytes"),
+        DeviceEvent::TaskRejected { reason } => format!("task rejected: {reason}"),
+        DeviceEvent::Progress { received, size, .. } => format!("{received}/{size} bytes"),
+        DeviceEvent::HealthCheck { version } => format!("checking the health of {version}"),
+        DeviceEvent::Installed { version } => format!("installed {version}"),
+        DeviceEvent::Succeeded { version } => format!("upgraded to {version}"),
+        DeviceEvent::Failed { code, reason } => format!("failed ({code}): {reason}"),
+        DeviceEvent::RolledBack { version } => format!("rolled back to {version}"),
+        DeviceEvent::Canceled => "task canceled".into(),
+        DeviceEvent::RecordDiscarded { reason } => format!("saved record discarded: {reason}"),
+        DeviceEvent::Rebooting => "rebooting".into(),
+    }
+}

@@ -1,0 +1,136 @@
+//! What one device needs: identity, broker, trust, slots, boot hooks and the core's settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ota_core::{Config, DeviceIdentity};
+
+use crate::login::Login;
+use crate::storage::{Activation, RunningVersion};
+use crate::tls::Trust;
+use crate::Error;
+
+/// How the device restarts after an activation or a rollback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reboot {
+    /// Restart the agent in this process: [`crate::Device::spawn`] starts it again, reading
+    /// the running version anew (use [`RunningVersion::File`] so that it changes).
+    InProcess,
+    /// Run this command with `sh -c` (e.g. `systemctl reboot`). If it returns, the run ends.
+    Command(String),
+}
+
+/// Where the health verdict after booting a new image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Healthy as soon as it runs.
+    Immediate,
+    /// Run this command with `sh -c`; exit 0 means healthy. It must finish within the core's
+    /// `health_timeout`, or the image is rolled back.
+    Command(String),
+}
+
+/// Configuration of one device.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// ProductKey.
+    pub product_key: String,
+    /// DeviceName.
+    pub device_name: String,
+    /// DeviceSecret, the key of the login HMAC.
+    pub device_secret: String,
+    /// MQTT host.
+    pub broker_host: String,
+    /// MQTT port.
+    pub broker_port: u16,
+    /// MQTT over TLS with this trust; `None` is plain TCP (only for local brokers).
+    pub mqtt_tls: Option<Trust>,
+    /// Trust for `https://` downloads.
+    pub https_trust: Trust,
+    /// Where the running version comes from.
+    pub running_version: RunningVersion,
+    /// The staging image file, written in place.
+    pub staging: PathBuf,
+    /// The saved record.
+    pub record: PathBuf,
+    /// How a verified image is installed.
+    pub activation: Activation,
+    /// How the device restarts.
+    pub reboot: Reboot,
+    /// Where the health verdict comes from.
+    pub health: Health,
+    /// The core's settings (module, write block, checkpoint interval, retry budgets,
+    /// timeouts, `rules.allow_http`...).
+    pub agent: Config,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Fail with one clear error when the very first connection (or login) fails, instead
+    /// of retrying. After one successful login the agent always reconnects.
+    pub fail_fast: bool,
+    /// Size of each HTTP read buffer.
+    pub read_buffer: usize,
+}
+
+impl DeviceConfig {
+    /// A device whose files live in `dir`: `staging.img`, `ota.record`, the installed
+    /// `firmware.img` and its `version` file. Plain MQTT, in-process reboot, immediate
+    /// health; write blocks of 64 KiB and a checkpoint every 4 MiB.
+    pub fn new(
+        product_key: &str,
+        device_name: &str,
+        device_secret: &str,
+        broker_host: &str,
+        broker_port: u16,
+        dir: &Path,
+    ) -> Result<DeviceConfig, Error> {
+        let identity = DeviceIdentity::new(product_key, device_name)?;
+        let mut agent = Config::new(identity);
+        agent.write_block = 64 * 1024;
+        agent.checkpoint_interval = 4 * 1024 * 1024;
+        agent.seed = seed_of(device_name);
+        Ok(DeviceConfig {
+            product_key: product_key.to_owned(),
+            device_name: device_name.to_owned(),
+            device_secret: device_secret.to_owned(),
+            broker_host: broker_host.to_owned(),
+            broker_port,
+            mqtt_tls: None,
+            https_trust: Trust::WebPkiRoots,
+            running_version: RunningVersion::File(dir.join("version")),
+            staging: dir.join("staging.img"),
+            record: dir.join("ota.record"),
+            activation: Activation::Rename {
+                target: dir.join("firmware.img"),
+            },
+            reboot: Reboot::InProcess,
+            health: Health::Immediate,
+            agent,
+            keep_alive: Duration::from_secs(60),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(60),
+            fail_fast: true,
+            read_buffer: 256 * 1024,
+        })
+    }
+
+    /// The MQTT login for this device.
+    pub fn login(&self) -> Login {
+        Login::new(
+            &self.product_key,
+            &self.device_name,
+            &self.device_secret,
+            self.mqtt_tls.is_some(),
+        )
+    }
+}
+
+/// A per-device seed for the back-off jitter, so a fleet does not retry in lockstep.
+fn seed_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,433 @@
+//! The driving loop: one thread owns the [`Agent`], waits on one channel (MQTT, HTTP and
+//! health-check inputs) for at most `poll_timeout`, hands the input to the agent, and performs
+//! every action it asks for. Storage actions are done right here, so their result event is
+//! fed back before the next input, exactly as the core's contract wants.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use ota_core::{Action, Agent, Boot, Event, FetchId, Instant, Notification, Outcome, Phase};
+
+use crate::config::{DeviceConfig, Health, Reboot};
+use crate::http::{Http, HttpInput};
+use crate::mqtt::{Mqtt, MqttSettings};
+use crate::storage::{run_command, Storage};
+use crate::{DeviceEvent, Error, Exit, Stopper};
+
+/// Everything the agent thread waits for.
+pub(crate) enum Input {
+    Connected,
+    Disconnected(String),
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// The first connection failed and the configuration says to give up.
+    MqttFatal(String),
+    Http(FetchId, HttpInput),
+    Health(bool),
+    Stop,
+}
+
+/// Body progress is shown at most this often (the core's own reports are throttled too).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs one boot of the device: connect, serve tasks, and return when the agent asks for a
+/// reboot (after running the reboot command, if configured) or when stopped.
+pub fn run_until_reboot(
+    config: &DeviceConfig,
+    observer: &dyn Fn(DeviceEvent),
+    stopper: &Stopper,
+) -> Result<Exit, Error> {
+    let version = config.running_version.read()?;
+    let storage = Storage::new(
+        config.staging.clone(),
+        config.record.clone(),
+        config.activation.clone(),
+        config.running_version.clone(),
+    );
+    let record = storage.load_record()?;
+    let (tx, rx) = mpsc::channel();
+    stopper.install(tx.clone());
+    let http = Http::new(
+        config.https_trust.ureq_config()?,
+        config.agent.stall_timeout,
+        config.read_buffer,
+        tx.clone(),
+    )?;
+    let tls = match &config.mqtt_tls {
+        Some(trust) => Some(trust.rustls_config()?),
+        None => None,
+    };
+    let mqtt = Mqtt::start(
+        MqttSettings {
+            host: config.broker_host.clone(),
+            port: config.broker_port,
+            login: config.login(),
+            tls,
+            keep_alive: config.keep_alive,
+            reconnect_min: config.reconnect_min,
+            reconnect_max: config.reconnect_max,
+            fail_fast: config.fail_fast,
+        },
+        tx.clone(),
+    )?;
+    let clock = std::time::Instant::now();
+    let boot = Boot {
+        running_version: &version,
+        record: record.as_deref(),
+    };
+    let agent = Agent::new(config.agent.clone(), boot, Instant::ZERO)?;
+    observer(DeviceEvent::Started { version });
+    let mut driver = Driver {
+        agent,
+        io: Io {
+            config,
+            mqtt,
+            http,
+            storage,
+            inputs: tx,
+            observer,
+            clock,
+            image_size: 0,
+            downloaded: 0,
+            last_progress: clock,
+            reboot: false,
+            results: VecDeque::new(),
+        },
+    };
+    driver.drain()?;
+    let exit = driver.run(&rx)?;
+    if exit == Exit::Rebooted {
+        observer(DeviceEvent::Rebooting);
+        if let Reboot::Command(command) = &config.reboot {
+            run_command(command, &[]).map_err(Error::Reboot)?;
+        }
+    }
+    Ok(exit)
+}
+
+struct Driver<'a> {
+    agent: Agent,
+    io: Io<'a>,
+}
+
+/// Everything an action needs, apart from the agent that lends it.
+struct Io<'a> {
+    config: &'a DeviceConfig,
+    mqtt: Mqtt,
+    http: Http,
+    storage: Storage,
+    inputs: Sender<Input>,
+    observer: &'a dyn Fn(DeviceEvent),
+    clock: std::time::Instant,
+    image_size: u64,
+    /// Body bytes received from the network in this boot, re-downloads included.
+    downloaded: u64,
+    last_progress: std::time::Instant,
+    reboot: bool,
+    /// Results of performed actions, fed to the agent one per drain.
+    results: VecDeque<Event<'static>>,
+}
+
+impl Io<'_> {
+    fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Driver<'_> {
+    fn run(&mut self, rx: &Receiver<Input>) -> Result<Exit, Error> {
+        loop {
+            if self.io.reboot {
+                return Ok(Exit::Rebooted);
+            }
+            let input = match self.agent.poll_timeout() {
+                Some(deadline) => {
+                    let wait = deadline
+                        .as_millis()
+                        .saturating_sub(self.io.now().as_millis());
+                    rx.recv_timeout(Duration::from_millis(wait))
+                }
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match input {
+                Ok(Input::Stop) => return Ok(Exit::Stopped),
+                Ok(input) => self.handle(input)?,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.agent.handle_timeout(self.io.now())?;
+                    self.drain()?;
+                }
+                // Unreachable while `Io` holds a sender; stop rather than spin.
+                Err(RecvTimeoutError::Disconnected) => return Ok(Exit::Stopped),
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), Error> {
+        let now = self.io.now();
+        match input {
+            Input::Connected => {
+                (self.io.observer)(DeviceEvent::Connected);
+                self.agent.handle(now, Event::Connected)?;
+            }
+            Input::Disconnected(reason) => {
+                (self.io.observer)(DeviceEvent::Disconnected { reason });
+                self.agent.handle(now, Event::Disconnected)?;
+            }
+            Input::Message { topic, payload } => {
+                let event = Event::Message {
+                    topic: &topic,
+                    payload: &payload,
+                };
+                self.agent.handle(now, event)?;
+            }
+            Input::MqttFatal(reason) => return Err(Error::Mqtt(reason)),
+            Input::Http(fetch, input) => return self.handle_http(fetch, input),
+            Input::Health(healthy) => {
+                // A verdict after the core's own health deadline has nothing to answer.
+                if self.agent.phase() == Phase::CheckingHealth {
+                    self.agent.handle(now, Event::HealthVerdict { healthy })?;
+                }
+            }
+            Input::Stop => {}
+        }
+        self.drain().map(drop)
+    }
+
+    fn handle_http(&mut self, fetch: FetchId, input: HttpInput) -> Result<(), Error> {
+        if !self.io.http.is_active(fetch) {
+            if let HttpInput::Body { buffer, .. } = input {
+                self.io.http.recycle(fetch, buffer);
+            }
+            return Ok(());
+        }
+        let now = self.io.now();
+        match input {
+            HttpInput::Response {
+                status,
+                content_length,
+                content_range,
+            } => {
+                let event = Event::HttpResponse {
+                    fetch,
+                    status,
+                    content_length,
+                    content_range: content_range.as_deref(),
+                };
+                self.agent.handle(now, event)?;
+            }
+            HttpInput::Body { buffer, len } => {
+                let result = self.feed_body(fetch, &buffer[..len]);
+                self.io.http.recycle(fetch, buffer);
+                return result;
+            }
+            HttpInput::End => {
+                self.io.http.finished(fetch);
+                self.agent.handle(now, Event::HttpEnd { fetch })?;
+            }
+            HttpInput::Failed(reason) => {
+                self.io.http.finished(fetch);
+                tracing::debug!("download failed: {reason}");
+                let event = Event::HttpFailed {
+                    fetch,
+                    reason: &reason,
+                };
+                self.agent.handle(now, event)?;
+            }
+        }
+        self.drain().map(drop)
+    }
+
+    /// Offers the bytes until the agent took them all. It takes fewer while a write is
+    /// queued; `drain` performs that write and reports it, then the rest goes in.
+    fn feed_body(&mut self, fetch: FetchId, mut bytes: &[u8]) -> Result<(), Error> {
+        self.io.downloaded += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let taken = self.agent.handle_body(self.io.now(), fetch, bytes)?;
+            bytes = &bytes[taken..];
+            let performed = self.drain()?;
+            if taken == 0 && !performed {
+                return Err(Error::Stuck);
+            }
+        }
+        self.show_progress(false);
+        Ok(())
+    }
+
+    fn show_progress(&mut self, force: bool) {
+        let size = self.io.image_size;
+        if size == 0 || self.agent.phase() != Phase::Downloading {
+            return;
+        }
+        if force || self.io.last_progress.elapsed() >= PROGRESS_EVERY {
+            self.io.last_progress = std::time::Instant::now();
+            (self.io.observer)(DeviceEvent::Progress {
+                received: self.agent.fetched_size(),
+                size,
+                downloaded: self.io.downloaded,
+            });
+        }
+    }
+
+    /// Performs every queued action, feeding each storage result back (which may queue
+    /// more). Returns whether anything was performed.
+    fn drain(&mut self) -> Result<bool, Error> {
+        let mut performed = false;
+        loop {
+            while let Some(action) = self.agent.poll_action() {
+                performed = true;
+                self.io.perform(action);
+            }
+            let Some(result) = self.io.results.pop_front() else {
+                return Ok(performed);
+            };
+            self.agent.handle(self.io.now(), result)?;
+        }
+    }
+}
+
+impl Io<'_> {
+    fn perform(&mut self, action: Action<'_>) {
+        match action {
+            Action::Subscribe { topic } => self.mqtt.subscribe(topic),
+            Action::Publish { topic, payload } => self.mqtt.publish(topic, payload),
+            Action::Fetch { fetch, url, offset } => {
+                tracing::debug!("GET {url} from byte {offset}");
+                self.http.fetch(fetch, url, offset);
+            }
+            Action::CancelFetch { fetch } => self.http.cancel(fetch),
+            Action::Write { offset, data } => {
+                let result = match self.storage.write(offset, data) {
+                    Ok(()) => Event::WriteDone,
+                    Err(e) => {
+                        tracing::error!("write at {offset} failed: {e}");
+                        Event::WriteFailed
+                    }
+                };
+                self.results.push_back(result);
+            }
+            Action::SaveRecord { record } => {
+                let result = self.storage.save_record(record);
+                self.record_result(result);
+            }
+            Action::ClearRecord => {
+                let result = self.storage.clear_record();
+                self.record_result(result);
+            }
+            Action::Activate { module, version } => {
+                let result = match self.storage.activate(module, version) {
+                    Ok(()) => Event::Activated,
+                    Err(e) => {
+                        tracing::error!("activation failed: {e}");
+                        Event::ActivationFailed
+                    }
+                };
+                self.results.push_back(result);
+            }
+            Action::Reboot => self.reboot = true,
+            Action::Confirm => {
+                if let Err(e) = self.storage.confirm() {
+                    tracing::warn!("cannot drop the previous image: {e}");
+                }
+            }
+            Action::Rollback => {
+                if let Err(e) = self.storage.rollback() {
+                    tracing::error!("rollback failed: {e}");
+                }
+            }
+            Action::Notify(note) => self.notify(note),
+        }
+    }
+
+    fn record_result(&mut self, result: std::io::Result<()>) {
+        let event = match result {
+            Ok(()) => Event::RecordSaved,
+            Err(e) => {
+                tracing::error!("record: {e}");
+                Event::RecordSaveFailed
+            }
+        };
+        self.results.push_back(event);
+    }
+
+    fn notify(&mut self, note: Notification<'_>) {
+        let event = match note {
+            Notification::TaskReceived(task) => {
+                self.image_size = task.size;
+                self.storage.begin_image(task.size);
+                DeviceEvent::TaskReceived {
+                    version: task.version.clone(),
+                    size: task.size,
+                }
+            }
+            Notification::TaskRejected { reason } => DeviceEvent::TaskRejected {
+                reason: reason.to_owned(),
+            },
+            Notification::Progress { received, size, .. } => {
+                self.last_progress = std::time::Instant::now();
+                DeviceEvent::Progress {
+                    received,
+                    size,
+                    downloaded: self.downloaded,
+                }
+            }
+            Notification::HealthCheckRequested { version } => {
+                self.start_health_check();
+                DeviceEvent::HealthCheck {
+                    version: version.to_owned(),
+                }
+            }
+            Notification::RecordDiscarded(e) => DeviceEvent::RecordDiscarded {
+                reason: format!("{e:?}"),
+            },
+            Notification::Outcome(outcome) => match outcome {
+                Outcome::Installed { version } => DeviceEvent::Installed {
+                    version: version.to_owned(),
+                },
+                Outcome::Succeeded { version } => DeviceEvent::Succeeded {
+                    version: version.to_owned(),
+                },
+                Outcome::Failed { code, reason } => DeviceEvent::Failed {
+                    code: code.step(),
+                    reason: reason.to_owned(),
+                },
+                Outcome::RolledBack { version } => DeviceEvent::RolledBack {
+                    version: version.to_owned(),
+                },
+                Outcome::Canceled => DeviceEvent::Canceled,
+            },
+        };
+        (self.observer)(event);
+    }
+
+    fn start_health_check(&mut self) {
+        match &self.config.health {
+            Health::Immediate => self
+                .results
+                .push_back(Event::HealthVerdict { healthy: true }),
+            Health::Command(command) => {
+                let (command, inputs) = (command.clone(), self.inputs.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("ota-health".into())
+                        .spawn(move || {
+                            let healthy = match run_command(&command, &[]) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    tracing::warn!("health check: {e}");
+                                    false
+                                }
+                            };
+                            let _ = inputs.send(Input::Health(healthy));
+                        });
+                if let Err(e) = spawned {
+                    tracing::error!("cannot run the health check: {e}");
+                    self.results
+                        .push_back(Event::HealthVerdict { healthy: false });
+                }
+            }
+        }
+    }
+}

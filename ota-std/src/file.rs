@@ -1,0 +1,299 @@
+//! The `ota-agent` settings: one struct read from a TOML file and from flags (flags win), then
+//! checked and turned into a [`DeviceConfig`]. Every field is optional here so that either
+//! source may give it; what is still missing after the merge is named in one error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::login::{instance_endpoint, region_endpoint};
+use crate::{Activation, DeviceConfig, Error, Health, Reboot, RunningVersion, Trust};
+
+/// Settings of the agent. In the TOML file the keys are the flag names with `_` for `-`.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// ProductKey of the device.
+    #[arg(long, value_name = "PK")]
+    pub product_key: Option<String>,
+    /// DeviceName of the device.
+    #[arg(long, value_name = "DN")]
+    pub device_name: Option<String>,
+    /// DeviceSecret (better: the OTA_DEVICE_SECRET environment variable).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "OTA_DEVICE_SECRET",
+        hide_env_values = true
+    )]
+    pub device_secret: Option<String>,
+    /// MQTT endpoint as host:port (overrides --region and --instance).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub endpoint: Option<String>,
+    /// Region of a public instance: {pk}.iot-as-mqtt.{region}.aliyuncs.com:1883.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Enterprise instance id: {instance}.mqtt.iothub.aliyuncs.com:8883.
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    /// MQTT over TLS (default true; false only for local brokers such as ota-sim).
+    #[arg(long, value_name = "BOOL")]
+    pub tls: Option<bool>,
+    /// CA certificates (PEM) to trust for MQTT and HTTPS instead of the built-in roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The running version.
+    #[arg(long, value_name = "VERSION")]
+    pub running_version: Option<String>,
+    /// A file holding the running version; activation rewrites it.
+    #[arg(long, value_name = "FILE")]
+    pub version_file: Option<PathBuf>,
+    /// Module this agent updates (default: default).
+    #[arg(long, value_name = "NAME")]
+    pub module: Option<String>,
+    /// Staging image file, written during the download.
+    #[arg(long, value_name = "FILE")]
+    pub staging: Option<PathBuf>,
+    /// Saved record (resume point) file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Installed image: activation renames the staged image over it.
+    #[arg(long, value_name = "FILE")]
+    pub target: Option<PathBuf>,
+    /// Activate with this shell command instead (env OTA_IMAGE, OTA_VERSION, OTA_MODULE).
+    #[arg(long, value_name = "CMD")]
+    pub activate_command: Option<String>,
+    /// Shell command that restores the previous image after a failed health check.
+    #[arg(long, value_name = "CMD")]
+    pub rollback_command: Option<String>,
+    /// Shell command that reboots (default: restart the agent in this process).
+    #[arg(long, value_name = "CMD")]
+    pub reboot_command: Option<String>,
+    /// Shell command run after booting a new image; exit 0 = healthy (default: healthy).
+    #[arg(long, value_name = "CMD")]
+    pub health_command: Option<String>,
+    /// Seconds the health command may take before the image is rolled back.
+    #[arg(long, value_name = "SECS")]
+    pub health_timeout: Option<u64>,
+    /// Save the resume point every this many bytes (the most a restart re-downloads).
+    #[arg(long, value_name = "BYTES")]
+    pub checkpoint_interval: Option<u64>,
+    /// Bytes per write to the staging file.
+    #[arg(long, value_name = "BYTES")]
+    pub write_block: Option<usize>,
+    /// Transient download errors tolerated in a row before failing with -2.
+    #[arg(long, value_name = "N")]
+    pub retry_attempts: Option<u32>,
+    /// Fresh URLs asked for after 403/404 before failing with -2.
+    #[arg(long, value_name = "N")]
+    pub url_refresh_attempts: Option<u32>,
+    /// Seconds without body bytes before a download is retried.
+    #[arg(long, value_name = "SECS")]
+    pub stall_timeout: Option<u64>,
+    /// Accept plain http:// download URLs (only for local simulators).
+    #[arg(long, value_name = "BOOL")]
+    pub allow_http: Option<bool>,
+}
+
+macro_rules! merge {
+    ($flags:ident, $file:ident, $($field:ident),* $(,)?) => {
+        Settings { $($field: $flags.$field.or($file.$field)),* }
+    };
+}
+
+impl Settings {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Settings, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            Error::Config(format!("{}: {message}", path.display()))
+        })
+    }
+
+    /// These settings, with the gaps filled from `file`.
+    pub fn or(self, file: Settings) -> Settings {
+        let flags = self;
+        merge!(
+            flags,
+            file,
+            product_key,
+            device_name,
+            device_secret,
+            endpoint,
+            region,
+            instance,
+            tls,
+            ca_file,
+            running_version,
+            version_file,
+            module,
+            staging,
+            record,
+            target,
+            activate_command,
+            rollback_command,
+            reboot_command,
+            health_command,
+            health_timeout,
+            checkpoint_interval,
+            write_block,
+            retry_attempts,
+            url_refresh_attempts,
+            stall_timeout,
+            allow_http,
+        )
+    }
+
+    /// Checks the settings and builds the device configuration.
+    pub fn into_device_config(self) -> Result<DeviceConfig, Error> {
+        let missing = |what: &str| {
+            let flag = what.replace('_', "-");
+            Error::Config(format!(
+                "missing {what} (--{flag}, or {what} in the config file)"
+            ))
+        };
+        let pk = self.product_key.ok_or_else(|| missing("product_key"))?;
+        let dn = self.device_name.ok_or_else(|| missing("device_name"))?;
+        let secret = self.device_secret.ok_or_else(|| missing("device_secret"))?;
+        let (host, port) = match (&self.endpoint, &self.region, &self.instance) {
+            (Some(endpoint), _, _) => parse_endpoint(endpoint)?,
+            (None, Some(region), _) => region_endpoint(&pk, region),
+            (None, None, Some(instance)) => instance_endpoint(instance),
+            (None, None, None) => return Err(missing("endpoint")),
+        };
+        let staging = self.staging.ok_or_else(|| missing("staging"))?;
+        let record = self.record.ok_or_else(|| missing("record"))?;
+        let dir = staging.parent().unwrap_or(Path::new("."));
+        let mut config = DeviceConfig::new(&pk, &dn, &secret, &host, port, dir)?;
+        let trust = match &self.ca_file {
+            Some(path) => Trust::CaPem(std::fs::read(path).map_err(|e| {
+                Error::Config(format!("cannot read CA file {}: {e}", path.display()))
+            })?),
+            None => Trust::WebPkiRoots,
+        };
+        config.mqtt_tls = self.tls.unwrap_or(true).then(|| trust.clone());
+        config.https_trust = trust;
+        config.running_version = match (self.running_version, self.version_file) {
+            (Some(v), _) => RunningVersion::Fixed(v),
+            (None, Some(path)) => RunningVersion::File(path),
+            (None, None) => return Err(missing("running_version or version_file")),
+        };
+        config.staging = staging;
+        config.record = record;
+        config.activation = match (self.activate_command, self.target) {
+            (Some(activate), _) => Activation::Command {
+                activate,
+                rollback: self.rollback_command,
+            },
+            (None, Some(target)) => Activation::Rename { target },
+            (None, None) => return Err(missing("target or activate_command")),
+        };
+        config.reboot = self
+            .reboot_command
+            .map_or(Reboot::InProcess, Reboot::Command);
+        config.health = self
+            .health_command
+            .map_or(Health::Immediate, Health::Command);
+        let agent = &mut config.agent;
+        if let Some(module) = self.module {
+            agent.module = module;
+        }
+        if let Some(secs) = self.health_timeout {
+            agent.health_timeout = Duration::from_secs(secs);
+        }
+        if let Some(bytes) = self.checkpoint_interval {
+            agent.checkpoint_interval = bytes;
+        }
+        if let Some(bytes) = self.write_block {
+            agent.write_block = bytes;
+        }
+        if let Some(n) = self.retry_attempts {
+            agent.retry.max_attempts = n;
+        }
+        if let Some(n) = self.url_refresh_attempts {
+            agent.url_refresh.max_attempts = n;
+        }
+        if let Some(secs) = self.stall_timeout {
+            agent.stall_timeout = Duration::from_secs(secs);
+        }
+        agent.rules.allow_http = self.allow_http.unwrap_or(false);
+        Ok(config)
+    }
+}
+
+fn parse_endpoint(endpoint: &str) -> Result<(String, u16), Error> {
+    let bad = || Error::Config(format!("endpoint {endpoint:?} is not host:port"));
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Settings {
+        toml::from_str(
+            r#"
+            product_key = "a1TestPK001"
+            device_name = "dev01"
+            device_secret = "s"
+            region = "cn-shanghai"
+            running_version = "1.0.0"
+            staging = "/tmp/x/staging.img"
+            record = "/tmp/x/ota.record"
+            target = "/tmp/x/firmware.img"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn file_builds_a_tls_region_device() {
+        let config = minimal().into_device_config().unwrap();
+        assert_eq!(
+            config.broker_host,
+            "a1TestPK001.iot-as-mqtt.cn-shanghai.aliyuncs.com"
+        );
+        assert_eq!(config.broker_port, 1883);
+        assert_eq!(config.mqtt_tls, Some(Trust::WebPkiRoots));
+        assert!(!config.agent.rules.allow_http);
+        assert_eq!(config.reboot, Reboot::InProcess);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let flags = Settings {
+            endpoint: Some("127.0.0.1:1884".into()),
+            tls: Some(false),
+            allow_http: Some(true),
+            checkpoint_interval: Some(65536),
+            ..Settings::default()
+        };
+        let config = flags.or(minimal()).into_device_config().unwrap();
+        assert_eq!(
+            (config.broker_host.as_str(), config.broker_port),
+            ("127.0.0.1", 1884)
+        );
+        assert_eq!(config.mqtt_tls, None);
+        assert!(config.agent.rules.allow_http);
+        assert_eq!(config.agent.checkpoint_interval, 65536);
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_named() {
+        let err = Settings::default().into_device_config().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration: missing product_key (--product-key, or product_key in the config file)"
+        );
+        let err = toml::from_str::<Settings>("colour = 1").unwrap_err();
+        assert!(err.message().contains("colour"), "{}", err.message());
+    }
+}

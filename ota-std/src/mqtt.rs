@@ -1,0 +1,195 @@
+//! The MQTT session: rumqttc's connection is iterated on its own thread (it must be polled
+//! continuously for keep-alives and acks) and forwards what matters to the agent thread. It
+//! reconnects with back-off; the agent re-subscribes and re-informs on every `Connected`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    Client, ConnectionError, Event, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+
+use crate::device::Input;
+use crate::login::Login;
+use crate::Error;
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub(crate) struct MqttSettings {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) login: Login,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) keep_alive: Duration,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+    /// Give up (with one clear error) if the very first connection fails.
+    pub(crate) fail_fast: bool,
+}
+
+/// A running session. Dropping it disconnects and ends the connection thread.
+pub(crate) struct Mqtt {
+    client: Client,
+    stop: Arc<AtomicBool>,
+    /// Dropped with `Mqtt`, which wakes the thread out of a back-off wait.
+    _wake: Sender<()>,
+}
+
+/// Largest MQTT packet either way: pushes with long signed URLs fit easily.
+const MAX_PACKET: usize = 64 * 1024;
+
+impl Mqtt {
+    pub(crate) fn start(settings: MqttSettings, inputs: Sender<Input>) -> Result<Mqtt, Error> {
+        let mut options = MqttOptions::new(
+            settings.login.client_id.clone(),
+            settings.host.clone(),
+            settings.port,
+        );
+        options
+            .set_credentials(
+                settings.login.username.clone(),
+                settings.login.password.clone(),
+            )
+            .set_keep_alive(settings.keep_alive)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_clean_session(true);
+        if let Some(tls) = &settings.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        let (client, mut connection) = Client::new(options, 64);
+        // Without TCP_NODELAY every QoS 1 round trip waits on Nagle and delayed ACKs.
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        connection.eventloop.set_network_options(network);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake, asleep) = mpsc::channel::<()>();
+        let thread_stop = stop.clone();
+        let endpoint = format!("{}:{}", settings.host, settings.port);
+        std::thread::Builder::new()
+            .name("ota-mqtt".into())
+            .spawn(move || {
+                let mut connected_once = false;
+                let mut online = false;
+                let mut failures: u32 = 0;
+                for event in connection.iter() {
+                    if thread_stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let input = match event {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            connected_once = true;
+                            online = true;
+                            failures = 0;
+                            Input::Connected
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => Input::Message {
+                            topic: p.topic,
+                            payload: p.payload.to_vec(),
+                        },
+                        Ok(_) => continue,
+                        Err(e) => {
+                            if !connected_once && settings.fail_fast {
+                                let _ = inputs.send(Input::MqttFatal(describe(&endpoint, &e)));
+                                return;
+                            }
+                            if online {
+                                online = false;
+                                if inputs.send(Input::Disconnected(e.to_string())).is_err() {
+                                    return;
+                                }
+                            }
+                            tracing::debug!("mqtt: {e}");
+                            let delay =
+                                backoff(settings.reconnect_min, settings.reconnect_max, failures);
+                            failures = failures.saturating_add(1);
+                            match asleep.recv_timeout(delay) {
+                                Err(RecvTimeoutError::Timeout) => continue,
+                                _ => return,
+                            }
+                        }
+                    };
+                    if inputs.send(input).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io(format!("cannot start the MQTT thread: {e}")))?;
+        Ok(Mqtt {
+            client,
+            stop,
+            _wake: wake,
+        })
+    }
+
+    pub(crate) fn subscribe(&self, topic: &str) {
+        if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
+            tracing::warn!("cannot subscribe to {topic}: {e}");
+        }
+    }
+
+    pub(crate) fn publish(&self, topic: &str, payload: &[u8]) {
+        // A full request queue means the link is down for long; the agent re-informs and
+        // re-reports what matters on the next connect.
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
+        {
+            tracing::warn!("cannot publish to {topic}: {e}");
+        }
+    }
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// Exponential back-off with a little jitter, so a fleet does not reconnect in lockstep.
+fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = min.saturating_mul(1u32 << failures.min(16)).min(max);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    exp + exp / 4 * (nanos % 1000) / 1000
+}
+
+/// One line saying why the first connection failed.
+fn describe(endpoint: &str, e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => format!(
+            "the broker {endpoint} refused the login ({code:?}): check the product key, \
+             device name and device secret"
+        ),
+        ConnectionError::Io(io) => format!("cannot reach the broker {endpoint}: {io}"),
+        ConnectionError::NetworkTimeout => format!("cannot reach the broker {endpoint}: timed out"),
+        ConnectionError::Tls(tls) => format!("TLS with the broker {endpoint} failed: {tls}"),
+        // The simulator (like some brokers) just closes the connection on a bad login.
+        ConnectionError::MqttState(state) => format!(
+            "the broker {endpoint} closed the connection during login ({state}): check the \
+             product key, device name and device secret"
+        ),
+        other => format!("cannot connect to the broker {endpoint}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        assert!(backoff(min, max, 0) >= min && backoff(min, max, 0) <= min * 5 / 4);
+        assert!(backoff(min, max, 3) >= min * 8);
+        assert!(backoff(min, max, 30) <= max * 5 / 4);
+    }
+}

@@ -1,0 +1,219 @@
+//! Helpers for the end-to-end tests: a simulator on free loopback ports, devices running
+//! ota-std against it with short timeouts, and a TLS-terminating proxy with a CA made on the
+//! spot (the simulator itself speaks plain TCP and HTTP).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ota_core::RetryPolicy;
+use ota_sim::{DeviceInfo, Sim, SimConfig};
+use ota_std::{Device, DeviceConfig, DeviceEvent, DeviceHandle};
+
+/// Guard timeout: anything the tests wait for happens well within it.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A simulator on free ports.
+pub fn sim() -> Sim {
+    Sim::start(SimConfig::default()).expect("simulator starts")
+}
+
+/// A deterministic image of `len` bytes.
+pub fn image(len: usize) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A device configuration for tests: files in `dir`, running `version`, plain MQTT and
+/// http allowed, 16 KiB writes, a checkpoint every 64 KiB, and short timeouts and back-offs.
+pub fn device_config(sim: &Sim, info: &DeviceInfo, dir: &Path, version: &str) -> DeviceConfig {
+    let mut c = DeviceConfig::new(
+        &info.id.product_key,
+        &info.id.device_name,
+        &info.device_secret,
+        sim.mqtt_host(),
+        sim.mqtt_port(),
+        dir,
+    )
+    .expect("valid identity");
+    std::fs::write(dir.join("version"), format!("{version}\n")).expect("version file");
+    let fast = |attempts| RetryPolicy {
+        max_attempts: attempts,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(300),
+    };
+    let a = &mut c.agent;
+    a.rules.allow_http = true;
+    a.write_block = 16 * 1024;
+    a.checkpoint_interval = 64 * 1024;
+    a.stall_timeout = Duration::from_secs(2);
+    a.reply_timeout = Duration::from_secs(2);
+    a.retry = fast(6);
+    a.url_refresh = fast(3);
+    a.health_timeout = Duration::from_secs(10);
+    a.progress_interval = Duration::from_millis(200);
+    c.reconnect_min = Duration::from_millis(50);
+    c.reconnect_max = Duration::from_millis(500);
+    c.read_buffer = 64 * 1024;
+    c
+}
+
+/// A device running on its own thread, with its files in a temporary directory.
+pub struct TestDevice {
+    /// Its identity and secret.
+    pub info: DeviceInfo,
+    /// Where its files are.
+    pub dir: tempfile::TempDir,
+    /// The running device.
+    pub handle: DeviceHandle,
+}
+
+impl TestDevice {
+    /// Starts a device running 1.0.0; `tweak` adjusts the configuration first.
+    pub fn start(sim: &Sim, info: &DeviceInfo, tweak: impl FnOnce(&mut DeviceConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = device_config(sim, info, dir.path(), "1.0.0");
+        tweak(&mut config);
+        let handle = Device::spawn(config).expect("device starts");
+        TestDevice {
+            info: info.clone(),
+            dir,
+            handle,
+        }
+    }
+
+    /// Path of a file in the device's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The version file's content.
+    pub fn version(&self) -> String {
+        std::fs::read_to_string(self.path("version"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Waits for an event `pred` accepts; panics with `what` after [`WAIT`].
+    pub fn expect(&self, what: &str, pred: impl FnMut(&DeviceEvent) -> bool) -> DeviceEvent {
+        match self.handle.wait_for(WAIT, pred) {
+            Some(event) => event,
+            None => panic!("device {}: no {what} within {WAIT:?}", self.info.id),
+        }
+    }
+
+    /// Waits for `Succeeded { version }`.
+    pub fn expect_succeeded(&self, version: &str) {
+        self.expect(
+            &format!("success on {version}"),
+            |e| matches!(e, DeviceEvent::Succeeded { version: v } if v == version),
+        );
+    }
+
+    /// Stops the device.
+    pub fn stop(self) {
+        self.handle.stop().expect("device ran without error");
+    }
+}
+
+/// A CA and a server certificate for `localhost` and `127.0.0.1`, made for one test.
+pub struct TestCa {
+    /// The CA certificate in PEM, for the device's trust.
+    pub ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    /// Makes the CA and the server certificate.
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ota-rs test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server params");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key_der)
+            .expect("server config");
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
+/// Starts a proxy that terminates TLS on a free loopback port and forwards the plain bytes
+/// to `upstream`; returns its port. It lives as long as the test process.
+pub fn tls_proxy(ca: &TestCa, upstream: SocketAddr) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let port = listener.local_addr().expect("proxy address").port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("proxy runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = plain.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+/// The simulator's MQTT address.
+pub fn mqtt_addr(sim: &Sim) -> SocketAddr {
+    format!("{}:{}", sim.mqtt_host(), sim.mqtt_port())
+        .parse()
+        .expect("mqtt address")
+}
+
+/// The simulator's HTTP address.
+pub fn http_addr(sim: &Sim) -> SocketAddr {
+    sim.http_base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("http address")
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: ota-std devices against the real simulator over loopback.
+
+mod faults;
+mod happy;
+mod tls;
