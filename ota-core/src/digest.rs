@@ -127,6 +127,14 @@ mod tests {
     }
 
     #[test]
+    fn debug_names_the_method() {
+        assert_eq!(
+            alloc::format!("{:?}", Hasher::new(DigestMethod::Sha256)),
+            "sha256"
+        );
+    }
+
+    #[test]
     fn garbage_states_are_refused() {
         assert!(Hasher::restore(DigestMethod::Md5, &[1, 2, 3]).is_none());
         let mut saved = Vec::new();

@@ -105,11 +105,6 @@ impl Topics {
             firmware_get_reply: format!("/sys/{pk}/{dn}/thing/ota/firmware/get_reply"),
         }
     }
-
-    /// The topics the device must subscribe to, in order.
-    pub fn subscriptions(&self) -> [&str; 2] {
-        [&self.upgrade, &self.firmware_get_reply]
-    }
 }
 
 #[cfg(test)]

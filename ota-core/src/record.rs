@@ -331,6 +331,51 @@ mod tests {
         );
     }
 
+    /// Re-seals `bytes` with a valid CRC after a field was edited.
+    fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
+        let n = bytes.len() - 4;
+        let crc = CRC.checksum(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn invalid_fields_under_a_valid_checksum_are_refused() {
+        let mut bytes = Vec::new();
+        sample(Phase::Activating, true).encode(&mut bytes);
+        let phase_at = 5;
+        let method_at = 5 + 1 + 4 + 6 + 6 + 8;
+        let channel_at = method_at + 1 + 32;
+        for (at, value) in [(phase_at, 9u8), (method_at, 7), (channel_at, 3)] {
+            let mut edited = bytes.clone();
+            edited[at] = value;
+            assert_eq!(
+                Record::decode(&reseal(edited)),
+                Err(RecordError::Invalid),
+                "byte {at}"
+            );
+        }
+        let mut trailing = bytes.clone();
+        trailing.insert(bytes.len() - 4, 0);
+        assert_eq!(Record::decode(&reseal(trailing)), Err(RecordError::Invalid));
+        let mut truncated = bytes[..bytes.len() - 12].to_vec();
+        truncated.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            Record::decode(&reseal(truncated)),
+            Err(RecordError::Invalid)
+        );
+    }
+
+    #[test]
+    fn the_image_identity_of_a_task_matches_it() {
+        let rules = crate::downlink::TaskRules::default();
+        let push = br#"{"code":"1000","data":{"size":4252,"streamId":12332,"dProtocol":"mqtt","version":"1.1","streamFileId":1,"md5":"2e78d1a2b3c4d5e6f708192a3b4c3865"}}"#;
+        let task = crate::downlink::parse_push(push, &rules).unwrap();
+        let id = ImageId::of(&task);
+        assert_eq!(id.mqtt_stream, Some((12332, 1)));
+        assert!(id.matches(&task));
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {

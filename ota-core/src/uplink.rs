@@ -191,8 +191,15 @@ mod tests {
         );
     }
 
-    proptest::proptest! {
-        #[test]
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            text(|o| push_json_str(o, "a\u{1}\"\\\n\r\t")),
+            r#""a\u0001\"\\\n\r\t""#
+        );
+    }
+
+    proptest::proptest! {#[test]
         fn escaped_strings_round_trip_through_a_json_parser(s in ".*") {
             let encoded = text(|o| push_json_str(o, &s));
             let decoded: String = serde_json::from_str(&encoded).unwrap();

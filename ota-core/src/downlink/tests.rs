@@ -171,3 +171,51 @@ proptest::proptest! {
         let _ = parse_get_reply(&bytes, &rules());
     }
 }
+
+#[test]
+fn every_rejection_names_its_field() {
+    let md5 = "93230c3bde425a9d7984a594ac55ea1e";
+    let cases = [
+        (format!(r#"{{"code":"1000","data":{{"version":"1","url":"https://h/p","md5":"{md5}"}}}}"#), "no size"),
+        (format!(r#"{{"code":true,"data":{{"size":1,"version":"1","url":"https://h/p","md5":"{md5}"}}}}"#), "code"),
+        (format!(r#"{{"code":"1000","data":{{"size":1,"version":"1","url":"https://h/p","md5":"{md5}","extData":"{}"}}}}"#, "x".repeat(5000)), "extdata"),
+        (r#"{"code":"1000","data":{"size":1,"version":"1","url":"https://h/p","sign":"ab","signMethod":7}}"#.into(), "signmethod"),
+        (r#"{"code":"1000","data":{"size":1,"version":"1","url":"https://h/p","signMethod":"Md5"}}"#.into(), "no sign digest"),
+        (format!(r#"{{"code":"1000","data":{{"size":1,"version":"1","url":"https://h/p","sign":"{md5}"}}}}"#), "without a signmethod"),
+        (format!(r#"{{"code":"1000","data":{{"size":1,"version":"1","url":"https://h/p","md5":"{md5}","dProtocol":"ftp"}}}}"#), "dprotocol"),
+        (format!(r#"{{"code":"1000","data":{{"size":1,"version":"1","url":7,"md5":"{md5}"}}}}"#), "url must be a string"),
+        (format!(r#"{{"code":"1000","data":{{"size":1,"version":"1","url":"https://","md5":"{md5}"}}}}"#), "no host"),
+        (format!(r#"{{"code":"1000","data":{{"size":1,"version":"1","dProtocol":"mqtt","streamId":5,"streamFileId":"x","md5":"{md5}"}}}}"#), "streamfileid"),
+        (r#"{"code":"1000"}"#.into(), "no data"),
+        (r#"{"code":"1000","data":{}}"#.into(), "empty"),
+    ];
+    for (payload, word) in cases {
+        let r = parse_push(payload.as_bytes(), &rules()).unwrap_err();
+        assert!(
+            r.to_string().to_lowercase().contains(word),
+            "{payload}: {r}"
+        );
+    }
+}
+
+#[test]
+fn lenient_shapes_are_accepted() {
+    let md5 = "93230c3bde425a9d7984a594ac55ea1e";
+    let no_code = format!(
+        r#"{{"data":{{"size":1,"version":"1","url":"https://h/p","md5":"{md5}","dProtocol":"HTTPS","isDiff":true,"extData":null}}}}"#
+    );
+    let task = parse_push(no_code.as_bytes(), &rules()).unwrap();
+    assert!(task.is_diff && task.ext_data.is_none() && task.message_id.is_empty());
+    let mqtt = format!(
+        r#"{{"code":1000,"data":{{"size":1,"version":"1","dProtocol":"mqtt","streamId":"77","md5":"{md5}"}}}}"#
+    );
+    let task = parse_push(mqtt.as_bytes(), &rules()).unwrap();
+    assert_eq!(
+        task.channel,
+        Channel::Mqtt {
+            stream_id: 77,
+            file_id: 1
+        }
+    );
+    assert_eq!(task.url(), None);
+}

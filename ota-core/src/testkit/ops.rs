@@ -47,6 +47,8 @@ pub enum Op {
 pub struct Scenario {
     pub image_len: usize,
     pub sha256: bool,
+    /// Storage results arrive after network input (a slow flash).
+    pub lazy_storage: bool,
     pub chunk_sizes: Vec<usize>,
     pub ops: Vec<Op>,
 }
@@ -94,7 +96,8 @@ impl Scenario {
         let len_hi = next().unwrap_or(0);
         let len_lo = next().unwrap_or(64);
         let image_len = 1 + (usize::from(len_hi) << 8 | usize::from(len_lo)) % 24_000;
-        let sha256 = next().unwrap_or(0) & 1 == 1;
+        let flags = next().unwrap_or(0);
+        let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
             .collect();
@@ -131,6 +134,7 @@ impl Scenario {
         Scenario {
             image_len,
             sha256,
+            lazy_storage,
             chunk_sizes,
             ops,
         }
@@ -139,7 +143,7 @@ impl Scenario {
 
 fn fault(arg: u8, image_len: usize) -> Fault {
     let at = usize::from(arg) * 131 % image_len.max(1);
-    match arg % 10 {
+    match arg % 14 {
         0 => Fault::Status(500),
         1 => Fault::Status(403),
         2 => Fault::Status(404),
@@ -149,6 +153,13 @@ fn fault(arg: u8, image_len: usize) -> Fault {
         6 => Fault::Corrupt(at as u64),
         7 => Fault::WrongRange,
         8 => Fault::Extra(1 + usize::from(arg)),
+        9 => Fault::ShortBody(at),
+        10 => Fault::Closed,
+        11 => Fault::WrongLength,
+        12 => Fault::PartialRange {
+            len: at,
+            extra: usize::from(arg % 2) * 7,
+        },
         _ => Fault::Refuse,
     }
 }
@@ -167,6 +178,7 @@ pub fn run(scenario: &Scenario) -> World {
     config.checkpoint_interval = 2048;
     let mut w = World::new(config, test_image(scenario.image_len, 1));
     w.chunk_sizes = scenario.chunk_sizes.clone();
+    w.lazy_storage = scenario.lazy_storage;
     w.max_steps = 400_000;
     let offer = |w: &mut World| {
         if scenario.sha256 {

@@ -34,6 +34,14 @@ pub enum Fault {
     Extra(usize),
     /// Fail to connect.
     Refuse,
+    /// Send this many body bytes, then end cleanly (a short body).
+    ShortBody(usize),
+    /// Close the connection before any response.
+    Closed,
+    /// `200` with a Content-Length that is not the image's size.
+    WrongLength,
+    /// `206` for only `len` bytes of the requested range (then `extra` bytes too many).
+    PartialRange { len: usize, extra: usize },
 }
 
 /// Where the power fails.
@@ -128,6 +136,10 @@ pub struct World {
     pending_body: Option<(FetchId, Vec<u8>)>,
     pub steps: usize,
     pub max_steps: usize,
+    /// Storage results come after network input (as with a slow flash), so body bytes
+    /// meet a write in flight and pushes meet pending results.
+    pub lazy_storage: bool,
+    body_refused: bool,
     // Invariant bookkeeping.
     storage_in_flight: usize,
     attempt_last_step: i16,
@@ -222,6 +234,8 @@ impl World {
             pending_body: None,
             steps: 0,
             max_steps: 200_000,
+            lazy_storage: false,
+            body_refused: false,
             storage_in_flight: 0,
             attempt_last_step: 0,
             expected_failures: Vec::new(),
@@ -376,7 +390,12 @@ impl World {
         if let Some(stop) = self.drain() {
             return Some(stop);
         }
-        if let Some(event) = self.inbox.pop_front() {
+        // Lazy storage: results wait behind messages and body bytes, unless the agent just
+        // refused body bytes because it waits for exactly such a result.
+        let storage_now = !self.lazy_storage
+            || core::mem::take(&mut self.body_refused)
+            || (self.pending_body.is_none() && self.messages.is_empty());
+        if let Some(event) = self.inbox.pop_front_if(|_| storage_now) {
             if matches!(
                 event,
                 Event::WriteDone
@@ -401,6 +420,7 @@ impl World {
             let taken = self.agent.handle_body(self.now, fetch, &body).unwrap();
             assert!(taken <= body.len());
             if taken < body.len() {
+                self.body_refused = taken == 0;
                 self.pending_body = Some((fetch, body[taken..].to_vec()));
                 // Back-pressure must come with something to do, or the world would stall.
                 assert!(
@@ -749,6 +769,18 @@ impl World {
                 self.http = Some(HttpStream { fetch, events });
                 return;
             }
+            Some(Fault::Closed) => {
+                events.push_back(HttpStep::End);
+                self.http = Some(HttpStream { fetch, events });
+                return;
+            }
+            Some(Fault::PartialRange { len, extra }) => {
+                let last = (offset as usize + len.max(1)).min(body.len()) - 1;
+                status = 206;
+                range = Some(format!("bytes {}-{}/{}", offset, last, size));
+                body.truncate(last + 1);
+                body.extend(core::iter::repeat_n(0xEE, extra));
+            }
             Some(Fault::Status(code)) => {
                 events.push_back(HttpStep::Response {
                     status: code,
@@ -779,10 +811,10 @@ impl World {
             range = Some(format!("bytes {}-{}/{}", offset, size - 1, size));
         }
         let mut bytes = body[from as usize..].to_vec();
-        let length = if matches!(fault, Some(Fault::Extra(_))) {
-            None
-        } else {
-            Some(bytes.len() as u64)
+        let length = match fault {
+            Some(Fault::Extra(_) | Fault::PartialRange { .. }) => None,
+            Some(Fault::WrongLength) => Some(bytes.len() as u64 + 1),
+            _ => Some(bytes.len() as u64),
         };
         events.push_back(HttpStep::Response {
             status,
@@ -790,7 +822,7 @@ impl World {
             range,
         });
         let mut limit = bytes.len();
-        if let Some(Fault::CutAfter(n) | Fault::StallAfter(n)) = fault {
+        if let Some(Fault::CutAfter(n) | Fault::StallAfter(n) | Fault::ShortBody(n)) = fault {
             limit = n.min(bytes.len());
         }
         bytes.truncate(limit);

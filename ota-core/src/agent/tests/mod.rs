@@ -1,3 +1,4 @@
+mod edges;
 mod lifecycle;
 mod power_loss;
 mod properties;

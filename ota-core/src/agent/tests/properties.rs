@@ -2,6 +2,7 @@
 //! faults, checked at every step by the simulated world's invariants and, for benign
 //! sequences, against the reference model (the upgrade must succeed).
 
+use alloc::vec;
 use alloc::vec::Vec;
 use proptest::prelude::*;
 
@@ -26,6 +27,11 @@ fn fault() -> impl Strategy<Value = Fault> {
         Just(Fault::WrongRange),
         (1usize..5000).prop_map(Fault::Extra),
         Just(Fault::Refuse),
+        (0usize..30_000).prop_map(Fault::ShortBody),
+        Just(Fault::Closed),
+        Just(Fault::WrongLength),
+        (1usize..30_000, prop_oneof![Just(0usize), Just(5)])
+            .prop_map(|(len, extra)| Fault::PartialRange { len, extra }),
     ]
 }
 
@@ -45,8 +51,12 @@ fn benign_op() -> impl Strategy<Value = Op> {
             Just(Fault::IgnoreRange),
             (0usize..30_000).prop_map(Fault::CutAfter),
             (0usize..30_000).prop_map(Fault::StallAfter),
-            Just(Fault::WrongRange),
+                        Just(Fault::WrongRange),
             Just(Fault::Refuse),
+            (0usize..30_000).prop_map(Fault::ShortBody),
+            Just(Fault::Closed),
+            Just(Fault::WrongLength),
+            (1usize..30_000).prop_map(|len| Fault::PartialRange { len, extra: 0 }),
         ].prop_map(Op::Fault),
     ]
 }
@@ -69,15 +79,19 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
     (
         1usize..24_000,
         any::<bool>(),
+        any::<bool>(),
         proptest::collection::vec(1usize..9000, 1..4),
         proptest::collection::vec(op, 0..40),
     )
-        .prop_map(|(image_len, sha256, chunk_sizes, ops)| Scenario {
-            image_len,
-            sha256,
-            chunk_sizes,
-            ops,
-        })
+        .prop_map(
+            |(image_len, sha256, lazy_storage, chunk_sizes, ops)| Scenario {
+                image_len,
+                sha256,
+                lazy_storage,
+                chunk_sizes,
+                ops,
+            },
+        )
 }
 
 proptest! {

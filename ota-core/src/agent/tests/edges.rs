@@ -1,0 +1,422 @@
+//! The rarer branches: unusual server behaviour, slow storage, adapter mistakes, boot-time
+//! records of every kind, and the queries in every phase.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use alloc::{format, vec};
+use core::time::Duration;
+
+use crate::agent::{Action, Agent, Boot, Config, Event, FetchId, Phase};
+use crate::error::Error;
+use crate::record::{ImageId, Phase as RecordPhase, Record};
+use crate::task::{DigestMethod, ExpectedDigest};
+use crate::testkit::world::*;
+use crate::time::Instant;
+
+fn world(len: usize) -> World {
+    let mut w = World::new(test_config(), test_image(len, 5));
+    w.offer_md5_task();
+    w
+}
+
+fn boot(config: Config, running: &str, record: &[u8]) -> Agent {
+    Agent::new(
+        config,
+        Boot {
+            running_version: running,
+            record: Some(record),
+        },
+        Instant::ZERO,
+    )
+    .unwrap()
+}
+
+fn record(phase: RecordPhase, module: &str) -> Vec<u8> {
+    let r = Record {
+        image: ImageId {
+            module: module.into(),
+            version: "2.0.0".into(),
+            size: 3000,
+            digest: ExpectedDigest::from_hex(DigestMethod::Md5, "93230c3bde425a9d7984a594ac55ea1e")
+                .unwrap(),
+            mqtt_stream: None,
+        },
+        previous_version: "1.0.0".into(),
+        phase,
+    };
+    let mut bytes = Vec::new();
+    r.encode(&mut bytes);
+    bytes
+}
+
+fn drain(agent: &mut Agent) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(a) = agent.poll_action() {
+        out.push(match a {
+            Action::Publish { topic, payload } => {
+                format!("publish {topic} {}", String::from_utf8_lossy(payload))
+            }
+            other => format!("{other:?}"),
+        });
+    }
+    out
+}
+
+#[test]
+fn a_short_body_or_a_closed_connection_is_retried_from_what_arrived() {
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.extend([Fault::ShortBody(7000), Fault::Closed]);
+    assert_eq!(w.run(), Stop::Reboot);
+    assert_eq!(w.fetch_offsets, vec![0, 7000, 7000]);
+    assert_eq!(w.slot_image(), &w.image[..]);
+}
+
+#[test]
+fn a_partial_206_is_continued_and_extra_bytes_are_refused() {
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.extend([
+        Fault::CutAfter(3000),
+        Fault::PartialRange {
+            len: 4000,
+            extra: 0,
+        },
+        Fault::PartialRange {
+            len: 1000,
+            extra: 9,
+        },
+    ]);
+    assert_eq!(w.run(), Stop::Reboot);
+    // 3000, then 3000..7000 as announced, then 7000..8000 with garbage after it: the range is
+    // kept, the garbage refused, and the rest fetched again.
+    assert_eq!(w.fetch_offsets, vec![0, 3000, 7000, 8000]);
+    assert_eq!(w.slot_image(), &w.image[..]);
+}
+
+#[test]
+fn a_200_with_the_wrong_length_is_not_trusted() {
+    let mut w = world(5000);
+    w.connect();
+    w.faults.push_back(Fault::WrongLength);
+    assert_eq!(w.run(), Stop::Reboot);
+    assert_eq!(w.fetch_offsets, vec![0, 0]);
+    assert!(w.transcript.contains(&String::from("cancel 0")));
+}
+
+#[test]
+fn an_unexpected_status_fails_the_download_at_once() {
+    let mut w = world(5000);
+    w.connect();
+    w.faults.push_back(Fault::Status(400));
+    assert_eq!(w.run(), Stop::Quiet);
+    assert_eq!(w.progress, vec![-2]);
+    assert!(w.outcomes[0].contains("unexpected HTTP status 400"));
+}
+
+#[test]
+fn no_answer_to_a_url_refresh_is_retried_then_given_up() {
+    let mut w = world(5000);
+    w.connect();
+    w.faults.push_back(Fault::CutAfter(1000));
+    w.run_until(|w| w.agent.fetched_size() == 1000);
+    w.url_valid_from = u32::MAX;
+    w.reply_to_requests = false;
+    w.run();
+    assert!(
+        w.outcomes[0].contains("no answer to the request for a fresh URL"),
+        "{:?}",
+        w.outcomes
+    );
+    assert_eq!(w.progress, vec![1, -2]);
+}
+
+#[test]
+fn slow_storage_back_pressures_the_body_and_survives_a_replacing_push() {
+    let mut w = world(30_000);
+    w.lazy_storage = true;
+    w.chunk_sizes = vec![5000];
+    w.connect();
+    w.run_until(|w| w.agent.fetched_size() >= 8192);
+    w.image = test_image(9000, 77);
+    w.version = "3.0.0".into();
+    w.offer_md5_task();
+    w.push_task();
+    assert_eq!(w.run(), Stop::Reboot);
+    assert_eq!(w.slot_image(), &w.image[..]);
+    assert_eq!(w.boot_next.as_deref(), Some("3.0.0"));
+}
+
+#[test]
+fn queries_and_phases_through_activation_and_the_health_check() {
+    let mut w = world(3000);
+    w.health = Health::Silent;
+    w.connect();
+    w.run_until(|w| w.agent.phase() == Phase::Activating);
+    assert_eq!(w.agent.file_size(), Some(3000));
+    assert_eq!(w.agent.fetched_size(), 3000);
+    assert!(w.agent.expected_digest().is_some());
+    assert_eq!(w.agent.target_version(), Some("2.0.0"));
+    assert!(w.agent.is_online());
+    w.run();
+    w.reboot();
+    assert_eq!(w.agent.phase(), Phase::CheckingHealth);
+    assert_eq!(w.agent.target_version(), Some("2.0.0"));
+    assert_eq!(w.agent.running_version(), "2.0.0");
+    assert_eq!(w.agent.file_size(), None);
+    assert_eq!(w.agent.expected_digest(), None);
+    assert_eq!(w.agent.fetched_size(), 0);
+    // A push while checking health is left for later.
+    w.connect();
+    w.push_task();
+    w.run_until(|w| w.informs.len() >= 2);
+    assert_eq!(w.agent.phase(), Phase::CheckingHealth);
+    assert_eq!(
+        w.agent.poll_timeout(),
+        Some(Instant::ZERO + Duration::from_secs(120))
+    );
+    w.advance(Duration::from_secs(121));
+    assert_eq!(w.run(), Stop::Reboot);
+    assert_eq!(w.agent.phase(), Phase::RollingBack);
+}
+
+#[test]
+fn records_of_another_module_or_with_a_bad_digest_state_are_handled() {
+    let config = test_config();
+    let mut agent = boot(
+        config.clone(),
+        "1.0.0",
+        &record(RecordPhase::Activating, "MCU"),
+    );
+    assert!(
+        drain(&mut agent).is_empty(),
+        "another module's record is left alone"
+    );
+    let bad = record(
+        RecordPhase::Downloading {
+            offset: 1024,
+            digest_state: vec![1, 2, 3],
+        },
+        "default",
+    );
+    let mut agent = boot(config, "1.0.0", &bad);
+    let actions = drain(&mut agent);
+    assert!(
+        actions[0].contains("RecordDiscarded(Invalid)"),
+        "{actions:?}"
+    );
+    assert_eq!(actions[1], "ClearRecord");
+}
+
+#[test]
+fn booting_a_version_that_is_neither_target_nor_previous_is_reported() {
+    let mut agent = boot(
+        test_config(),
+        "0.5.0",
+        &record(RecordPhase::Activating, "default"),
+    );
+    let actions = drain(&mut agent);
+    assert!(actions.iter().any(|a| a.contains("running 0.5.0 is neither the target 2.0.0 nor the previous 1.0.0")), "{actions:?}");
+    agent.handle(Instant::ZERO, Event::RecordSaved).unwrap();
+    agent.handle(Instant::ZERO, Event::Connected).unwrap();
+    let actions = drain(&mut agent);
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.contains(r#""step":"-1","desc":"running 0.5.0 is neither"#)),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_completed_rollback_is_acknowledged_at_boot() {
+    let mut agent = boot(
+        test_config(),
+        "1.0.0",
+        &record(RecordPhase::RollingBack, "default"),
+    );
+    let actions = drain(&mut agent);
+    assert!(actions[0].contains("RolledBack"), "{actions:?}");
+    assert_eq!(actions[1], "ClearRecord");
+    // A failed clear is retried at the next connect, not in a loop.
+    agent
+        .handle(Instant::ZERO, Event::RecordSaveFailed)
+        .unwrap();
+    assert!(drain(&mut agent).is_empty());
+    agent.handle(Instant::ZERO, Event::Connected).unwrap();
+    assert!(drain(&mut agent).contains(&String::from("ClearRecord")));
+}
+
+#[test]
+fn offline_failure_reports_are_bounded() {
+    let mut agent = Agent::new(
+        test_config(),
+        Boot {
+            running_version: "1.0.0",
+            record: None,
+        },
+        Instant::ZERO,
+    )
+    .unwrap();
+    let topic = "/ota/device/upgrade/a1TestPK001/dev01";
+    for i in 0..6 {
+        // Offline: messages do not normally arrive, but a broker may deliver queued ones.
+        let payload = format!(r#"{{"code":"1000","data":{{"size":0,"version":"v{i}"}}}}"#);
+        agent
+            .handle(
+                Instant::ZERO,
+                Event::Message {
+                    topic,
+                    payload: payload.as_bytes(),
+                },
+            )
+            .unwrap();
+        drain(&mut agent);
+    }
+    agent.handle(Instant::ZERO, Event::Connected).unwrap();
+    let reports = drain(&mut agent)
+        .into_iter()
+        .filter(|a| a.contains("progress"))
+        .count();
+    assert_eq!(
+        reports, 4,
+        "at most four failure reports are kept while offline"
+    );
+}
+
+#[test]
+fn messages_on_foreign_topics_and_stale_http_events_are_ignored() {
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::CutAfter(4000));
+    w.run_until(|w| w.fetch_offsets.len() == 2);
+    let stale = FetchId(0);
+    let now = w.now;
+    w.agent
+        .handle(
+            now,
+            Event::Message {
+                topic: "/ota/device/upgrade/other/dev01",
+                payload: b"{}",
+            },
+        )
+        .unwrap();
+    w.agent
+        .handle(
+            now,
+            Event::HttpResponse {
+                fetch: stale,
+                status: 200,
+                content_length: None,
+                content_range: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(w.agent.handle_body(now, stale, b"abc"), Ok(3));
+    w.agent
+        .handle(now, Event::HttpEnd { fetch: stale })
+        .unwrap();
+    w.agent
+        .handle(
+            now,
+            Event::HttpFailed {
+                fetch: stale,
+                reason: "late",
+            },
+        )
+        .unwrap();
+    assert_eq!(w.agent.queued_actions(), 0);
+    assert_eq!(w.run(), Stop::Reboot);
+    assert_eq!(w.slot_image(), &w.image[..]);
+}
+
+#[test]
+fn http_contract_violations_are_errors() {
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let now = w.now;
+    let current = FetchId(0);
+    assert_eq!(
+        w.agent.handle_body(now, current, b"x"),
+        Err(Error::BodyBeforeResponse)
+    );
+    let ok = Event::HttpResponse {
+        fetch: current,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    };
+    w.agent.handle(now, ok).unwrap();
+    assert_eq!(w.agent.handle(now, ok), Err(Error::DuplicateResponse));
+    assert_eq!(
+        w.agent.handle(now, Event::HttpEnd { fetch: FetchId(9) }),
+        Err(Error::UnknownFetch)
+    );
+}
+
+#[test]
+fn mqtt_channel_tasks_are_refused_with_a_reason() {
+    let mut w = world(3000);
+    w.cloud_task = None;
+    w.connect();
+    w.push_raw(r#"{"code":"1000","data":{"size":4252,"streamId":12332,"dProtocol":"mqtt","version":"1.1","streamFileId":1,"md5":"2e78d1a2b3c4d5e6f708192a3b4c3865"},"id":1}"#);
+    w.run();
+    assert_eq!(w.progress, vec![-1]);
+}
+
+#[test]
+fn invalid_configurations_and_versions_are_refused() {
+    let base = test_config();
+    let cases: [(&str, fn(&mut Config)); 7] = [
+        ("module", |c| c.module = "a/b".into()),
+        ("write_block", |c| c.write_block = 0),
+        ("checkpoint", |c| c.checkpoint_interval = 0),
+        ("progress", |c| c.progress_step = 0),
+        ("timeouts", |c| c.stall_timeout = Duration::ZERO),
+        ("back-off", |c| c.retry.base_delay = Duration::ZERO),
+        ("ok", |_| {}),
+    ];
+    for (name, mutate) in cases {
+        let mut config = base.clone();
+        mutate(&mut config);
+        let result = Agent::new(
+            config,
+            Boot {
+                running_version: "1.0.0",
+                record: None,
+            },
+            Instant::ZERO,
+        );
+        assert_eq!(result.is_ok(), name == "ok", "{name}");
+    }
+    let bad_version = Agent::new(
+        base,
+        Boot {
+            running_version: "1 0",
+            record: None,
+        },
+        Instant::ZERO,
+    );
+    assert!(matches!(bad_version, Err(Error::InvalidVersion)));
+}
+
+#[test]
+fn poll_timeout_is_now_while_actions_wait() {
+    let mut agent = Agent::new(
+        test_config(),
+        Boot {
+            running_version: "1.0.0",
+            record: None,
+        },
+        Instant::from_millis(7),
+    )
+    .unwrap();
+    agent
+        .handle(Instant::from_millis(9), Event::Connected)
+        .unwrap();
+    assert_eq!(agent.poll_timeout(), Some(Instant::from_millis(9)));
+    let first = agent.poll_action();
+    assert!(matches!(first, Some(Action::Subscribe { .. })));
+}
