@@ -206,36 +206,33 @@ impl Reader {
             if self.cancel.load(Ordering::SeqCst) {
                 return;
             }
-            let (len, error) = fill(&mut body, &mut buffer);
-            let full = len == buffer.len();
-            if len > 0 && !self.send(HttpInput::Body { buffer, len }) {
-                return;
-            }
-            match error {
-                Some(e) => {
+            match fill(&mut body, &mut buffer) {
+                (_, Some(e)) => {
                     self.send(HttpInput::Failed(e.to_string()));
                     return;
                 }
-                None if !full => {
+                (0, None) => {
                     self.send(HttpInput::End);
                     return;
                 }
-                None => {}
+                (len, None) => {
+                    if !self.send(HttpInput::Body { buffer, len }) {
+                        return;
+                    }
+                }
             }
         }
     }
 }
 
-/// Reads until `buffer` is full, the body ends, or an error (returned with the bytes read).
+/// One read into `buffer`: whatever the socket has (at most a buffer), so that a slow link
+/// still delivers promptly and the core sees activity. `(0, None)` is the end of the body.
 fn fill(body: &mut impl Read, buffer: &mut [u8]) -> (usize, Option<io::Error>) {
-    let mut len = 0;
-    while len < buffer.len() {
-        match body.read(&mut buffer[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
+    loop {
+        match body.read(buffer) {
+            Ok(n) => return (n, None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (len, Some(e)),
+            Err(e) => return (0, Some(e)),
         }
     }
-    (len, None)
 }

@@ -2,4 +2,5 @@
 
 mod faults;
 mod happy;
+mod lifecycle;
 mod tls;
