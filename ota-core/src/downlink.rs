@@ -14,6 +14,9 @@ use serde_json::Value;
 use crate::identity::{is_valid_module, is_valid_version, DEFAULT_MODULE};
 use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
 
+/// Largest image the MQTT channel carries (PROTOCOL.md §8).
+pub const MAX_MQTT_IMAGE: u64 = 16 * 1024 * 1024;
+
 /// Longest `extData` accepted, in bytes of JSON text (PROTOCOL.md §8).
 pub const MAX_EXT_DATA_LEN: usize = 4096;
 
@@ -205,7 +208,7 @@ fn build_task(
     if data.files.is_some() {
         return Err("multi-file tasks (data.files) are not supported by this device".into());
     }
-    let channel = channel(data, rules)?;
+    let channel = channel(data, size, rules)?;
     let is_diff =
         matches!(&data.is_diff, Some(v) if unsigned(v) == Some(1) || v == &Value::Bool(true));
     let ext_data = match data.ext_data {
@@ -274,7 +277,7 @@ fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
     }
 }
 
-fn channel(data: &Data, rules: &TaskRules) -> Result<Channel, String> {
+fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String> {
     let mqtt = match &data.d_protocol {
         Some(Value::String(p)) if p.eq_ignore_ascii_case("mqtt") => true,
         Some(Value::String(p))
@@ -295,6 +298,11 @@ fn channel(data: &Data, rules: &TaskRules) -> Result<Channel, String> {
             None => 1,
             Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
         };
+        if size > MAX_MQTT_IMAGE {
+            return Err(format!(
+                "image size {size} exceeds the 16 MB limit of the MQTT channel"
+            ));
+        }
         return Ok(Channel::Mqtt { stream_id, file_id });
     }
     let url = match &data.url {

@@ -90,6 +90,10 @@ pub struct Topics {
     pub firmware_get: String,
     /// `/sys/{pk}/{dn}/thing/ota/firmware/get_reply` (subscribed).
     pub firmware_get_reply: String,
+    /// `/sys/{pk}/{dn}/thing/file/download`: MQTT-channel block requests.
+    pub file_download: String,
+    /// `/sys/{pk}/{dn}/thing/file/download_reply`: MQTT-channel blocks (subscribed).
+    pub file_download_reply: String,
 }
 
 impl Topics {
@@ -103,6 +107,8 @@ impl Topics {
             request: format!("/ota/device/request/{pk}/{dn}"),
             firmware_get: format!("/sys/{pk}/{dn}/thing/ota/firmware/get"),
             firmware_get_reply: format!("/sys/{pk}/{dn}/thing/ota/firmware/get_reply"),
+            file_download: format!("/sys/{pk}/{dn}/thing/file/download"),
+            file_download_reply: format!("/sys/{pk}/{dn}/thing/file/download_reply"),
         }
     }
 }

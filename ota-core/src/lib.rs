@@ -37,7 +37,8 @@
 //!     agent.handle_timeout(now)?;
 //! }
 //! assert_eq!(subscribed, ["/ota/device/upgrade/a1TestPK001/dev01",
-//!                         "/sys/a1TestPK001/dev01/thing/ota/firmware/get_reply"]);
+//!                         "/sys/a1TestPK001/dev01/thing/ota/firmware/get_reply",
+//!                         "/sys/a1TestPK001/dev01/thing/file/download_reply"]);
 //! # Ok(()) }
 //! ```
 //!
@@ -60,6 +61,7 @@ pub mod digest;
 pub mod downlink;
 pub mod error;
 pub mod identity;
+pub mod mqtt_frame;
 pub mod record;
 pub mod task;
 pub mod time;

@@ -81,6 +81,26 @@ pub fn encode_firmware_get(out: &mut Vec<u8>, id: u64, module: &str) {
     out.extend_from_slice(b"},\"method\":\"thing.ota.firmware.get\"}");
 }
 
+/// `{"id":"7","version":"1.0","params":{"fileToken":"t1","fileInfo":{"streamId":1397345,"fileId":1},"fileBlock":{"size":10240,"offset":0}}}`
+/// on `thing/file/download`: one MQTT-channel block request.
+pub fn encode_file_download_request(
+    out: &mut Vec<u8>,
+    id: u64,
+    token: &str,
+    stream_id: u64,
+    file_id: u64,
+    offset: u64,
+    size: u64,
+) {
+    open_id(out, id);
+    out.extend_from_slice(b",\"version\":\"1.0\",\"params\":{\"fileToken\":");
+    push_json_str(out, token);
+    let _ = write!(
+        ByteWriter(out),
+        ",\"fileInfo\":{{\"streamId\":{stream_id},\"fileId\":{file_id}}},\"fileBlock\":{{\"size\":{size},\"offset\":{offset}}}}}}}"
+    );
+}
+
 fn open_id(out: &mut Vec<u8>, id: u64) {
     let _ = write!(ByteWriter(out), "{{\"id\":\"{id}\"");
 }
@@ -180,6 +200,14 @@ mod tests {
         assert_eq!(
             text(|o| encode_firmware_get(o, 6, "default")),
             r#"{"id":"6","version":"1.0","params":{},"method":"thing.ota.firmware.get"}"#
+        );
+    }
+
+    #[test]
+    fn file_download_request_matches_the_vectors() {
+        assert_eq!(
+            text(|o| encode_file_download_request(o, 7, "t1", 1_397_345, 1, 0, 10240)),
+            r#"{"id":"7","version":"1.0","params":{"fileToken":"t1","fileInfo":{"streamId":1397345,"fileId":1},"fileBlock":{"size":10240,"offset":0}}}"#
         );
     }
 

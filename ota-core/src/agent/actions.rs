@@ -151,6 +151,8 @@ pub(crate) enum Topic {
     Request,
     FirmwareGet,
     FirmwareGetReply,
+    FileDownload,
+    FileDownloadReply,
 }
 
 impl Topic {
@@ -162,6 +164,8 @@ impl Topic {
             Topic::Request => &topics.request,
             Topic::FirmwareGet => &topics.firmware_get,
             Topic::FirmwareGetReply => &topics.firmware_get_reply,
+            Topic::FileDownload => &topics.file_download,
+            Topic::FileDownloadReply => &topics.file_download_reply,
         }
     }
 }

@@ -27,6 +27,19 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+/// The MQTT-channel download (PROTOCOL.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MqttDownload {
+    /// Bytes asked for per block request (the official SDK uses 2 to 10 KiB).
+    pub block_size: u32,
+    /// Block requests in flight at once (1 like the official SDK; more for long round trips).
+    pub window: u8,
+    /// A request without a reply for this long is sent again.
+    pub reply_timeout: Duration,
+    /// Consecutive failed blocks (timeouts, bad frames) tolerated before giving up with `-2`.
+    pub max_attempts: u32,
+}
+
 /// Agent configuration. `Config::new` gives defaults suited to a Linux gateway; firmware
 /// usually lowers `write_block` and `checkpoint_interval` to its flash geometry.
 #[derive(Clone, Debug)]
@@ -52,6 +65,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Dead URLs (403 and friends): how many times to ask the cloud for a fresh URL.
     pub url_refresh: RetryPolicy,
+    /// The MQTT-channel download.
+    pub mqtt: MqttDownload,
     /// How long to wait for the answer to a task request.
     pub reply_timeout: Duration,
     /// A download that receives nothing for this long is restarted.
@@ -87,6 +102,12 @@ impl Config {
                 base_delay: Duration::from_secs(2),
                 max_delay: Duration::from_secs(120),
             },
+            mqtt: MqttDownload {
+                block_size: 4096,
+                window: 1,
+                reply_timeout: Duration::from_secs(10),
+                max_attempts: 4,
+            },
             reply_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             progress_step: 5,
@@ -113,6 +134,14 @@ impl Config {
             || self.reply_timeout.is_zero()
             || self.health_timeout.is_zero()
         {
+            return Err(Error::InvalidConfig("timeouts must be > 0"));
+        }
+        if self.mqtt.block_size == 0 || self.mqtt.block_size > 64 * 1024 || self.mqtt.window == 0 {
+            return Err(Error::InvalidConfig(
+                "mqtt block_size must be 1 byte to 64 KiB, window >= 1",
+            ));
+        }
+        if self.mqtt.reply_timeout.is_zero() {
             return Err(Error::InvalidConfig("timeouts must be > 0"));
         }
         if self.retry.base_delay.is_zero() || self.url_refresh.base_delay.is_zero() {

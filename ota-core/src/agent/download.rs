@@ -5,6 +5,7 @@ use alloc::format;
 use core::time::Duration;
 
 use super::actions::{FetchId, Note, Queued, Topic};
+use super::blocks::Blocks;
 use super::{Agent, Io, RecordPurpose, State};
 use crate::digest::Hasher;
 use crate::error::Error;
@@ -35,19 +36,21 @@ pub(super) struct Download {
     pub(super) task: Task,
     pub(super) image: ImageId,
     pub(super) generation: u32,
-    hasher: Hasher,
+    pub(super) hasher: Hasher,
     /// Bytes confirmed on flash; the hasher covers exactly them whenever `staged == 0`.
     pub(super) written: u64,
     /// Bytes hashed (written + staged).
     pub(super) received: u64,
-    staged: usize,
+    pub(super) staged: usize,
     /// Offset in the last durable record; `None` until the first one is saved.
     pub(super) recorded: Option<u64>,
     fetch: Fetch,
-    failures: u32,
+    pub(super) failures: u32,
     refreshes: u32,
     /// Leading body bytes to drop: the server ignored our Range and sent from byte 0.
     skip: u64,
+    /// The MQTT-channel side of the download (`None` for HTTP).
+    pub(super) blocks: Option<Blocks>,
     last_activity: Instant,
     notified: u8,
     notified_at: Instant,
@@ -79,6 +82,7 @@ impl Download {
         recorded: Option<u64>,
         now: Instant,
     ) -> Self {
+        let blocks = Blocks::for_task(&task, generation, offset);
         Download {
             image: ImageId::of(&task),
             task,
@@ -92,6 +96,7 @@ impl Download {
             failures: 0,
             refreshes: 0,
             skip: 0,
+            blocks,
             last_activity: now,
             notified: 0,
             notified_at: now,
@@ -123,6 +128,9 @@ impl Download {
     /// The same image came again: keep its (possibly fresher) URL, and go on if we were
     /// waiting for exactly that.
     pub(super) fn adopt_fresh_channel(&mut self, task: &Task) {
+        if let Some(blocks) = self.blocks.as_mut() {
+            blocks.adopt(task);
+        }
         if let Channel::Http { url } = &task.channel {
             self.task.channel = Channel::Http { url: url.clone() };
         }
@@ -140,7 +148,16 @@ impl Download {
 
     /// The next deadline, if any. A stall is only measured while the agent waits on the
     /// network, not while the adapter's storage is busy.
-    pub(super) fn deadline(&self, stall: Duration, storage_busy: bool) -> Option<Instant> {
+    pub(super) fn deadline(
+        &self,
+        stall: Duration,
+        storage_busy: bool,
+        online: bool,
+    ) -> Option<Instant> {
+        if let Some(blocks) = &self.blocks {
+            // Offline, no request is out: the reconnect asks again.
+            return blocks.deadline().filter(|_| online);
+        }
         match self.fetch {
             Fetch::Requested { .. } | Fetch::Streaming { .. } if !storage_busy => {
                 Some(self.last_activity + stall)
@@ -148,6 +165,27 @@ impl Download {
             Fetch::Backoff { until } | Fetch::Refreshing { until, .. } => Some(until),
             _ => None,
         }
+    }
+
+    /// Copies as much of `bytes` as the staging block holds (never past `end`) and hashes
+    /// it on the way: each byte is hashed exactly once. Returns how many were taken.
+    pub(super) fn stage(&mut self, staging: &mut [u8], bytes: &[u8], end: u64) -> usize {
+        let room = staging.len() - self.staged;
+        let n = bytes.len().min(room).min((end - self.received) as usize);
+        let chunk = &bytes[..n];
+        staging[self.staged..self.staged + n].copy_from_slice(chunk);
+        self.hasher.update(chunk);
+        self.staged += n;
+        self.received += n as u64;
+        n
+    }
+
+    /// A checkpoint is due when nothing is staged (the digest covers exactly the written
+    /// bytes) and a whole interval was written since the last record.
+    fn checkpoint_due(&self, interval: u64) -> bool {
+        self.staged == 0
+            && self.written < self.task.size
+            && self.written >= self.recorded.unwrap_or(0) + interval
     }
 
     fn percent(&self) -> u8 {
@@ -167,6 +205,13 @@ enum Next {
 
 impl Agent {
     pub(super) fn advance_download(&mut self) {
+        let interval = self.config.checkpoint_bytes();
+        let checkpoint_due =
+            matches!(&self.state, State::Downloading(d) if d.checkpoint_due(interval));
+        if !checkpoint_due {
+            // The record must capture the digest at exactly `written`: stage nothing before it.
+            self.stage_arrived_blocks();
+        }
         let State::Downloading(d) = &mut self.state else {
             return;
         };
@@ -181,10 +226,7 @@ impl Agent {
                 len: d.staged,
                 end: d.received,
             }
-        } else if d.staged == 0
-            && d.written < size
-            && d.written >= d.recorded.unwrap_or(0) + interval
-        {
+        } else if d.checkpoint_due(interval) {
             Next::Checkpoint(d.written)
         } else if d.written == size {
             Next::Verify
@@ -219,6 +261,7 @@ impl Agent {
                     end,
                 });
             }
+            Next::Fetch if d.blocks.is_some() => self.request_blocks(),
             Next::Fetch => {
                 let id = FetchId(self.next_fetch);
                 self.next_fetch = self.next_fetch.wrapping_add(1);
@@ -366,17 +409,9 @@ impl Agent {
             d.skip -= n as u64;
             taken = n;
         }
-        let room = block - d.staged;
-        let n = (bytes.len() - taken)
-            .min(room)
-            .min((end - d.received) as usize);
+        let n = d.stage(&mut self.staging, &bytes[taken..], end);
+        taken += n;
         if n > 0 {
-            let chunk = &bytes[taken..taken + n];
-            self.staging[d.staged..d.staged + n].copy_from_slice(chunk);
-            d.hasher.update(chunk);
-            d.staged += n;
-            d.received += n as u64;
-            taken += n;
             d.last_activity = self.now;
         }
         let size = d.task.size;
@@ -426,6 +461,10 @@ impl Agent {
     }
 
     pub(super) fn on_download_timeout(&mut self) {
+        if matches!(&self.state, State::Downloading(d) if d.blocks.is_some()) {
+            self.on_block_timeouts();
+            return;
+        }
         let now = self.now;
         let stall = self.config.stall_timeout;
         let busy = self.io.is_some();

@@ -2,6 +2,7 @@
 //! lifecycle"). Inputs are [`Event`]s, body bytes and timeouts; outputs are [`Action`]s.
 
 mod actions;
+mod blocks;
 mod config;
 mod download;
 #[cfg(test)]
@@ -14,7 +15,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 pub use actions::{Action, FetchId, Notification, Outcome};
-pub use config::{Config, RetryPolicy, TaskRequest};
+pub use config::{Config, MqttDownload, RetryPolicy, TaskRequest};
 
 use crate::backoff::Backoff;
 use crate::digest::Hasher;
@@ -22,7 +23,7 @@ use crate::downlink::{parse_get_reply, parse_push, Rejection};
 use crate::error::Error;
 use crate::identity::{is_valid_version, Topics};
 use crate::record::{ImageId, Phase as RecordPhase, Record};
-use crate::task::{Channel, ExpectedDigest, Task};
+use crate::task::{ExpectedDigest, Task};
 use crate::time::Instant;
 use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, FailureCode, Step};
 #[cfg(any(test, feature = "fuzzing"))]
@@ -265,7 +266,9 @@ impl Agent {
             return Some(self.now);
         }
         let deadline = match &self.state {
-            State::Downloading(d) => d.deadline(self.config.stall_timeout, self.write_pending()),
+            State::Downloading(d) => {
+                d.deadline(self.config.stall_timeout, self.write_pending(), self.online)
+            }
             State::CheckingHealth { deadline, .. } => Some(*deadline),
             _ => None,
         };
@@ -384,7 +387,11 @@ impl Agent {
         if core::mem::take(&mut self.stale_record) {
             self.clear_record_wanted = true;
         }
-        for topic in [Topic::Upgrade, Topic::FirmwareGetReply] {
+        for topic in [
+            Topic::Upgrade,
+            Topic::FirmwareGetReply,
+            Topic::FileDownloadReply,
+        ] {
             self.outbox.push(Queued::Subscribe(topic));
         }
         self.publish_inform();
@@ -401,6 +408,10 @@ impl Agent {
         }
         if let State::Downloading(d) = &mut self.state {
             d.mark_request_sent(self.now, self.config.reply_timeout);
+            let received = d.received;
+            if let Some(blocks) = d.blocks.as_mut() {
+                blocks.restart(received);
+            }
         }
         self.report_progress(false);
     }
@@ -410,6 +421,9 @@ impl Agent {
             parse_push(payload, &self.config.rules).map(Some)
         } else if topic == self.topics.firmware_get_reply {
             parse_get_reply(payload, &self.config.rules)
+        } else if topic == self.topics.file_download_reply {
+            self.on_block_reply(payload);
+            return;
         } else {
             return; // another device's topic, or one we do not serve
         };
@@ -454,13 +468,7 @@ impl Agent {
             self.publish_inform();
             return;
         }
-        if let Channel::Mqtt { .. } = task.channel {
-            let reason =
-                String::from("download over the MQTT channel is not supported by this agent");
-            self.notify(Note::TaskRejected(reason.clone()));
-            self.report_failure(FailureCode::UpgradeFailed, &reason, &task.module);
-            return;
-        }
+
         self.start_download(task);
     }
 

@@ -9,7 +9,7 @@
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::world::{test_config, test_image, Cut, Fault, Health, Stop, World};
+use super::world::{test_config, test_image, Cut, Fault, Health, MqttFault, Stop, World};
 
 /// One thing that happens to the device or the cloud.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub enum Op {
     ExpireUrls,
     /// The cloud cancels the task.
     DropTask,
+    /// The next MQTT-channel block reply suffers this fault.
+    Mqtt(MqttFault),
     /// The next health check fails.
     Unhealthy,
 }
@@ -49,6 +51,8 @@ pub struct Scenario {
     pub sha256: bool,
     /// Storage results arrive after network input (a slow flash).
     pub lazy_storage: bool,
+    /// `Some(window)`: the image comes over the MQTT channel.
+    pub mqtt_window: Option<u8>,
     pub chunk_sizes: Vec<usize>,
     pub ops: Vec<Op>,
 }
@@ -63,6 +67,7 @@ impl Op {
             }
             Op::CutNextWrite(_) | Op::CutNextSave | Op::ExpireUrls => true,
             Op::Fault(f) => !matches!(f, Fault::Corrupt(_) | Fault::Status(400..=402 | 405..=499)),
+            Op::Mqtt(_) => true,
             _ => false,
         }
     }
@@ -86,7 +91,8 @@ impl Scenario {
             .iter()
             .filter(|o| matches!(o, Op::CutNextWrite(_) | Op::CutNextSave))
             .count();
-        self.ops.iter().all(Op::is_benign) && faults <= 8 && dead <= 4 && cuts <= 6
+        let mqtt = self.ops.iter().filter(|o| matches!(o, Op::Mqtt(_))).count();
+        self.ops.iter().all(Op::is_benign) && faults <= 8 && dead <= 4 && cuts <= 6 && mqtt <= 4
     }
 
     /// Decodes a scenario from fuzzer bytes (every input is valid).
@@ -98,6 +104,7 @@ impl Scenario {
         let image_len = 1 + (usize::from(len_hi) << 8 | usize::from(len_lo)) % 24_000;
         let flags = next().unwrap_or(0);
         let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
+        let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
             .collect();
@@ -116,10 +123,16 @@ impl Scenario {
                 11 => Op::Fault(fault(arg.wrapping_add(3), image_len)),
                 12 => Op::FailNextWrite,
                 13 => Op::FailNextSave,
-                14 => match arg % 3 {
+                14 => match arg % 9 {
                     0 => Op::FailActivation,
                     1 => Op::DropTask,
-                    _ => Op::Unhealthy,
+                    2 => Op::Unhealthy,
+                    3 => Op::Mqtt(MqttFault::Drop),
+                    4 => Op::Mqtt(MqttFault::Duplicate),
+                    5 => Op::Mqtt(MqttFault::Corrupt),
+                    6 => Op::Mqtt(MqttFault::WrongOffset),
+                    7 => Op::Mqtt(MqttFault::Refuse),
+                    _ => Op::Mqtt(MqttFault::Hold),
                 },
                 15 => Op::CutNextWrite(arg16 % 1100),
                 16 => Op::CutNextSave,
@@ -135,6 +148,7 @@ impl Scenario {
             image_len,
             sha256,
             lazy_storage,
+            mqtt_window,
             chunk_sizes,
             ops,
         }
@@ -176,9 +190,12 @@ pub fn run(scenario: &Scenario) -> World {
     let mut config = test_config();
     config.write_block = 512;
     config.checkpoint_interval = 2048;
+    config.mqtt.block_size = 700;
+    config.mqtt.window = scenario.mqtt_window.unwrap_or(1);
     let mut w = World::new(config, test_image(scenario.image_len, 1));
     w.chunk_sizes = scenario.chunk_sizes.clone();
     w.lazy_storage = scenario.lazy_storage;
+    w.mqtt_channel = scenario.mqtt_window.is_some();
     w.max_steps = 400_000;
     let offer = |w: &mut World| {
         if scenario.sha256 {
@@ -238,11 +255,13 @@ pub fn run(scenario: &Scenario) -> World {
             Op::AdvanceSecs(s) => w.advance(Duration::from_secs(u64::from(*s))),
             Op::ExpireUrls => w.url_valid_from = w.url_generation,
             Op::DropTask => w.cloud_task = None,
+            Op::Mqtt(f) => w.mqtt_faults.push_back(*f),
             Op::Unhealthy => w.health = Health::Unhealthy,
         }
     }
     // Heal and let the story finish.
     w.faults.clear();
+    w.mqtt_faults.clear();
     (w.fail_write, w.fail_save, w.fail_activate, w.cut) = (None, None, false, None);
     if !w.online {
         w.connect();

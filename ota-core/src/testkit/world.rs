@@ -44,6 +44,23 @@ pub enum Fault {
     PartialRange { len: usize, extra: usize },
 }
 
+/// A fault applied to one MQTT-channel block reply (consumed in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MqttFault {
+    /// No reply at all.
+    Drop,
+    /// The reply twice.
+    Duplicate,
+    /// A data byte flipped (CRC mismatch).
+    Corrupt,
+    /// The header names another offset.
+    WrongOffset,
+    /// Code 404 and no data.
+    Refuse,
+    /// Held back and sent after the next reply.
+    Hold,
+}
+
 /// Where the power fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
@@ -140,6 +157,12 @@ pub struct World {
     /// meet a write in flight and pushes meet pending results.
     pub lazy_storage: bool,
     body_refused: bool,
+    /// Offer tasks over the MQTT channel instead of HTTP.
+    pub mqtt_channel: bool,
+    pub mqtt_faults: VecDeque<MqttFault>,
+    held_reply: Option<(String, Vec<u8>)>,
+    /// Offsets of every MQTT-channel block request.
+    pub block_requests: Vec<u64>,
     // Invariant bookkeeping.
     storage_in_flight: usize,
     attempt_last_step: i16,
@@ -236,6 +259,10 @@ impl World {
             max_steps: 200_000,
             lazy_storage: false,
             body_refused: false,
+            mqtt_channel: false,
+            mqtt_faults: VecDeque::new(),
+            held_reply: None,
+            block_requests: Vec::new(),
             storage_in_flight: 0,
             attempt_last_step: 0,
             expected_failures: Vec::new(),
@@ -279,6 +306,18 @@ impl World {
 
     fn signed_task_json(&mut self, code: &str) -> String {
         match &self.cloud_task {
+            Some(fields) if self.mqtt_channel => {
+                // The stream id names the image, like the URL path does over HTTP.
+                let stream = 1000
+                    + self
+                        .images
+                        .iter()
+                        .rposition(|(v, _)| *v == self.version)
+                        .unwrap_or(0);
+                format!(
+                    r#"{{"code":{code},"data":{{{fields},"dProtocol":"mqtt","streamId":{stream},"streamFileId":1}},"id":1,"message":"success"}}"#
+                )
+            }
             Some(fields) => {
                 let url = format!(
                     "https://fw.example/{}.bin?gen={}",
@@ -395,7 +434,12 @@ impl World {
         let storage_now = !self.lazy_storage
             || core::mem::take(&mut self.body_refused)
             || (self.pending_body.is_none() && self.messages.is_empty());
-        if let Some(event) = self.inbox.pop_front_if(|_| storage_now) {
+        let next_result = if storage_now {
+            self.inbox.pop_front()
+        } else {
+            None
+        };
+        if let Some(event) = next_result {
             if matches!(
                 event,
                 Event::WriteDone
@@ -717,6 +761,8 @@ impl World {
                 self.cloud_task = None; // success: the device reports the target version
             }
             self.informs.push(version.into());
+        } else if topic.ends_with("/thing/file/download") {
+            self.serve_block(&v);
         } else if topic.ends_with("/thing/ota/firmware/get")
             || topic.starts_with("/ota/device/request/")
         {
@@ -843,6 +889,60 @@ impl World {
         self.http = Some(HttpStream { fetch, events });
     }
 
+    /// Answers one MQTT-channel block request (PROTOCOL.md §6), applying the next MQTT fault.
+    fn serve_block(&mut self, request: &serde_json::Value) {
+        let params = &request["params"];
+        let stream = params["fileInfo"]["streamId"].as_u64().expect("streamId") as usize;
+        let offset = params["fileBlock"]["offset"].as_u64().expect("offset");
+        let want = params["fileBlock"]["size"].as_u64().expect("size");
+        let token = params["fileToken"].as_str().expect("fileToken").to_string();
+        let id = request["id"].as_str().expect("id").to_string();
+        let image = self.images[stream - 1000].1.clone();
+        self.block_requests.push(offset);
+        let fault = self.mqtt_faults.pop_front();
+        let (from, reported_offset) = match fault {
+            Some(MqttFault::WrongOffset) => (offset as usize, offset + 1),
+            _ => (offset as usize, offset),
+        };
+        let to = (from + want as usize).min(image.len());
+        let mut data = image[from.min(to)..to].to_vec();
+        let code = if fault == Some(MqttFault::Refuse) {
+            404
+        } else {
+            200
+        };
+        let header = format!(
+            r#"{{"code":{code},"data":{{"bOffset":{reported_offset},"fileLength":{},"bSize":{},"fileToken":"{token}"}},"id":"{id}","message":"success"}}"#,
+            image.len(),
+            data.len()
+        );
+        let crc = crate::mqtt_frame::crc16_arc(&data);
+        if fault == Some(MqttFault::Corrupt) && !data.is_empty() {
+            data[0] ^= 0xFF; // the CRC no longer matches
+        }
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(header.len() as u16).to_be_bytes());
+        frame.extend_from_slice(header.as_bytes());
+        frame.extend_from_slice(&data);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        let topic = String::from("/sys/a1TestPK001/dev01/thing/file/download_reply");
+        match fault {
+            Some(MqttFault::Drop) => {}
+            Some(MqttFault::Duplicate) => {
+                self.messages.push_back((topic.clone(), frame.clone()));
+                self.messages.push_back((topic, frame));
+            }
+            Some(MqttFault::Hold) => self.held_reply = Some((topic, frame)),
+            _ => {
+                self.messages.push_back((topic, frame));
+                // A held reply goes out after the next one: reordered.
+                if let Some(held) = self.held_reply.take() {
+                    self.messages.push_back(held);
+                }
+            }
+        }
+    }
+
     /// Runs through reboots until quiet; returns how many reboots happened.
     pub fn run_through_reboots(&mut self) -> usize {
         let mut reboots = 0;
@@ -861,8 +961,9 @@ impl World {
 
     /// Runs until the first fetch after a reboot is issued (true) or the run stops (false).
     pub fn run_until_first_fetch_or_stop(&mut self) -> bool {
-        let before = self.fetch_offsets.len();
-        self.run_with(&|w| w.fetch_offsets.len() > before).is_none()
+        let before = self.fetch_offsets.len() + self.block_requests.len();
+        self.run_with(&|w| w.fetch_offsets.len() + w.block_requests.len() > before)
+            .is_none()
     }
 
     pub fn slot_image(&self) -> &[u8] {

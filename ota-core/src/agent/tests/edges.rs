@@ -357,19 +357,10 @@ fn http_contract_violations_are_errors() {
 }
 
 #[test]
-fn mqtt_channel_tasks_are_refused_with_a_reason() {
-    let mut w = world(3000);
-    w.cloud_task = None;
-    w.connect();
-    w.push_raw(r#"{"code":"1000","data":{"size":4252,"streamId":12332,"dProtocol":"mqtt","version":"1.1","streamFileId":1,"md5":"2e78d1a2b3c4d5e6f708192a3b4c3865"},"id":1}"#);
-    w.run();
-    assert_eq!(w.progress, vec![-1]);
-}
-
-#[test]
 fn invalid_configurations_and_versions_are_refused() {
     let base = test_config();
-    let cases: [(&str, fn(&mut Config)); 7] = [
+    type Mutation = fn(&mut Config);
+    let cases: [(&str, Mutation); 7] = [
         ("module", |c| c.module = "a/b".into()),
         ("write_block", |c| c.write_block = 0),
         ("checkpoint", |c| c.checkpoint_interval = 0),

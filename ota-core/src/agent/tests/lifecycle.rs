@@ -78,9 +78,10 @@ fn transcript_of_a_small_upgrade() {
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
     let md5 = md5_hex(&w.image);
-    let expected: [String; 20] = [
+    let expected: [String; 21] = [
         "sub /ota/device/upgrade/a1TestPK001/dev01".into(),
         "sub /sys/a1TestPK001/dev01/thing/ota/firmware/get_reply".into(),
+        "sub /sys/a1TestPK001/dev01/thing/file/download_reply".into(),
         r#"pub inform {"id":"1","params":{"version":"1.0.0"}}"#.into(),
         r#"pub get {"id":"2","version":"1.0","params":{},"method":"thing.ota.firmware.get"}"#
             .into(),
@@ -663,6 +664,6 @@ fn time_going_backwards_never_moves_deadlines_into_the_past() {
         actions += 1;
         assert!(!matches!(a, Action::Fetch { .. }));
     }
-    assert_eq!(actions, 4);
+    assert_eq!(actions, 5, "three subscriptions, inform, firmware/get");
     assert_eq!(agent.poll_timeout(), None);
 }

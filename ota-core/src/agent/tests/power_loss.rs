@@ -9,15 +9,28 @@ use crate::testkit::world::*;
 const IMAGE_LEN: usize = 23_000;
 const CHECKPOINT: u64 = 4096;
 
-fn world() -> World {
-    let mut w = World::new(test_config(), test_image(IMAGE_LEN, 3));
+fn world(mqtt: bool) -> World {
+    let mut config = test_config();
+    config.mqtt.block_size = 1500;
+    config.mqtt.window = 2;
+    let mut w = World::new(config, test_image(IMAGE_LEN, 3));
+    w.mqtt_channel = mqtt;
     w.offer_md5_task();
     w
 }
 
+/// Where each download request started, over HTTP or the MQTT channel.
+fn requests(w: &World) -> &[u64] {
+    if w.mqtt_channel {
+        &w.block_requests
+    } else {
+        &w.fetch_offsets
+    }
+}
+
 /// Runs one upgrade with the power cut at `cut`; returns the bytes downloaded twice.
-fn upgrade_with_cut(cut: Cut) -> u64 {
-    let mut w = world();
+fn upgrade_with_cut(cut: Cut, mqtt: bool) -> u64 {
+    let mut w = world(mqtt);
     w.cut = Some(cut);
     w.connect();
     let mut redownloaded = 0;
@@ -28,19 +41,13 @@ fn upgrade_with_cut(cut: Cut) -> u64 {
             Stop::Reboot => {}
             Stop::PowerLost => {
                 let received_before = w.agent.fetched_size();
-                let fetches_before = w.fetch_offsets.len();
+                let before = requests(&w).len();
                 w.reboot();
                 w.connect();
-                let stop = w.run_until_first_fetch_or_stop();
-                if let Some(resumed) = w
-                    .fetch_offsets
-                    .get(fetches_before)
-                    .copied()
-                    .filter(|_| w.fetch_offsets.len() > fetches_before)
-                {
-                    redownloaded += received_before.saturating_sub(resumed);
+                w.run_until_first_fetch_or_stop();
+                if let Some(resumed) = requests(&w).get(before) {
+                    redownloaded += received_before.saturating_sub(*resumed);
                 }
-                let _ = stop;
                 continue;
             }
         }
@@ -74,8 +81,18 @@ fn upgrade_with_cut(cut: Cut) -> u64 {
 
 #[test]
 fn every_cut_point_recovers_and_redownloads_at_most_one_checkpoint_interval() {
+    let http = sweep(false);
+    let mqtt = sweep(true);
+    // The figures recorded in BENCHMARKS.md.
+    std::eprintln!(
+        "power-loss sweep: HTTP {http:?}, MQTT channel {mqtt:?} (cut points, worst re-download)"
+    );
+}
+
+/// Cuts one upgrade at every point; returns (cut points, worst re-download in bytes).
+fn sweep(mqtt: bool) -> (usize, u64) {
     // Count the operations of an uninterrupted run to know the cut points.
-    let mut clean = world();
+    let mut clean = world(mqtt);
     clean.connect();
     clean.run_through_reboots();
     let (writes, saves) = (clean.writes, clean.saves);
@@ -93,7 +110,7 @@ fn every_cut_point_recovers_and_redownloads_at_most_one_checkpoint_interval() {
     cuts.push(Cut::Activate);
     let mut worst = 0;
     for cut in &cuts {
-        let redownloaded = upgrade_with_cut(*cut);
+        let redownloaded = upgrade_with_cut(*cut, mqtt);
         assert!(
             redownloaded <= CHECKPOINT,
             "cut {cut:?}: re-downloaded {redownloaded} bytes"
@@ -102,10 +119,6 @@ fn every_cut_point_recovers_and_redownloads_at_most_one_checkpoint_interval() {
     }
     // The measurement is real: some cuts do lose undurable bytes, just never more than that.
     assert!(worst > CHECKPOINT / 2, "worst re-download {worst}");
-    // The figures recorded in BENCHMARKS.md.
-    std::eprintln!(
-        "power-loss sweep: {} cut points, worst re-download {worst} bytes",
-        cuts.len()
-    );
     assert!(cuts.len() > 100, "{} cut points", cuts.len());
+    (cuts.len(), worst)
 }

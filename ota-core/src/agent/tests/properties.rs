@@ -7,7 +7,19 @@ use alloc::vec::Vec;
 use proptest::prelude::*;
 
 use crate::testkit::ops::{run, Op, Scenario};
-use crate::testkit::world::Fault;
+use crate::testkit::world::{Fault, MqttFault};
+
+fn mqtt_fault() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(MqttFault::Drop),
+        Just(MqttFault::Duplicate),
+        Just(MqttFault::Corrupt),
+        Just(MqttFault::WrongOffset),
+        Just(MqttFault::Refuse),
+        Just(MqttFault::Hold),
+    ]
+    .prop_map(Op::Mqtt)
+}
 
 fn fault() -> impl Strategy<Value = Fault> {
     prop_oneof![
@@ -45,7 +57,8 @@ fn benign_op() -> impl Strategy<Value = Op> {
         1 => (0u16..200).prop_map(Op::AdvanceSecs),
         1 => (0u16..1100).prop_map(Op::CutNextWrite),
         1 => Just(Op::CutNextSave),
-        1 => Just(Op::ExpireUrls),
+                1 => Just(Op::ExpireUrls),
+        2 => mqtt_fault(),
         3 => prop_oneof![
             Just(Fault::Status(500)),
             Just(Fault::IgnoreRange),
@@ -80,14 +93,16 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
         1usize..24_000,
         any::<bool>(),
         any::<bool>(),
+        proptest::option::of(1u8..4),
         proptest::collection::vec(1usize..9000, 1..4),
         proptest::collection::vec(op, 0..40),
     )
         .prop_map(
-            |(image_len, sha256, lazy_storage, chunk_sizes, ops)| Scenario {
+            |(image_len, sha256, lazy_storage, mqtt_window, chunk_sizes, ops)| Scenario {
                 image_len,
                 sha256,
                 lazy_storage,
+                mqtt_window,
                 chunk_sizes,
                 ops,
             },

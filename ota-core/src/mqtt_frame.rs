@@ -1,0 +1,245 @@
+//! The MQTT-channel block reply (PROTOCOL.md §6): a big-endian header length, a JSON header,
+//! the data, and a little-endian CRC-16/ARC of the data.
+//!
+//! Every check the official SDK skips is made here: total length, code, offset, file length,
+//! token and CRC. A frame that fails any of them is never fed to the image.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_ARC);
+
+/// CRC-16/ARC (poly 0x8005 reflected, init 0, no final xor).
+pub fn crc16_arc(data: &[u8]) -> u16 {
+    CRC16.checksum(data)
+}
+
+/// A checked block reply, borrowing its data from the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BlockReply<'a> {
+    /// `id` of the request it answers, as text.
+    pub id: Option<&'a str>,
+    /// `bOffset`: where the data belongs in the file.
+    pub offset: u64,
+    /// `fileLength`: the whole file's size.
+    pub file_length: u64,
+    /// `fileToken` echoed by the cloud.
+    pub token: Option<&'a str>,
+    /// The block's bytes.
+    pub data: &'a [u8],
+}
+
+/// Why a reply frame was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Shorter than its own header says.
+    #[error("frame truncated")]
+    Truncated,
+    /// Longer than header + data + CRC.
+    #[error("frame has trailing bytes")]
+    TrailingBytes,
+    /// The JSON header does not parse or lacks a field.
+    #[error("frame header is not valid JSON with code and data")]
+    BadHeader,
+    /// `code` is not 200; the offset is given when the header had one.
+    #[error("frame code {code} is not 200")]
+    Code {
+        /// The code received.
+        code: i64,
+        /// `bOffset`, if present.
+        offset: Option<u64>,
+    },
+    /// The CRC of the data does not match.
+    #[error("frame CRC mismatch at offset {offset}")]
+    Crc {
+        /// `bOffset` of the damaged block.
+        offset: u64,
+    },
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    code: Value,
+    #[serde(default)]
+    data: Option<HeaderData<'a>>,
+    #[serde(default, borrow)]
+    id: Option<IdText<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HeaderData<'a> {
+    #[serde(rename = "bOffset")]
+    offset: Option<u64>,
+    #[serde(rename = "fileLength")]
+    file_length: Option<u64>,
+    #[serde(rename = "bSize")]
+    size: Option<u64>,
+    #[serde(rename = "fileToken", borrow, default)]
+    token: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdText<'a> {
+    Text(&'a str),
+    Other(serde::de::IgnoredAny),
+}
+
+/// Parses and checks one reply frame.
+pub fn parse_block_reply(frame: &[u8]) -> Result<BlockReply<'_>, FrameError> {
+    let [h0, h1, rest @ ..] = frame else {
+        return Err(FrameError::Truncated);
+    };
+    let header_len = usize::from(u16::from_be_bytes([*h0, *h1]));
+    let header_bytes = rest.get(..header_len).ok_or(FrameError::Truncated)?;
+    let header: Header = serde_json::from_slice(header_bytes).map_err(|_| FrameError::BadHeader)?;
+    let data_info = header.data.as_ref();
+    let offset = data_info.and_then(|d| d.offset);
+    let code = header
+        .code
+        .as_i64()
+        .or_else(|| header.code.as_str().and_then(|s| s.parse().ok()));
+    if code != Some(200) {
+        return Err(FrameError::Code {
+            code: code.unwrap_or(-1),
+            offset,
+        });
+    }
+    let data_info = data_info.ok_or(FrameError::BadHeader)?;
+    let (Some(offset), Some(file_length), Some(size)) =
+        (data_info.offset, data_info.file_length, data_info.size)
+    else {
+        return Err(FrameError::BadHeader);
+    };
+    let body = &rest[header_len..];
+    let size = usize::try_from(size).map_err(|_| FrameError::Truncated)?;
+    if body.len() < size.saturating_add(2) {
+        return Err(FrameError::Truncated);
+    }
+    if body.len() > size + 2 {
+        return Err(FrameError::TrailingBytes);
+    }
+    let (data, crc) = body.split_at(size);
+    if crc16_arc(data) != u16::from_le_bytes([crc[0], crc[1]]) {
+        return Err(FrameError::Crc { offset });
+    }
+    let id = match header.id {
+        Some(IdText::Text(t)) => Some(t),
+        _ => None,
+    };
+    Ok(BlockReply {
+        id,
+        offset,
+        file_length,
+        token: data_info.token,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    const FRAMES: &str = include_str!("../testdata/frames.json");
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn crc_vectors() {
+        let doc: Value = serde_json::from_str(FRAMES).unwrap();
+        for case in doc["crc16_arc"].as_array().unwrap() {
+            let expected =
+                u16::from_str_radix(case["crc"].as_str().unwrap().trim_start_matches("0x"), 16)
+                    .unwrap();
+            assert_eq!(
+                crc16_arc(case["ascii"].as_str().unwrap().as_bytes()),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn frame_vectors() {
+        let doc: Value = serde_json::from_str(FRAMES).unwrap();
+        for case in doc["frames"].as_array().unwrap() {
+            let frame = unhex(case["hex"].as_str().unwrap());
+            let parsed = parse_block_reply(&frame);
+            if case["ok"] == Value::Bool(true) {
+                let reply = parsed.unwrap();
+                assert_eq!(reply.offset, case["offset"].as_u64().unwrap());
+                assert_eq!(reply.file_length, case["file_length"].as_u64().unwrap());
+                assert_eq!(reply.data, case["data_ascii"].as_str().unwrap().as_bytes());
+                assert_eq!(reply.token, Some("t1"));
+                assert_eq!(reply.id, Some("7"));
+            } else {
+                assert!(parsed.is_err(), "{}", case["name"]);
+            }
+        }
+    }
+
+    fn frame(header: &str, data: &[u8], crc: u16, extra: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&(header.len() as u16).to_be_bytes());
+        f.extend_from_slice(header.as_bytes());
+        f.extend_from_slice(data);
+        f.extend_from_slice(&crc.to_le_bytes());
+        f.extend_from_slice(extra);
+        f
+    }
+
+    #[test]
+    fn every_defect_is_named() {
+        let ok = r#"{"code":200,"data":{"bOffset":4,"fileLength":9,"bSize":3},"id":5}"#;
+        let good = frame(ok, b"abc", crc16_arc(b"abc"), &[]);
+        let reply = parse_block_reply(&good).unwrap();
+        assert_eq!((reply.offset, reply.id, reply.token), (4, None, None));
+        assert_eq!(
+            parse_block_reply(&frame(ok, b"abc", crc16_arc(b"abc"), &[0])),
+            Err(FrameError::TrailingBytes)
+        );
+        assert_eq!(
+            parse_block_reply(&frame(ok, b"abc", 1, &[])),
+            Err(FrameError::Crc { offset: 4 })
+        );
+        assert_eq!(
+            parse_block_reply(&good[..good.len() - 3]),
+            Err(FrameError::Truncated)
+        );
+        assert_eq!(parse_block_reply(&[0]), Err(FrameError::Truncated));
+        assert_eq!(
+            parse_block_reply(&frame("{", b"", 0, &[])),
+            Err(FrameError::BadHeader)
+        );
+        let missing = r#"{"code":"200","data":{"bOffset":4}}"#;
+        assert_eq!(
+            parse_block_reply(&frame(missing, b"", 0, &[])),
+            Err(FrameError::BadHeader)
+        );
+        let refused = r#"{"code":404,"data":{"bOffset":8},"message":"no such stream"}"#;
+        assert_eq!(
+            parse_block_reply(&frame(refused, b"", 0, &[])),
+            Err(FrameError::Code {
+                code: 404,
+                offset: Some(8)
+            })
+        );
+        let no_data = r#"{"code":200}"#;
+        assert_eq!(
+            parse_block_reply(&frame(no_data, b"", 0, &[])),
+            Err(FrameError::BadHeader)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_block_reply(&bytes);
+        }
+    }
+}
