@@ -41,8 +41,9 @@ pub(crate) enum Publisher {
 }
 
 impl Publisher {
-    /// Publishes; a failure is logged, as a lost push is something devices must survive anyway.
-    pub(crate) fn publish(&self, topic: String, payload: String) {
+    /// Publishes; a failure is logged, as a lost push or block reply is something devices must
+    /// survive anyway.
+    pub(crate) fn publish(&self, topic: String, payload: Vec<u8>) {
         let result = match self {
             Publisher::Local(link) => match link.lock() {
                 Ok(mut link) => link

@@ -1,5 +1,6 @@
-//! Per-device faults of the firmware server and the body stream that carries them out. Every
-//! fault counts the times it really fired, so a test can prove the path it meant to exercise ran.
+//! Per-device faults of the firmware server and of the MQTT-channel block replies, and the body
+//! stream that carries out the HTTP ones. Every fault counts the times it really fired, so a
+//! test can prove the path it meant to exercise ran.
 
 use crate::DeviceId;
 use bytes::{Bytes, BytesMut};
@@ -12,7 +13,8 @@ use std::time::Duration;
 /// Largest body chunk handed to the HTTP stack at once.
 const CHUNK: usize = 64 * 1024;
 
-/// A misbehaviour of the firmware server.
+/// A misbehaviour of the firmware server (HTTP) or of the MQTT-channel block replies. The MQTT
+/// ones apply to replies that carry data (code 200), never to error replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Close the connection after this many body bytes of a response (fires only when the
@@ -33,6 +35,19 @@ pub enum Fault {
     },
     /// Send the body at this many bytes per second.
     RateLimit(u64),
+    /// MQTT: send no reply to a block request.
+    DropReply,
+    /// MQTT: send the reply this much later (replies to later requests are not held up).
+    DelayReply(Duration),
+    /// MQTT: send the reply twice.
+    DuplicateReply,
+    /// MQTT: hold the reply back and send it right after the next reply to the same device
+    /// (fires when it is sent out of order).
+    ReorderReply,
+    /// MQTT: flip every bit of the block's middle data byte, keeping the CRC of the true data.
+    CorruptBlock,
+    /// MQTT: announce a `bOffset` one past the requested offset (the data is the right one).
+    WrongOffset,
 }
 
 /// How many responses a fault applies to.
@@ -52,6 +67,8 @@ pub struct FaultId(pub u32);
 
 struct Entry {
     device: DeviceId,
+    /// Only responses for this file of a package; `None`: any file.
+    file: Option<String>,
     fault: Fault,
     remaining: Option<u32>,
     active: bool,
@@ -78,7 +95,13 @@ impl<T> Armed<T> {
 }
 
 impl FaultTable {
-    pub(crate) fn add(&mut self, device: DeviceId, fault: Fault, times: Times) -> FaultId {
+    pub(crate) fn add(
+        &mut self,
+        device: DeviceId,
+        file: Option<String>,
+        fault: Fault,
+        times: Times,
+    ) -> FaultId {
         let remaining = match times {
             Times::Once => Some(1),
             Times::Count(n) => Some(n),
@@ -86,6 +109,7 @@ impl FaultTable {
         };
         self.entries.push(Entry {
             device,
+            file,
             fault,
             remaining,
             active: true,
@@ -106,14 +130,19 @@ impl FaultTable {
             .map_or(0, |e| e.fired.load(Ordering::SeqCst))
     }
 
-    /// Takes one use of the first active fault of `device` that `pick` accepts.
+    /// Takes one use of the first active fault of `device` for `file` that `pick` accepts.
     pub(crate) fn take<T>(
         &mut self,
         device: &DeviceId,
+        file: &str,
         pick: impl Fn(&Fault) -> Option<T>,
     ) -> Option<Armed<T>> {
         let entry = self.entries.iter_mut().find(|e| {
-            e.active && e.device == *device && e.remaining != Some(0) && pick(&e.fault).is_some()
+            e.active
+                && e.device == *device
+                && e.file.as_deref().is_none_or(|f| f == file)
+                && e.remaining != Some(0)
+                && pick(&e.fault).is_some()
         })?;
         if let Some(n) = entry.remaining.as_mut() {
             *n -= 1;
@@ -214,16 +243,18 @@ mod tests {
     fn once_is_used_up_and_counters_survive_clear() {
         let dev = DeviceId::new("pk", "dn");
         let mut t = FaultTable::default();
-        let id = t.add(dev.clone(), Fault::Status(500), Times::Once);
+        let id = t.add(dev.clone(), None, Fault::Status(500), Times::Once);
         let status = |f: &Fault| match f {
             Fault::Status(c) => Some(*c),
             _ => None,
         };
-        let armed = t.take(&dev, status).unwrap();
+        let armed = t.take(&dev, "a.bin", status).unwrap();
         assert_eq!(armed.value, 500);
         armed.fire();
-        assert!(t.take(&dev, status).is_none());
-        assert!(t.take(&DeviceId::new("pk", "other"), status).is_none());
+        assert!(t.take(&dev, "a.bin", status).is_none());
+        assert!(t
+            .take(&DeviceId::new("pk", "other"), "a.bin", status)
+            .is_none());
         t.clear(&dev);
         assert_eq!(t.fired(id), 1);
     }
@@ -232,11 +263,26 @@ mod tests {
     fn always_stays_until_cleared() {
         let dev = DeviceId::new("pk", "dn");
         let mut t = FaultTable::default();
-        t.add(dev.clone(), Fault::IgnoreRange, Times::Always);
+        t.add(dev.clone(), None, Fault::IgnoreRange, Times::Always);
         let pick = |f: &Fault| (*f == Fault::IgnoreRange).then_some(());
-        assert!(t.take(&dev, pick).is_some());
-        assert!(t.take(&dev, pick).is_some());
+        assert!(t.take(&dev, "a.bin", pick).is_some());
+        assert!(t.take(&dev, "b.bin", pick).is_some());
         t.clear(&dev);
-        assert!(t.take(&dev, pick).is_none());
+        assert!(t.take(&dev, "a.bin", pick).is_none());
+    }
+
+    #[test]
+    fn a_file_fault_applies_to_that_file_only() {
+        let dev = DeviceId::new("pk", "dn");
+        let mut t = FaultTable::default();
+        t.add(
+            dev.clone(),
+            Some("b.bin".into()),
+            Fault::DropReply,
+            Times::Always,
+        );
+        let pick = |f: &Fault| (*f == Fault::DropReply).then_some(());
+        assert!(t.take(&dev, "a.bin", pick).is_none());
+        assert!(t.take(&dev, "b.bin", pick).is_some());
     }
 }

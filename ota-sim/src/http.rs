@@ -4,7 +4,7 @@
 use crate::faults::{body_stream, BodyPlan, Fault};
 use crate::signing::{SignedQuery, UrlError};
 use crate::world::Shared;
-use crate::{DeviceId, PackageId};
+use crate::DeviceId;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -25,6 +25,8 @@ pub struct DownloadRecord {
     pub range: Option<String>,
     /// Body bytes promised by `Content-Length`.
     pub content_length: u64,
+    /// The package file asked for (`None` when the path names none).
+    pub file: Option<String>,
 }
 
 /// A `Range: bytes=...` header with one range.
@@ -107,6 +109,7 @@ async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMa
                 status: 403,
                 range,
                 content_length: 0,
+                file: None,
             });
             tracing::info!("download refused: {e}");
             return xml_error(403, e.code(), &e.to_string());
@@ -131,24 +134,21 @@ fn answer(
         status: 200,
         range: range.clone(),
         content_length: 0,
+        file: None,
     };
-    let package = path
-        .split('/')
-        .nth(2)
-        .and_then(|s| s.parse().ok())
-        .map(PackageId)
-        .filter(|&id| world.engine.package_path(id).ok().as_deref() == Some(path));
-    let Some(data) = package
-        .and_then(|id| world.engine.packages.get(id.0 as usize))
-        .map(|p| p.data.clone())
-    else {
+    let file = world
+        .engine
+        .find_file(path)
+        .and_then(|(id, i)| world.engine.packages.get(id.0 as usize)?.files.get(i));
+    let Some((file, data)) = file.map(|f| (f.name.clone(), f.data.clone())) else {
         record.status = 404;
         return (
             xml_error(404, "NoSuchKey", "The specified key does not exist."),
             record,
         );
     };
-    let status_fault = world.faults.take(&device, |f| match f {
+    record.file = Some(file.clone());
+    let status_fault = world.faults.take(&device, &file, |f| match f {
         Fault::Status(c) => Some(*c),
         _ => None,
     });
@@ -167,7 +167,7 @@ fn answer(
     if spec.is_some() {
         if let Some(ignore) = world
             .faults
-            .take(&device, |f| (*f == Fault::IgnoreRange).then_some(()))
+            .take(&device, &file, |f| (*f == Fault::IgnoreRange).then_some(()))
         {
             ignore.fire();
             spec = None;
@@ -191,19 +191,19 @@ fn answer(
     };
     let len = end - start;
     let plan = BodyPlan {
-        cut_after: world.faults.take(&device, |f| match f {
+        cut_after: world.faults.take(&device, &file, |f| match f {
             Fault::CutAfter(n) if *n < len => Some(*n),
             _ => None,
         }),
-        stall: world.faults.take(&device, |f| match f {
+        stall: world.faults.take(&device, &file, |f| match f {
             Fault::Stall { after, duration } if *after < len => Some((*after, *duration)),
             _ => None,
         }),
-        corrupt: world.faults.take(&device, |f| match f {
+        corrupt: world.faults.take(&device, &file, |f| match f {
             Fault::CorruptByte(k) if (start..end).contains(k) => Some(*k - start),
             _ => None,
         }),
-        rate: world.faults.take(&device, |f| match f {
+        rate: world.faults.take(&device, &file, |f| match f {
             Fault::RateLimit(r) => Some(*r),
             _ => None,
         }),

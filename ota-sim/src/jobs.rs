@@ -3,7 +3,7 @@
 //! messages it wants sent out, so the lock around it is the only synchronisation needed.
 
 use crate::crypto::{md5_hex, sha256_hex};
-use crate::messages::{self, TaskData, DEFAULT_MODULE};
+use crate::messages;
 use crate::model::*;
 use crate::signing::UrlSigner;
 use crate::Error;
@@ -12,13 +12,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod events;
+mod task_data;
 mod views;
 
-/// An MQTT message the cloud sends.
+pub(crate) use task_data::BlockRefusal;
+
+/// An MQTT message the cloud sends (JSON, or a binary MQTT-channel block reply).
 #[derive(Debug, Clone)]
 pub(crate) struct Outbound {
     pub(crate) topic: String,
-    pub(crate) payload: String,
+    pub(crate) payload: Vec<u8>,
 }
 
 pub(crate) struct Device {
@@ -28,10 +31,20 @@ pub(crate) struct Device {
     pub(crate) steps: Vec<ProgressRecord>,
 }
 
-pub(crate) struct Package {
-    pub(crate) spec: PackageSpec,
+/// One file of a package; a single-file package has one, named after its version.
+pub(crate) struct PackageFile {
+    pub(crate) name: String,
     pub(crate) data: Bytes,
+    /// Hex digest per the package's sign method.
     pub(crate) digest: String,
+}
+
+pub(crate) struct Package {
+    /// The metadata; its `data` and `files` are moved into `files`.
+    pub(crate) spec: PackageSpec,
+    pub(crate) files: Vec<PackageFile>,
+    /// Pushes use the multi-file variant.
+    pub(crate) multi: bool,
     pub(crate) verified: bool,
 }
 
@@ -94,23 +107,38 @@ impl Engine {
 
     pub(crate) fn add_package(&mut self, mut spec: PackageSpec) -> Result<PackageId, Error> {
         spec.validate()?;
-        let digest = match spec.sign_method {
-            SignMethod::Md5 => md5_hex(&spec.data),
-            SignMethod::Sha256 => sha256_hex(&spec.data),
+        let multi = spec.is_multi_file();
+        let images = if multi {
+            std::mem::take(&mut spec.files)
+        } else {
+            let name = format!("firmware-{}.bin", spec.version);
+            vec![(name, std::mem::take(&mut spec.data))]
         };
+        // Each image lives once, shared by every response body; the spec keeps the metadata.
+        let files: Vec<PackageFile> = images
+            .into_iter()
+            .map(|(name, data)| PackageFile {
+                digest: match spec.sign_method {
+                    SignMethod::Md5 => md5_hex(&data),
+                    SignMethod::Sha256 => sha256_hex(&data),
+                },
+                name,
+                data: Bytes::from(data),
+            })
+            .collect();
         let id = PackageId(self.packages.len() as u32);
         tracing::info!(
-            "package {} {} {} bytes",
+            "package {} {} {:?}, {} file(s), {} bytes",
             id.0,
             spec.version,
-            spec.data.len()
+            spec.download_protocol,
+            files.len(),
+            files.iter().map(|f| f.data.len()).sum::<usize>()
         );
-        // The image lives once, shared by every response body; the spec keeps the metadata.
-        let data = Bytes::from(std::mem::take(&mut spec.data));
         self.packages.push(Package {
-            data,
             spec,
-            digest,
+            files,
+            multi,
             verified: false,
         });
         Ok(id)
@@ -120,19 +148,6 @@ impl Engine {
         self.packages
             .get(id.0 as usize)
             .ok_or(Error::UnknownPackage)
-    }
-
-    /// Path of a package's file on the firmware server.
-    pub(crate) fn package_path(&self, id: PackageId) -> Result<String, Error> {
-        let p = self.package(id)?;
-        Ok(format!("/fw/{}/firmware-{}.bin", id.0, p.spec.version))
-    }
-
-    pub(crate) fn sign_url(&self, package: PackageId, device: &DeviceId) -> Result<String, Error> {
-        let path = self.package_path(package)?;
-        Ok(self
-            .signer
-            .sign(&self.http_base, &path, device, self.url_ttl))
     }
 
     pub(crate) fn create_job(&mut self, spec: JobSpec) -> Result<JobId, Error> {
@@ -297,26 +312,6 @@ impl Engine {
         self.last_message_id
     }
 
-    /// The task as a device sees it, with a freshly signed URL.
-    fn task_data(&self, idx: usize) -> Option<TaskData> {
-        let view = &self.tasks[idx].view;
-        let job = self.job(view.job).ok()?;
-        let package = self.package(job.spec.package).ok()?;
-        let (md5, method) = match package.spec.sign_method {
-            SignMethod::Md5 => (Some(package.digest.clone()), "Md5"),
-            SignMethod::Sha256 => (None, "SHA256"),
-        };
-        Some(TaskData {
-            size: package.data.len() as u64,
-            version: package.spec.version.clone(),
-            url: self.sign_url(job.spec.package, &view.device).ok()?,
-            md5,
-            sign: package.digest.clone(),
-            sign_method: method.to_owned(),
-            module: (package.spec.module != DEFAULT_MODULE).then(|| package.spec.module.clone()),
-        })
-    }
-
     fn push(&mut self, idx: usize) {
         let Some(data) = self.task_data(idx) else {
             return;
@@ -325,7 +320,7 @@ impl Engine {
         let topic = messages::upgrade_topic(&self.tasks[idx].view.device);
         self.outbound.push(Outbound {
             topic,
-            payload: messages::push_payload(&data, id),
+            payload: messages::push_payload(&data, id).into_bytes(),
         });
         self.tasks[idx].view.pushes += 1;
         if self.tasks[idx].view.state == TaskState::Queued {

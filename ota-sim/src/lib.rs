@@ -31,10 +31,12 @@ mod auth;
 mod broker;
 mod crypto;
 mod faults;
+mod frames;
 mod http;
 mod jobs;
 mod messages;
 mod model;
+mod mqtt_download;
 mod signing;
 mod sim;
 mod world;
@@ -43,8 +45,9 @@ pub use auth::{verify_login, Credentials, LoginError, LoginSignMethod, SDK_TIMES
 pub use broker::BrokerConfig;
 pub use faults::{Fault, FaultId, Times};
 pub use http::DownloadRecord;
-pub use messages::{TaskData, DEFAULT_MODULE};
+pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
 pub use model::*;
+pub use mqtt_download::{BlockRecord, MAX_BLOCK_SIZE};
 pub use signing::UrlError;
 pub use sim::Sim;
 
@@ -72,9 +75,13 @@ pub enum Error {
     /// No such package.
     #[error("unknown package")]
     UnknownPackage,
-    /// A package needs a file.
+    /// A package needs a file, and no file may be empty.
     #[error("package has no data")]
     EmptyPackage,
+    /// A package breaks a limit: too many files, an image too large for the MQTT channel,
+    /// `extData` that is not a small JSON object.
+    #[error("invalid package: {0}")]
+    InvalidPackage(String),
     /// No such job.
     #[error("unknown job")]
     UnknownJob,

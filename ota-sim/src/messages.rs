@@ -2,6 +2,7 @@
 //! the compact JSON the cloud sends, built with serde_json from the documented shapes (never
 //! with ota-core's encoder, so a format mistake on one side is caught by the other).
 
+use crate::mqtt_download::BlockRequest;
 use crate::DeviceId;
 use serde::Serialize;
 use serde_json::Value;
@@ -10,11 +11,12 @@ use serde_json::Value;
 pub const DEFAULT_MODULE: &str = "default";
 
 /// MQTT filters the cloud subscribes to.
-pub(crate) const CLOUD_FILTERS: [&str; 4] = [
+pub(crate) const CLOUD_FILTERS: [&str; 5] = [
     "/ota/device/inform/+/+",
     "/ota/device/progress/+/+",
     "/ota/device/request/+/+",
     "/sys/+/+/thing/ota/firmware/get",
+    "/sys/+/+/thing/file/download",
 ];
 
 /// A message from a device, parsed.
@@ -32,6 +34,8 @@ pub(crate) enum Uplink {
     FirmwareGet { id: Value, module: String },
     /// Legacy request for the pending task, answered with a push.
     LegacyRequest { module: String },
+    /// MQTT-channel request for one block (PROTOCOL.md §6).
+    Block(BlockRequest),
 }
 
 /// Why a device message was ignored.
@@ -51,6 +55,7 @@ pub(crate) fn parse_uplink(topic: &str, payload: &[u8]) -> Result<(DeviceId, Upl
     let (kind, pk, dn) = match parts.as_slice() {
         ["", "ota", "device", kind, pk, dn] => (*kind, *pk, *dn),
         ["", "sys", pk, dn, "thing", "ota", "firmware", "get"] => ("get", *pk, *dn),
+        ["", "sys", pk, dn, "thing", "file", "download"] => ("download", *pk, *dn),
         _ => return Err(ParseError::Topic),
     };
     if pk.is_empty() || dn.is_empty() {
@@ -87,13 +92,14 @@ pub(crate) fn parse_uplink(topic: &str, payload: &[u8]) -> Result<(DeviceId, Upl
             module,
         },
         "request" => Uplink::LegacyRequest { module },
+        "download" => Uplink::Block(BlockRequest::parse(&json)),
         _ => return Err(ParseError::Topic),
     };
     Ok((DeviceId::new(pk, dn), uplink))
 }
 
 /// A string field, or a number written as one.
-fn text(v: Option<&Value>) -> Option<String> {
+pub(crate) fn text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -101,26 +107,74 @@ fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// The `data` object of a push and of a firmware/get reply (PROTOCOL.md §3).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// The `data` object of a push and of a firmware/get reply (PROTOCOL.md §3): one of the
+/// single-file HTTP, single-file MQTT or multi-file variants, absent fields left out.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct TaskData {
-    /// Image size in bytes.
-    pub size: u64,
+    /// Image size in bytes (single-file only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Target version.
     pub version: String,
-    /// Signed download URL.
-    pub url: String,
-    /// MD5 of the image (only for MD5 packages, like the legacy field).
+    /// Signed download URL (single-file HTTP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// MD5 of the image (single-file MD5 packages, like the legacy field).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub md5: Option<String>,
-    /// Digest per `signMethod`.
-    pub sign: String,
+    /// Digest per `signMethod` (single-file only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sign: Option<String>,
     /// `Md5` or `SHA256`.
     #[serde(rename = "signMethod")]
     pub sign_method: String,
     /// Module, absent for the default one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    /// `1` for a delta image.
+    #[serde(rename = "isDiff", skip_serializing_if = "Option::is_none")]
+    pub is_diff: Option<u8>,
+    /// Job tags and `_package_udi`, as given to the package.
+    #[serde(rename = "extData", skip_serializing_if = "Option::is_none")]
+    pub ext_data: Option<Value>,
+    /// Package signature for secure boot, as given to the package.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digestsign: Option<String>,
+    /// `"mqtt"` for the MQTT channel.
+    #[serde(rename = "dProtocol", skip_serializing_if = "Option::is_none")]
+    pub d_protocol: Option<String>,
+    /// The MQTT-channel stream of this task.
+    #[serde(rename = "streamId", skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u64>,
+    /// The file within the stream (single-file MQTT: 1).
+    #[serde(rename = "streamFileId", skip_serializing_if = "Option::is_none")]
+    pub stream_file_id: Option<u64>,
+    /// The files of a multi-file task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<TaskFile>>,
+}
+
+/// One entry of `data.files` in a multi-file task.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TaskFile {
+    /// Name of the file.
+    #[serde(rename = "fileName")]
+    pub file_name: String,
+    /// Its size in bytes.
+    #[serde(rename = "fileSize")]
+    pub file_size: u64,
+    /// Its signed download URL (HTTP tasks).
+    #[serde(rename = "fileUrl", skip_serializing_if = "Option::is_none")]
+    pub file_url: Option<String>,
+    /// Its file id within the task's stream (MQTT tasks; 1-based, in `files` order).
+    #[serde(rename = "streamFileId", skip_serializing_if = "Option::is_none")]
+    pub stream_file_id: Option<u64>,
+    /// Its MD5 (MD5 packages).
+    #[serde(rename = "fileMd5", skip_serializing_if = "Option::is_none")]
+    pub file_md5: Option<String>,
+    /// Its digest per `signMethod`.
+    #[serde(rename = "fileSign")]
+    pub file_sign: String,
 }
 
 #[derive(Serialize)]
@@ -174,6 +228,14 @@ pub(crate) fn get_reply_payload(id: &Value, data: Option<&TaskData>) -> String {
 pub(crate) fn upgrade_topic(device: &DeviceId) -> String {
     format!(
         "/ota/device/upgrade/{}/{}",
+        device.product_key, device.device_name
+    )
+}
+
+/// Topic of MQTT-channel block replies to `device`.
+pub(crate) fn download_reply_topic(device: &DeviceId) -> String {
+    format!(
+        "/sys/{}/{}/thing/file/download_reply",
         device.product_key, device.device_name
     )
 }
@@ -251,13 +313,13 @@ mod tests {
     #[test]
     fn push_and_reply_are_compact_and_shaped_as_documented() {
         let data = TaskData {
-            size: 10,
+            size: Some(10),
             version: "2.0.0".into(),
-            url: "http://h/fw".into(),
+            url: Some("http://h/fw".into()),
             md5: Some("ab".into()),
-            sign: "ab".into(),
+            sign: Some("ab".into()),
             sign_method: "Md5".into(),
-            module: None,
+            ..TaskData::default()
         };
         assert_eq!(
             push_payload(&data, 1626969597470),
@@ -269,5 +331,48 @@ mod tests {
         );
         let reply = get_reply_payload(&Value::from(7), Some(&data));
         assert!(reply.starts_with(r#"{"id":7,"code":200,"data":{"size":10,"#));
+    }
+
+    #[test]
+    fn mqtt_and_multi_file_variants_are_shaped_as_documented() {
+        let mqtt = TaskData {
+            size: Some(20000),
+            version: "2.0.0".into(),
+            sign: Some("ab".into()),
+            sign_method: "SHA256".into(),
+            module: Some("MCU".into()),
+            is_diff: Some(1),
+            ext_data: Some(serde_json::json!({"_package_udi": "{\"k\":\"v\"}", "key1": "value1"})),
+            digestsign: Some("c2ln".into()),
+            d_protocol: Some("mqtt".into()),
+            stream_id: Some(1397345),
+            stream_file_id: Some(1),
+            ..TaskData::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&mqtt).unwrap(),
+            r#"{"size":20000,"version":"2.0.0","sign":"ab","signMethod":"SHA256","module":"MCU","isDiff":1,"extData":{"_package_udi":"{\"k\":\"v\"}","key1":"value1"},"digestsign":"c2ln","dProtocol":"mqtt","streamId":1397345,"streamFileId":1}"#
+        );
+        let file = |name: &str, url: Option<&str>, stream: Option<u64>| TaskFile {
+            file_name: name.into(),
+            file_size: 3,
+            file_url: url.map(Into::into),
+            stream_file_id: stream,
+            file_md5: Some("cd".into()),
+            file_sign: "cd".into(),
+        };
+        let multi = TaskData {
+            version: "3.0".into(),
+            sign_method: "Md5".into(),
+            files: Some(vec![
+                file("a.bin", Some("http://h/a"), None),
+                file("b.bin", None, Some(2)),
+            ]),
+            ..TaskData::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&multi).unwrap(),
+            r#"{"version":"3.0","signMethod":"Md5","files":[{"fileName":"a.bin","fileSize":3,"fileUrl":"http://h/a","fileMd5":"cd","fileSign":"cd"},{"fileName":"b.bin","fileSize":3,"streamFileId":2,"fileMd5":"cd","fileSign":"cd"}]}"#
+        );
     }
 }

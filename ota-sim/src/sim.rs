@@ -5,6 +5,7 @@ use crate::broker::{self, BrokerConfig};
 use crate::faults::{Fault, FaultId, Times};
 use crate::http::DownloadRecord;
 use crate::model::*;
+use crate::mqtt_download::BlockRecord;
 use crate::world::{run_engine, spawn_http, Input, Shared, World};
 use crate::{crypto, verify_login, Error, SimConfig};
 use std::net::SocketAddr;
@@ -164,18 +165,44 @@ impl Sim {
         self.with_world(|w| w.engine.url_ttl = ttl);
     }
 
-    /// A download URL for `package` issued to `device`, as a push would carry it.
+    /// A download URL for `package` issued to `device`, as a push would carry it (the first
+    /// file of a multi-file package).
     pub fn signed_url(
         &self,
         package: PackageId,
         device: impl AsRef<DeviceId>,
     ) -> Result<String, Error> {
-        self.shared.lock().engine.sign_url(package, device.as_ref())
+        self.signed_file_url(package, 0, device)
     }
 
-    /// Injects a firmware-server fault for one device.
+    /// A download URL for file `index` (0-based, in the order given) of `package`.
+    pub fn signed_file_url(
+        &self,
+        package: PackageId,
+        index: usize,
+        device: impl AsRef<DeviceId>,
+    ) -> Result<String, Error> {
+        let world = self.shared.lock();
+        world.engine.sign_url(package, index, device.as_ref())
+    }
+
+    /// Injects a fault for one device: of the firmware server, or of the MQTT-channel block
+    /// replies (the `*Reply`, `CorruptBlock` and `WrongOffset` variants), for any file.
     pub fn set_fault(&self, device: impl AsRef<DeviceId>, fault: Fault, times: Times) -> FaultId {
-        self.with_world(|w| w.faults.add(device.as_ref().clone(), fault, times))
+        self.with_world(|w| w.faults.add(device.as_ref().clone(), None, fault, times))
+    }
+
+    /// Like [`Sim::set_fault`], for one file only: a file name of a multi-file package, or
+    /// `firmware-{version}.bin` for a single-file one.
+    pub fn set_file_fault(
+        &self,
+        device: impl AsRef<DeviceId>,
+        file: &str,
+        fault: Fault,
+        times: Times,
+    ) -> FaultId {
+        let file = Some(file.to_owned());
+        self.with_world(|w| w.faults.add(device.as_ref().clone(), file, fault, times))
     }
 
     /// Removes a device's faults (their counters stay readable).
@@ -232,6 +259,19 @@ impl Sim {
             .downloads
             .iter()
             .filter(|r| r.device.as_ref() == Some(device))
+            .cloned()
+            .collect()
+    }
+
+    /// The MQTT-channel block requests of a device as they were answered, in order.
+    pub fn blocks(&self, device: impl AsRef<DeviceId>) -> Vec<BlockRecord> {
+        let world = self.shared.lock();
+        let device = device.as_ref();
+        world
+            .blocks
+            .records
+            .iter()
+            .filter(|r| r.device == *device)
             .cloned()
             .collect()
     }

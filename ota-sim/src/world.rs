@@ -1,11 +1,13 @@
-//! What the simulator's threads share, and the two threads it runs: the job engine, fed by a
-//! channel of device messages with deadlines as receive timeouts, and the firmware server.
+//! What the simulator's threads share, and the two threads it runs: the job engine (which also
+//! answers MQTT-channel block requests), fed by a channel of device messages with deadlines as
+//! receive timeouts, and the firmware server.
 
 use crate::broker::Publisher;
 use crate::faults::FaultTable;
 use crate::http::{self, DownloadRecord};
 use crate::jobs::Engine;
-use crate::messages;
+use crate::messages::{self, Uplink};
+use crate::mqtt_download::BlockServer;
 use crate::signing::UrlSigner;
 use crate::{DeviceId, Error};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -20,11 +22,21 @@ pub(crate) enum Input {
     Stop,
 }
 
-/// The state behind one lock: engine, faults, and the firmware server's request log.
+/// The state behind one lock: engine, faults, the firmware server's request log and the
+/// MQTT-channel block server.
 pub(crate) struct World {
     pub(crate) engine: Engine,
     pub(crate) faults: FaultTable,
     pub(crate) downloads: Vec<DownloadRecord>,
+    pub(crate) blocks: BlockServer,
+}
+
+impl World {
+    /// The earliest moment the engine or the block server has something to do.
+    fn next_deadline(&self) -> Option<Instant> {
+        let engine = self.engine.next_deadline();
+        engine.into_iter().chain(self.blocks.next_deadline()).min()
+    }
 }
 
 /// What the threads of one simulator share.
@@ -45,6 +57,7 @@ impl Shared {
                 engine: Engine::new(signer.clone(), http_base, url_ttl),
                 faults: FaultTable::default(),
                 downloads: Vec::new(),
+                blocks: BlockServer::default(),
             }),
             changed: Condvar::new(),
             signer,
@@ -65,7 +78,13 @@ impl Shared {
     /// Sends what the engine queued and wakes waiters. Called with the lock held, so
     /// messages leave in the order the state changed.
     pub(crate) fn flush(&self, world: &mut World) {
-        for out in world.engine.take_outbound() {
+        let block_replies = world.blocks.take_outbound();
+        for out in world
+            .engine
+            .take_outbound()
+            .into_iter()
+            .chain(block_replies)
+        {
             match self.publisher.get() {
                 Some(p) => p.publish(out.topic, out.payload),
                 None => tracing::warn!("no broker yet; dropped message to {}", out.topic),
@@ -78,7 +97,7 @@ impl Shared {
 /// The engine thread: device messages and deadlines in, state changes and messages out.
 pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
     loop {
-        let deadline = shared.lock().engine.next_deadline();
+        let deadline = shared.lock().next_deadline();
         let input = match deadline {
             Some(d) => inputs.recv_timeout(d.saturating_duration_since(Instant::now())),
             None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -88,6 +107,15 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
         match input {
             Ok(Input::Message { topic, payload }) => match messages::parse_uplink(&topic, &payload)
             {
+                Ok((device, Uplink::Block(request))) => {
+                    let World {
+                        engine,
+                        faults,
+                        blocks,
+                        ..
+                    } = &mut *world;
+                    blocks.serve(engine, faults, &device, &request, now);
+                }
                 Ok((device, uplink)) => world.engine.handle_uplink(&device, uplink, now),
                 Err(e) => tracing::warn!("ignored message on {topic}: {e}"),
             },
@@ -96,6 +124,7 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
         }
         world.engine.handle_timeout(now);
+        world.blocks.handle_timeout(now);
         shared.flush(&mut world);
     }
 }

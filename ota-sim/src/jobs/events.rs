@@ -34,7 +34,7 @@ impl Engine {
                 let payload = messages::get_reply_payload(&id, data.as_ref());
                 self.outbound.push(Outbound {
                     topic: messages::get_reply_topic(device),
-                    payload,
+                    payload: payload.into_bytes(),
                 });
                 if let (Some(i), Some(_)) = (idx, data) {
                     self.tasks[i].view.pushes += 1;
@@ -47,6 +47,8 @@ impl Engine {
                 Some(i) => self.push(i),
                 None => tracing::info!("{device} asked for a task; it has none"),
             },
+            // Served by the block server, which owns the MQTT faults (see `world`).
+            Uplink::Block(_) => {}
         }
     }
 

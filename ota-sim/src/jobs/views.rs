@@ -39,11 +39,30 @@ impl Engine {
                 })
             })
             .collect();
-        let packages: Vec<_> = self.packages.iter().enumerate().map(|(i, p)| serde_json::json!({
-            "id": i, "version": p.spec.version, "module": p.spec.module, "size": p.data.len(),
-            "sign_method": p.spec.sign_method, "digest": p.digest, "verified": p.verified,
-            "needs_verification": p.spec.needs_verification,
-        })).collect();
+        let packages: Vec<_> = self
+            .packages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let files: Vec<_> = p
+                    .files
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "name": f.name, "size": f.data.len(), "digest": f.digest,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "id": i, "version": p.spec.version, "module": p.spec.module,
+                    "size": p.files.iter().map(|f| f.data.len()).sum::<usize>(),
+                    "sign_method": p.spec.sign_method, "digest": p.files.first().map(|f| &f.digest),
+                    "download_protocol": p.spec.download_protocol, "multi_file": p.multi,
+                    "files": files, "verified": p.verified,
+                    "needs_verification": p.spec.needs_verification,
+                })
+            })
+            .collect();
         serde_json::json!({"devices": devices, "packages": packages, "jobs": jobs, "tasks": self.task_views(None)})
     }
 }
