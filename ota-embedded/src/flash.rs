@@ -1,0 +1,189 @@
+//! The image slot on NOR flash.
+//!
+//! NOR flash cannot be rewritten without an erase, and an erase works on whole sectors
+//! (`NorFlash::ERASE_SIZE`). The agent writes the image as sequential blocks of
+//! `Config::write_block` bytes at block-aligned offsets, and after a power loss it resumes at
+//! a block-aligned durable offset, rewriting the block that may have been torn. So:
+//!
+//! **Rule: `Config::write_block` is a multiple of `ERASE_SIZE`** (and so of `WRITE_SIZE`).
+//! Every write then starts on a sector boundary and erases its own sectors first, which
+//! makes a rewrite after a resume correct without any bookkeeping. The last block of an
+//! image is usually short: it is padded with `0xFF` to the write unit (the erased value, so
+//! the padding costs nothing and reads back as erased).
+//!
+//! The cost of the rule is RAM: the agent's staging block is `write_block` bytes. Use a slot
+//! on flash with small uniform sectors (4 KiB on most SPI NOR chips, nRF52, RP2040);
+//! a slot in 128 KiB STM32F4 sectors would need a 128 KiB staging block.
+
+use embedded_storage_async::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
+
+/// Largest flash write unit (`NorFlash::WRITE_SIZE`) the slot can pad a short tail to.
+pub const MAX_WRITE_UNIT: usize = 256;
+
+/// Why a slot operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashError {
+    /// An offset or length breaks the erase or write alignment (see the module docs).
+    Misaligned,
+    /// Beyond the slot's end.
+    OutOfBounds,
+    /// The flash's write unit is larger than [`MAX_WRITE_UNIT`].
+    WriteUnitTooLarge,
+    /// The flash driver failed.
+    Flash(NorFlashErrorKind),
+}
+
+impl FlashError {
+    pub(crate) fn from_flash<E: NorFlashError>(e: E) -> FlashError {
+        FlashError::Flash(e.kind())
+    }
+}
+
+/// The staging slot: a sector-aligned region `[base, base + capacity)` of a NOR flash.
+pub struct Slot<F> {
+    flash: F,
+    base: u32,
+    capacity: u32,
+}
+
+impl<F: NorFlash> Slot<F> {
+    /// A slot of `capacity` bytes at `base`; both must be multiples of `ERASE_SIZE`.
+    pub fn new(flash: F, base: u32, capacity: u32) -> Result<Self, FlashError> {
+        if F::WRITE_SIZE > MAX_WRITE_UNIT {
+            return Err(FlashError::WriteUnitTooLarge);
+        }
+        if !(base as usize).is_multiple_of(F::ERASE_SIZE)
+            || !(capacity as usize).is_multiple_of(F::ERASE_SIZE)
+        {
+            return Err(FlashError::Misaligned);
+        }
+        base.checked_add(capacity).ok_or(FlashError::OutOfBounds)?;
+        Ok(Slot {
+            flash,
+            base,
+            capacity,
+        })
+    }
+
+    /// Checks the rule of the module docs for a `Config::write_block`.
+    pub fn check_write_block(write_block: usize) -> Result<(), FlashError> {
+        if write_block == 0 || !write_block.is_multiple_of(F::ERASE_SIZE) {
+            return Err(FlashError::Misaligned);
+        }
+        Ok(())
+    }
+
+    /// Bytes the slot holds (the largest image it accepts).
+    pub fn capacity(&self) -> u64 {
+        u64::from(self.capacity)
+    }
+
+    /// Writes one block of the image at `offset` (a multiple of `ERASE_SIZE`): erases the
+    /// sectors it covers, writes the whole write units, then the tail padded with `0xFF`.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FlashError> {
+        let erase = F::ERASE_SIZE as u64;
+        if !offset.is_multiple_of(erase) {
+            return Err(FlashError::Misaligned);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FlashError::OutOfBounds)?;
+        let erase_end = end.div_ceil(erase) * erase;
+        if erase_end > self.capacity() {
+            return Err(FlashError::OutOfBounds);
+        }
+        // In range of a u32 slot: both fit.
+        let (start, erase_end) = (self.base + offset as u32, self.base + erase_end as u32);
+        self.flash
+            .erase(start, erase_end)
+            .await
+            .map_err(FlashError::from_flash)?;
+        let whole = data.len() - data.len() % F::WRITE_SIZE;
+        if whole > 0 {
+            self.flash
+                .write(start, &data[..whole])
+                .await
+                .map_err(FlashError::from_flash)?;
+        }
+        let tail = &data[whole..];
+        if !tail.is_empty() {
+            let mut unit = [0xFF; MAX_WRITE_UNIT];
+            unit[..tail.len()].copy_from_slice(tail);
+            self.flash
+                .write(start + whole as u32, &unit[..F::WRITE_SIZE])
+                .await
+                .map_err(FlashError::from_flash)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (aligned to `READ_SIZE`), e.g. to check an image.
+    pub async fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FlashError> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or(FlashError::OutOfBounds)?;
+        if end > self.capacity() {
+            return Err(FlashError::OutOfBounds);
+        }
+        self.flash
+            .read(self.base + offset as u32, buf)
+            .await
+            .map_err(FlashError::from_flash)
+    }
+
+    /// The flash, e.g. to hand it to the bootloader after an update.
+    pub fn into_inner(self) -> F {
+        self.flash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testflash::{block_on, RamFlash};
+
+    type Flash = RamFlash<16, 1024>;
+
+    #[test]
+    fn a_rewritten_block_reads_back_exactly() {
+        // A resume after a power loss rewrites the block at the durable offset: the erase
+        // of its own sector makes the second write win over the torn first one.
+        let mut slot = Slot::new(Flash::new(8 * 1024), 2048, 4096).unwrap();
+        block_on(slot.write(1024, &[0x0F; 2048])).unwrap();
+        block_on(slot.write(1024, &[0xF0; 2048])).unwrap();
+        let mut back = [0; 2048];
+        block_on(slot.read(1024, &mut back)).unwrap();
+        assert_eq!(back, [0xF0; 2048]);
+        let flash = slot.into_inner();
+        assert!(
+            flash.bytes[..3072].iter().all(|&b| b == 0xFF),
+            "outside the slot"
+        );
+    }
+
+    #[test]
+    fn the_short_tail_is_padded_with_erased_bytes() {
+        let mut slot = Slot::new(Flash::new(4096), 0, 4096).unwrap();
+        block_on(slot.write(1024, &[1, 2, 3, 4, 5])).unwrap();
+        let flash = slot.into_inner();
+        assert_eq!(&flash.bytes[1024..1029], &[1, 2, 3, 4, 5]);
+        assert!(flash.bytes[1029..2048].iter().all(|&b| b == 0xFF));
+        assert_eq!(flash.writes, 1, "only the padded tail unit");
+    }
+
+    #[test]
+    fn alignment_and_bounds_are_checked() {
+        let mut slot = Slot::new(Flash::new(4096), 0, 2048).unwrap();
+        assert_eq!(
+            block_on(slot.write(512, &[0; 16])),
+            Err(FlashError::Misaligned)
+        );
+        assert_eq!(
+            block_on(slot.write(1024, &[0; 1025])),
+            Err(FlashError::OutOfBounds)
+        );
+        assert!(Slot::<Flash>::new(Flash::new(4096), 100, 1024).is_err());
+        assert!(Slot::<Flash>::check_write_block(4096).is_ok());
+        assert!(Slot::<Flash>::check_write_block(1536).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! One firmware download with reqwless: GET with `Range: bytes=N-`, the status and the
+//! `Content-Length`/`Content-Range` headers, then the body (sized, chunked or until close)
+//! chunk by chunk. HTTPS goes through reqwless's embedded-tls (the `tls` feature and a
+//! `TlsConfig` given to `HttpClient::new_with_tls`).
+//!
+//! The download does not know the agent: it reports to a [`BodySink`], which the driver
+//! implements by feeding the agent and performing what it asks (writes, record saves, MQTT).
+
+use core::fmt::Write as _;
+
+use embassy_futures::select::{select, Either};
+use embedded_io_async::Read;
+use embedded_nal_async::{Dns, TcpConnect};
+use ota_core::Instant;
+use reqwless::client::HttpClient;
+use reqwless::request::{Method, RequestBuilder};
+
+/// Bytes of response headers (and body read-ahead) reqwless may buffer.
+pub const HEADER_BUF_LEN: usize = 2048;
+/// Bytes of body read at once.
+pub const BODY_CHUNK_LEN: usize = 1024;
+/// Longest `Content-Range` value kept.
+const MAX_CONTENT_RANGE: usize = 64;
+
+/// The status line and headers the agent wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head<'a> {
+    pub(crate) status: u16,
+    pub(crate) content_length: Option<u64>,
+    pub(crate) content_range: Option<&'a str>,
+}
+
+/// Whether the download goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    /// The agent cancelled it (or a reboot is due): drop the connection, report nothing.
+    Stop,
+}
+
+/// How a download ended, for the driver to report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The body ended cleanly (`HttpEnd`).
+    End,
+    /// It failed (`HttpFailed` with this reason).
+    Failed(&'static str),
+    /// The sink stopped it; nothing to report.
+    Stopped,
+}
+
+/// Where the download's events go.
+#[allow(async_fn_in_trait)]
+pub(crate) trait BodySink {
+    /// The status and headers arrived.
+    async fn response(&mut self, head: Head<'_>) -> Flow;
+    /// Body bytes arrived; the sink takes them all (waiting for flash as needed).
+    async fn body(&mut self, bytes: &[u8]) -> Flow;
+    /// Between two reads: serve MQTT, keep-alive.
+    async fn idle(&mut self) -> Flow;
+    /// When to give up waiting for the network (the agent's deadline).
+    fn deadline(&self) -> Option<Instant>;
+    /// Sleeps until `at` (the sink owns the clock).
+    async fn sleep_until(&self, at: Instant);
+    /// The deadline passed: let the agent decide.
+    async fn timed_out(&mut self) -> Flow;
+}
+
+/// Waits for `work` or the sink's deadline. On timeout, `work` is dropped (the connection is
+/// then abandoned) and the agent is told.
+async fn guarded<S: BodySink, F: core::future::Future>(
+    sink: &mut S,
+    work: F,
+) -> Result<F::Output, Ending> {
+    let out = match sink.deadline() {
+        None => Some(work.await),
+        Some(at) => match select(work, sink.sleep_until(at)).await {
+            Either::First(out) => Some(out),
+            Either::Second(()) => None,
+        },
+    };
+    match out {
+        Some(out) => Ok(out),
+        None => Err(match sink.timed_out().await {
+            Flow::Stop => Ending::Stopped,
+            // The stream was interrupted mid-read and cannot be trusted any more.
+            Flow::Continue => Ending::Failed("timed out"),
+        }),
+    }
+}
+
+/// GETs `url` from byte `offset` and streams the answer into `sink`.
+pub(crate) async fn fetch<T, D, S>(
+    client: &mut HttpClient<'_, T, D>,
+    url: &str,
+    offset: u64,
+    header_buf: &mut [u8],
+    chunk: &mut [u8],
+    sink: &mut S,
+) -> Ending
+where
+    T: TcpConnect,
+    D: Dns,
+    S: BodySink,
+{
+    let mut range: heapless::String<32> = heapless::String::new();
+    // "bytes=" and 20 digits fit.
+    let _ = write!(range, "bytes={offset}-");
+    let headers = [("Range", range.as_str())];
+    let headers = if offset > 0 {
+        &headers[..]
+    } else {
+        &headers[..0]
+    };
+
+    let opened = guarded(sink, async {
+        let request = client.request(Method::GET, url).await?;
+        Ok::<_, reqwless::Error>(request.headers(headers))
+    })
+    .await;
+    let mut request = match opened {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => return Ending::Failed(reason(&e)),
+        Err(ending) => return ending,
+    };
+    let response = match guarded(sink, request.send(header_buf)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Ending::Failed(reason(&e)),
+        Err(ending) => return ending,
+    };
+    let mut content_range: heapless::String<MAX_CONTENT_RANGE> = heapless::String::new();
+    let mut has_range = false;
+    for (name, value) in response.headers() {
+        if name.eq_ignore_ascii_case("content-range") {
+            if let Ok(value) = core::str::from_utf8(value) {
+                has_range = content_range.push_str(value.trim()).is_ok();
+            }
+        }
+    }
+    let head = Head {
+        status: response.status.0,
+        content_length: response.content_length.map(|n| n as u64),
+        content_range: has_range.then_some(content_range.as_str()),
+    };
+    if sink.response(head).await == Flow::Stop {
+        return Ending::Stopped;
+    }
+    let mut body = response.body().reader();
+    loop {
+        let n = match guarded(sink, body.read(chunk)).await {
+            Ok(Ok(0)) => return Ending::End,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Ending::Failed(reason(&e)),
+            Err(ending) => return ending,
+        };
+        if sink.body(&chunk[..n]).await == Flow::Stop {
+            return Ending::Stopped;
+        }
+        if sink.idle().await == Flow::Stop {
+            return Ending::Stopped;
+        }
+    }
+}
+
+/// A short description of a reqwless error for the failure report.
+fn reason(e: &reqwless::Error) -> &'static str {
+    use reqwless::Error as E;
+    match e {
+        E::Dns => "DNS lookup failed",
+        E::InvalidUrl(_) => "invalid URL",
+        E::Network(_) | E::ConnectionAborted => "connection failed",
+        #[cfg(feature = "tls")]
+        E::Tls(_) => "TLS failed",
+        _ => "HTTP error",
+    }
+}

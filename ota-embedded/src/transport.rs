@@ -1,0 +1,44 @@
+//! The MQTT transport the driver needs: connect with a login, subscribe, publish, receive.
+//! [`crate::mqtt::MqttClient`] implements it over any `embedded-nal-async` TCP stack; a
+//! firmware with its own MQTT client (TLS, MQTT 5, a modem's AT client) implements it instead.
+
+use core::fmt::Debug;
+
+use crate::login::Login;
+
+/// One application message received on a subscribed topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+/// An MQTT session for the agent: QoS 1 subscriptions and publishes to one broker.
+///
+/// Errors of any operation mean the session is lost: the driver reports `Disconnected` to
+/// the agent and calls [`MqttTransport::connect`] again later.
+#[allow(async_fn_in_trait)] // firmware executors are single-threaded: no `Send` bound needed
+pub trait MqttTransport {
+    /// What went wrong.
+    type Error: Debug;
+
+    /// (Re)opens the session: TCP (or TLS) connect, CONNECT with a clean session, CONNACK.
+    async fn connect(&mut self, login: &Login) -> Result<(), Self::Error>;
+
+    /// Subscribes at QoS 1. May return before the SUBACK; a refusal surfaces as an error
+    /// of a later call.
+    async fn subscribe(&mut self, topic: &str) -> Result<(), Self::Error>;
+
+    /// Publishes at QoS 1. May return before the PUBACK.
+    async fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), Self::Error>;
+
+    /// Waits for the next application message. Must be cancel-safe: the driver races it
+    /// against timers and other I/O and drops it when they win; no received byte may be lost.
+    async fn receive(&mut self) -> Result<Message<'_>, Self::Error>;
+
+    /// Tells the broker the session is alive (PINGREQ). The driver calls it every half
+    /// keep-alive interval.
+    async fn ping(&mut self) -> Result<(), Self::Error>;
+}
