@@ -102,6 +102,16 @@ pub fn parse_push(payload: &[u8], rules: &TaskRules) -> Result<Task, Rejection> 
     parse_envelope(payload, rules)?.ok_or_else(|| reject("push data is empty: no task in it"))
 }
 
+/// The `id` of a reply, to pair it with its request (numbers and digit strings alike).
+pub fn reply_id(payload: &[u8]) -> Option<u64> {
+    let envelope: Envelope = serde_json::from_slice(payload).ok()?;
+    match envelope.id? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Parses a firmware/get reply; `Ok(None)` when `data` is `{}` (no task pending).
 pub fn parse_get_reply(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rejection> {
     parse_envelope(payload, rules)

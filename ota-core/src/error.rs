@@ -39,6 +39,9 @@ pub enum Error {
     /// A health verdict while none was asked for.
     #[error("health verdict while no health check is pending")]
     UnexpectedHealthVerdict,
+    /// An accept or decline while no task is offered.
+    #[error("task decision while no task is offered")]
+    UnexpectedDecision,
     /// A new input arrived before the previous input's actions were drained.
     #[error("actions were not drained before the next input")]
     ActionsNotDrained,

@@ -72,8 +72,8 @@ pub mod uplink;
 pub mod testkit;
 
 pub use agent::{
-    Action, Agent, Boot, Config, Event, FetchId, Notification, Outcome, Phase, RetryPolicy,
-    TaskRequest,
+    Action, Agent, Boot, Config, Confirmation, Event, FetchId, MqttDownload, Notification, Outcome,
+    Phase, RetryPolicy, TaskRequest,
 };
 pub use error::Error;
 pub use identity::DeviceIdentity;

@@ -88,6 +88,8 @@ pub enum Action<'a> {
 pub enum Notification<'a> {
     /// A valid task was accepted and its download begins (or resumes).
     TaskReceived(&'a Task),
+    /// A valid task waits for the application's decision (`Confirmation::Ask`).
+    TaskOffered(&'a Task),
     /// A push or reply was refused; `-1` was reported when the protocol asks for it.
     TaskRejected {
         /// Why.
@@ -140,6 +142,8 @@ pub enum Outcome<'a> {
     },
     /// The cloud no longer has the task.
     Canceled,
+    /// The application declined the task.
+    Declined,
 }
 
 /// Which topic a queued publish or subscribe refers to.
@@ -173,6 +177,7 @@ impl Topic {
 #[derive(Debug)]
 pub(crate) enum Note {
     TaskReceived(Box<Task>),
+    TaskOffered(Box<Task>),
     TaskRejected(String),
     Progress {
         percent: u8,
@@ -186,6 +191,7 @@ pub(crate) enum Note {
     Failed(FailureCode, String),
     RolledBack(String),
     Canceled,
+    Declined,
 }
 
 #[derive(Debug)]
@@ -305,6 +311,7 @@ impl Outbox {
             Queued::Rollback => Action::Rollback,
             Queued::Notify(note) => Action::Notify(match note {
                 Note::TaskReceived(task) => Notification::TaskReceived(task),
+                Note::TaskOffered(task) => Notification::TaskOffered(task),
                 Note::TaskRejected(reason) => Notification::TaskRejected { reason },
                 Note::Progress {
                     percent,
@@ -325,6 +332,7 @@ impl Outbox {
                 }),
                 Note::RolledBack(version) => Notification::Outcome(Outcome::RolledBack { version }),
                 Note::Canceled => Notification::Outcome(Outcome::Canceled),
+                Note::Declined => Notification::Outcome(Outcome::Declined),
             }),
         })
     }

@@ -1,11 +1,12 @@
 //! What the application decides: identity, limits, budgets and timings.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::downlink::TaskRules;
 use crate::error::Error;
-use crate::identity::{is_valid_module, DeviceIdentity, DEFAULT_MODULE};
+use crate::identity::{is_valid_module, is_valid_version, DeviceIdentity, DEFAULT_MODULE};
 
 /// How the device asks the cloud for its pending task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +28,19 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+/// Who decides that a valid task is installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Every valid task starts at once.
+    Automatic,
+    /// Each new task is offered to the application (`Notification::TaskOffered`), which
+    /// answers `Event::AcceptTask` (now or any time later) or `Event::DeclineTask`.
+    Ask {
+        /// Report a declined task to the cloud as `-1`; otherwise nothing is sent.
+        report_decline: bool,
+    },
+}
+
 /// The MQTT-channel download (PROTOCOL.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MqttDownload {
@@ -46,8 +60,12 @@ pub struct MqttDownload {
 pub struct Config {
     /// Product key and device name.
     pub identity: DeviceIdentity,
-    /// The module this agent updates (`default` = the whole firmware).
+    /// The module this agent updates (`default` = the whole firmware); its running version
+    /// is `Boot::running_version`.
     pub module: String,
+    /// Further modules this agent updates, with their running versions: `(module, version)`.
+    /// Each is reported on connect; their tasks run one after another, one record at a time.
+    pub extra_modules: Vec<(String, String)>,
     /// What tasks are accepted (https only, slot capacity, message size cap).
     pub rules: TaskRules,
     /// Staging block: bytes are written in blocks of this size (the last one may be shorter).
@@ -61,6 +79,8 @@ pub struct Config {
     pub request_task_on_connect: bool,
     /// Which request to use.
     pub task_request: TaskRequest,
+    /// Whether the application is asked before a task starts.
+    pub confirmation: Confirmation,
     /// Transient download errors (connection, 5xx, short body, stall).
     pub retry: RetryPolicy,
     /// Dead URLs (403 and friends): how many times to ask the cloud for a fresh URL.
@@ -87,11 +107,13 @@ impl Config {
         Config {
             identity,
             module: String::from(DEFAULT_MODULE),
+            extra_modules: Vec::new(),
             rules: TaskRules::default(),
             write_block: 4096,
             checkpoint_interval: 256 * 1024,
             request_task_on_connect: true,
             task_request: TaskRequest::FirmwareGet,
+            confirmation: Confirmation::Automatic,
             retry: RetryPolicy {
                 max_attempts: 8,
                 base_delay: Duration::from_secs(1),
@@ -120,6 +142,13 @@ impl Config {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if !is_valid_module(&self.module) {
             return Err(Error::InvalidVersion);
+        }
+        for (i, (module, version)) in self.extra_modules.iter().enumerate() {
+            let repeated =
+                *module == self.module || self.extra_modules[..i].iter().any(|(m, _)| m == module);
+            if !is_valid_module(module) || !is_valid_version(version) || repeated {
+                return Err(Error::InvalidVersion);
+            }
         }
         if self.write_block == 0 || self.write_block > 1024 * 1024 {
             return Err(Error::InvalidConfig("write_block must be 1 byte to 1 MiB"));

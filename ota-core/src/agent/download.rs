@@ -2,6 +2,7 @@
 //! retries with back-off, URL refresh, stall detection, progress and verification.
 
 use alloc::format;
+use alloc::string::String;
 use core::time::Duration;
 
 use super::actions::{FetchId, Note, Queued, Topic};
@@ -244,7 +245,12 @@ impl Agent {
                     offset,
                     digest_state: &self.scratch,
                 };
-                let (image, previous) = (&d.image, &self.running_version);
+                let previous = self
+                    .modules
+                    .iter()
+                    .find(|(m, _)| *m == d.image.module)
+                    .map_or("", |(_, v)| v.as_str());
+                let image = &d.image;
                 let range = self
                     .outbox
                     .encode(|out| encode_record(out, image, previous, phase));
@@ -308,7 +314,7 @@ impl Agent {
         let State::Downloading(d) = core::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
-        let previous = self.running_version.clone();
+        let previous = String::from(self.version_of(&d.task.module).unwrap_or_default());
         let range = self
             .outbox
             .encode(|out| encode_record(out, &d.image, &previous, PhaseRef::Activating));
@@ -480,7 +486,8 @@ impl Agent {
             }
             Fetch::Backoff { until } if now >= until => d.fetch = Fetch::Idle,
             Fetch::Refreshing { sent: false, until } if now >= until => {
-                self.request_task();
+                let module = d.task.module.clone();
+                self.request_task(&module);
                 if let State::Downloading(d) = &mut self.state {
                     d.fetch = Fetch::Refreshing {
                         sent: self.online,
@@ -542,7 +549,8 @@ impl Agent {
                 sent: self.online,
                 until: self.now + self.config.reply_timeout,
             };
-            self.request_task();
+            let module = d.task.module.clone();
+            self.request_task(&module);
         } else {
             let delay = self
                 .backoff
@@ -602,7 +610,10 @@ impl Agent {
                 "downloading"
             };
             let id = self.next_id();
-            let module = &self.config.module;
+            let State::Downloading(d) = &self.state else {
+                return;
+            };
+            let module = &d.task.module;
             let range = self
                 .outbox
                 .encode(|out| encode_progress(out, id, Step::Percent(pct), desc, module));

@@ -15,11 +15,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 pub use actions::{Action, FetchId, Notification, Outcome};
-pub use config::{Config, MqttDownload, RetryPolicy, TaskRequest};
+pub use config::{Config, Confirmation, MqttDownload, RetryPolicy, TaskRequest};
 
 use crate::backoff::Backoff;
 use crate::digest::Hasher;
-use crate::downlink::{parse_get_reply, parse_push, Rejection};
+use crate::downlink::{parse_get_reply, parse_push, reply_id, Rejection};
 use crate::error::Error;
 use crate::identity::{is_valid_version, Topics};
 use crate::record::{ImageId, Phase as RecordPhase, Record};
@@ -90,6 +90,10 @@ pub enum Event<'a> {
     Activated,
     /// The pending `Activate` failed.
     ActivationFailed,
+    /// The application accepts the offered task (`Confirmation::Ask`).
+    AcceptTask,
+    /// The application declines the offered task.
+    DeclineTask,
     /// The application's verdict on the new image.
     HealthVerdict {
         /// True when the image works.
@@ -161,6 +165,10 @@ pub struct Agent {
     config: Config,
     topics: Topics,
     running_version: String,
+    /// Every module this agent updates with its running version; the first is `config.module`.
+    modules: Vec<(String, String)>,
+    /// Task requests awaiting an answer: (message id, module). A few at most.
+    requests: Vec<(u64, String)>,
     now: Instant,
     online: bool,
     next_message_id: u64,
@@ -172,6 +180,10 @@ pub struct Agent {
     /// A clear failed; retried at the next connect.
     stale_record: bool,
     resume: Option<ResumePoint>,
+    /// Tasks for other modules, waiting for the current download to end (one per module).
+    waiting: Vec<Task>,
+    /// The task offered to the application, waiting for its decision.
+    offered: Option<Task>,
     /// Failure reports made while offline, sent on the next connect.
     unsent_reports: Vec<(Step, String, String)>,
     /// The image verified in this session (for `is_image_verified`).
@@ -200,6 +212,10 @@ impl Agent {
             staging: vec![0; config.write_block],
             scratch: Vec::with_capacity(128),
             running_version: boot.running_version.into(),
+            modules: core::iter::once((config.module.clone(), String::from(boot.running_version)))
+                .chain(config.extra_modules.iter().cloned())
+                .collect(),
+            requests: Vec::new(),
             now,
             online: false,
             next_message_id: 1,
@@ -210,6 +226,8 @@ impl Agent {
             clear_record_wanted: false,
             stale_record: false,
             resume: None,
+            waiting: Vec::new(),
+            offered: None,
             unsent_reports: Vec::new(),
             verified: false,
             backoff,
@@ -378,6 +396,9 @@ impl Agent {
                 return self.on_activation_result(event == Event::Activated)
             }
             Event::HealthVerdict { healthy } => return self.on_health_verdict(healthy),
+            Event::AcceptTask | Event::DeclineTask => {
+                return self.on_decision(event == Event::AcceptTask)
+            }
         }
         Ok(())
     }
@@ -398,13 +419,19 @@ impl Agent {
         for (step, desc, module) in core::mem::take(&mut self.unsent_reports) {
             self.publish_progress(step, &desc, &module);
         }
-        let must_ask = self.resume.is_some()
-            || matches!(&self.state, State::Downloading(d) if d.is_refreshing());
-        if must_ask
-            || (self.config.request_task_on_connect
-                && matches!(self.state, State::Idle | State::Downloading(_)))
-        {
-            self.request_task();
+        // Ask for every module's task when configured; always for an interrupted download
+        // (its URL is not kept) and for a URL being refreshed.
+        let busy = !matches!(self.state, State::Idle | State::Downloading(_));
+        for i in 0..self.modules.len() {
+            let module = self.modules[i].0.clone();
+            let resuming = self
+                .resume
+                .as_ref()
+                .is_some_and(|r| r.image.module == module);
+            let refreshing = matches!(&self.state, State::Downloading(d) if d.is_refreshing() && d.task.module == module);
+            if resuming || refreshing || (self.config.request_task_on_connect && !busy) {
+                self.request_task(&module);
+            }
         }
         if let State::Downloading(d) = &mut self.state {
             d.mark_request_sent(self.now, self.config.reply_timeout);
@@ -429,7 +456,15 @@ impl Agent {
         };
         match parsed {
             Ok(Some(task)) => self.on_task(task),
-            Ok(None) => self.on_no_task(),
+            Ok(None) => {
+                // Pair the reply with its request to know which module has no task.
+                let id = reply_id(payload);
+                let module = match self.requests.iter().position(|(i, _)| Some(*i) == id) {
+                    Some(i) => self.requests.swap_remove(i).1,
+                    None => self.config.module.clone(),
+                };
+                self.on_no_task(&module);
+            }
             Err(rejection) => self.on_rejection(rejection),
         }
     }
@@ -447,36 +482,94 @@ impl Agent {
     }
 
     fn on_task(&mut self, task: Task) {
-        if task.module != self.config.module {
+        let Some(running) = self.version_of(&task.module).map(String::from) else {
             let reason = format!("module {} is not managed by this agent", task.module);
             self.notify(Note::TaskRejected(reason.clone()));
             self.report_failure(FailureCode::UpgradeFailed, &reason, &task.module);
             return;
-        }
+        };
         match &mut self.state {
             State::Downloading(d) if d.task.same_image(&task) => {
                 d.adopt_fresh_channel(&task);
+                return;
+            }
+            // Another module's download runs: one task at a time, the next after it.
+            State::Downloading(d) if d.task.module != task.module => {
+                self.waiting.retain(|t| t.module != task.module);
+                self.waiting.push(task);
                 return;
             }
             State::Idle | State::Downloading(_) => {}
             // Busy activating or checking a new image: the cloud will ask again later.
             _ => return,
         }
-        if task.version == self.running_version {
+        if task.version == running {
             // Already running it: the version report is what completes the cloud's task.
-            self.resume = None;
-            self.publish_inform();
+            if self
+                .resume
+                .as_ref()
+                .is_some_and(|r| r.image.module == task.module)
+            {
+                self.resume = None;
+            }
+            self.publish_inform_for(&task.module);
             return;
         }
 
+        let resuming = self.resume.as_ref().is_some_and(|r| r.image.matches(&task));
+        if let (Confirmation::Ask { .. }, false) = (self.config.confirmation, resuming) {
+            // An interrupted download was accepted before; anything new is the application's call.
+            if self.offered.as_ref().is_some_and(|o| o.same_image(&task)) {
+                self.offered = Some(task); // keep the freshest URL
+                return;
+            }
+            self.notify(Note::TaskOffered(Box::new(task.clone())));
+            self.offered = Some(task);
+            return;
+        }
         self.start_download(task);
     }
 
-    fn on_no_task(&mut self) {
-        if self.resume.take().is_some() {
+    fn on_decision(&mut self, accept: bool) -> Result<(), Error> {
+        let task = self.offered.take().ok_or(Error::UnexpectedDecision)?;
+        if accept {
+            self.start_download(task);
+        } else {
+            self.notify(Note::Declined);
+            if let Confirmation::Ask {
+                report_decline: true,
+            } = self.config.confirmation
+            {
+                self.report_failure(
+                    FailureCode::UpgradeFailed,
+                    "declined by the application",
+                    &task.module,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A firmware/get reply without a task: for the module it was asked for, the cloud has
+    /// nothing (any more).
+    fn on_no_task(&mut self, module: &str) {
+        self.waiting.retain(|t| t.module != module);
+        if self.offered.as_ref().is_some_and(|t| t.module == module) {
+            self.offered = None;
+            self.notify(Note::Canceled);
+        }
+        if self
+            .resume
+            .as_ref()
+            .is_some_and(|r| r.image.module == module)
+        {
+            self.resume = None;
             self.clear_record_wanted = true;
         }
         if let State::Downloading(d) = &self.state {
+            if d.task.module != module {
+                return;
+            }
             if let Some(fetch) = d.open_fetch() {
                 self.outbox.push(Queued::CancelFetch(fetch));
             }
@@ -639,8 +732,8 @@ impl Agent {
 
     fn recover(&mut self, bytes: &[u8]) {
         let record = match Record::decode(bytes) {
-            Ok(r) if r.image.module == self.config.module => r,
-            Ok(_) => return, // another module's record: not ours to touch
+            Ok(r) if self.version_of(&r.image.module).is_some() => r,
+            Ok(_) => return, // a module this agent does not manage: not ours to touch
             Err(e) => {
                 self.notify(Note::RecordDiscarded(e));
                 self.clear_record_wanted = true;
@@ -648,6 +741,7 @@ impl Agent {
             }
         };
         let module = record.image.module.clone();
+        let running = String::from(self.version_of(&module).unwrap_or_default());
         match record.phase {
             RecordPhase::Downloading {
                 offset,
@@ -665,7 +759,7 @@ impl Agent {
                     self.clear_record_wanted = true;
                 }
             },
-            RecordPhase::Activating if self.running_version == record.image.version => {
+            RecordPhase::Activating if running == record.image.version => {
                 self.notify(Note::HealthCheck(record.image.version.clone()));
                 self.state = State::CheckingHealth {
                     image: record.image,
@@ -674,24 +768,24 @@ impl Agent {
                 };
             }
             RecordPhase::Activating => {
-                let reason = if self.running_version == record.previous_version {
+                let reason = if running == record.previous_version {
                     format!(
-                        "rolled back: {} did not boot, {} is running",
-                        record.image.version, self.running_version
+                        "rolled back: {} did not boot, {running} is running",
+                        record.image.version
                     )
                 } else {
                     format!(
-                        "running {} is neither the target {} nor the previous {}",
-                        self.running_version, record.image.version, record.previous_version
+                        "running {running} is neither the target {} nor the previous {}",
+                        record.image.version, record.previous_version
                     )
                 };
                 self.notify(Note::Failed(FailureCode::UpgradeFailed, reason.clone()));
                 self.report_failure(FailureCode::UpgradeFailed, &reason, &module);
-                self.notify(Note::RolledBack(self.running_version.clone()));
+                self.notify(Note::RolledBack(running));
                 self.clear_record_wanted = true;
             }
             RecordPhase::RollingBack => {
-                self.notify(Note::RolledBack(self.running_version.clone()));
+                self.notify(Note::RolledBack(running));
                 self.clear_record_wanted = true;
             }
         }
@@ -704,6 +798,11 @@ impl Agent {
     fn advance(&mut self) {
         if self.io.is_some() {
             return;
+        }
+        if matches!(self.state, State::Idle) && !self.waiting.is_empty() {
+            // The previous module's task is over: the next one in line starts.
+            let task = self.waiting.remove(0);
+            self.on_task(task);
         }
         if let State::Downloading(_) = self.state {
             self.advance_download();
@@ -730,7 +829,11 @@ impl Agent {
 
     /// Ends the current task with one failure report.
     fn fail(&mut self, code: FailureCode, reason: &str) {
-        let module = self.config.module.clone();
+        let module = match &self.state {
+            State::Downloading(d) => d.task.module.clone(),
+            State::Activating { image } => image.module.clone(),
+            _ => self.config.module.clone(),
+        };
         if let State::Downloading(d) = &self.state {
             if let Some(fetch) = d.open_fetch() {
                 self.outbox.push(Queued::CancelFetch(fetch));
@@ -762,16 +865,35 @@ impl Agent {
         id
     }
 
+    /// Reports the running version of every module (one message each).
     fn publish_inform(&mut self) {
+        for i in 0..self.modules.len() {
+            let module = self.modules[i].0.clone();
+            self.publish_inform_for(&module);
+        }
+    }
+
+    fn publish_inform_for(&mut self, module: &str) {
+        let Some(version) = self.version_of(module) else {
+            return;
+        };
         if !self.online {
             return;
         }
+        let version = String::from(version);
         let id = self.next_id();
-        let (version, module) = (&self.running_version, &self.config.module);
         let range = self
             .outbox
-            .encode(|out| encode_inform(out, id, version, module));
+            .encode(|out| encode_inform(out, id, &version, module));
         self.outbox.push(Queued::Publish(Topic::Inform, range));
+    }
+
+    /// The running version of `module`, if this agent manages it.
+    fn version_of(&self, module: &str) -> Option<&str> {
+        self.modules
+            .iter()
+            .find(|(m, _)| m == module)
+            .map(|(_, v)| v.as_str())
     }
 
     fn publish_progress(&mut self, step: Step, desc: &str, module: &str) {
@@ -782,12 +904,16 @@ impl Agent {
         self.outbox.push(Queued::Publish(Topic::Progress, range));
     }
 
-    fn request_task(&mut self) {
+    /// Asks the cloud for the pending task of `module`.
+    fn request_task(&mut self, module: &str) {
         if !self.online {
             return;
         }
         let id = self.next_id();
-        let module = &self.config.module;
+        if self.requests.len() >= 8 {
+            self.requests.remove(0);
+        }
+        self.requests.push((id, String::from(module)));
         let (topic, range) = match self.config.task_request {
             TaskRequest::FirmwareGet => (
                 Topic::FirmwareGet,
@@ -795,7 +921,8 @@ impl Agent {
                     .encode(|out| encode_firmware_get(out, id, module)),
             ),
             TaskRequest::Legacy => {
-                let version = &self.running_version;
+                let version = String::from(self.version_of(module).unwrap_or_default());
+                let version = &version;
                 (
                     Topic::Request,
                     self.outbox

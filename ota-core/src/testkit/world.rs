@@ -72,6 +72,15 @@ pub enum Cut {
     Activate,
 }
 
+/// What the application answers when a task is offered (`Confirmation::Ask`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Accept,
+    Decline,
+    /// No answer yet: the test decides later.
+    Later,
+}
+
 /// What the application answers to a health check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -141,6 +150,7 @@ pub struct World {
     pub fail_activate: bool,
     pub bootloader_falls_back: bool,
     pub health: Health,
+    pub decision: Decision,
     pub writes: usize,
     pub saves: usize,
     pub fetch_offsets: Vec<u64>,
@@ -159,6 +169,8 @@ pub struct World {
     body_refused: bool,
     /// Offer tasks over the MQTT channel instead of HTTP.
     pub mqtt_channel: bool,
+    /// The module of the tasks offered from now on (`None` = default).
+    pub module: Option<String>,
     pub mqtt_faults: VecDeque<MqttFault>,
     held_reply: Option<(String, Vec<u8>)>,
     /// Offsets of every MQTT-channel block request.
@@ -245,6 +257,7 @@ impl World {
             fail_activate: false,
             bootloader_falls_back: false,
             health: Health::Healthy,
+            decision: Decision::Accept,
             writes: 0,
             saves: 0,
             fetch_offsets: Vec::new(),
@@ -260,6 +273,7 @@ impl World {
             lazy_storage: false,
             body_refused: false,
             mqtt_channel: false,
+            module: None,
             mqtt_faults: VecDeque::new(),
             held_reply: None,
             block_requests: Vec::new(),
@@ -269,6 +283,13 @@ impl World {
             allowed_rejections: 0,
             corrupted: Vec::new(),
         }
+    }
+
+    fn module_field(&self) -> String {
+        self.module
+            .as_ref()
+            .map(|m| format!(r#","module":"{m}""#))
+            .unwrap_or_default()
     }
 
     fn remember_offer(&mut self) {
@@ -286,8 +307,9 @@ impl World {
     pub fn offer_md5_task(&mut self) {
         self.remember_offer();
         let md5 = md5_hex(&self.image);
+        let module = self.module_field();
         self.cloud_task = Some(format!(
-            r#""size":{},"version":"{}","md5":"{md5}","sign":"{md5}","signMethod":"Md5""#,
+            r#""size":{},"version":"{}","md5":"{md5}","sign":"{md5}","signMethod":"Md5"{module}"#,
             self.image.len(),
             self.version
         ));
@@ -296,9 +318,10 @@ impl World {
     /// Publishes a SHA-256 task for the world's image and version.
     pub fn offer_sha256_task(&mut self) {
         self.remember_offer();
+        let module = self.module_field();
         let sha = sha256_hex(&self.image).to_uppercase();
         self.cloud_task = Some(format!(
-            r#""size":{},"version":"{}","sign":"{sha}","signMethod":"SHA256""#,
+            r#""size":{},"version":"{}","sign":"{sha}","signMethod":"SHA256"{module}"#,
             self.image.len(),
             self.version
         ));
@@ -619,8 +642,16 @@ impl World {
                 if let Some(code) = failed {
                     self.expected_failures.push(code);
                 }
+                if text == "declined" {
+                    self.allowed_rejections += 1; // reported as -1 when so configured
+                }
                 self.outcomes.push(text);
             }
+            Owned::Offered => match self.decision {
+                Decision::Accept => self.inbox.push_back(Event::AcceptTask),
+                Decision::Decline => self.inbox.push_back(Event::DeclineTask),
+                Decision::Later => {}
+            },
             Owned::TaskReceived => {
                 self.attempt_last_step = 0;
                 self.notes.push("task received".into());
@@ -1000,6 +1031,7 @@ enum Owned {
         failed: Option<i16>,
     },
     TaskReceived,
+    Offered,
     TaskRejected(String),
     Note(String),
 }
@@ -1037,6 +1069,7 @@ impl From<&Action<'_>> for Owned {
                 },
             },
             Action::Notify(Notification::TaskReceived(_)) => Owned::TaskReceived,
+            Action::Notify(Notification::TaskOffered(_)) => Owned::Offered,
             Action::Notify(n @ Notification::TaskRejected { .. }) => {
                 Owned::TaskRejected(format!("{n:?}"))
             }
@@ -1052,6 +1085,7 @@ fn outcome(o: &Outcome) -> String {
         Outcome::Failed { code, reason } => format!("failed {} {reason}", code.step()),
         Outcome::RolledBack { version } => format!("rolled back {version}"),
         Outcome::Canceled => "canceled".into(),
+        Outcome::Declined => "declined".into(),
     }
 }
 
@@ -1086,6 +1120,7 @@ fn describe(action: &Action) -> String {
 fn short_note(n: &Notification) -> String {
     match n {
         Notification::TaskReceived(t) => format!("task {}", t.version),
+        Notification::TaskOffered(t) => format!("offered {}", t.version),
         Notification::TaskRejected { reason } => format!("rejected {reason}"),
         Notification::Progress { percent, .. } => format!("progress {percent}"),
         Notification::HealthCheckRequested { version } => format!("health? {version}"),
