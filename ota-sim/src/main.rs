@@ -2,7 +2,9 @@
 #![forbid(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ota_sim::{BrokerConfig, DeviceInfo, JobSpec, PackageSpec, SignMethod, Sim, SimConfig};
+use ota_sim::{
+    BrokerConfig, DeviceInfo, DownloadProtocol, JobSpec, PackageSpec, SignMethod, Sim, SimConfig,
+};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,11 +30,18 @@ enum SignMethodArg {
     Sha256,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Http,
+    Mqtt,
+}
+
 #[derive(Args)]
 struct ServeArgs {
-    /// The firmware image to serve.
-    #[arg(long, value_name = "FILE")]
-    firmware: PathBuf,
+    /// The firmware image to serve; repeat it for a multi-file package (up to 20 files, named
+    /// after their file names).
+    #[arg(long, value_name = "FILE", required = true)]
+    firmware: Vec<PathBuf>,
     /// Its version; devices reporting another version get it.
     #[arg(long, value_name = "V")]
     version: String,
@@ -42,6 +51,9 @@ struct ServeArgs {
     /// Digest announced in pushes.
     #[arg(long, value_enum, default_value = "md5")]
     sign_method: SignMethodArg,
+    /// How devices fetch the package: signed HTTP URLs or blocks over MQTT.
+    #[arg(long, value_enum, default_value = "http")]
+    download_protocol: ProtocolArg,
     /// How many devices to create.
     #[arg(long, value_name = "N", default_value_t = 1)]
     devices: u32,
@@ -70,6 +82,8 @@ struct Info<'a> {
     http_base_url: &'a str,
     version: &'a str,
     module: &'a str,
+    download_protocol: DownloadProtocol,
+    files: Vec<String>,
     devices: &'a [DeviceInfo],
 }
 
@@ -129,19 +143,30 @@ fn init_logging() {
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     let usage = |m: String| Failure(2, m);
-    let data = std::fs::read(&args.firmware).map_err(|e| {
-        usage(format!(
-            "cannot read firmware {}: {e}",
-            args.firmware.display()
-        ))
-    })?;
+    let mut files = Vec::with_capacity(args.firmware.len());
+    for path in &args.firmware {
+        let data = std::fs::read(path)
+            .map_err(|e| usage(format!("cannot read firmware {}: {e}", path.display())))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        files.push((name.unwrap_or_default(), data));
+    }
     let sign_method = match args.sign_method {
         SignMethodArg::Md5 => SignMethod::Md5,
         SignMethodArg::Sha256 => SignMethod::Sha256,
     };
-    let spec = PackageSpec::new(args.version.clone(), data)
+    let protocol = match args.download_protocol {
+        ProtocolArg::Http => DownloadProtocol::Http,
+        ProtocolArg::Mqtt => DownloadProtocol::Mqtt,
+    };
+    let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    let spec = match <[_; 1]>::try_from(files) {
+        Ok([(_, data)]) => PackageSpec::new(args.version.clone(), data),
+        Err(files) => PackageSpec::files(args.version.clone(), files),
+    };
+    let spec = spec
         .module(args.module.clone())
-        .sign_method(sign_method);
+        .sign_method(sign_method)
+        .download_protocol(protocol);
     spec.validate()
         .map_err(|e| usage(format!("bad package: {e}")))?;
     init_logging();
@@ -173,6 +198,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         http_base_url: sim.http_base_url(),
         version: &args.version,
         module: &args.module,
+        download_protocol: protocol,
+        files: names,
         devices: &devices,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;

@@ -70,6 +70,7 @@ pub enum SignMethod {
 
 /// How devices fetch a package (PROTOCOL.md §5, §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DownloadProtocol {
     /// A signed HTTP URL per file (`url`, or `fileUrl` in a multi-file task).
     #[default]

@@ -50,6 +50,8 @@ impl Device {
         let mut options = MqttOptions::new(creds.client_id.clone(), host, port);
         options.set_credentials(creds.username.clone(), creds.password.clone());
         options.set_keep_alive(Duration::from_secs(30));
+        // Block replies are bigger than rumqttc's 10 KiB default.
+        options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut connection) = Client::new(options, 32);
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
@@ -95,17 +97,26 @@ impl Device {
         )
     }
 
-    /// Subscribes to the push and firmware/get reply topics and waits for the SUBACK.
-    pub fn subscribe(&mut self) {
-        let reply = format!(
-            "/sys/{}/{}/thing/ota/firmware/get_reply",
+    /// `/sys/{pk}/{dn}/{rest}`.
+    pub fn sys_topic(&self, rest: &str) -> String {
+        format!(
+            "/sys/{}/{}/{rest}",
             self.id.product_key, self.id.device_name
-        );
+        )
+    }
+
+    /// Subscribes to the push, firmware/get reply and block reply topics and waits for the
+    /// SUBACKs.
+    pub fn subscribe(&mut self) {
         self.client
             .subscribe(self.topic("upgrade"), QoS::AtLeastOnce)
             .unwrap();
-        self.client.subscribe(reply, QoS::AtLeastOnce).unwrap();
-        for _ in 0..2 {
+        for rest in ["thing/ota/firmware/get_reply", "thing/file/download_reply"] {
+            self.client
+                .subscribe(self.sys_topic(rest), QoS::AtLeastOnce)
+                .unwrap();
+        }
+        for _ in 0..3 {
             match self.events.recv_timeout(WAIT) {
                 Ok(Ev::SubAck) => {}
                 _ => panic!("no SUBACK"),
@@ -143,6 +154,15 @@ impl Device {
         self.publish_raw(&self.topic("inform"), p.as_bytes());
     }
 
+    /// Reports a progress step for a module.
+    pub fn progress_module(&mut self, step: i64, desc: &str, module: &str) {
+        let p = format!(
+            r#"{{"id":"{}","params":{{"step":"{step}","desc":"{desc}","module":"{module}"}}}}"#,
+            self.id()
+        );
+        self.publish_raw(&self.topic("progress"), p.as_bytes());
+    }
+
     /// Reports a progress step (as a string, like the SDKs).
     pub fn progress(&mut self, step: i64, desc: &str) {
         let p = format!(
@@ -176,22 +196,24 @@ impl Device {
         self.publish_raw(&self.topic("request"), p.as_bytes());
     }
 
-    /// The next message the device receives, parsed as JSON.
-    pub fn recv(&self, timeout: Duration) -> Option<(String, Value)> {
+    /// The next message the device receives, as bytes.
+    pub fn recv_raw(&self, timeout: Duration) -> Option<(String, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left).ok()? {
-                Ev::Publish(topic, payload) => {
-                    return Some((
-                        topic,
-                        serde_json::from_slice(&payload).expect("cloud sends JSON"),
-                    ))
-                }
+                Ev::Publish(topic, payload) => return Some((topic, payload)),
                 Ev::Error(e) => panic!("connection lost: {e}"),
                 _ => {}
             }
         }
+    }
+
+    /// The next message the device receives, parsed as JSON.
+    pub fn recv(&self, timeout: Duration) -> Option<(String, Value)> {
+        let (topic, payload) = self.recv_raw(timeout)?;
+        let json = serde_json::from_slice(&payload).expect("cloud sends JSON");
+        Some((topic, json))
     }
 
     /// The next push; panics if something else or nothing comes.

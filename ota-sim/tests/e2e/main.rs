@@ -1,11 +1,16 @@
 //! End-to-end tests of the simulator with a scripted device over loopback.
 
+mod blocks;
 mod cli;
 mod device;
 mod download;
 mod external;
 mod jobs;
 mod login;
+mod modules;
+mod mqtt;
+mod mqtt_faults;
+mod multi_file;
 mod push;
 
 use ota_sim::{Sim, SimConfig};
