@@ -215,7 +215,13 @@ where
                 return Err(fault);
             }
             if self.core.reboot {
-                self.core.boot.reset();
+                let core = &mut self.core;
+                if core.online {
+                    let deadline = core.clock.now() + core.settings.connect_timeout;
+                    let _ = until(&core.clock, Some(deadline), core.mqtt.disconnect()).await;
+                    core.online = false;
+                }
+                core.boot.reset();
                 return Ok(Exit::Reboot);
             }
             if let Some((fetch, offset)) = self.core.next.take() {

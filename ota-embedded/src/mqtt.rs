@@ -57,6 +57,8 @@ pub struct MqttClient<'a, T: TcpConnect + 'a, D, const RX: usize, const TX: usiz
     tx: [u8; TX],
     next_packet_id: u16,
     pending_ack: Option<u16>,
+    /// QoS 1 publishes not acknowledged yet.
+    unacked: u32,
 }
 
 impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize>
@@ -77,6 +79,7 @@ impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize>
             tx: [0; TX],
             next_packet_id: 1,
             pending_ack: None,
+            unacked: 0,
         }
     }
 
@@ -219,6 +222,7 @@ impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize> MqttTrans
         self.rx_len = 0;
         self.consumed = 0;
         self.pending_ack = None;
+        self.unacked = 0;
         let ip = self
             .dns
             .get_host_by_name(self.host, AddrType::Either)
@@ -277,7 +281,9 @@ impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize> MqttTrans
             e.bytes(payload)
         })
         .ok_or(MqttError::TooLarge)?;
-        self.send(len).await
+        self.send(len).await?;
+        self.unacked += 1;
+        Ok(())
     }
 
     async fn receive(&mut self) -> Result<Message<'_>, MqttError> {
@@ -309,10 +315,31 @@ impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize> MqttTrans
                 {
                     return Err(MqttError::SubscribeRefused);
                 }
-                // PUBACK, SUBACK, PINGRESP, anything else the broker may send: nothing to do.
+                4 => self.unacked = self.unacked.saturating_sub(1),
+                // SUBACK, PINGRESP, anything else the broker may send: nothing to do.
                 _ => {}
             }
         }
+    }
+
+    async fn disconnect(&mut self) -> Result<(), MqttError> {
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        self.send_pending_ack().await?;
+        while self.unacked > 0 {
+            let (_, total) = self.next_packet().await?;
+            self.consumed = total;
+            // Only PUBACKs matter now; a push arriving meanwhile is re-sent on the next
+            // connect (the agent asks for its task).
+            if self.rx[0] >> 4 == 4 {
+                self.unacked -= 1;
+            }
+        }
+        self.tx[..2].copy_from_slice(&[0xE0, 0]);
+        let sent = self.send(2).await;
+        self.conn = None;
+        sent
     }
 
     async fn ping(&mut self) -> Result<(), MqttError> {

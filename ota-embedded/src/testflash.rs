@@ -96,7 +96,7 @@ impl<const W: usize, const E: usize> NorFlash for RamFlash<W, E> {
 
     async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
         let at = offset as usize;
-        if at % W != 0 || bytes.len() % W != 0 {
+        if !at.is_multiple_of(W) || !bytes.len().is_multiple_of(W) {
             return Err(TestFlashError(NorFlashErrorKind::NotAligned));
         }
         if at + bytes.len() > self.bytes.len() {

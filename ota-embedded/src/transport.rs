@@ -38,6 +38,10 @@ pub trait MqttTransport {
     /// against timers and other I/O and drops it when they win; no received byte may be lost.
     async fn receive(&mut self) -> Result<Message<'_>, Self::Error>;
 
+    /// Ends the session cleanly once the broker acknowledged every publish, so that the
+    /// last reports survive the reboot that follows. The driver bounds it with a timeout.
+    async fn disconnect(&mut self) -> Result<(), Self::Error>;
+
     /// Tells the broker the session is alive (PINGREQ). The driver calls it every half
     /// keep-alive interval.
     async fn ping(&mut self) -> Result<(), Self::Error>;

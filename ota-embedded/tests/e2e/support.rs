@@ -1,0 +1,397 @@
+//! std-backed implementations of the driver's traits, and a device that runs the embedded
+//! driver against the simulator on its own thread (a current-thread tokio runtime).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use embedded_io_adapters::tokio_1::FromTokio;
+use embedded_nal_async::{AddrType, Dns, TcpConnect};
+use embedded_storage_async::nor_flash::{
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+};
+use ota_core::{Config, DeviceIdentity, Instant, Notification, Outcome};
+use ota_embedded::{
+    Application, Bootloader, Clock, Driver, Exit, Login, MqttClient, Parts, RecordStore,
+    SecureMode, Settings, Slot,
+};
+use ota_sim::{DeviceInfo, Sim};
+use reqwless::client::HttpClient;
+
+/// Guard timeout for anything that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// Flash geometry of the test device: 4 KiB sectors, 8-byte write unit.
+pub const SECTOR: usize = 4096;
+pub const WRITE_UNIT: usize = 8;
+pub const SLOT_SIZE: usize = 64 * SECTOR;
+pub const CHECKPOINT: u64 = 4 * SECTOR as u64;
+
+// ---- network and time -------------------------------------------------------------------
+
+/// TCP through tokio.
+pub struct TokioStack;
+
+impl TcpConnect for TokioStack {
+    type Error = std::io::Error;
+    type Connection<'a> = FromTokio<tokio::net::TcpStream>;
+
+    async fn connect<'a>(
+        &'a self,
+        remote: SocketAddr,
+    ) -> Result<Self::Connection<'a>, Self::Error> {
+        let stream = tokio::net::TcpStream::connect(remote).await?;
+        stream.set_nodelay(true)?;
+        Ok(FromTokio::new(stream))
+    }
+}
+
+/// Resolves IP literals and `localhost` (the simulator listens on loopback).
+pub struct LoopbackDns;
+
+impl Dns for LoopbackDns {
+    type Error = std::net::AddrParseError;
+
+    async fn get_host_by_name(&self, host: &str, _: AddrType) -> Result<IpAddr, Self::Error> {
+        if host == "localhost" {
+            return Ok(IpAddr::from([127, 0, 0, 1]));
+        }
+        host.parse()
+    }
+
+    async fn get_host_by_address(&self, _: IpAddr, _: &mut [u8]) -> Result<usize, Self::Error> {
+        Ok(0)
+    }
+}
+
+/// Milliseconds since the session started, on tokio's timer.
+pub struct TokioClock(tokio::time::Instant);
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.0.elapsed().as_millis() as u64)
+    }
+
+    async fn sleep_until(&self, at: Instant) {
+        tokio::time::sleep_until(self.0 + Duration::from_millis(at.as_millis())).await
+    }
+}
+
+// ---- flash with power cuts ----------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamFlashError(NorFlashErrorKind);
+
+impl NorFlashError for RamFlashError {
+    fn kind(&self) -> NorFlashErrorKind {
+        self.0
+    }
+}
+
+#[derive(Default)]
+pub struct FlashState {
+    pub bytes: Vec<u8>,
+    pub writes: u32,
+    /// The write with this number (1-based) is torn half-way and the power goes.
+    pub cut_at_write: Option<u32>,
+    /// Offset of the write that was cut, once it fired.
+    pub cut_fired_at: Option<u32>,
+}
+
+/// NOR flash in RAM shared across "reboots": writes only clear bits, erase sets `0xFF`,
+/// alignment is enforced. When the power is cut the operation never completes (the CPU is
+/// gone) and `power_cut` fires.
+#[derive(Clone)]
+pub struct RamFlash {
+    pub state: Arc<Mutex<FlashState>>,
+    pub power_cut: Arc<tokio::sync::Notify>,
+}
+
+impl RamFlash {
+    pub fn new(size: usize) -> Self {
+        RamFlash {
+            state: Arc::new(Mutex::new(FlashState {
+                bytes: vec![0xFF; size],
+                ..FlashState::default()
+            })),
+            power_cut: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.state.lock().unwrap().bytes.clone()
+    }
+}
+
+impl ErrorType for RamFlash {
+    type Error = RamFlashError;
+}
+
+impl ReadNorFlash for RamFlash {
+    const READ_SIZE: usize = 1;
+
+    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        let state = self.state.lock().unwrap();
+        let at = offset as usize;
+        let src = state
+            .bytes
+            .get(at..at + bytes.len())
+            .ok_or(RamFlashError(NorFlashErrorKind::OutOfBounds))?;
+        bytes.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.state.lock().unwrap().bytes.len()
+    }
+}
+
+impl NorFlash for RamFlash {
+    const WRITE_SIZE: usize = WRITE_UNIT;
+    const ERASE_SIZE: usize = SECTOR;
+
+    async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        let mut state = self.state.lock().unwrap();
+        let (from, to) = (from as usize, to as usize);
+        if from % SECTOR != 0 || to % SECTOR != 0 || from > to {
+            return Err(RamFlashError(NorFlashErrorKind::NotAligned));
+        }
+        let range = state
+            .bytes
+            .get_mut(from..to)
+            .ok_or(RamFlashError(NorFlashErrorKind::OutOfBounds))?;
+        range.fill(0xFF);
+        Ok(())
+    }
+
+    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        let cut = {
+            let mut state = self.state.lock().unwrap();
+            let at = offset as usize;
+            if !at.is_multiple_of(WRITE_UNIT) || !bytes.len().is_multiple_of(WRITE_UNIT) {
+                return Err(RamFlashError(NorFlashErrorKind::NotAligned));
+            }
+            if at + bytes.len() > state.bytes.len() {
+                return Err(RamFlashError(NorFlashErrorKind::OutOfBounds));
+            }
+            state.writes += 1;
+            let cut = state.cut_at_write == Some(state.writes);
+            // A torn write: only the first half of the units made it.
+            let n = if cut {
+                bytes.len() / 2 / WRITE_UNIT * WRITE_UNIT
+            } else {
+                bytes.len()
+            };
+            for (cell, byte) in state.bytes[at..at + n].iter_mut().zip(bytes) {
+                *cell &= *byte; // bits only go from 1 to 0
+            }
+            if cut {
+                state.cut_fired_at = Some(offset);
+            }
+            cut
+        };
+        if cut {
+            self.power_cut.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+// ---- bootloader and application -----------------------------------------------------------
+
+#[derive(Default, Debug)]
+pub struct BootState {
+    pub updated: bool,
+    pub booted: bool,
+    pub rollbacks: u32,
+    pub resets: u32,
+}
+
+/// A bootloader that records what it was asked; `mark_booted` is announced on a channel.
+#[derive(Clone)]
+pub struct FakeBoot {
+    pub state: Arc<Mutex<BootState>>,
+    pub booted_tx: mpsc::Sender<()>,
+}
+
+impl Bootloader for FakeBoot {
+    type Error = ();
+
+    async fn mark_updated(&mut self) -> Result<(), ()> {
+        self.state.lock().unwrap().updated = true;
+        Ok(())
+    }
+
+    async fn mark_booted(&mut self) -> Result<(), ()> {
+        self.state.lock().unwrap().booted = true;
+        let _ = self.booted_tx.send(());
+        Ok(())
+    }
+
+    async fn mark_rollback(&mut self) -> Result<(), ()> {
+        self.state.lock().unwrap().rollbacks += 1;
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.state.lock().unwrap().resets += 1;
+    }
+}
+
+/// Logs notifications; every image is healthy.
+#[derive(Clone, Default)]
+pub struct LogApp(pub Arc<Mutex<Vec<String>>>);
+
+impl Application for LogApp {
+    fn notify(&mut self, note: &Notification<'_>) {
+        let line = match note {
+            Notification::Progress { percent, .. } => format!("progress {percent}"),
+            Notification::Outcome(Outcome::Failed { code, reason }) => {
+                format!("failed {code:?}: {reason}")
+            }
+            other => format!("{other:?}"),
+        };
+        self.0.lock().unwrap().push(line);
+    }
+
+    async fn check_health(&mut self, version: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("health check {version}"));
+        true
+    }
+}
+
+// ---- a device -------------------------------------------------------------------------------
+
+/// How a session of the device ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    Reboot,
+    PowerCut,
+    Stopped,
+}
+
+/// The device's persistent parts: they survive reboots and power cuts.
+#[derive(Clone)]
+pub struct Device {
+    pub info: DeviceInfo,
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub slot: RamFlash,
+    pub records: RamFlash,
+    pub boot: FakeBoot,
+    pub app: LogApp,
+}
+
+impl Device {
+    pub fn new(sim: &Sim, info: DeviceInfo) -> (Device, mpsc::Receiver<()>) {
+        let (booted_tx, booted_rx) = mpsc::channel();
+        let device = Device {
+            info,
+            mqtt_host: sim.mqtt_host().to_owned(),
+            mqtt_port: sim.mqtt_port(),
+            slot: RamFlash::new(SLOT_SIZE),
+            records: RamFlash::new(2 * SECTOR),
+            boot: FakeBoot {
+                state: Arc::default(),
+                booted_tx,
+            },
+            app: LogApp::default(),
+        };
+        (device, booted_rx)
+    }
+
+    pub fn config(&self) -> Config {
+        let id = &self.info.id;
+        let identity = DeviceIdentity::new(&id.product_key, &id.device_name).unwrap();
+        let mut config = Config::new(identity);
+        config.rules.allow_http = true; // the simulator serves plain http
+        config.write_block = SECTOR;
+        config.checkpoint_interval = CHECKPOINT;
+        config.retry.base_delay = Duration::from_millis(20);
+        config.url_refresh.base_delay = Duration::from_millis(20);
+        config.progress_interval = Duration::from_millis(100);
+        config.seed = 7;
+        config
+    }
+
+    /// Boots the device running `version` on its own thread; the session ends at a reboot,
+    /// a power cut, or when `stop` is sent.
+    pub fn boot(
+        &self,
+        version: &str,
+    ) -> (JoinHandle<SessionEnd>, tokio::sync::oneshot::Sender<()>) {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let device = self.clone();
+        let version = version.to_owned();
+        let handle = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(device.session(&version, stop_rx))
+        });
+        (handle, stop_tx)
+    }
+
+    async fn session(&self, version: &str, stop: tokio::sync::oneshot::Receiver<()>) -> SessionEnd {
+        let (stack, dns) = (TokioStack, LoopbackDns);
+        let id = &self.info.id;
+        let login = Login::new(
+            &id.product_key,
+            &id.device_name,
+            &self.info.device_secret,
+            ota_embedded::login::SDK_TIMESTAMP,
+            SecureMode::Plain,
+        )
+        .unwrap();
+        let mqtt: MqttClient<'_, _, _, 4096, 1024> =
+            MqttClient::new(&stack, &dns, &self.mqtt_host, self.mqtt_port, 60);
+        let parts = Parts {
+            mqtt,
+            http: HttpClient::new(&stack, &dns),
+            slot: Slot::new(self.slot.clone(), 0, SLOT_SIZE as u32).unwrap(),
+            records: RecordStore::new(self.records.clone(), 0).unwrap(),
+            boot: self.boot.clone(),
+            clock: TokioClock(tokio::time::Instant::now()),
+            app: self.app.clone(),
+            login,
+            settings: Settings {
+                reconnect_min: Duration::from_millis(50),
+                ..Settings::default()
+            },
+        };
+        let mut driver = Driver::new(self.config(), version, parts).await.unwrap();
+        tokio::select! {
+            exit = driver.run() => {
+                assert_eq!(exit, Ok(Exit::Reboot));
+                SessionEnd::Reboot
+            }
+            _ = self.slot.power_cut.notified() => SessionEnd::PowerCut,
+            _ = stop => SessionEnd::Stopped,
+        }
+    }
+
+    /// The version the bootloader would start next.
+    pub fn booted_version<'a>(&self, old: &'a str, new: &'a str) -> &'a str {
+        if self.boot.state.lock().unwrap().updated {
+            new
+        } else {
+            old
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.app.0.lock().unwrap().clone()
+    }
+}
+
+/// A firmware image with a recognisable pattern (not a multiple of the sector: the last
+/// block is short).
+pub fn image(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
+}
