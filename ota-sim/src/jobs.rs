@@ -5,6 +5,7 @@
 use crate::crypto::{md5_hex, sha256_hex};
 use crate::messages;
 use crate::model::*;
+use crate::package::*;
 use crate::signing::UrlSigner;
 use crate::Error;
 use bytes::Bytes;

@@ -23,7 +23,27 @@
 //! * Progress step `0` fails a task like a negative one (the platform FAQ says so; devices must
 //!   start at `1`). Success comes only from an inform of the target version.
 //! * Through the embedded broker the cloud publishes at QoS 0 (a lost push is re-sent on the
-//!   next inform); through an external broker at QoS 1.
+//!   next inform); through an external broker at QoS 1. Block replies of the MQTT channel go
+//!   the same way.
+//! * Tasks are per (device, module): a job looks only at the device's version of its package's
+//!   module, a device has at most one active task per module, and firmware/get without a
+//!   `module` means `default`.
+//! * A package made with [`PackageSpec::files`] is pushed in the multi-file variant
+//!   (`data.files`, no top-level `size`/`url`/`md5`/`sign`); each file has its own signed URL.
+//! * An MQTT-channel package ([`PackageSpec::mqtt`]) is pushed with `"dProtocol":"mqtt"`, a
+//!   `streamId` unique to the task, and `streamFileId` 1 (or one `streamFileId` per entry of
+//!   `data.files`, 1-based). Block requests on `/sys/{pk}/{dn}/thing/file/download` are
+//!   answered on `.../download_reply` with `2 + H + bSize + 2` bytes (PROTOCOL.md §6); the id
+//!   and `fileToken` are echoed (no token in the request, none in the reply). A block running
+//!   past the end gets the remaining bytes. A refused request gets a frame with `bSize` 0, no
+//!   data and the CRC of nothing (0): code 400 for a missing or bad field, a size of 0 or above
+//!   [`MAX_BLOCK_SIZE`], or an offset at or past the end; 404 for a stream that is not an
+//!   active (not CONFIRM) MQTT task of this device, or an unknown file id. A payload that is not
+//!   JSON gets no reply. Devices need a maximum incoming packet size above the block size
+//!   (rumqttc's default is 10 KiB).
+//! * The MQTT reply faults ([`Fault::DropReply`] and the others) act only on replies carrying
+//!   data; a held-back ([`Fault::ReorderReply`]) reply leaves right after the device's next
+//!   reply of any kind.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -37,6 +57,7 @@ mod jobs;
 mod messages;
 mod model;
 mod mqtt_download;
+mod package;
 mod signing;
 mod sim;
 mod world;
@@ -48,6 +69,7 @@ pub use http::DownloadRecord;
 pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
 pub use model::*;
 pub use mqtt_download::{BlockRecord, MAX_BLOCK_SIZE};
+pub use package::*;
 pub use signing::UrlError;
 pub use sim::Sim;
 

@@ -6,6 +6,7 @@ use crate::faults::{Fault, FaultId, Times};
 use crate::http::DownloadRecord;
 use crate::model::*;
 use crate::mqtt_download::BlockRecord;
+use crate::package::*;
 use crate::world::{run_engine, spawn_http, Input, Shared, World};
 use crate::{crypto, verify_login, Error, SimConfig};
 use std::net::SocketAddr;

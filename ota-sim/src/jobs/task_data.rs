@@ -5,6 +5,7 @@
 use super::Engine;
 use crate::messages::{TaskData, TaskFile, DEFAULT_MODULE};
 use crate::model::*;
+use crate::package::*;
 use crate::signing::percent_encode;
 use crate::{DeviceId, Error};
 use bytes::Bytes;

@@ -44,6 +44,18 @@ fn bad_flags_and_unreadable_firmware_exit_2() {
         "/nonexistent/fw.bin",
     );
     fails_with_one_line(&[], "subcommand");
+    fails_with_one_line(
+        &[
+            "serve",
+            "--firmware",
+            "/x",
+            "--version",
+            "1",
+            "--download-protocol",
+            "ftp",
+        ],
+        "--download-protocol",
+    );
 }
 
 /// Kills the server when the test ends, however it ends.
@@ -73,48 +85,22 @@ fn wait_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
 fn serve_writes_info_and_upgrades_a_device() {
     let dir = tempfile::tempdir().unwrap();
     let fw_path = dir.path().join("fw.bin");
-    let info_path = dir.path().join("info.json");
     let data = firmware(20_000);
     std::fs::write(&fw_path, &data).unwrap();
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--version",
-            "2.0.0",
-            "--devices",
-            "2",
-            "--mqtt-port",
-            "0",
-        ])
-        .args([
-            "--http-port",
-            "0",
-            "--url-ttl",
-            "60",
-            "--sign-method",
-            "sha256",
-        ])
-        .arg("--firmware")
-        .arg(&fw_path)
-        .arg("--info-file")
-        .arg(&info_path)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    let stderr = server.0.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    wait_line(&lines, "ready");
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    let args = [
+        "--version",
+        "2.0.0",
+        "--devices",
+        "2",
+        "--url-ttl",
+        "60",
+        "--sign-method",
+        "sha256",
+        "--firmware",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+    args.push(fw_path.as_os_str());
+    let (server, lines, info) = serve(&args, dir.path());
     assert_eq!(info["devices"].as_array().unwrap().len(), 2);
     let d = &info["devices"][1];
     let id = DeviceId::new(
@@ -143,5 +129,75 @@ fn serve_writes_info_and_upgrades_a_device() {
         WAIT,
     );
     assert_eq!(status.status, 200);
+    drop(server);
+}
+
+/// Starts `ota-sim serve` with `args` on free ports; returns it with its stderr lines and the
+/// info file it wrote.
+fn serve(
+    args: &[&std::ffi::OsStr],
+    dir: &std::path::Path,
+) -> (Server, mpsc::Receiver<String>, serde_json::Value) {
+    let info_path = dir.join("info.json");
+    let child = Command::new(BIN)
+        .args(["serve", "--mqtt-port", "0", "--http-port", "0"])
+        .args(args)
+        .arg("--info-file")
+        .arg(&info_path)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let stderr = server.0.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    wait_line(&lines, "ready");
+    let info = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    (server, lines, info)
+}
+
+#[test]
+fn serve_offers_several_files_over_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("app.bin"), dir.path().join("res.pak"));
+    let (a_data, b_data) = (firmware(12_000), firmware(3_000));
+    std::fs::write(&a, &a_data).unwrap();
+    std::fs::write(&b, &b_data).unwrap();
+    let args = [
+        "--version",
+        "2.0.0",
+        "--download-protocol",
+        "mqtt",
+        "--firmware",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+    args.extend([a.as_os_str(), "--firmware".as_ref(), b.as_os_str()]);
+    let (server, _lines, info) = serve(&args, dir.path());
+    assert_eq!(info["download_protocol"], "mqtt");
+    assert_eq!(info["files"], serde_json::json!(["app.bin", "res.pak"]));
+    let d = &info["devices"][0];
+    let id = DeviceId::new(
+        d["product_key"].as_str().unwrap(),
+        d["device_name"].as_str().unwrap(),
+    );
+    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    let host = info["mqtt_host"].as_str().unwrap();
+    let port = info["mqtt_port"].as_u64().unwrap() as u16;
+    let mut dev = Device::connect(host, port, &id, &creds).unwrap();
+    dev.subscribe();
+    dev.inform("1.0.0");
+    let push = dev.expect_push();
+    let files = push["data"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    let stream = push["data"]["streamId"].as_u64().unwrap();
+    assert_eq!(dev.fetch_file(stream, 1, 12_000, 5_000), a_data);
+    assert_eq!(dev.fetch_file(stream, 2, 3_000, 5_000), b_data);
     drop(server);
 }
