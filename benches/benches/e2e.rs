@@ -1,0 +1,203 @@
+//! End to end: a 256 MiB image from the simulator's firmware server through ota-std (HTTP
+//! read on one thread; MD5, staging writes and progress on the agent thread; fsync and
+//! rename at the end), against bare md-5 over the same bytes and against
+//! `curl -s URL | tee FILE | md5sum`, all in the same run, best of several rounds each,
+//! interleaved so that all three see the same machine state.
+//!
+//! `OTA_BENCH_MIB` changes the size, `OTA_BENCH_ROUNDS` the rounds, `OTA_BENCH_DIR` where the
+//! files go (default: /dev/shm when present, so that the disk is not what is measured).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use ota_sim::{JobSpec, PackageId, PackageSpec, Sim, SimConfig, TaskState};
+use ota_std::{Device, DeviceConfig, DeviceEvent};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn bench_dir() -> PathBuf {
+    match std::env::var_os("OTA_BENCH_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Bare md-5 over the bytes in memory, in 64 KiB updates.
+fn bare_md5(data: &[u8]) -> (Duration, String) {
+    let start = Instant::now();
+    let mut hasher = Md5::new();
+    for chunk in data.chunks(64 * 1024) {
+        hasher.update(chunk);
+    }
+    let digest = hasher.finalize();
+    let elapsed = start.elapsed();
+    (elapsed, digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// One device upgraded through ota-std; timed from the task's arrival to the image being
+/// verified, written, synced and activated.
+fn agent_run(sim: &Sim, package: PackageId, dir: &Path, data: &[u8]) -> Duration {
+    let info = sim.add_device().expect("device");
+    let job = sim
+        .create_job(JobSpec::batch(package).devices(&[&info]))
+        .expect("job");
+    let mut config = DeviceConfig::new(
+        &info.id.product_key,
+        &info.id.device_name,
+        &info.device_secret,
+        sim.mqtt_host(),
+        sim.mqtt_port(),
+        dir,
+    )
+    .expect("config");
+    config.agent.rules.allow_http = true;
+    std::fs::write(dir.join("version"), "1.0.0\n").expect("version file");
+    let device = Device::spawn(config).expect("device starts");
+    let wait = Duration::from_secs(120);
+    let mut started = None;
+    let mut updates = 0u32;
+    let installed = device.wait_for(wait, |e| {
+        match e {
+            DeviceEvent::TaskReceived { .. } => started = Some(Instant::now()),
+            DeviceEvent::Progress { .. } => updates += 1,
+            _ => {}
+        }
+        matches!(
+            e,
+            DeviceEvent::Installed { .. } | DeviceEvent::Failed { .. }
+        )
+    });
+    let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+    assert!(
+        matches!(installed, Some(DeviceEvent::Installed { .. })),
+        "{installed:?}"
+    );
+    assert!(updates > 10, "progress was shown ({updates} updates)");
+    sim.wait_task_state(job, &info, TaskState::Succeeded, wait)
+        .expect("success");
+    device.stop().expect("device stops");
+    let written = std::fs::read(dir.join("firmware.img")).expect("image");
+    assert!(written == data, "installed image differs");
+    elapsed
+}
+
+/// `curl -s URL | tee FILE | md5sum` with the same signed URL kind.
+fn curl_run(sim: &Sim, package: PackageId, dir: &Path, expected: &str) -> Option<Duration> {
+    let info = sim.add_device().expect("device");
+    let url = sim.signed_url(package, &info).expect("url");
+    let file = dir.join("curl.img");
+    let start = Instant::now();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("curl -s \"$URL\" | tee \"$FILE\" | md5sum")
+        .env("URL", &url)
+        .env("FILE", &file)
+        .output()
+        .ok()?;
+    let elapsed = start.elapsed();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.starts_with(expected),
+        "curl pipeline md5: {printed}"
+    );
+    let _ = std::fs::remove_file(file);
+    Some(elapsed)
+}
+
+fn has(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn mib_per_s(bytes: usize, t: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / t.as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this with no flag: then only
+    // a small smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let mib = env_or("OTA_BENCH_MIB", if smoke { 4 } else { 256 });
+    let rounds = env_or("OTA_BENCH_ROUNDS", if smoke { 1 } else { 5 });
+    let size = mib * 1024 * 1024;
+    let data = ota_benches::image(size);
+    let digest = md5_hex(&data);
+    let sim = Sim::start(SimConfig::default()).expect("simulator");
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", data.clone()))
+        .expect("package");
+    let base = bench_dir();
+    let curl = has("curl") && has("md5sum") && has("tee");
+    println!(
+        "e2e: {mib} MiB image, {rounds} rounds, files in {}",
+        base.display()
+    );
+    if !curl {
+        println!("curl, tee or md5sum not found: the curl pipeline is skipped");
+    }
+    if !has("nginx") {
+        println!("nginx is not installed: the nginx variant is skipped");
+    }
+
+    let (mut best_bare, mut best_agent, mut best_curl) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
+    for round in 1..=rounds {
+        let (bare, hex) = bare_md5(&data);
+        assert_eq!(hex, digest);
+        let dir = tempfile::tempdir_in(&base).expect("bench dir");
+        let agent = agent_run(&sim, package, dir.path(), &data);
+        let piped = if curl {
+            curl_run(&sim, package, dir.path(), &digest)
+        } else {
+            None
+        };
+        println!(
+            "round {round}: bare md5 {:.1} MiB/s, ota-std {:.1} MiB/s, curl|tee|md5sum {}",
+            mib_per_s(size, bare),
+            mib_per_s(size, agent),
+            piped.map_or("-".into(), |t| format!("{:.1} MiB/s", mib_per_s(size, t))),
+        );
+        best_bare = best_bare.min(bare);
+        best_agent = best_agent.min(agent);
+        if let Some(t) = piped {
+            best_curl = best_curl.min(t);
+        }
+    }
+    println!("best of {rounds}:");
+    println!(
+        "  bare md-5            {:8.1} MiB/s",
+        mib_per_s(size, best_bare)
+    );
+    println!(
+        "  ota-std (sim http)   {:8.1} MiB/s",
+        mib_per_s(size, best_agent)
+    );
+    let vs_md5 = best_bare.as_secs_f64() / best_agent.as_secs_f64();
+    println!("  ratio ota-std / bare md-5        {vs_md5:.3} (goal >= 0.90)");
+    if best_curl != Duration::MAX {
+        println!(
+            "  curl | tee | md5sum  {:8.1} MiB/s",
+            mib_per_s(size, best_curl)
+        );
+        let vs_curl = best_curl.as_secs_f64() / best_agent.as_secs_f64();
+        println!("  ratio ota-std / curl pipeline    {vs_curl:.3} (goal >= 1.0)");
+    }
+}
