@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::identity::{is_valid_module, is_valid_version, DEFAULT_MODULE};
-use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
+use crate::task::{Channel, DigestMethod, ExpectedDigest, Task, TaskFile, MAX_FILES};
+use alloc::vec::Vec;
 
 /// Largest image the MQTT channel carries (PROTOCOL.md §8).
 pub const MAX_MQTT_IMAGE: u64 = 16 * 1024 * 1024;
@@ -202,6 +203,9 @@ fn build_task(
         Some(_) => return Err("version must be a string".into()),
         None => return Err("no version in the task".into()),
     };
+    if let Some(files) = &data.files {
+        return build_multi_file_task(data, files, message_id, module, version, rules);
+    }
     let size = match data.size.as_ref().map(unsigned) {
         Some(Some(0)) => return Err("size must be greater than 0".into()),
         Some(Some(n)) => n,
@@ -215,10 +219,25 @@ fn build_task(
         ));
     }
     let digest = expected_digest(data)?;
-    if data.files.is_some() {
-        return Err("multi-file tasks (data.files) are not supported by this device".into());
-    }
+
     let channel = channel(data, size, rules)?;
+    let (is_diff, ext_data, digestsign) = passthrough(data)?;
+    Ok(Task {
+        message_id,
+        version,
+        module,
+        size,
+        digest,
+        channel,
+        is_diff,
+        ext_data,
+        digestsign,
+        files: Vec::new(),
+    })
+}
+
+/// `isDiff`, `extData` and `digestsign`, handed to the application untouched.
+fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), String> {
     let is_diff =
         matches!(&data.is_diff, Some(v) if unsigned(v) == Some(1) || v == &Value::Bool(true));
     let ext_data = match data.ext_data {
@@ -232,32 +251,124 @@ fn build_task(
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,
     };
+    Ok((is_diff, ext_data, digestsign))
+}
+
+/// A multi-file task (`data.files`, PROTOCOL.md §3): each file with its size, URL and digest.
+fn build_multi_file_task(
+    data: &Data,
+    files: &Value,
+    message_id: String,
+    module: String,
+    version: String,
+    rules: &TaskRules,
+) -> Result<Task, String> {
+    let Value::Array(list) = files else {
+        return Err("data.files must be an array".into());
+    };
+    if list.is_empty() || list.len() > MAX_FILES {
+        return Err(format!(
+            "data.files must hold 1 to {MAX_FILES} files, not {}",
+            list.len()
+        ));
+    }
+    if matches!(&data.d_protocol, Some(Value::String(p)) if p.eq_ignore_ascii_case("mqtt")) {
+        return Err("multi-file tasks over the MQTT channel are not supported".into());
+    }
+    let method = sign_method(data);
+    let mut parsed = Vec::with_capacity(list.len());
+    let mut total: u64 = 0;
+    for (i, file) in list.iter().enumerate() {
+        let field = |key: &str| file.get(key);
+        let name = match field("fileName") {
+            Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 => n.clone(),
+            _ => {
+                return Err(format!(
+                    "file {i}: fileName must be a string of 1 to 255 bytes"
+                ))
+            }
+        };
+        let size = match field("fileSize").and_then(unsigned) {
+            Some(n) if n > 0 => n,
+            _ => return Err(format!("file {name}: fileSize must be a positive integer")),
+        };
+        let url = match field("fileUrl") {
+            Some(Value::String(u)) => {
+                check_url(u, rules).map_err(|e| format!("file {name}: {e}"))?
+            }
+            _ => return Err(format!("file {name}: no fileUrl")),
+        };
+        let text = |key: &str| match field(key) {
+            Some(Value::String(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        let digest = match (&method, text("fileSign"), text("fileMd5")) {
+            (Some(Ok(m)), Some(sign), _) => {
+                ExpectedDigest::from_hex(*m, sign).ok_or_else(|| {
+                    format!(
+                        "file {name}: {} digest in fileSign must be {} hex characters",
+                        m.name(),
+                        m.digest_len() * 2
+                    )
+                })?
+            }
+            (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, md5)
+                .ok_or_else(|| format!("file {name}: md5 digest must be 32 hex characters"))?,
+            _ => {
+                return Err(format!(
+                    "file {name}: no digest (fileSign with a known signMethod, or fileMd5)"
+                ))
+            }
+        };
+        total = total.saturating_add(size);
+        parsed.push(TaskFile {
+            name,
+            size,
+            digest,
+            url,
+        });
+    }
+    if total > rules.max_image_size {
+        return Err(format!(
+            "files of {total} bytes exceed the slot capacity of {} bytes",
+            rules.max_image_size
+        ));
+    }
+    let (is_diff, ext_data, digestsign) = passthrough(data)?;
     Ok(Task {
         message_id,
         version,
         module,
-        size,
-        digest,
-        channel,
+        size: total,
+        digest: parsed[0].digest,
+        channel: Channel::Http {
+            url: parsed[0].url.clone(),
+        },
         is_diff,
         ext_data,
         digestsign,
+        files: parsed,
     })
 }
 
-/// `sign` with `signMethod` when both are present and the method is known, else `md5`.
-fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
-    let method = match &data.sign_method {
+/// The digest method named by `signMethod`: `None` when absent, `Err(name)` when unknown.
+fn sign_method(data: &Data) -> Option<Result<DigestMethod, String>> {
+    match &data.sign_method {
         Some(Value::String(m)) if m.eq_ignore_ascii_case("md5") => Some(Ok(DigestMethod::Md5)),
         Some(Value::String(m))
             if m.eq_ignore_ascii_case("sha256") || m.eq_ignore_ascii_case("sha-256") =>
         {
             Some(Ok(DigestMethod::Sha256))
         }
-        Some(Value::String(m)) => Some(Err(m.as_str())),
-        Some(_) => Some(Err("?")),
+        Some(Value::String(m)) => Some(Err(m.clone())),
+        Some(_) => Some(Err(String::from("?"))),
         None => None,
-    };
+    }
+}
+
+/// `sign` with `signMethod` when both are present and the method is known, else `md5`.
+fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
+    let method = sign_method(data);
     let sign = match &data.sign {
         Some(Value::String(s)) => Some(s.as_str()),
         _ => None,
@@ -278,7 +389,7 @@ fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
         }
         (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, md5)
             .ok_or_else(|| "md5 digest must be 32 hex characters".into()),
-        (Some(Err(m)), _, None) => Err(format!(
+        (Some(Err(ref m)), _, None) => Err(format!(
             "unsupported signMethod {m:?} and no md5 digest to fall back on"
         )),
         (Some(Ok(_)), None, None) => Err("signMethod given but no sign digest".into()),
@@ -320,6 +431,13 @@ fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String>
         Some(_) => return Err("url must be a string".into()),
         None => return Err("no url in the task (and dProtocol is not mqtt)".into()),
     };
+    Ok(Channel::Http {
+        url: check_url(url, rules)?,
+    })
+}
+
+/// The URL if its scheme is allowed and it has a host and no spaces or control characters.
+fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
     let scheme_end = url.find("://").unwrap_or(0);
     let scheme = &url[..scheme_end];
     let scheme_ok = scheme.eq_ignore_ascii_case("https")
@@ -334,7 +452,7 @@ fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String>
     if url.len() <= scheme_end + 3 || url.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err("url has no host, or contains spaces or control characters".into());
     }
-    Ok(Channel::Http { url: url.clone() })
+    Ok(String::from(url))
 }
 
 /// A non-negative integer from a JSON number or a string of ASCII digits.

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
 
 const MAGIC: &[u8; 4] = b"OTAR";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// Where an upgrade stood when the record was saved.
@@ -19,7 +19,9 @@ pub enum Phase {
     /// Downloading: bytes `0..offset` are written, and `digest_state` is the digest's
     /// mid-state over exactly those bytes.
     Downloading {
-        /// Durable offset.
+        /// The file being downloaded (0 for a single image).
+        file: u8,
+        /// Durable offset in that file.
         offset: u64,
         /// Serialized digest mid-state at `offset`.
         digest_state: Vec<u8>,
@@ -43,6 +45,8 @@ pub struct ImageId {
     pub digest: ExpectedDigest,
     /// `Some((stream_id, file_id))` for an MQTT-channel image.
     pub mqtt_stream: Option<(u64, u64)>,
+    /// Number of files of a multi-file task (0 for a single image).
+    pub files: u8,
 }
 
 impl ImageId {
@@ -57,6 +61,7 @@ impl ImageId {
                 Channel::Mqtt { stream_id, file_id } => Some((stream_id, file_id)),
                 Channel::Http { .. } => None,
             },
+            files: task.files.len() as u8,
         }
     }
 
@@ -67,6 +72,7 @@ impl ImageId {
             && self.size == task.size
             && self.digest == task.digest
             && self.mqtt_stream.is_some() == matches!(task.channel, Channel::Mqtt { .. })
+            && usize::from(self.files) == task.files.len()
     }
 }
 
@@ -103,9 +109,11 @@ impl Record {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let phase = match &self.phase {
             Phase::Downloading {
+                file,
                 offset,
                 digest_state,
             } => PhaseRef::Downloading {
+                file: *file,
                 offset: *offset,
                 digest_state,
             },
@@ -152,14 +160,19 @@ impl Record {
             1 => Some((r.u64()?, r.u64()?)),
             _ => return None,
         };
+        let files = r.u8()?;
+        let file = r.u8()?;
         let offset = r.u64()?;
         let state_len = usize::from(r.u8()?);
         let digest_state = r.take(state_len)?.to_vec();
         let phase = match phase {
-            0 if offset <= size => Phase::Downloading {
-                offset,
-                digest_state,
-            },
+            0 if offset <= size && (file < files || files == 0 && file == 0) => {
+                Phase::Downloading {
+                    file,
+                    offset,
+                    digest_state,
+                }
+            }
             1 => Phase::Activating,
             2 => Phase::RollingBack,
             _ => return None,
@@ -171,6 +184,7 @@ impl Record {
                 size,
                 digest,
                 mqtt_stream,
+                files,
             },
             previous_version,
             phase,
@@ -181,7 +195,11 @@ impl Record {
 /// A [`Phase`] that borrows its digest state, so checkpoints encode without allocating.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PhaseRef<'a> {
-    Downloading { offset: u64, digest_state: &'a [u8] },
+    Downloading {
+        file: u8,
+        offset: u64,
+        digest_state: &'a [u8],
+    },
     Activating,
     RollingBack,
 }
@@ -196,13 +214,14 @@ pub(crate) fn encode_record(
     let start = out.len();
     out.extend_from_slice(MAGIC);
     out.push(FORMAT);
-    let (code, offset, state): (u8, u64, &[u8]) = match phase {
+    let (code, file, offset, state): (u8, u8, u64, &[u8]) = match phase {
         PhaseRef::Downloading {
+            file,
             offset,
             digest_state,
-        } => (0, offset, digest_state),
-        PhaseRef::Activating => (1, 0, &[]),
-        PhaseRef::RollingBack => (2, 0, &[]),
+        } => (0, file, offset, digest_state),
+        PhaseRef::Activating => (1, 0, 0, &[]),
+        PhaseRef::RollingBack => (2, 0, 0, &[]),
     };
     out.push(code);
     push_str(out, &image.module);
@@ -222,6 +241,8 @@ pub(crate) fn encode_record(
             out.extend_from_slice(&file.to_le_bytes());
         }
     }
+    out.push(image.files);
+    out.push(file);
     out.extend_from_slice(&offset.to_le_bytes());
     // Digest states are ~100 bytes; a longer one cannot come from `Hasher`.
     let state = if state.len() <= 255 { state } else { &[] };
@@ -274,6 +295,7 @@ mod tests {
                 size: 432_945,
                 digest: ExpectedDigest::from_hex(DigestMethod::Sha256, &"ab".repeat(32)).unwrap(),
                 mqtt_stream: mqtt.then_some((1_397_345, 1)),
+                files: 0,
             },
             previous_version: "1.0.0".into(),
             phase,
@@ -287,6 +309,7 @@ mod tests {
         for (phase, mqtt) in [
             (
                 Phase::Downloading {
+                    file: 0,
                     offset: 4096,
                     digest_state: state,
                 },

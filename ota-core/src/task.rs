@@ -1,6 +1,7 @@
 //! An upgrade task as the agent understands it, after validation.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 
 /// How the image's digest is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,7 +130,27 @@ pub struct Task {
     pub ext_data: Option<String>,
     /// `digestsign`, the package signature for secure boot, untouched.
     pub digestsign: Option<String>,
+    /// The files of a multi-file task (`data.files`), in order; empty for a single image.
+    /// For a multi-file task `size` is their total, and `digest` and `channel` are the
+    /// first file's.
+    pub files: Vec<TaskFile>,
 }
+
+/// One file of a multi-file task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskFile {
+    /// `fileName`.
+    pub name: String,
+    /// `fileSize`, > 0.
+    pub size: u64,
+    /// `fileSign` (per the task's `signMethod`) or `fileMd5`.
+    pub digest: ExpectedDigest,
+    /// `fileUrl`, signed.
+    pub url: String,
+}
+
+/// Most files a task may carry (PROTOCOL.md §8).
+pub const MAX_FILES: usize = 20;
 
 impl Task {
     /// True when `other` describes the same image: module, version, size and digest match.
@@ -140,6 +161,12 @@ impl Task {
             && self.size == other.size
             && self.digest == other.digest
             && core::mem::discriminant(&self.channel) == core::mem::discriminant(&other.channel)
+            && self.files.len() == other.files.len()
+            && self
+                .files
+                .iter()
+                .zip(&other.files)
+                .all(|(a, b)| a.name == b.name && a.size == b.size && a.digest == b.digest)
     }
 
     /// The URL of an HTTP task.

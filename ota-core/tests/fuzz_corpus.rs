@@ -64,6 +64,7 @@ fn write_binary_seeds() {
     ota_core::digest::Hasher::new(DigestMethod::Md5).save_state(&mut state);
     let phases = [
         Phase::Downloading {
+            file: 0,
             offset: 8192,
             digest_state: state,
         },
@@ -86,6 +87,7 @@ fn write_binary_seeds() {
                 )
                 .expect("hex"),
                 mqtt_stream: (i == 2).then_some((1_397_345, 1)),
+                files: 0,
             },
             previous_version: "1.0.0".into(),
             phase,

@@ -37,6 +37,13 @@ pub(super) struct Download {
     pub(super) task: Task,
     pub(super) image: ImageId,
     pub(super) generation: u32,
+    /// Index of the file being downloaded (always 0 for a single image).
+    pub(super) file: usize,
+    /// Bytes of the files before it (verified), for progress over the whole task.
+    done: u64,
+    /// Where the current file starts in the slot: files are laid out back to back, each
+    /// starting on a write-block boundary.
+    pub(super) base: u64,
     pub(super) hasher: Hasher,
     /// Bytes confirmed on flash; the hasher covers exactly them whenever `staged == 0`.
     pub(super) written: u64,
@@ -61,33 +68,50 @@ pub(super) struct Download {
 impl Download {
     pub(super) fn new(task: Task, generation: u32, now: Instant) -> Self {
         let hasher = Hasher::new(task.digest.method());
-        Self::at(task, generation, 0, hasher, None, now)
+        Self::at(task, generation, (0, 0), hasher, None, now, 1)
     }
 
-    /// Continues from a saved record: `offset` bytes are on flash and `hasher` covers them.
+    /// Continues from a saved record: in file `file`, `offset` bytes are on flash and
+    /// `hasher` covers them. `block` is the write block (files start on its boundaries).
     pub(super) fn resume(
         task: Task,
         generation: u32,
-        offset: u64,
+        (file, offset): (usize, u64),
         hasher: Hasher,
         now: Instant,
+        block: u64,
     ) -> Self {
-        Self::at(task, generation, offset, hasher, Some(offset), now)
+        Self::at(
+            task,
+            generation,
+            (file, offset),
+            hasher,
+            Some(offset),
+            now,
+            block,
+        )
     }
 
     fn at(
         task: Task,
         generation: u32,
-        offset: u64,
+        (file, offset): (usize, u64),
         hasher: Hasher,
         recorded: Option<u64>,
         now: Instant,
+        block: u64,
     ) -> Self {
+        let before = &task.files[..file.min(task.files.len())];
+        let done = before.iter().map(|f| f.size).sum();
+        let base = before.iter().map(|f| f.size.div_ceil(block) * block).sum();
         let blocks = Blocks::for_task(&task, generation, offset);
         Download {
             image: ImageId::of(&task),
             task,
             generation,
+            file,
+            done,
+            base,
             hasher,
             written: offset,
             received: offset,
@@ -103,6 +127,48 @@ impl Download {
             notified_at: now,
             reported: 0,
         }
+    }
+
+    /// Size of the file being downloaded (the image, for a single-file task).
+    pub(super) fn size(&self) -> u64 {
+        self.task
+            .files
+            .get(self.file)
+            .map_or(self.task.size, |f| f.size)
+    }
+
+    /// Digest of the file being downloaded.
+    pub(super) fn digest(&self) -> &crate::task::ExpectedDigest {
+        self.task
+            .files
+            .get(self.file)
+            .map_or(&self.task.digest, |f| &f.digest)
+    }
+
+    /// URL of the file being downloaded (`None` over the MQTT channel).
+    pub(super) fn url(&self) -> Option<&str> {
+        match self.task.files.get(self.file) {
+            Some(f) => Some(&f.url),
+            None => self.task.url(),
+        }
+    }
+
+    /// The current file verified: move on to the next one, laid out after it in the slot.
+    /// Returns false when it was the last.
+    fn next_file(&mut self, block: u64) -> bool {
+        if self.file + 1 >= self.task.files.len() {
+            return false;
+        }
+        let size = self.size();
+        self.done += size;
+        self.base += size.div_ceil(block) * block;
+        self.file += 1;
+        self.hasher = Hasher::new(self.digest().method());
+        (self.written, self.received, self.staged, self.skip) = (0, 0, 0, 0);
+        (self.failures, self.refreshes) = (0, 0);
+        self.recorded = None; // the record moves to the new file before its first byte
+        self.fetch = Fetch::Idle;
+        true
     }
 
     pub(super) fn open_fetch(&self) -> Option<FetchId> {
@@ -135,6 +201,7 @@ impl Download {
         if let Channel::Http { url } = &task.channel {
             self.task.channel = Channel::Http { url: url.clone() };
         }
+        self.task.files.clone_from(&task.files); // same files, fresh URLs
         if self.is_refreshing() {
             self.fetch = Fetch::Idle;
         }
@@ -185,12 +252,12 @@ impl Download {
     /// bytes) and a whole interval was written since the last record.
     fn checkpoint_due(&self, interval: u64) -> bool {
         self.staged == 0
-            && self.written < self.task.size
+            && self.written < self.size()
             && self.written >= self.recorded.unwrap_or(0) + interval
     }
 
     fn percent(&self) -> u8 {
-        let pct = u128::from(self.received) * 100 / u128::from(self.task.size.max(1));
+        let pct = u128::from(self.done + self.received) * 100 / u128::from(self.task.size.max(1));
         pct.clamp(1, 99) as u8
     }
 }
@@ -217,13 +284,13 @@ impl Agent {
             return;
         };
         let block = self.staging.len();
-        let size = d.task.size;
+        let size = d.size();
         let interval = self.config.checkpoint_bytes();
         let next = if d.recorded.is_none() {
             Next::Checkpoint(d.written)
         } else if d.staged > 0 && (d.staged == block || d.received == size) {
             Next::Write {
-                offset: d.written,
+                offset: d.base + d.written,
                 len: d.staged,
                 end: d.received,
             }
@@ -242,6 +309,7 @@ impl Agent {
                 self.scratch.clear();
                 d.hasher.save_state(&mut self.scratch);
                 let phase = PhaseRef::Downloading {
+                    file: d.file as u8,
                     offset,
                     digest_state: &self.scratch,
                 };
@@ -271,9 +339,7 @@ impl Agent {
             Next::Fetch => {
                 let id = FetchId(self.next_fetch);
                 self.next_fetch = self.next_fetch.wrapping_add(1);
-                let url = self
-                    .outbox
-                    .stash(d.task.url().unwrap_or_default().as_bytes());
+                let url = self.outbox.stash(d.url().unwrap_or_default().as_bytes());
                 self.outbox.push(Queued::Fetch {
                     fetch: id,
                     url,
@@ -294,12 +360,23 @@ impl Agent {
             return;
         };
         d.fetch = Fetch::Complete;
-        if !d.hasher.matches(&d.task.digest) {
-            let reason = format!(
-                "{} mismatch: the downloaded image does not match the task's digest",
-                d.task.digest.method().name()
-            );
+        if !d.hasher.matches(d.digest()) {
+            let method = d.digest().method().name();
+            let reason = match d.task.files.get(d.file) {
+                Some(f) => format!(
+                    "{method} mismatch: file {} does not match its digest",
+                    f.name
+                ),
+                None => format!(
+                    "{method} mismatch: the downloaded image does not match the task's digest"
+                ),
+            };
             self.fail(FailureCode::VerifyFailed, &reason);
+            return;
+        }
+        if d.next_file(self.staging.len() as u64) {
+            // Verified; the next file starts now (its record first), not at some later input.
+            self.advance_download();
             return;
         }
         self.verified = true;
@@ -347,7 +424,7 @@ impl Agent {
         let Fetch::Requested { id, offset } = d.fetch else {
             return Err(Error::DuplicateResponse);
         };
-        let size = d.task.size;
+        let size = d.size();
         d.last_activity = self.now;
         match status {
             200 => match content_length {
@@ -420,7 +497,7 @@ impl Agent {
         if n > 0 {
             d.last_activity = self.now;
         }
-        let size = d.task.size;
+        let size = d.size();
         if d.received == end && end == size {
             d.fetch = Fetch::Complete;
         }
@@ -582,7 +659,7 @@ impl Agent {
             if pct > d.notified && due {
                 d.notified = pct;
                 d.notified_at = now;
-                let (received, size) = (d.received, d.task.size);
+                let (received, size) = (d.done + d.received, d.task.size);
                 self.notify(Note::Progress {
                     percent: pct,
                     received,

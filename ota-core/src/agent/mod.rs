@@ -156,6 +156,7 @@ enum State {
 /// A download interrupted by a restart, waiting for the cloud to send its task again.
 struct ResumePoint {
     image: ImageId,
+    file: usize,
     offset: u64,
     hasher: Hasher,
 }
@@ -591,7 +592,17 @@ impl Agent {
         let resume = self.resume.take().filter(|r| r.image.matches(&task));
         self.notify(Note::TaskReceived(Box::new(task.clone())));
         let download = match resume {
-            Some(r) => Download::resume(task, self.generation, r.offset, r.hasher, self.now),
+            Some(r) => {
+                let block = self.staging.len() as u64;
+                Download::resume(
+                    task,
+                    self.generation,
+                    (r.file, r.offset),
+                    r.hasher,
+                    self.now,
+                    block,
+                )
+            }
             None => Download::new(task, self.generation, self.now),
         };
         self.state = State::Downloading(Box::new(download));
@@ -744,12 +755,14 @@ impl Agent {
         let running = String::from(self.version_of(&module).unwrap_or_default());
         match record.phase {
             RecordPhase::Downloading {
+                file,
                 offset,
                 digest_state,
             } => match Hasher::restore(record.image.digest.method(), &digest_state) {
                 Some(hasher) if offset <= record.image.size => {
                     self.resume = Some(ResumePoint {
                         image: record.image,
+                        file: usize::from(file),
                         offset,
                         hasher,
                     });

@@ -1,4 +1,5 @@
 use super::*;
+use alloc::format;
 use alloc::vec::Vec;
 
 const DOWNLINK: &str = include_str!("../../testdata/downlink.json");
@@ -161,7 +162,7 @@ fn duplicate_keys_and_bad_field_types_are_refused() {
     assert!(parse_push(files.as_bytes(), &rules())
         .unwrap_err()
         .reason
-        .contains("multi-file"));
+        .contains("files"));
 }
 
 proptest::proptest! {
@@ -218,4 +219,87 @@ fn lenient_shapes_are_accepted() {
         }
     );
     assert_eq!(task.url(), None);
+}
+
+#[test]
+fn multi_file_tasks_are_parsed_and_checked() {
+    let md5 = "93230c3bde425a9d7984a594ac55ea1e";
+    let file = |name: &str, size: u64| {
+        format!(
+            r#"{{"fileName":"{name}","fileSize":{size},"fileUrl":"https://h/{name}","fileMd5":"{md5}"}}"#
+        )
+    };
+    let task = |files: &str, extra: &str| {
+        format!(
+            r#"{{"code":"1000","data":{{"version":"2.0","signMethod":"Md5","files":[{files}]{extra}}},"id":1}}"#
+        )
+    };
+    let ok = task(
+        &[file("app.bin", 100), file("cfg.json", 7)].join(","),
+        r#","extData":{"k":1}"#,
+    );
+    let parsed = parse_push(ok.as_bytes(), &rules()).unwrap();
+    assert_eq!(parsed.files.len(), 2);
+    assert_eq!(parsed.size, 107);
+    assert_eq!(parsed.files[1].name, "cfg.json");
+    assert_eq!(parsed.url(), Some("https://h/app.bin"));
+    assert_eq!(parsed.ext_data.as_deref(), Some(r#"{"k":1}"#));
+    let sha = format!(
+        r#"{{"fileName":"a","fileSize":1,"fileUrl":"https://h/a","fileSign":"{}"}}"#,
+        "AB".repeat(32)
+    );
+    let parsed = parse_push(task(&sha, "").replace("Md5", "SHA256").as_bytes(), &rules()).unwrap();
+    assert_eq!(parsed.digest.method(), crate::task::DigestMethod::Sha256);
+
+    let too_many = (0..21)
+        .map(|i| file(&format!("f{i}"), 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cases = [
+        (task(&too_many, ""), "1 to 20"),
+        (task("", ""), "1 to 20"),
+        (
+            task(
+                r#"{"fileSize":1,"fileUrl":"https://h/a","fileMd5":"x"}"#,
+                "",
+            ),
+            "filename",
+        ),
+        (task(&file("a", 0), ""), "filesize"),
+        (
+            task(r#"{"fileName":"a","fileSize":1,"fileMd5":"x"}"#, ""),
+            "no fileurl",
+        ),
+        (
+            task(
+                r#"{"fileName":"a","fileSize":1,"fileUrl":"ftp://h/a","fileMd5":"x"}"#,
+                "",
+            ),
+            "scheme",
+        ),
+        (
+            task(
+                r#"{"fileName":"a","fileSize":1,"fileUrl":"https://h/a"}"#,
+                "",
+            ),
+            "no digest",
+        ),
+        (
+            task(
+                r#"{"fileName":"a","fileSize":1,"fileUrl":"https://h/a","fileMd5":"12"}"#,
+                "",
+            ),
+            "32 hex",
+        ),
+        (task(&file("a", 1), r#","dProtocol":"mqtt""#), "mqtt"),
+        (task(&file("big", 200 * 1024 * 1024), ""), "capacity"),
+        (
+            r#"{"code":"1000","data":{"version":"2","files":{}}}"#.into(),
+            "array",
+        ),
+    ];
+    for (payload, word) in cases {
+        let r = parse_push(payload.as_bytes(), &rules()).unwrap_err();
+        assert!(r.reason.to_lowercase().contains(word), "{payload}: {r}");
+    }
 }

@@ -6,6 +6,7 @@
 //! the sequence the world heals and runs to the end; when the sequence was benign (the
 //! small reference model below), the upgrade must have succeeded.
 
+use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -53,6 +54,8 @@ pub struct Scenario {
     pub lazy_storage: bool,
     /// `Some(window)`: the image comes over the MQTT channel.
     pub mqtt_window: Option<u8>,
+    /// The task holds three files (HTTP only).
+    pub multi_file: bool,
     pub chunk_sizes: Vec<usize>,
     pub ops: Vec<Op>,
 }
@@ -105,6 +108,7 @@ impl Scenario {
         let flags = next().unwrap_or(0);
         let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
         let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
+        let multi_file = flags & 0x40 == 0x40;
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
             .collect();
@@ -149,6 +153,7 @@ impl Scenario {
             sha256,
             lazy_storage,
             mqtt_window,
+            multi_file,
             chunk_sizes,
             ops,
         }
@@ -204,7 +209,16 @@ pub fn run(scenario: &Scenario) -> World {
             w.offer_md5_task()
         }
     };
-    offer(&mut w);
+    if scenario.multi_file && scenario.mqtt_window.is_none() {
+        let third = scenario.image_len / 3 + 1;
+        w.offer_files_task(vec![
+            test_image(third, 1),
+            test_image(1 + third / 7, 2),
+            test_image(third, 3),
+        ]);
+    } else {
+        offer(&mut w);
+    }
     w.connect();
     let mut reboots = 0;
     for op in &scenario.ops {

@@ -175,6 +175,8 @@ pub struct World {
     held_reply: Option<(String, Vec<u8>)>,
     /// Offsets of every MQTT-channel block request.
     pub block_requests: Vec<u64>,
+    /// The files of each multi-file task offered, by version.
+    file_sets: Vec<(String, Vec<Vec<u8>>)>,
     // Invariant bookkeeping.
     storage_in_flight: usize,
     attempt_last_step: i16,
@@ -277,6 +279,7 @@ impl World {
             mqtt_faults: VecDeque::new(),
             held_reply: None,
             block_requests: Vec::new(),
+            file_sets: Vec::new(),
             storage_in_flight: 0,
             attempt_last_step: 0,
             expected_failures: Vec::new(),
@@ -295,6 +298,61 @@ impl World {
     fn remember_offer(&mut self) {
         self.offered.push(self.version.clone());
         self.images.push((self.version.clone(), self.image.clone()));
+    }
+
+    /// Where file `index` of `version` lies in the slot: (base, length).
+    fn file_span(&self, version: &str, index: usize) -> (usize, u64) {
+        match self.file_sets.iter().rev().find(|(v, _)| v == version) {
+            Some((_, files)) => {
+                let block = self.config.write_block;
+                let base = files[..index]
+                    .iter()
+                    .map(|f| f.len().div_ceil(block) * block)
+                    .sum();
+                (base, files[index].len() as u64)
+            }
+            None => (0, self.image_of(version).len() as u64),
+        }
+    }
+
+    /// Offers a multi-file task: the files are laid out in the slot back to back, each on a
+    /// write-block boundary, which is what the world's image for this version becomes.
+    pub fn offer_files_task(&mut self, files: Vec<Vec<u8>>) {
+        let block = self.config.write_block;
+        let mut layout = Vec::new();
+        for f in &files {
+            layout.extend_from_slice(f);
+            layout.resize(layout.len().div_ceil(block) * block, 0xFF);
+        }
+        self.image = layout;
+        self.remember_offer();
+        self.file_sets.push((self.version.clone(), files));
+        self.cloud_task = Some(format!(
+            r#""version":"{}","signMethod":"Md5""#,
+            self.version
+        ));
+    }
+
+    /// The `files` array of a multi-file task, with freshly signed URLs.
+    fn files_json(&mut self) -> Option<String> {
+        let (version, files) = self
+            .file_sets
+            .iter()
+            .rev()
+            .find(|(v, _)| *v == self.version)?;
+        let generation = self.url_generation;
+        let entries: Vec<String> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let md5 = md5_hex(f);
+                format!(
+                    r#"{{"fileName":"part{i}.bin","fileSize":{},"fileUrl":"https://fw.example/{version}/{i}.bin?gen={generation}","fileMd5":"{md5}"}}"#,
+                    f.len()
+                )
+            })
+            .collect();
+        Some(format!(r#","files":[{}]"#, entries.join(",")))
     }
 
     /// The image the cloud offered for `version` (the latest offer wins).
@@ -339,6 +397,14 @@ impl World {
                         .unwrap_or(0);
                 format!(
                     r#"{{"code":{code},"data":{{{fields},"dProtocol":"mqtt","streamId":{stream},"streamFileId":1}},"id":1,"message":"success"}}"#
+                )
+            }
+            Some(fields) if self.file_sets.iter().any(|(v, _)| *v == self.version) => {
+                let fields = fields.clone();
+                let files = self.files_json().unwrap_or_default();
+                self.url_generation += 1;
+                format!(
+                    r#"{{"code":{code},"data":{{{fields}{files}}},"id":1,"message":"success"}}"#
                 )
             }
             Some(fields) => {
@@ -704,21 +770,21 @@ impl World {
         let record =
             crate::record::Record::decode(bytes).expect("the agent saves decodable records");
         if let crate::record::Phase::Downloading {
+            file,
             offset,
             digest_state,
         } = &record.phase
         {
+            // Within a multi-file task, offsets count from the file's base in the slot.
+            let (base, len) = self.file_span(&record.image.version, usize::from(*file));
             let (offset, method) = (*offset as usize, record.image.digest.method());
-            assert!(
-                offset as u64 <= record.image.size,
-                "record offset beyond the image"
-            );
-            assert!(offset % self.config.write_block == 0 || offset as u64 == record.image.size);
+            assert!(offset as u64 <= len, "record offset beyond the file");
+            assert!(offset % self.config.write_block == 0 || offset as u64 == len);
             let restored =
                 crate::digest::Hasher::restore(method, digest_state).expect("valid digest state");
             let on_flash = self
                 .slot
-                .get(..offset)
+                .get(base..base + offset)
                 .expect("record offset beyond the slot");
             let digest = match method {
                 crate::task::DigestMethod::Md5 => md5::Md5::digest(on_flash).to_vec(),
@@ -816,12 +882,29 @@ impl World {
         self.fetch_offsets.push(offset);
         let generation: u32 = url.rsplit('=').next().unwrap().parse().unwrap();
         // The URL names the file: an old URL still serves the old image.
-        let version = url
+        let path = url
             .trim_start_matches("https://fw.example/")
             .split(".bin?")
             .next()
             .unwrap();
-        let image = self.image_of(version).to_vec();
+        let (image, slot_base) = match path.split_once('/') {
+            // A file of a multi-file task: `{version}/{index}`.
+            Some((version, index)) => {
+                let index = index.parse::<usize>().unwrap();
+                let files = &self
+                    .file_sets
+                    .iter()
+                    .rev()
+                    .find(|(v, _)| v == version)
+                    .expect("offered")
+                    .1;
+                (
+                    files[index].clone(),
+                    self.file_span(version, index).0 as u64,
+                )
+            }
+            None => (self.image_of(path).to_vec(), 0),
+        };
         let mut events = VecDeque::new();
         let fault = self.faults.pop_front();
         let size = image.len() as u64;
@@ -875,7 +958,7 @@ impl World {
             Some(Fault::Corrupt(k)) => {
                 if let Some(byte) = body.get_mut(k as usize) {
                     *byte ^= 0x5A;
-                    self.corrupted.push(k);
+                    self.corrupted.push(slot_base + k);
                 }
             }
             Some(Fault::WrongRange) => {

@@ -40,6 +40,7 @@ fn record(phase: RecordPhase, module: &str) -> Vec<u8> {
             digest: ExpectedDigest::from_hex(DigestMethod::Md5, "93230c3bde425a9d7984a594ac55ea1e")
                 .unwrap(),
             mqtt_stream: None,
+            files: 0,
         },
         previous_version: "1.0.0".into(),
         phase,
@@ -194,6 +195,7 @@ fn records_of_another_module_or_with_a_bad_digest_state_are_handled() {
     );
     let bad = record(
         RecordPhase::Downloading {
+            file: 0,
             offset: 1024,
             digest_state: vec![1, 2, 3],
         },

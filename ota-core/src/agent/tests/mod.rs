@@ -3,5 +3,6 @@ mod edges;
 mod lifecycle;
 mod modules;
 mod mqtt_channel;
+mod multi_file;
 mod power_loss;
 mod properties;

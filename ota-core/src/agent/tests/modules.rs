@@ -127,6 +127,7 @@ fn a_record_of_a_second_module_is_resumed_after_boot() {
             digest: ExpectedDigest::from_hex(DigestMethod::Md5, "93230c3bde425a9d7984a594ac55ea1e")
                 .unwrap(),
             mqtt_stream: None,
+            files: 0,
         },
         previous_version: "0.9.3".into(),
         phase: RecordPhase::Activating,

@@ -94,17 +94,21 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
         any::<bool>(),
         any::<bool>(),
         proptest::option::of(1u8..4),
+        any::<bool>(),
         proptest::collection::vec(1usize..9000, 1..4),
         proptest::collection::vec(op, 0..40),
     )
         .prop_map(
-            |(image_len, sha256, lazy_storage, mqtt_window, chunk_sizes, ops)| Scenario {
-                image_len,
-                sha256,
-                lazy_storage,
-                mqtt_window,
-                chunk_sizes,
-                ops,
+            |(image_len, sha256, lazy_storage, mqtt_window, multi_file, chunk_sizes, ops)| {
+                Scenario {
+                    image_len,
+                    sha256,
+                    lazy_storage,
+                    mqtt_window,
+                    multi_file,
+                    chunk_sizes,
+                    ops,
+                }
             },
         )
 }
