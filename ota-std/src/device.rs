@@ -27,6 +27,8 @@ pub(crate) enum Input {
     MqttFatal(String),
     Http(FetchId, HttpInput),
     Health(bool),
+    /// The application's answer to an offered task.
+    Decision(bool),
     Stop,
 }
 
@@ -189,6 +191,17 @@ impl Driver<'_> {
                 // A verdict after the core's own health deadline has nothing to answer.
                 if self.agent.phase() == Phase::CheckingHealth {
                     self.agent.handle(now, Event::HealthVerdict { healthy })?;
+                }
+            }
+            Input::Decision(accept) => {
+                let event = if accept {
+                    Event::AcceptTask
+                } else {
+                    Event::DeclineTask
+                };
+                // An answer to an offer that is gone (superseded, canceled) is ignored.
+                if let Err(e) = self.agent.handle(now, event) {
+                    tracing::warn!("answer to a task offer ignored: {e}");
                 }
             }
             Input::Stop => {}
@@ -362,6 +375,10 @@ impl Io<'_> {
                     size: task.size,
                 }
             }
+            Notification::TaskOffered(task) => DeviceEvent::TaskOffered {
+                version: task.version.clone(),
+                size: task.size,
+            },
             Notification::TaskRejected { reason } => DeviceEvent::TaskRejected {
                 reason: reason.to_owned(),
             },
@@ -397,6 +414,7 @@ impl Io<'_> {
                     version: version.to_owned(),
                 },
                 Outcome::Canceled => DeviceEvent::Canceled,
+                Outcome::Declined => DeviceEvent::Declined,
             },
         };
         (self.observer)(event);

@@ -95,6 +95,14 @@ pub enum DeviceEvent {
         /// Image size.
         size: u64,
     },
+    /// A task waits for the application's answer (`Confirmation::Ask` in the core's
+    /// config): call [`Stopper::answer_offer`].
+    TaskOffered {
+        /// Target version.
+        version: String,
+        /// Image size.
+        size: u64,
+    },
     /// A push was refused (and reported as `-1` when appropriate).
     TaskRejected {
         /// Why.
@@ -138,6 +146,8 @@ pub enum DeviceEvent {
     },
     /// The cloud canceled the task.
     Canceled,
+    /// The application declined the offered task.
+    Declined,
     /// The saved record was unusable and was discarded.
     RecordDiscarded {
         /// Why.
@@ -156,7 +166,8 @@ pub enum Exit {
     Rebooted,
 }
 
-/// Stops a running device from another thread, across in-process reboots.
+/// Controls a running device from another thread (stop, answer task offers), across
+/// in-process reboots.
 #[derive(Clone, Default)]
 pub struct Stopper(Arc<Mutex<StopState>>);
 
@@ -173,6 +184,14 @@ impl Stopper {
         state.stopped = true;
         if let Some(inputs) = &state.inputs {
             let _ = inputs.send(Input::Stop);
+        }
+    }
+
+    /// Accepts or declines the task of the last [`DeviceEvent::TaskOffered`].
+    pub fn answer_offer(&self, accept: bool) {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(inputs) = &state.inputs {
+            let _ = inputs.send(Input::Decision(accept));
         }
     }
 

@@ -142,6 +142,10 @@ fn describe(event: &DeviceEvent) -> String {
         DeviceEvent::Failed { code, reason } => format!("failed ({code}): {reason}"),
         DeviceEvent::RolledBack { version } => format!("rolled back to {version}"),
         DeviceEvent::Canceled => "task canceled".into(),
+        DeviceEvent::Declined => "task declined".into(),
+        DeviceEvent::TaskOffered { version, size } => {
+            format!("task offered: {version}, {size} bytes")
+        }
         DeviceEvent::RecordDiscarded { reason } => format!("saved record discarded: {reason}"),
         DeviceEvent::Rebooting => "rebooting".into(),
     }

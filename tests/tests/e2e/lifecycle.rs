@@ -49,3 +49,31 @@ fn wrong_secret_is_a_clear_error() {
         "{message}"
     );
 }
+
+#[test]
+fn offered_task_waits_for_the_application() {
+    let sim = sim();
+    let info = sim.add_device().unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", image(50_000)))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    let device = TestDevice::start(&sim, &info, |c| {
+        c.agent.confirmation = ota_core::Confirmation::Ask {
+            report_decline: false,
+        };
+    });
+    device.expect(
+        "an offer",
+        |e| matches!(e, DeviceEvent::TaskOffered { version, size: 50_000 } if version == "2.0.0"),
+    );
+    assert!(
+        sim.downloads(&info).is_empty(),
+        "nothing fetched before the answer"
+    );
+    device.handle.stopper().answer_offer(true);
+    sim.wait_task_state(job, &info, ota_sim::TaskState::Succeeded, WAIT)
+        .unwrap();
+    device.expect_succeeded("2.0.0");
+    device.stop();
+}
