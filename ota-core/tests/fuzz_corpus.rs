@@ -47,6 +47,11 @@ fn record_corpus() {
 }
 
 #[test]
+fn mqtt_frame_corpus() {
+    replay("mqtt_frame", fuzz::mqtt_frame);
+}
+
+#[test]
 fn agent_corpus() {
     replay("agent", fuzz::agent);
 }

@@ -77,6 +77,17 @@ pub fn record(data: &[u8]) {
     }
 }
 
+/// MQTT-channel reply frames: an accepted frame's parts add up to exactly its length and
+/// its CRC is right.
+pub fn mqtt_frame(data: &[u8]) {
+    if let Ok(reply) = crate::mqtt_frame::parse_block_reply(data) {
+        let header = usize::from(u16::from_be_bytes([data[0], data[1]]));
+        assert_eq!(data.len(), 2 + header + reply.data.len() + 2);
+        let crc = u16::from_le_bytes([data[data.len() - 2], data[data.len() - 1]]);
+        assert_eq!(crate::mqtt_frame::crc16_arc(reply.data), crc);
+    }
+}
+
 /// The agent driven by an arbitrary scenario in the simulated world, every invariant checked.
 pub fn agent(data: &[u8]) {
     super::ops::run(&super::ops::Scenario::from_bytes(data));
