@@ -1,7 +1,75 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-//! placeholder
+//! The `#![no_std]` async adapter of [`ota_core`]: a [`Driver`] that owns the agent and
+//! serves its actions on embedded peripherals.
+//!
+//! | the agent asks for | served by |
+//! | --- | --- |
+//! | subscribe, publish | an [`MqttTransport`]: [`MqttClient`] (MQTT 3.1.1 over any `embedded-nal-async` TCP stack) or your own |
+//! | fetch from an offset | reqwless `HttpClient` (`Range: bytes=N-`, sized or chunked bodies; HTTPS with the `tls` feature) |
+//! | write a block | [`Slot`] on an `embedded-storage-async` `NorFlash` (erase, write, pad; see [`flash`] for the block rule) |
+//! | save / clear the record | [`RecordStore`]: two alternating copies with sequence numbers and a CRC |
+//! | activate, confirm, roll back, reboot | a [`Bootloader`] (embassy-boot's `FirmwareState` fits) |
+//! | time | a [`Clock`] (milliseconds, sleep until an instant) |
+//! | notifications, health verdict | your [`Application`] |
+//!
+//! The login is PROTOCOL.md §7 ([`Login`], HMAC-SHA256). The driver is one task:
+//!
+//! ```no_run
+//! use embedded_nal_async::{Dns, TcpConnect};
+//! use embedded_storage_async::nor_flash::NorFlash;
+//! use ota_core::{Config, DeviceIdentity};
+//! use ota_embedded::{
+//!     Application, Bootloader, Clock, Driver, Exit, Login, MqttClient, Parts, RecordStore,
+//!     SecureMode, Settings, Slot,
+//! };
+//! use reqwless::client::HttpClient;
+//!
+//! /// The OTA task of a firmware (with embassy: an `#[embassy_executor::task]`).
+//! async fn ota_task<T: TcpConnect, D: Dns, F: NorFlash, R: NorFlash>(
+//!     net: &T,
+//!     dns: &D,
+//!     (dfu, state): (F, R),
+//!     bootloader: impl Bootloader,
+//!     clock: impl Clock,
+//!     app: impl Application,
+//! ) -> Result<(), ota_embedded::Error> {
+//!     let identity = DeviceIdentity::new("a1TestPK001", "dev01").map_err(ota_embedded::Error::Agent)?;
+//!     let mut config = Config::new(identity);
+//!     config.write_block = F::ERASE_SIZE;       // the slot rule: a multiple of the sector
+//!     config.checkpoint_interval = 64 * 1024;   // a power loss re-downloads at most this
+//!     let secret = "Q8mVdT3sJ2kLx7eRw9ZpN4cF6hYb1gUa";
+//!     let Ok(login) = Login::new("a1TestPK001", "dev01", secret, "2524608000000", SecureMode::Plain)
+//!     else { return Ok(()) };
+//!     let host = "a1TestPK001.iot-as-mqtt.cn-shanghai.aliyuncs.com";
+//!     let parts = Parts {
+//!         mqtt: MqttClient::<_, _, 4096, 1024>::new(net, dns, host, 1883, 60),
+//!         http: HttpClient::new(net, dns),
+//!         slot: Slot::new(dfu, 0, 256 * 1024).map_err(ota_embedded::Error::Flash)?,
+//!         records: RecordStore::new(state, 0).map_err(ota_embedded::Error::Flash)?,
+//!         boot: bootloader,
+//!         clock,
+//!         app,
+//!         login,
+//!         settings: Settings::default(),
+//!     };
+//!     let mut driver = Driver::new(config, env!("CARGO_PKG_VERSION"), parts).await?;
+//!     match driver.run().await? {
+//!         Exit::Reboot => Ok(()), // Bootloader::reset returned: only in tests
+//!     }
+//! }
+//! ```
+//!
+//! Memory is fixed and allocated by the caller (put the driver in a `static`, e.g. a
+//! `StaticCell`, or in the task's future): the [`Driver`] holds two URL buffers of
+//! [`driver::MAX_URL_LEN`] bytes, reqwless's header buffer and a body chunk (2 KiB + 1 KiB), the
+//! MQTT client's `RX` + `TX` buffers, and the record store's 1 KiB copy buffer. The only heap
+//! use is ota-core's: one staging block of `Config::write_block` bytes, its action arena and
+//! the parsed task. BENCHMARKS.md has the measured figures.
+//!
+//! The traits use `async fn` without `Send` bounds: firmware executors run tasks on one core.
+#![allow(async_fn_in_trait)]
 #[cfg(test)]
 extern crate std;
 

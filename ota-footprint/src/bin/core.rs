@@ -1,0 +1,67 @@
+//! ota-core alone: build an agent, connect, take a push, stream a body, drain the actions.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+#[path = "../rt.rs"]
+mod rt;
+
+use core::hint::black_box;
+
+use ota_core::{Action, Agent, Boot, Config, DeviceIdentity, Event, FetchId, Instant};
+
+#[unsafe(no_mangle)]
+pub extern "C" fn _start() -> ! {
+    rt::init_heap();
+    let Ok(identity) = DeviceIdentity::new("a1TestPK001", "dev01") else {
+        loop {}
+    };
+    let boot = Boot {
+        running_version: "1.0.0",
+        record: black_box(None),
+    };
+    let Ok(mut agent) = Agent::new(Config::new(identity), boot, Instant::ZERO) else {
+        loop {}
+    };
+    let mut now = 0u64;
+    let mut body = [0u8; 512];
+    loop {
+        now += 1;
+        let at = Instant::from_millis(now);
+        // Inputs from "hardware": black_box keeps the optimiser from knowing them.
+        let _ = match black_box(now % 8) {
+            0 => agent.handle(at, Event::Connected),
+            1 => agent.handle(
+                at,
+                Event::Message {
+                    topic: black_box("/ota/device/upgrade/a1TestPK001/dev01"),
+                    payload: black_box(&body[..]),
+                },
+            ),
+            2 => agent
+                .handle_body(at, FetchId(black_box(1)), black_box(&body[..]))
+                .map(drop),
+            3 => agent.handle(
+                at,
+                Event::HttpResponse {
+                    fetch: FetchId(black_box(1)),
+                    status: black_box(206),
+                    content_length: black_box(Some(512)),
+                    content_range: black_box(Some("bytes 0-511/4096")),
+                },
+            ),
+            4 => agent.handle(at, Event::WriteDone),
+            5 => agent.handle(at, Event::RecordSaved),
+            6 => agent.handle(at, Event::HttpEnd { fetch: FetchId(1) }),
+            _ => agent.handle_timeout(at),
+        };
+        while let Some(action) = agent.poll_action() {
+            if let Action::Write { data, .. } = action {
+                body[0] = data.first().copied().unwrap_or(0);
+            }
+            black_box(&action);
+        }
+        black_box(&mut body);
+    }
+}
