@@ -303,3 +303,22 @@ fn multi_file_tasks_are_parsed_and_checked() {
         assert!(r.reason.to_lowercase().contains(word), "{payload}: {r}");
     }
 }
+
+#[test]
+fn reply_ids_are_read_from_numbers_and_digit_strings() {
+    assert_eq!(reply_id(br#"{"id":42,"data":{}}"#), Some(42));
+    assert_eq!(reply_id(br#"{"id":"43","data":{}}"#), Some(43));
+    assert_eq!(reply_id(br#"{"id":"x","data":{}}"#), None);
+    assert_eq!(reply_id(br#"{"id":[1],"data":{}}"#), None);
+    assert_eq!(reply_id(b"nope"), None);
+}
+
+#[test]
+fn a_file_sign_of_the_wrong_length_names_the_file() {
+    let payload = r#"{"code":"1000","data":{"version":"2","signMethod":"SHA256","files":[{"fileName":"a.bin","fileSize":1,"fileUrl":"https://h/a","fileSign":"abcd"}]}}"#;
+    let r = parse_push(payload.as_bytes(), &rules()).unwrap_err();
+    assert!(
+        r.reason.contains("a.bin") && r.reason.contains("64 hex"),
+        "{r}"
+    );
+}

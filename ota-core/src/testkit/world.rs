@@ -59,6 +59,8 @@ pub enum MqttFault {
     Refuse,
     /// Held back and sent after the next reply.
     Hold,
+    /// The header announces a file one byte longer than the image.
+    WrongFileLength,
 }
 
 /// Where the power fails.
@@ -1025,9 +1027,9 @@ impl World {
         } else {
             200
         };
+        let file_length = image.len() + usize::from(fault == Some(MqttFault::WrongFileLength));
         let header = format!(
-            r#"{{"code":{code},"data":{{"bOffset":{reported_offset},"fileLength":{},"bSize":{},"fileToken":"{token}"}},"id":"{id}","message":"success"}}"#,
-            image.len(),
+            r#"{{"code":{code},"data":{{"bOffset":{reported_offset},"fileLength":{file_length},"bSize":{},"fileToken":"{token}"}},"id":"{id}","message":"success"}}"#,
             data.len()
         );
         let crc = crate::mqtt_frame::crc16_arc(&data);

@@ -362,13 +362,15 @@ fn http_contract_violations_are_errors() {
 fn invalid_configurations_and_versions_are_refused() {
     let base = test_config();
     type Mutation = fn(&mut Config);
-    let cases: [(&str, Mutation); 7] = [
+    let cases: [(&str, Mutation); 9] = [
         ("module", |c| c.module = "a/b".into()),
         ("write_block", |c| c.write_block = 0),
         ("checkpoint", |c| c.checkpoint_interval = 0),
         ("progress", |c| c.progress_step = 0),
         ("timeouts", |c| c.stall_timeout = Duration::ZERO),
         ("back-off", |c| c.retry.base_delay = Duration::ZERO),
+        ("mqtt block", |c| c.mqtt.block_size = 0),
+        ("mqtt timeout", |c| c.mqtt.reply_timeout = Duration::ZERO),
         ("ok", |_| {}),
     ];
     for (name, mutate) in cases {
@@ -412,4 +414,47 @@ fn poll_timeout_is_now_while_actions_wait() {
     assert_eq!(agent.poll_timeout(), Some(Instant::from_millis(9)));
     let first = agent.poll_action();
     assert!(matches!(first, Some(Action::Subscribe { .. })));
+}
+
+#[test]
+fn a_failed_activation_record_save_reports_minus_4() {
+    let mut w = world(3000);
+    w.connect();
+    // Saves: the first record, then the activation record.
+    w.fail_save = Some(1);
+    assert_eq!(w.run(), Stop::Quiet);
+    assert_eq!(w.progress.last(), Some(&-4));
+    assert!(
+        w.outcomes[0].contains("activation record"),
+        "{:?}",
+        w.outcomes
+    );
+    assert!(!w.transcript.iter().any(|l| l.starts_with("activate")));
+}
+
+#[test]
+fn unanswered_task_requests_are_remembered_only_a_few_at_a_time() {
+    let mut w = world(3000);
+    w.cloud_task = None;
+    w.reply_to_requests = false;
+    for _ in 0..12 {
+        w.connect();
+        w.run();
+        w.disconnect();
+        w.run();
+    }
+    w.connect();
+    // An answer to the very first request (id 2) is no longer paired: taken as the default module's.
+    let now = w.now;
+    let topic = "/sys/a1TestPK001/dev01/thing/ota/firmware/get_reply";
+    w.agent
+        .handle(
+            now,
+            Event::Message {
+                topic,
+                payload: br#"{"id":2,"code":200,"data":{}}"#,
+            },
+        )
+        .unwrap();
+    assert_eq!(w.agent.phase(), Phase::Idle);
 }

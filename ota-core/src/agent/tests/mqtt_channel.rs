@@ -50,6 +50,7 @@ fn every_reply_fault_is_survived_and_each_block_is_checked() {
         MqttFault::WrongOffset,
         MqttFault::Refuse,
         MqttFault::Hold,
+        MqttFault::WrongFileLength,
     ];
     for fault in faults {
         let mut w = world(12_000, 2);
