@@ -1,7 +1,8 @@
 //! One firmware download with reqwless: GET with `Range: bytes=N-`, the status and the
 //! `Content-Length`/`Content-Range` headers, then the body (sized, chunked or until close)
-//! chunk by chunk. HTTPS goes through reqwless's embedded-tls (the `tls` feature and a
-//! `TlsConfig` given to `HttpClient::new_with_tls`).
+//! chunk by chunk. HTTPS is the `HttpClient`'s business: build it with reqwless's
+//! `embedded-tls` feature and `HttpClient::new_with_tls` (embedded-tls 0.18.0 does not build
+//! with the `der` it resolves to today, so this crate does not turn that feature on).
 //!
 //! The download does not know the agent: it reports to a [`BodySink`], which the driver
 //! implements by feeding the agent and performing what it asks (writes, record saves, MQTT).
@@ -169,8 +170,6 @@ fn reason(e: &reqwless::Error) -> &'static str {
         E::Dns => "DNS lookup failed",
         E::InvalidUrl(_) => "invalid URL",
         E::Network(_) | E::ConnectionAborted => "connection failed",
-        #[cfg(feature = "tls")]
-        E::Tls(_) => "TLS failed",
         _ => "HTTP error",
     }
 }

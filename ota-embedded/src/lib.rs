@@ -7,7 +7,7 @@
 //! | the agent asks for | served by |
 //! | --- | --- |
 //! | subscribe, publish | an [`MqttTransport`]: [`MqttClient`] (MQTT 3.1.1 over any `embedded-nal-async` TCP stack) or your own |
-//! | fetch from an offset | reqwless `HttpClient` (`Range: bytes=N-`, sized or chunked bodies; HTTPS with the `tls` feature) |
+//! | fetch from an offset | reqwless `HttpClient` (`Range: bytes=N-`, sized or chunked bodies; HTTPS through reqwless's own `embedded-tls` feature) |
 //! | write a block | [`Slot`] on an `embedded-storage-async` `NorFlash` (erase, write, pad; see [`flash`] for the block rule) |
 //! | save / clear the record | [`RecordStore`]: two alternating copies with sequence numbers and a CRC |
 //! | activate, confirm, roll back, reboot | a [`Bootloader`] (embassy-boot's `FirmwareState` fits) |
