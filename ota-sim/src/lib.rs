@@ -50,6 +50,7 @@
 mod auth;
 mod broker;
 mod crypto;
+pub mod demo;
 mod faults;
 mod frames;
 mod http;

@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Serve one package to simulated devices until interrupted.
     Serve(ServeArgs),
+    /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
+    /// package, a batch job, reboots into the new version, a final table.
+    Demo(DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +77,45 @@ struct ServeArgs {
     info_file: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct DemoArgs {
+    /// How many devices.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    devices: usize,
+    /// Mix in expired URLs, cut connections, ignored Range and one corrupt download.
+    #[arg(long)]
+    faults: bool,
+    /// Image size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    size: usize,
+    /// Download rate per device in bytes per second (0: unlimited).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    rate: u64,
+}
+
+fn demo(args: DemoArgs) -> Result<(), Failure> {
+    if args.devices == 0 || args.size == 0 {
+        return Err(Failure(2, "--devices and --size must be at least 1".into()));
+    }
+    let options = ota_sim::demo::DemoOptions {
+        devices: args.devices,
+        faults: args.faults,
+        size: args.size,
+        rate: args.rate,
+        ..ota_sim::demo::DemoOptions::default()
+    };
+    let rows = ota_sim::demo::run(&options).map_err(|e| Failure(1, e))?;
+    print!("{}", ota_sim::demo::table(&rows));
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        return Err(Failure(
+            1,
+            format!("{failed} device(s) did not reach the target version"),
+        ));
+    }
+    Ok(())
+}
+
 /// What a device or a test harness needs to talk to this simulator.
 #[derive(Serialize)]
 struct Info<'a> {
@@ -101,7 +143,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = match e.kind() {
                 clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    "missing subcommand (serve)".to_owned()
+                    "missing subcommand (serve, demo)".to_owned()
                 }
                 _ => {
                     // clap's message is the first paragraph; the rest is usage.
@@ -119,6 +161,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Demo(args) => demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

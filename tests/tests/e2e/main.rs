@@ -1,5 +1,6 @@
 //! End-to-end tests: ota-std devices against the real simulator over loopback.
 
+mod demo;
 mod faults;
 mod happy;
 mod lifecycle;
