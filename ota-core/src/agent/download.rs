@@ -256,6 +256,12 @@ impl Download {
             && self.written >= self.recorded.unwrap_or(0) + interval
     }
 
+    /// Percentage of the task recorded as durable (what a restart resumes from), below 100.
+    fn durable_percent(&self) -> u8 {
+        let durable = self.done + self.recorded.unwrap_or(0);
+        (u128::from(durable) * 100 / u128::from(self.task.size.max(1))).min(99) as u8
+    }
+
     fn percent(&self) -> u8 {
         let pct = u128::from(self.done + self.received) * 100 / u128::from(self.task.size.max(1));
         pct.clamp(1, 99) as u8
@@ -387,7 +393,8 @@ impl Agent {
             received: size,
             size,
         });
-        self.publish_pending_progress();
+        // The cloud hears 100 once the activation record is durable: a power loss before it
+        // resumes the download, and the reports must not go back from 100.
         let State::Downloading(d) = core::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
@@ -670,17 +677,24 @@ impl Agent {
         self.publish_pending_progress();
     }
 
-    /// Sends the last notified percentage if the cloud has not seen it yet.
-    fn publish_pending_progress(&mut self) {
+    /// Sends the cloud the progress it has not seen yet. The cloud's figure never exceeds the
+    /// recorded (durable) offset, so that after a power loss, resuming from that record, the
+    /// reports go on from there and never backwards (the application's notifications follow
+    /// the bytes received instead).
+    pub(super) fn publish_pending_progress(&mut self) {
         if !self.online {
             return;
         }
         let State::Downloading(d) = &mut self.state else {
             return;
         };
-        if d.notified > d.reported {
-            d.reported = d.notified;
-            let pct = d.notified;
+        let pct = match (d.notified, d.reported) {
+            // The first report of this boot: where the download (re)starts, at least "1".
+            (_, 0) => d.durable_percent().max(1),
+            (notified, _) => notified.min(d.durable_percent()),
+        };
+        if d.notified > 0 && pct > d.reported {
+            d.reported = pct;
             let desc = if pct == 100 {
                 "downloaded and verified"
             } else {

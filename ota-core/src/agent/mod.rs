@@ -644,6 +644,7 @@ impl Agent {
             {
                 if ok {
                     d.recorded = Some(offset);
+                    self.publish_pending_progress(); // the durable figure grew
                 } else {
                     self.fail(
                         FailureCode::FlashFailed,
@@ -654,6 +655,17 @@ impl Agent {
             (Some(RecordPurpose::Checkpoint { .. }), _) => {}
             (Some(RecordPurpose::Activating), State::Activating { image, .. }) => {
                 if ok {
+                    if self.online {
+                        let module = image.module.clone();
+                        self.publish_progress(
+                            Step::Percent(100),
+                            "downloaded and verified",
+                            &module,
+                        );
+                    }
+                    let State::Activating { image } = &self.state else {
+                        return Ok(());
+                    };
                     let module = self.outbox.stash(image.module.as_bytes());
                     let version = self.outbox.stash(image.version.as_bytes());
                     self.outbox.push(Queued::Activate { module, version });

@@ -182,6 +182,7 @@ pub struct World {
     // Invariant bookkeeping.
     storage_in_flight: usize,
     attempt_last_step: i16,
+    rebooted_since_report: bool,
     expected_failures: Vec<i16>,
     allowed_rejections: usize,
     /// Image offsets that some response corrupted (those bytes may legitimately differ).
@@ -284,6 +285,7 @@ impl World {
             file_sets: Vec::new(),
             storage_in_flight: 0,
             attempt_last_step: 0,
+            rebooted_since_report: false,
             expected_failures: Vec::new(),
             allowed_rejections: 0,
             corrupted: Vec::new(),
@@ -465,7 +467,7 @@ impl World {
         self.online = false;
         self.cut = None;
         self.storage_in_flight = 0;
-        self.attempt_last_step = 0;
+        self.rebooted_since_report = true;
         self.expected_failures.clear(); // reports not yet sent were lost with the RAM
         self.transcript.push(format!("boot {}", self.running));
         let record = self.record.clone();
@@ -721,7 +723,6 @@ impl World {
                 Decision::Later => {}
             },
             Owned::TaskReceived => {
-                self.attempt_last_step = 0;
                 self.notes.push("task received".into());
             }
             Owned::TaskRejected(text) => {
@@ -768,7 +769,7 @@ impl World {
 
     /// A saved offset never exceeds what is on flash, and its digest mid-state covers
     /// exactly those bytes.
-    fn check_record(&self, bytes: &[u8]) {
+    fn check_record(&mut self, bytes: &[u8]) {
         let record =
             crate::record::Record::decode(bytes).expect("the agent saves decodable records");
         if let crate::record::Phase::Downloading {
@@ -777,7 +778,9 @@ impl World {
             digest_state,
         } = &record.phase
         {
-            // Within a multi-file task, offsets count from the file's base in the slot.
+            if (*file, *offset) == (0, 0) {
+                self.attempt_last_step = 0; // a download starts from scratch: a new attempt
+            } // Within a multi-file task, offsets count from the file's base in the slot.
             let (base, len) = self.file_span(&record.image.version, usize::from(*file));
             let (offset, method) = (*offset as usize, record.image.digest.method());
             assert!(offset as u64 <= len, "record offset beyond the file");
@@ -804,8 +807,11 @@ impl World {
     fn check_progress(&mut self, step: i16) {
         assert!(step != 0 && (-4..=100).contains(&step), "step {step}");
         if step > 0 {
+            // Strictly increasing within a boot; across a reboot it may repeat, never go back.
+            let repeat_ok =
+                core::mem::take(&mut self.rebooted_since_report) && step == self.attempt_last_step;
             assert!(
-                step > self.attempt_last_step,
+                step > self.attempt_last_step || repeat_ok,
                 "progress went from {} to {step}",
                 self.attempt_last_step
             );

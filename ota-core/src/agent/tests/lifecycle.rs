@@ -78,7 +78,7 @@ fn transcript_of_a_small_upgrade() {
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
     let md5 = md5_hex(&w.image);
-    let expected: [String; 21] = [
+    let expected: [String; 20] = [
         "sub /ota/device/upgrade/a1TestPK001/dev01".into(),
         "sub /sys/a1TestPK001/dev01/thing/ota/firmware/get_reply".into(),
         "sub /sys/a1TestPK001/dev01/thing/file/download_reply".into(),
@@ -91,14 +91,15 @@ fn transcript_of_a_small_upgrade() {
         "notify progress 1".into(),
         r#"pub progress {"id":"3","params":{"step":"1","desc":"downloading"}}"#.into(),
         "write @0 +1024".into(),
+        // The cloud hears no more than what is recorded as durable: nothing more, here...
         "notify progress 81".into(),
-        r#"pub progress {"id":"4","params":{"step":"81","desc":"downloading"}}"#.into(),
         "write @1024 +1024".into(),
         "write @2048 +452".into(),
         "notify progress 100".into(),
-        r#"pub progress {"id":"5","params":{"step":"100","desc":"downloaded and verified"}}"#
-            .into(),
         "save record".into(),
+        // ...until the activation record is saved.
+        r#"pub progress {"id":"4","params":{"step":"100","desc":"downloaded and verified"}}"#
+            .into(),
         "activate 2.0.0".into(),
         "notify installed 2.0.0".into(),
         "reboot".into(),
