@@ -96,27 +96,47 @@ fn agent_run(sim: &Sim, package: PackageId, dir: &Path, data: &[u8]) -> Duration
     elapsed
 }
 
-/// `curl -s URL | tee FILE | md5sum` with the same signed URL kind.
-fn curl_run(sim: &Sim, package: PackageId, dir: &Path, expected: &str) -> Option<Duration> {
+/// Runs a shell pipeline with `$URL` (a fresh signed URL) and `$FILE` set; returns its time
+/// and what it printed.
+fn shell_run(
+    sim: &Sim,
+    package: PackageId,
+    dir: &Path,
+    pipeline: &str,
+) -> Option<(Duration, String)> {
     let info = sim.add_device().expect("device");
     let url = sim.signed_url(package, &info).expect("url");
     let file = dir.join("curl.img");
     let start = Instant::now();
     let output = Command::new("sh")
         .arg("-c")
-        .arg("curl -s \"$URL\" | tee \"$FILE\" | md5sum")
+        .arg(pipeline)
         .env("URL", &url)
         .env("FILE", &file)
         .output()
         .ok()?;
     let elapsed = start.elapsed();
-    let printed = String::from_utf8_lossy(&output.stdout);
+    let _ = std::fs::remove_file(file);
+    Some((
+        elapsed,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+/// `curl -s URL | tee FILE | md5sum`.
+fn curl_run(sim: &Sim, package: PackageId, dir: &Path, expected: &str) -> Option<Duration> {
+    let pipeline = r#"curl -s "$URL" | tee "$FILE" | md5sum"#;
+    let (elapsed, printed) = shell_run(sim, package, dir, pipeline)?;
     assert!(
         printed.starts_with(expected),
         "curl pipeline md5: {printed}"
     );
-    let _ = std::fs::remove_file(file);
     Some(elapsed)
+}
+
+/// `curl -s -o /dev/null URL`: how fast the server and loopback deliver, for reference.
+fn source_run(sim: &Sim, package: PackageId, dir: &Path) -> Option<Duration> {
+    shell_run(sim, package, dir, r#"curl -s -o /dev/null "$URL""#).map(|(t, _)| t)
 }
 
 fn has(program: &str) -> bool {
@@ -157,17 +177,20 @@ fn main() {
         println!("nginx is not installed: the nginx variant is skipped");
     }
 
-    let (mut best_bare, mut best_agent, mut best_curl) =
-        (Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut best_bare, mut best_agent, mut best_curl, mut best_source) =
+        (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
     for round in 1..=rounds {
         let (bare, hex) = bare_md5(&data);
         assert_eq!(hex, digest);
         let dir = tempfile::tempdir_in(&base).expect("bench dir");
         let agent = agent_run(&sim, package, dir.path(), &data);
-        let piped = if curl {
-            curl_run(&sim, package, dir.path(), &digest)
+        let (piped, source) = if curl {
+            (
+                curl_run(&sim, package, dir.path(), &digest),
+                source_run(&sim, package, dir.path()),
+            )
         } else {
-            None
+            (None, None)
         };
         println!(
             "round {round}: bare md5 {:.1} MiB/s, ota-std {:.1} MiB/s, curl|tee|md5sum {}",
@@ -179,6 +202,9 @@ fn main() {
         best_agent = best_agent.min(agent);
         if let Some(t) = piped {
             best_curl = best_curl.min(t);
+        }
+        if let Some(t) = source {
+            best_source = best_source.min(t);
         }
     }
     println!("best of {rounds}:");
@@ -199,5 +225,9 @@ fn main() {
         );
         let vs_curl = best_curl.as_secs_f64() / best_agent.as_secs_f64();
         println!("  ratio ota-std / curl pipeline    {vs_curl:.3} (goal >= 1.0)");
+        println!(
+            "  (source: curl -o /dev/null {:.1} MiB/s)",
+            mib_per_s(size, best_source)
+        );
     }
 }
