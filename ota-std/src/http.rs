@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ota_core::FetchId;
 
@@ -206,33 +206,47 @@ impl Reader {
             if self.cancel.load(Ordering::SeqCst) {
                 return;
             }
-            match fill(&mut body, &mut buffer) {
-                (_, Some(e)) => {
+            let (len, error) = fill(&mut body, &mut buffer);
+            if len > 0 && !self.send(HttpInput::Body { buffer, len }) {
+                return;
+            }
+            match error {
+                Some(e) => {
                     self.send(HttpInput::Failed(e.to_string()));
                     return;
                 }
-                (0, None) => {
+                None if len == 0 => {
                     self.send(HttpInput::End);
                     return;
                 }
-                (len, None) => {
-                    if !self.send(HttpInput::Body { buffer, len }) {
-                        return;
-                    }
-                }
+                None => {}
             }
         }
     }
 }
 
-/// One read into `buffer`: whatever the socket has (at most a buffer), so that a slow link
-/// still delivers promptly and the core sees activity. `(0, None)` is the end of the body.
+/// Longest a filled buffer waits for more bytes before it is handed over.
+const BATCH: Duration = Duration::from_millis(5);
+
+/// Reads into `buffer` until it is full, the body ends, or [`BATCH`] has passed since the
+/// first byte: few large hand-overs (few thread wake-ups) while the link is fast, prompt
+/// delivery (the core sees activity) while it is slow. `(0, None)` is the end of the body;
+/// an error comes with the bytes read before it.
 fn fill(body: &mut impl Read, buffer: &mut [u8]) -> (usize, Option<io::Error>) {
-    loop {
-        match body.read(buffer) {
-            Ok(n) => return (n, None),
+    let mut len = 0;
+    let mut first = None;
+    while len < buffer.len() {
+        match body.read(&mut buffer[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if first.get_or_insert_with(Instant::now).elapsed() >= BATCH {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (0, Some(e)),
+            Err(e) => return (len, Some(e)),
         }
     }
+    (len, None)
 }
