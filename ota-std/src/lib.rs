@@ -29,6 +29,7 @@ pub mod file;
 mod http;
 pub mod login;
 mod mqtt;
+mod perform;
 mod storage;
 mod tls;
 

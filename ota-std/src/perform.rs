@@ -1,0 +1,188 @@
+//! Every action of the agent mapped to its I/O, and every I/O result to the event that
+//! answers it: MQTT for subscribe and publish, the reader threads for fetches, the files for
+//! writes, records and activation, a thread for the health command.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::Sender;
+
+use ota_core::{Action, Event, Instant, Notification, Outcome};
+
+use crate::config::{DeviceConfig, Health};
+use crate::device::Input;
+use crate::http::Http;
+use crate::mqtt::Mqtt;
+use crate::storage::{run_command, Storage};
+use crate::DeviceEvent;
+
+/// Everything an action needs, apart from the agent that lends it.
+pub(crate) struct Io<'a> {
+    pub(crate) config: &'a DeviceConfig,
+    pub(crate) mqtt: Mqtt,
+    pub(crate) http: Http,
+    pub(crate) storage: Storage,
+    pub(crate) inputs: Sender<Input>,
+    pub(crate) observer: &'a dyn Fn(DeviceEvent),
+    pub(crate) clock: std::time::Instant,
+    pub(crate) image_size: u64,
+    /// Body bytes received from the network in this boot, re-downloads included.
+    pub(crate) downloaded: u64,
+    pub(crate) last_progress: std::time::Instant,
+    pub(crate) reboot: bool,
+    /// Results of performed actions, fed to the agent one per drain.
+    pub(crate) results: VecDeque<Event<'static>>,
+}
+
+impl Io<'_> {
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Io<'_> {
+    pub(crate) fn perform(&mut self, action: Action<'_>) {
+        match action {
+            Action::Subscribe { topic } => self.mqtt.subscribe(topic),
+            Action::Publish { topic, payload } => self.mqtt.publish(topic, payload),
+            Action::Fetch { fetch, url, offset } => {
+                tracing::debug!("GET {url} from byte {offset}");
+                self.http.fetch(fetch, url, offset);
+            }
+            Action::CancelFetch { fetch } => self.http.cancel(fetch),
+            Action::Write { offset, data } => {
+                let result = match self.storage.write(offset, data) {
+                    Ok(()) => Event::WriteDone,
+                    Err(e) => {
+                        tracing::error!("write at {offset} failed: {e}");
+                        Event::WriteFailed
+                    }
+                };
+                self.results.push_back(result);
+            }
+            Action::SaveRecord { record } => {
+                let result = self.storage.save_record(record);
+                self.record_result(result);
+            }
+            Action::ClearRecord => {
+                let result = self.storage.clear_record();
+                self.record_result(result);
+            }
+            Action::Activate { module, version } => {
+                let result = match self.storage.activate(module, version) {
+                    Ok(()) => Event::Activated,
+                    Err(e) => {
+                        tracing::error!("activation failed: {e}");
+                        Event::ActivationFailed
+                    }
+                };
+                self.results.push_back(result);
+            }
+            Action::Reboot => self.reboot = true,
+            Action::Confirm => {
+                if let Err(e) = self.storage.confirm() {
+                    tracing::warn!("cannot drop the previous image: {e}");
+                }
+            }
+            Action::Rollback => {
+                if let Err(e) = self.storage.rollback() {
+                    tracing::error!("rollback failed: {e}");
+                }
+            }
+            Action::Notify(note) => self.notify(note),
+        }
+    }
+
+    fn record_result(&mut self, result: std::io::Result<()>) {
+        let event = match result {
+            Ok(()) => Event::RecordSaved,
+            Err(e) => {
+                tracing::error!("record: {e}");
+                Event::RecordSaveFailed
+            }
+        };
+        self.results.push_back(event);
+    }
+
+    fn notify(&mut self, note: Notification<'_>) {
+        let event = match note {
+            Notification::TaskReceived(task) => {
+                self.image_size = task.size;
+                self.storage.begin_image(task.size);
+                DeviceEvent::TaskReceived {
+                    version: task.version.clone(),
+                    size: task.size,
+                }
+            }
+            Notification::TaskOffered(task) => DeviceEvent::TaskOffered {
+                version: task.version.clone(),
+                size: task.size,
+            },
+            Notification::TaskRejected { reason } => DeviceEvent::TaskRejected {
+                reason: reason.to_owned(),
+            },
+            Notification::Progress { received, size, .. } => {
+                self.last_progress = std::time::Instant::now();
+                DeviceEvent::Progress {
+                    received,
+                    size,
+                    downloaded: self.downloaded,
+                }
+            }
+            Notification::HealthCheckRequested { version } => {
+                self.start_health_check();
+                DeviceEvent::HealthCheck {
+                    version: version.to_owned(),
+                }
+            }
+            Notification::RecordDiscarded(e) => DeviceEvent::RecordDiscarded {
+                reason: format!("{e:?}"),
+            },
+            Notification::Outcome(outcome) => match outcome {
+                Outcome::Installed { version } => DeviceEvent::Installed {
+                    version: version.to_owned(),
+                },
+                Outcome::Succeeded { version } => DeviceEvent::Succeeded {
+                    version: version.to_owned(),
+                },
+                Outcome::Failed { code, reason } => DeviceEvent::Failed {
+                    code: code.step(),
+                    reason: reason.to_owned(),
+                },
+                Outcome::RolledBack { version } => DeviceEvent::RolledBack {
+                    version: version.to_owned(),
+                },
+                Outcome::Canceled => DeviceEvent::Canceled,
+                Outcome::Declined => DeviceEvent::Declined,
+            },
+        };
+        (self.observer)(event);
+    }
+
+    fn start_health_check(&mut self) {
+        match &self.config.health {
+            Health::Immediate => self
+                .results
+                .push_back(Event::HealthVerdict { healthy: true }),
+            Health::Command(command) => {
+                let (command, inputs) = (command.clone(), self.inputs.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("ota-health".into())
+                        .spawn(move || {
+                            let healthy = match run_command(&command, &[]) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    tracing::warn!("health check: {e}");
+                                    false
+                                }
+                            };
+                            let _ = inputs.send(Input::Health(healthy));
+                        });
+                if let Err(e) = spawned {
+                    tracing::error!("cannot run the health check: {e}");
+                    self.results
+                        .push_back(Event::HealthVerdict { healthy: false });
+                }
+            }
+        }
+    }
+}
