@@ -218,6 +218,7 @@ impl Device {
         let stopper = Stopper::default();
         let thread_stopper = stopper.clone();
         let name = format!("ota-device-{}", config.device_name);
+        let mut config = config;
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -226,7 +227,10 @@ impl Device {
                 };
                 loop {
                     match run_until_reboot(&config, &observer, &thread_stopper)? {
-                        Exit::Rebooted if config.reboot == Reboot::InProcess => continue,
+                        // The broker was reachable before: after a reboot, wait for it.
+                        Exit::Rebooted if config.reboot == Reboot::InProcess => {
+                            config.fail_fast = false;
+                        }
                         exit => return Ok(exit),
                     }
                 }

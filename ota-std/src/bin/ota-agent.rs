@@ -61,7 +61,7 @@ fn run(cli: Cli) -> Result<(), ota_std::Error> {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let config = cli.settings.or(file).into_device_config()?;
+    let mut config = cli.settings.or(file).into_device_config()?;
     let bar = cli
         .progress
         .unwrap_or_else(|| std::io::stderr().is_terminal())
@@ -73,6 +73,8 @@ fn run(cli: Cli) -> Result<(), ota_std::Error> {
         match run_until_reboot(&config, &observer, &stopper)? {
             Exit::Rebooted if config.reboot == Reboot::InProcess => {
                 tracing::info!("restarting the agent");
+                // The broker was reachable before: after a reboot, wait for it.
+                config.fail_fast = false;
             }
             _ => return Ok(()),
         }
