@@ -250,7 +250,6 @@ pub fn run(scenario: &Scenario) -> World {
             Op::ReplaceTask(seed) => {
                 w.image = test_image(scenario.image_len / 2 + usize::from(*seed) + 1, *seed);
                 w.version = alloc::format!("3.{seed}");
-                w.corrupted.clear();
                 offer(&mut w);
                 w.push_task();
             }

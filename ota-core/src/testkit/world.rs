@@ -185,8 +185,8 @@ pub struct World {
     rebooted_since_report: bool,
     expected_failures: Vec<i16>,
     allowed_rejections: usize,
-    /// Image offsets that some response corrupted (those bytes may legitimately differ).
-    pub corrupted: Vec<u64>,
+    /// Slot offsets that some response corrupted, by version (those bytes may differ).
+    corrupted: Vec<(String, u64)>,
 }
 
 pub fn md5_hex(data: &[u8]) -> String {
@@ -758,7 +758,8 @@ impl World {
         for (i, byte) in data.iter().enumerate() {
             let at = (o + i) as u64;
             assert!(
-                *byte == image[o + i] || self.corrupted.contains(&at),
+                *byte == image[o + i]
+                    || self.corrupted.iter().any(|(v, c)| v == version && *c == at),
                 "wrong byte written at {at}"
             );
         }
@@ -895,7 +896,7 @@ impl World {
             .split(".bin?")
             .next()
             .unwrap();
-        let (image, slot_base) = match path.split_once('/') {
+        let (image, slot_base, version) = match path.split_once('/') {
             // A file of a multi-file task: `{version}/{index}`.
             Some((version, index)) => {
                 let index = index.parse::<usize>().unwrap();
@@ -909,9 +910,10 @@ impl World {
                 (
                     files[index].clone(),
                     self.file_span(version, index).0 as u64,
+                    String::from(version),
                 )
             }
-            None => (self.image_of(path).to_vec(), 0),
+            None => (self.image_of(path).to_vec(), 0, String::from(path)),
         };
         let mut events = VecDeque::new();
         let fault = self.faults.pop_front();
@@ -966,7 +968,7 @@ impl World {
             Some(Fault::Corrupt(k)) => {
                 if let Some(byte) = body.get_mut(k as usize) {
                     *byte ^= 0x5A;
-                    self.corrupted.push(slot_base + k);
+                    self.corrupted.push((version.clone(), slot_base + k));
                 }
             }
             Some(Fault::WrongRange) => {

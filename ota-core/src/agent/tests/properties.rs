@@ -144,3 +144,29 @@ fn fuzzer_bytes_decode_into_runnable_scenarios() {
     }
     run(&Scenario::from_bytes(&[]));
 }
+
+/// Found by CI: a corrupted response of a task replaced twice in a row (the harness lost
+/// track of which task's byte was corrupted).
+#[test]
+fn corruption_of_a_replaced_task_is_attributed_to_that_task() {
+    let ops = vec![
+        Op::Steps(4),
+        Op::ReplaceTask(204),
+        Op::Fault(Fault::Corrupt(0)),
+        Op::Steps(3),
+        Op::ReplaceTask(0),
+        Op::Disconnect,
+        Op::Steps(0),
+        Op::Steps(6),
+    ];
+    let s = Scenario {
+        image_len: 8754,
+        sha256: false,
+        lazy_storage: false,
+        mqtt_window: None,
+        multi_file: false,
+        chunk_sizes: vec![510],
+        ops,
+    };
+    run(&s);
+}
