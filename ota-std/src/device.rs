@@ -33,6 +33,9 @@ pub(crate) enum Input {
     Stop,
 }
 
+/// How long a reboot waits for the broker to acknowledge the last reports.
+const FLUSH_BEFORE_REBOOT: Duration = Duration::from_secs(3);
+
 /// Body progress is shown at most this often (the core's own reports are throttled too).
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
@@ -120,6 +123,7 @@ impl Driver<'_> {
     fn run(&mut self, rx: &Receiver<Input>) -> Result<Exit, Error> {
         loop {
             if self.io.reboot {
+                self.io.mqtt.flush(FLUSH_BEFORE_REBOOT);
                 return Ok(Exit::Rebooted);
             }
             let input = match self.agent.poll_timeout() {

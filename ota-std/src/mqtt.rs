@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rumqttc::{
@@ -30,10 +30,26 @@ pub(crate) struct MqttSettings {
     pub(crate) fail_fast: bool,
 }
 
+/// QoS 1 publishes not yet acknowledged, so a reboot can wait for the last reports.
+#[derive(Default)]
+struct Unacked {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Unacked {
+    fn add(&self, delta: isize) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_add_signed(delta);
+        self.changed.notify_all();
+    }
+}
+
 /// A running session. Dropping it disconnects and ends the connection thread.
 pub(crate) struct Mqtt {
     client: Client,
     stop: Arc<AtomicBool>,
+    unacked: Arc<Unacked>,
     /// Dropped with `Mqtt`, which wakes the thread out of a back-off wait.
     _wake: Sender<()>,
 }
@@ -70,6 +86,8 @@ impl Mqtt {
         let stop = Arc::new(AtomicBool::new(false));
         let (wake, asleep) = mpsc::channel::<()>();
         let thread_stop = stop.clone();
+        let unacked = Arc::new(Unacked::default());
+        let acks = unacked.clone();
         let endpoint = format!("{}:{}", settings.host, settings.port);
         std::thread::Builder::new()
             .name("ota-mqtt".into())
@@ -87,6 +105,10 @@ impl Mqtt {
                             online = true;
                             failures = 0;
                             Input::Connected
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            acks.add(-1);
+                            continue;
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => Input::Message {
                             topic: p.topic,
@@ -123,6 +145,7 @@ impl Mqtt {
         Ok(Mqtt {
             client,
             stop,
+            unacked,
             _wake: wake,
         })
     }
@@ -136,11 +159,27 @@ impl Mqtt {
     pub(crate) fn publish(&self, topic: &str, payload: &[u8]) {
         // A full request queue means the link is down for long; the agent re-informs and
         // re-reports what matters on the next connect.
-        if let Err(e) = self
+        // Counted first: the acknowledgement may come back before `try_publish` returns.
+        self.unacked.add(1);
+        let result = self
             .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
-        {
+            .try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec());
+        if let Err(e) = result {
+            self.unacked.add(-1);
             tracing::warn!("cannot publish to {topic}: {e}");
+        }
+    }
+
+    /// Waits (at most `timeout`) until the broker acknowledged every publish, so that the
+    /// reports made just before a reboot are not lost with the session.
+    pub(crate) fn flush(&self, timeout: Duration) {
+        let count = self.unacked.count.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = self
+            .unacked
+            .changed
+            .wait_timeout_while(count, timeout, |n| *n > 0);
+        if waited.is_ok_and(|(_, result)| result.timed_out()) {
+            tracing::warn!("rebooting with unacknowledged reports");
         }
     }
 }

@@ -226,6 +226,7 @@ fn killed_agent_resumes_from_its_record_and_finishes() {
 
     // (bytes in the staging file when killed, index of the next run's first request)
     let mut kills: Vec<(u64, usize)> = Vec::new();
+    let mut extent = 0u64; // the staging file's length so far
     for round in 1..=3 {
         let first_request = sim.downloads(&info).len();
         if let Some(last) = kills.last_mut() {
@@ -234,11 +235,23 @@ fn killed_agent_resumes_from_its_record_and_finishes() {
         let child = agent(&config, &info.device_secret).spawn().unwrap();
         // Wait until this run's download really flows, then kill it at a random moment
         // (the pause picks the kill point; it synchronises nothing).
-        let steps = sim.progress_steps(&info).len();
-        sim.wait_progress(&info, steps + 1, WAIT).unwrap();
+        // The staging file only grows, so its length says what this run wrote only once
+        // the run got past the previous runs: wait for a progress report beyond them (the
+        // core reports no more than its durable offset), then pick a random kill moment.
+        let beyond = (extent + 32 * 1024) * 100 / SIZE as u64 + 1;
+        let mut steps = sim.progress_steps(&info);
+        let first_new = steps.len();
+        while !steps[first_new..].iter().any(|s| *s >= beyond as i64) {
+            steps = sim.wait_progress(&info, steps.len() + 1, WAIT).unwrap();
+        }
         std::thread::sleep(Duration::from_millis(rng.below(300)));
         kill(child);
         let written = std::fs::metadata(dir.path().join("staging.img")).map_or(0, |m| m.len());
+        assert!(
+            written > extent,
+            "round {round} wrote past the earlier runs"
+        );
+        extent = written;
         eprintln!("round {round}: killed with {written} bytes in the staging file");
         kills.push((written, usize::MAX));
     }

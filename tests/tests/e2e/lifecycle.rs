@@ -27,9 +27,12 @@ fn failed_health_check_rolls_back_to_the_previous_image() {
     assert_eq!(device.version(), "1.0.0");
     // The new image reported itself before its health check (that is what the cloud counts),
     // then the failure (-1), then the old version again after the rollback.
-    sim.wait_version(&info, "default", "1.0.0", WAIT).unwrap();
-    let steps = sim.progress_steps(&info);
+    let mut steps = sim.progress_steps(&info);
+    while !steps.contains(&-1) {
+        steps = sim.wait_progress(&info, steps.len() + 1, WAIT).unwrap();
+    }
     assert_eq!(steps.iter().filter(|s| **s < 0).collect::<Vec<_>>(), [&-1]);
+    sim.wait_version(&info, "default", "1.0.0", WAIT).unwrap();
     device.stop();
 }
 
