@@ -17,8 +17,12 @@ use std::sync::Arc;
 /// One firmware request as the server answered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DownloadRecord {
-    /// The device the URL was issued to (`None` when the signature did not check out).
+    /// The device the URL names in its query (`pk`, `dn`), even when the request was refused
+    /// (see `refused`); `None` when the query names none.
     pub device: Option<DeviceId>,
+    /// Why the signed URL was refused (the OSS error code of the 403: `AccessDenied` for an
+    /// expired URL, `SignatureDoesNotMatch` for an altered one); `None` when it checked out.
+    pub refused: Option<String>,
     /// HTTP status sent.
     pub status: u16,
     /// The `Range` header, as sent.
@@ -104,13 +108,20 @@ async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMa
     let device = match shared.signer.verify(uri.path(), &query) {
         Ok(d) => d,
         Err(e) => {
+            // The named device is unproven, but tests want to see its refused requests.
+            let device = match (query.product_key, query.device_name) {
+                (Some(pk), Some(dn)) => Some(DeviceId::new(pk, dn)),
+                _ => None,
+            };
             shared.lock().downloads.push(DownloadRecord {
-                device: None,
+                device,
+                refused: Some(e.code().to_owned()),
                 status: 403,
                 range,
                 content_length: 0,
                 file: None,
             });
+            shared.changed.notify_all();
             tracing::info!("download refused: {e}");
             return xml_error(403, e.code(), &e.to_string());
         }
@@ -131,6 +142,7 @@ fn answer(
     let mut world = shared.lock();
     let mut record = DownloadRecord {
         device: Some(device.clone()),
+        refused: None,
         status: 200,
         range: range.clone(),
         content_length: 0,

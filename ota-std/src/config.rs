@@ -6,7 +6,7 @@ use std::time::Duration;
 use ota_core::{Config, DeviceIdentity};
 
 use crate::login::Login;
-use crate::storage::{Activation, RunningVersion};
+use crate::storage::{Activation, RunningVersion, Slot};
 use crate::tls::Trust;
 use crate::Error;
 
@@ -28,6 +28,35 @@ pub enum Health {
     /// Run this command with `sh -c`; exit 0 means healthy. It must finish within the core's
     /// `health_timeout`, or the image is rolled back.
     Command(String),
+}
+
+/// A further module this agent updates (the core's `Config::extra_modules`), with its own
+/// slot: its running version, staging file, activation and files directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleConfig {
+    /// Module name, as in the cloud's packages (e.g. `MCU`).
+    pub name: String,
+    /// Where its image is staged and installed.
+    pub slot: Slot,
+}
+
+impl ModuleConfig {
+    /// A module whose files live in `dir`, like the main module's in [`DeviceConfig::new`]:
+    /// `version`, `staging.img`, the installed `firmware.img`, and `files/` for multi-file
+    /// tasks.
+    pub fn in_dir(name: &str, dir: &Path) -> ModuleConfig {
+        ModuleConfig {
+            name: name.to_owned(),
+            slot: Slot {
+                staging: dir.join("staging.img"),
+                activation: Activation::Rename {
+                    target: dir.join("firmware.img"),
+                },
+                files_dir: dir.join("files"),
+                running_version: RunningVersion::File(dir.join("version")),
+            },
+        }
+    }
 }
 
 /// Configuration of one device.
@@ -55,6 +84,11 @@ pub struct DeviceConfig {
     pub record: PathBuf,
     /// How a verified image is installed.
     pub activation: Activation,
+    /// Where the files of a multi-file task are installed, each as `<dir>/<fileName>`.
+    pub files_dir: PathBuf,
+    /// Further modules with their own slots. Their names and running versions (read at
+    /// every start) replace `agent.extra_modules`.
+    pub extra_modules: Vec<ModuleConfig>,
     /// How the device restarts.
     pub reboot: Reboot,
     /// Where the health verdict comes from.
@@ -77,7 +111,7 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     /// A device whose files live in `dir`: `staging.img`, `ota.record`, the installed
-    /// `firmware.img` and its `version` file. Plain MQTT, in-process reboot, immediate
+    /// `firmware.img` and its `version` file, and `files/` for multi-file tasks. Plain MQTT, in-process reboot, immediate
     /// health; write blocks of 64 KiB and a checkpoint every 4 MiB.
     pub fn new(
         product_key: &str,
@@ -106,6 +140,8 @@ impl DeviceConfig {
             activation: Activation::Rename {
                 target: dir.join("firmware.img"),
             },
+            files_dir: dir.join("files"),
+            extra_modules: Vec::new(),
             reboot: Reboot::InProcess,
             health: Health::Immediate,
             agent,
@@ -115,6 +151,30 @@ impl DeviceConfig {
             fail_fast: true,
             read_buffer: 256 * 1024,
         })
+    }
+
+    /// The main module's slot.
+    pub fn main_slot(&self) -> Slot {
+        Slot {
+            staging: self.staging.clone(),
+            activation: self.activation.clone(),
+            files_dir: self.files_dir.clone(),
+            running_version: self.running_version.clone(),
+        }
+    }
+
+    /// The core's configuration with the extra modules and their running versions as they
+    /// are now.
+    pub fn agent_config(&self) -> Result<Config, Error> {
+        let mut agent = self.agent.clone();
+        if !self.extra_modules.is_empty() {
+            agent.extra_modules = self
+                .extra_modules
+                .iter()
+                .map(|m| Ok((m.name.clone(), m.slot.running_version.read()?)))
+                .collect::<Result<_, Error>>()?;
+        }
+        Ok(agent)
     }
 
     /// The MQTT login for this device.

@@ -13,7 +13,8 @@ use crate::config::{DeviceConfig, Reboot};
 use crate::http::{Http, HttpInput};
 use crate::mqtt::{Mqtt, MqttSettings};
 use crate::perform::Io;
-use crate::storage::{run_command, Storage};
+use crate::slots::Slots;
+use crate::storage::run_command;
 use crate::{DeviceEvent, Error, Exit, Stopper};
 
 /// Everything the agent thread waits for.
@@ -47,12 +48,16 @@ pub fn run_until_reboot(
     stopper: &Stopper,
 ) -> Result<Exit, Error> {
     let version = config.running_version.read()?;
-    let storage = Storage::new(
-        config.staging.clone(),
-        config.record.clone(),
-        config.activation.clone(),
-        config.running_version.clone(),
-    );
+    let agent_config = config.agent_config()?;
+    let modules = std::iter::once((agent_config.module.clone(), config.main_slot()))
+        .chain(
+            config
+                .extra_modules
+                .iter()
+                .map(|m| (m.name.clone(), m.slot.clone())),
+        )
+        .collect();
+    let storage = Slots::new(modules, config.record.clone());
     let record = storage.load_record()?;
     let (tx, rx) = mpsc::channel();
     stopper.install(tx.clone());
@@ -76,6 +81,7 @@ pub fn run_until_reboot(
             reconnect_min: config.reconnect_min,
             reconnect_max: config.reconnect_max,
             fail_fast: config.fail_fast,
+            max_incoming: max_incoming_packet(config.agent.mqtt.block_size),
         },
         tx.clone(),
     )?;
@@ -84,7 +90,7 @@ pub fn run_until_reboot(
         running_version: &version,
         record: record.as_deref(),
     };
-    let agent = Agent::new(config.agent.clone(), boot, Instant::ZERO)?;
+    let agent = Agent::new(agent_config, boot, Instant::ZERO)?;
     observer(DeviceEvent::Started { version });
     let mut driver = Driver {
         agent,
@@ -112,6 +118,13 @@ pub fn run_until_reboot(
         }
     }
     Ok(exit)
+}
+
+/// Largest MQTT packet accepted: pushes with long signed URLs, and block replies of the MQTT
+/// channel (the block plus a JSON header of ~150 bytes, the length, the CRC and the topic).
+fn max_incoming_packet(block_size: u32) -> usize {
+    let block = usize::try_from(block_size).unwrap_or(usize::MAX);
+    block.saturating_add(1024).max(64 * 1024)
 }
 
 struct Driver<'a> {

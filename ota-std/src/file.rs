@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::login::{instance_endpoint, region_endpoint};
-use crate::{Activation, DeviceConfig, Error, Health, Reboot, RunningVersion, Trust};
+use ota_core::TaskRequest;
+
+use crate::{Activation, DeviceConfig, Error, Health, ModuleConfig, Reboot, RunningVersion, Trust};
 
 /// Settings of the agent. In the TOML file the keys are the flag names with `_` for `-`.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
@@ -61,6 +63,24 @@ pub struct Settings {
     /// Installed image: activation renames the staged image over it.
     #[arg(long, value_name = "FILE")]
     pub target: Option<PathBuf>,
+    /// Directory the files of a multi-file task are installed in, as DIR/<fileName>
+    /// (default: files/ beside the staging file).
+    #[arg(long, value_name = "DIR")]
+    pub files_dir: Option<PathBuf>,
+    /// A further module with its files in DIR (DIR/version, DIR/staging.img, the installed
+    /// DIR/firmware.img, DIR/files/); repeat for more. In the file: a list of "NAME=DIR".
+    #[arg(long, value_name = "NAME=DIR")]
+    pub extra_module: Option<Vec<String>>,
+    /// Ask for the pending task on the legacy topic /ota/device/request/... (older SDKs)
+    /// instead of thing/ota/firmware/get.
+    #[arg(long, value_name = "BOOL")]
+    pub legacy_request: Option<bool>,
+    /// Bytes per block of the MQTT-channel download (default 4096, at most 65536).
+    #[arg(long, value_name = "BYTES")]
+    pub mqtt_block_size: Option<u32>,
+    /// MQTT-channel block requests in flight at once (default 1).
+    #[arg(long, value_name = "N")]
+    pub mqtt_window: Option<u8>,
     /// Activate with this shell command instead (env OTA_IMAGE, OTA_VERSION, OTA_MODULE).
     #[arg(long, value_name = "CMD")]
     pub activate_command: Option<String>,
@@ -133,6 +153,11 @@ impl Settings {
             staging,
             record,
             target,
+            files_dir,
+            extra_module,
+            legacy_request,
+            mqtt_block_size,
+            mqtt_window,
             activate_command,
             rollback_command,
             reboot_command,
@@ -181,8 +206,16 @@ impl Settings {
             (None, Some(path)) => RunningVersion::File(path),
             (None, None) => return Err(missing("running_version or version_file")),
         };
+        if let Some(files_dir) = self.files_dir {
+            config.files_dir = files_dir;
+        } else if let Some(dir) = staging.parent() {
+            config.files_dir = dir.join("files");
+        }
         config.staging = staging;
         config.record = record;
+        for spec in self.extra_module.unwrap_or_default() {
+            config.extra_modules.push(parse_module(&spec)?);
+        }
         config.activation = match (self.activate_command, self.target) {
             (Some(activate), _) => Activation::Command {
                 activate,
@@ -219,8 +252,29 @@ impl Settings {
         if let Some(secs) = self.stall_timeout {
             agent.stall_timeout = Duration::from_secs(secs);
         }
+        if self.legacy_request == Some(true) {
+            agent.task_request = TaskRequest::Legacy;
+        }
+        if let Some(bytes) = self.mqtt_block_size {
+            agent.mqtt.block_size = bytes;
+        }
+        if let Some(n) = self.mqtt_window {
+            agent.mqtt.window = n;
+        }
         agent.rules.allow_http = self.allow_http.unwrap_or(false);
         Ok(config)
+    }
+}
+
+/// `NAME=DIR`: a module whose files live in DIR.
+fn parse_module(spec: &str) -> Result<ModuleConfig, Error> {
+    match spec.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok(ModuleConfig::in_dir(name, Path::new(dir)))
+        }
+        _ => Err(Error::Config(format!(
+            "extra module {spec:?} is not NAME=DIR"
+        ))),
     }
 }
 
@@ -274,6 +328,9 @@ mod tests {
             tls: Some(false),
             allow_http: Some(true),
             checkpoint_interval: Some(65536),
+            extra_module: Some(vec!["MCU=/tmp/x/mcu".into()]),
+            legacy_request: Some(true),
+            mqtt_block_size: Some(16384),
             ..Settings::default()
         };
         let config = flags.or(minimal()).into_device_config().unwrap();
@@ -284,6 +341,15 @@ mod tests {
         assert_eq!(config.mqtt_tls, None);
         assert!(config.agent.rules.allow_http);
         assert_eq!(config.agent.checkpoint_interval, 65536);
+        assert_eq!(config.agent.task_request, TaskRequest::Legacy);
+        assert_eq!(config.agent.mqtt.block_size, 16384);
+        assert_eq!(config.files_dir, Path::new("/tmp/x/files"));
+        let mcu = &config.extra_modules[0];
+        assert_eq!(mcu.name, "MCU");
+        assert_eq!(
+            mcu.slot.running_version,
+            RunningVersion::File("/tmp/x/mcu/version".into())
+        );
     }
 
     #[test]

@@ -29,13 +29,15 @@ pub mod file;
 mod http;
 pub mod login;
 mod mqtt;
+mod multi_file;
 mod perform;
+mod slots;
 mod storage;
 mod tls;
 
-pub use config::{DeviceConfig, Health, Reboot};
+pub use config::{DeviceConfig, Health, ModuleConfig, Reboot};
 pub use device::run_until_reboot;
-pub use storage::{Activation, RunningVersion};
+pub use storage::{Activation, RunningVersion, Slot};
 pub use tls::Trust;
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -89,6 +91,9 @@ pub enum DeviceEvent {
         /// Why.
         reason: String,
     },
+    /// The whole task of the `TaskReceived` or `TaskOffered` that follows: its module, its
+    /// files (multi-file tasks), `extData` as raw JSON text, `isDiff` and `digestsign`.
+    Task(Box<ota_core::Task>),
     /// A task was accepted; its download starts or resumes.
     TaskReceived {
         /// Target version.
@@ -104,7 +109,8 @@ pub enum DeviceEvent {
         /// Image size.
         size: u64,
     },
-    /// A push was refused (and reported as `-1` when appropriate).
+    /// A push was refused (and reported as `-1` when appropriate), or a task could not be
+    /// stored (an unsafe file name: its writes fail, reported as `-4`).
     TaskRejected {
         /// Why.
         reason: String,

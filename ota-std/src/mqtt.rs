@@ -28,6 +28,8 @@ pub(crate) struct MqttSettings {
     pub(crate) reconnect_max: Duration,
     /// Give up (with one clear error) if the very first connection fails.
     pub(crate) fail_fast: bool,
+    /// Largest incoming packet (rumqttc's default, 10 KiB, is below an MQTT-channel block).
+    pub(crate) max_incoming: usize,
 }
 
 /// QoS 1 publishes not yet acknowledged, so a reboot can wait for the last reports.
@@ -54,8 +56,8 @@ pub(crate) struct Mqtt {
     _wake: Sender<()>,
 }
 
-/// Largest MQTT packet either way: pushes with long signed URLs fit easily.
-const MAX_PACKET: usize = 64 * 1024;
+/// Largest outgoing MQTT packet: reports and block requests are small.
+const MAX_OUTGOING: usize = 64 * 1024;
 
 impl Mqtt {
     pub(crate) fn start(settings: MqttSettings, inputs: Sender<Input>) -> Result<Mqtt, Error> {
@@ -70,7 +72,7 @@ impl Mqtt {
                 settings.login.password.clone(),
             )
             .set_keep_alive(settings.keep_alive)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_max_packet_size(settings.max_incoming, MAX_OUTGOING)
             .set_clean_session(true);
         if let Some(tls) = &settings.tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(

@@ -11,7 +11,8 @@ use crate::config::{DeviceConfig, Health};
 use crate::device::Input;
 use crate::http::Http;
 use crate::mqtt::Mqtt;
-use crate::storage::{run_command, Storage};
+use crate::slots::Slots;
+use crate::storage::run_command;
 use crate::DeviceEvent;
 
 /// Everything an action needs, apart from the agent that lends it.
@@ -19,7 +20,7 @@ pub(crate) struct Io<'a> {
     pub(crate) config: &'a DeviceConfig,
     pub(crate) mqtt: Mqtt,
     pub(crate) http: Http,
-    pub(crate) storage: Storage,
+    pub(crate) storage: Slots,
     pub(crate) inputs: Sender<Input>,
     pub(crate) observer: &'a dyn Fn(DeviceEvent),
     pub(crate) clock: std::time::Instant,
@@ -106,16 +107,24 @@ impl Io<'_> {
         let event = match note {
             Notification::TaskReceived(task) => {
                 self.image_size = task.size;
-                self.storage.begin_image(task.size);
+                (self.observer)(DeviceEvent::Task(Box::new(task.clone())));
+                let block = self.config.agent.write_block as u64;
+                if let Err(reason) = self.storage.begin_task(task, block) {
+                    tracing::error!("task refused: {reason}");
+                    (self.observer)(DeviceEvent::TaskRejected { reason });
+                }
                 DeviceEvent::TaskReceived {
                     version: task.version.clone(),
                     size: task.size,
                 }
             }
-            Notification::TaskOffered(task) => DeviceEvent::TaskOffered {
-                version: task.version.clone(),
-                size: task.size,
-            },
+            Notification::TaskOffered(task) => {
+                (self.observer)(DeviceEvent::Task(Box::new(task.clone())));
+                DeviceEvent::TaskOffered {
+                    version: task.version.clone(),
+                    size: task.size,
+                }
+            }
             Notification::TaskRejected { reason } => DeviceEvent::TaskRejected {
                 reason: reason.to_owned(),
             },

@@ -1,6 +1,7 @@
-//! Slots as files: the staging image written in place, the saved record replaced atomically,
-//! activation by rename (keeping the previous image for a rollback) or by a command, and the
-//! running version from configuration or a version file.
+//! One module's slot as files: the staging image written in place, activation by rename
+//! (keeping the previous image for a rollback) or by a command, the files of a multi-file
+//! task split into a directory at activation (see `multi_file`), and the running version from
+//! configuration or a version file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -8,6 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ota_core::Task;
+
+use crate::multi_file::{self, Layout};
 use crate::Error;
 
 /// Where the running version comes from.
@@ -41,8 +45,9 @@ pub enum Activation {
         /// Path of the installed image.
         target: PathBuf,
     },
-    /// Run `activate` with `sh -c` (environment: `OTA_IMAGE`, `OTA_VERSION`, `OTA_MODULE`);
-    /// exit 0 means activated. `rollback` runs when the health check fails.
+    /// Run `activate` with `sh -c` (environment: `OTA_IMAGE`, `OTA_VERSION`, `OTA_MODULE`,
+    /// and `OTA_FILES_DIR` once the files of a multi-file task are in it); exit 0 means
+    /// activated. `rollback` runs when the health check fails.
     Command {
         /// The activation command.
         activate: String,
@@ -51,56 +56,74 @@ pub enum Activation {
     },
 }
 
-/// The device's files and boot hooks.
+/// Where one module's slot lives and how it is installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The staging file, written in place (the whole slot of a multi-file task).
+    pub staging: PathBuf,
+    /// How a verified image is installed.
+    pub activation: Activation,
+    /// Where the files of a multi-file task are installed, each as `<dir>/<fileName>`.
+    pub files_dir: PathBuf,
+    /// Where the running version comes from.
+    pub running_version: RunningVersion,
+}
+
+/// One module's files and boot hooks.
 pub(crate) struct Storage {
-    staging_path: PathBuf,
-    record_path: PathBuf,
-    activation: Activation,
-    version: RunningVersion,
+    slot: Slot,
     staging: Option<File>,
     /// Written but not yet fsynced.
     dirty: bool,
-    image_size: u64,
+    /// Where the last write ends: the slot's final length.
+    slot_len: u64,
+    /// The current task's files, when it has several.
+    layout: Option<Layout>,
+    /// Why the current task may not be written (an unsafe file name).
+    refused: Option<String>,
 }
 
 impl Storage {
-    pub(crate) fn new(
-        staging_path: PathBuf,
-        record_path: PathBuf,
-        activation: Activation,
-        version: RunningVersion,
-    ) -> Storage {
+    pub(crate) fn new(slot: Slot) -> Storage {
         Storage {
-            staging_path,
-            record_path,
-            activation,
-            version,
+            slot,
             staging: None,
             dirty: false,
-            image_size: 0,
+            slot_len: 0,
+            layout: None,
+            refused: None,
         }
     }
 
-    /// The saved record, if there is one.
-    pub(crate) fn load_record(&self) -> Result<Option<Vec<u8>>, Error> {
-        match fs::read(&self.record_path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io(format!(
-                "cannot read the record {}: {e}",
-                self.record_path.display()
-            ))),
+    /// A new task (or the resumed one): the slot's length and, for a multi-file task, where
+    /// its files lie. A task whose file names are unsafe is refused: every write fails
+    /// before touching the disk, and the reason is returned.
+    pub(crate) fn begin_task(&mut self, task: &Task, write_block: u64) -> Result<(), String> {
+        self.refused = None;
+        self.layout = None;
+        self.slot_len = task.size;
+        if task.files.is_empty() {
+            return Ok(());
+        }
+        match Layout::new(&task.files, write_block) {
+            Ok(layout) => {
+                self.slot_len = layout.end();
+                self.layout = Some(layout);
+                Ok(())
+            }
+            Err(reason) => {
+                self.refused = Some(reason.clone());
+                Err(reason)
+            }
         }
     }
 
-    /// A new task: its last write trims the file to this size.
-    pub(crate) fn begin_image(&mut self, size: u64) {
-        self.image_size = size;
-    }
-
-    /// Writes at `offset`; the image's last block also trims and fsyncs the file, so the
-    /// `WriteDone` that follows means the whole image is durable.
+    /// Writes at `offset`; the slot's last block also trims and fsyncs the file, so the
+    /// `WriteDone` that follows means the whole slot is durable.
     pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if let Some(reason) = &self.refused {
+            return Err(io::Error::other(reason.clone()));
+        }
         let file = match &mut self.staging {
             Some(file) => file,
             None => self.staging.insert(
@@ -108,19 +131,20 @@ impl Storage {
                     .create(true)
                     .truncate(false)
                     .write(true)
-                    .open(&self.staging_path)?,
+                    .open(&self.slot.staging)?,
             ),
         };
         file.write_all_at(data, offset)?;
         self.dirty = true;
-        if offset + data.len() as u64 == self.image_size {
-            file.set_len(self.image_size)?;
+        if offset + data.len() as u64 == self.slot_len {
+            file.set_len(self.slot_len)?;
             self.sync_staging()?;
         }
         Ok(())
     }
 
-    fn sync_staging(&mut self) -> io::Result<()> {
+    /// Makes the written bytes durable (before a record vouches for them).
+    pub(crate) fn sync_staging(&mut self) -> io::Result<()> {
         if let (Some(file), true) = (&self.staging, self.dirty) {
             file.sync_data()?;
             self.dirty = false;
@@ -128,61 +152,55 @@ impl Storage {
         Ok(())
     }
 
-    /// Replaces the record: the image bytes it vouches for are synced first, then the record
-    /// goes to a temporary file that is synced and renamed over the old one.
-    pub(crate) fn save_record(&mut self, record: &[u8]) -> io::Result<()> {
-        self.sync_staging()?;
-        let tmp = with_suffix(&self.record_path, ".tmp");
-        let mut file = File::create(&tmp)?;
-        file.write_all(record)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, &self.record_path)?;
-        sync_dir(&self.record_path)
-    }
-
-    pub(crate) fn clear_record(&mut self) -> io::Result<()> {
-        match fs::remove_file(&self.record_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        sync_dir(&self.record_path)
-    }
-
     /// Makes the staged image the installed one.
     pub(crate) fn activate(&mut self, module: &str, version: &str) -> Result<(), String> {
         self.staging = None; // the file moves away; the next task opens a new one
-        match &self.activation {
+        let fail = |what: &str, e: io::Error| format!("{what}: {e}");
+        let slot = &self.slot;
+        if let Some(layout) = &self.layout {
+            multi_file::install(&slot.staging, layout, &slot.files_dir)
+                .map_err(|e| fail("cannot install the files", e))?;
+        }
+        match &slot.activation {
             Activation::Rename { target } => {
-                let fail = |what: &str, e: io::Error| format!("{what}: {e}");
-                if target.exists() {
-                    fs::rename(target, with_suffix(target, ".previous"))
-                        .map_err(|e| fail("cannot keep the previous image", e))?;
+                if self.layout.is_some() {
+                    remove_if_present(&slot.staging).map_err(|e| fail("staging", e))?;
+                } else {
+                    if target.exists() {
+                        fs::rename(target, with_suffix(target, ".previous"))
+                            .map_err(|e| fail("cannot keep the previous image", e))?;
+                    }
+                    fs::rename(&slot.staging, target)
+                        .map_err(|e| fail("cannot install the image", e))?;
+                    sync_dir(target).map_err(|e| fail("cannot sync", e))?;
                 }
-                fs::rename(&self.staging_path, target)
-                    .map_err(|e| fail("cannot install the image", e))?;
-                sync_dir(target).map_err(|e| fail("cannot sync", e))?;
-                if let RunningVersion::File(path) = &self.version {
+                if let RunningVersion::File(path) = &slot.running_version {
                     install_version(path, version).map_err(|e| fail("version file", e))?;
                 }
                 Ok(())
             }
-            Activation::Command { activate, .. } => run_command(
-                activate,
-                &[
-                    ("OTA_IMAGE", self.staging_path.to_string_lossy().as_ref()),
-                    ("OTA_VERSION", version),
-                    ("OTA_MODULE", module),
-                ],
-            ),
+            Activation::Command { activate, .. } => {
+                let files_dir = slot.files_dir.to_string_lossy();
+                let mut env = vec![
+                    ("OTA_IMAGE", slot.staging.to_string_lossy()),
+                    ("OTA_VERSION", version.into()),
+                    ("OTA_MODULE", module.into()),
+                ];
+                if self.layout.is_some() {
+                    env.push(("OTA_FILES_DIR", files_dir));
+                }
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+                run_command(activate, &env)
+            }
         }
     }
 
     /// The new image is healthy: forget the previous one.
     pub(crate) fn confirm(&mut self) -> io::Result<()> {
-        if let Activation::Rename { target } = &self.activation {
+        multi_file::confirm(&self.slot.files_dir)?;
+        if let Activation::Rename { target } = &self.slot.activation {
             remove_if_present(&with_suffix(target, ".previous"))?;
-            if let RunningVersion::File(path) = &self.version {
+            if let RunningVersion::File(path) = &self.slot.running_version {
                 remove_if_present(&with_suffix(path, ".previous"))?;
             }
             sync_dir(target)?;
@@ -192,7 +210,9 @@ impl Storage {
 
     /// The new image is not healthy: put the previous one (and its version) back.
     pub(crate) fn rollback(&mut self) -> Result<(), String> {
-        match &self.activation {
+        multi_file::rollback(&self.slot.files_dir)
+            .map_err(|e| format!("cannot restore the files: {e}"))?;
+        match &self.slot.activation {
             Activation::Rename { target } => {
                 let restore = |path: &Path| -> io::Result<()> {
                     let previous = with_suffix(path, ".previous");
@@ -203,7 +223,7 @@ impl Storage {
                     Ok(())
                 };
                 restore(target).map_err(|e| format!("cannot restore the image: {e}"))?;
-                if let RunningVersion::File(path) = &self.version {
+                if let RunningVersion::File(path) = &self.slot.running_version {
                     restore(path).map_err(|e| format!("cannot restore the version: {e}"))?;
                 }
                 Ok(())
@@ -231,21 +251,21 @@ fn install_version(path: &Path, version: &str) -> io::Result<()> {
     sync_dir(path)
 }
 
-fn remove_if_present(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
 }
 
 /// Makes a rename or removal in `path`'s directory durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -271,40 +291,61 @@ pub(crate) fn run_command(command: &str, env: &[(&str, &str)]) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ota_core::{Channel, DigestMethod, ExpectedDigest};
 
-    fn storage(dir: &Path) -> Storage {
-        Storage::new(
-            dir.join("staging.bin"),
-            dir.join("record.bin"),
-            Activation::Rename {
+    fn slot(dir: &Path) -> Slot {
+        Slot {
+            staging: dir.join("staging.bin"),
+            activation: Activation::Rename {
                 target: dir.join("firmware.bin"),
             },
-            RunningVersion::File(dir.join("version")),
-        )
+            files_dir: dir.join("files"),
+            running_version: RunningVersion::File(dir.join("version")),
+        }
+    }
+
+    fn task(size: u64) -> Task {
+        Task {
+            message_id: "1".into(),
+            version: "2.0".into(),
+            module: "default".into(),
+            size,
+            digest: ExpectedDigest::new(DigestMethod::Md5, &[0; 16]).unwrap(),
+            channel: Channel::Http {
+                url: "http://h/f".into(),
+            },
+            is_diff: false,
+            ext_data: None,
+            digestsign: None,
+            files: Vec::new(),
+        }
     }
 
     #[test]
     fn writes_in_place_and_trims_a_longer_leftover() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("staging.bin"), [9u8; 10]).unwrap();
-        let mut s = storage(dir.path());
-        s.begin_image(6);
+        let mut s = Storage::new(slot(dir.path()));
+        s.begin_task(&task(6), 4).unwrap();
         s.write(3, b"def").unwrap();
         s.write(0, b"abc").unwrap();
         assert_eq!(fs::read(dir.path().join("staging.bin")).unwrap(), b"abcdef");
     }
 
     #[test]
-    fn record_is_replaced_and_cleared() {
+    fn a_task_with_an_unsafe_file_name_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = storage(dir.path());
-        assert_eq!(s.load_record().unwrap(), None);
-        s.save_record(b"one").unwrap();
-        s.save_record(b"two").unwrap();
-        assert_eq!(s.load_record().unwrap().as_deref(), Some(&b"two"[..]));
-        s.clear_record().unwrap();
-        s.clear_record().unwrap();
-        assert_eq!(s.load_record().unwrap(), None);
+        let mut s = Storage::new(slot(dir.path()));
+        let mut t = task(3);
+        t.files.push(ota_core::task::TaskFile {
+            name: "../evil".into(),
+            size: 3,
+            digest: t.digest,
+            url: "http://h/f".into(),
+        });
+        assert!(s.begin_task(&t, 4).unwrap_err().contains("../evil"));
+        assert!(s.write(0, b"abc").is_err());
+        assert!(!dir.path().join("staging.bin").exists());
     }
 
     #[test]
@@ -313,8 +354,8 @@ mod tests {
         let p = |name: &str| dir.path().join(name);
         fs::write(p("firmware.bin"), b"old").unwrap();
         fs::write(p("version"), b"1.0\n").unwrap();
-        let mut s = storage(dir.path());
-        s.begin_image(3);
+        let mut s = Storage::new(slot(dir.path()));
+        s.begin_task(&task(3), 4).unwrap();
         s.write(0, b"new").unwrap();
         s.activate("default", "2.0").unwrap();
         assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"new");
@@ -333,15 +374,14 @@ mod tests {
     #[test]
     fn command_activation_reports_the_exit_status() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Storage::new(
-            dir.path().join("staging.bin"),
-            dir.path().join("record.bin"),
-            Activation::Command {
+        let mut s = Storage::new(Slot {
+            activation: Activation::Command {
                 activate: "test \"$OTA_VERSION\" = 2.0".into(),
                 rollback: Some("exit 3".into()),
             },
-            RunningVersion::Fixed("1.0".into()),
-        );
+            running_version: RunningVersion::Fixed("1.0".into()),
+            ..slot(dir.path())
+        });
         assert_eq!(s.activate("default", "2.0"), Ok(()));
         assert!(s.activate("default", "3.0").is_err());
         assert!(s.rollback().unwrap_err().contains("exit status: 3"));

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ota_core::RetryPolicy;
 use ota_sim::{DeviceInfo, Sim, SimConfig};
 use ota_std::{Device, DeviceConfig, DeviceEvent, DeviceHandle};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 /// Guard timeout: anything the tests wait for happens well within it.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -61,6 +62,7 @@ pub fn device_config(sim: &Sim, info: &DeviceInfo, dir: &Path, version: &str) ->
     a.url_refresh = fast(3);
     a.health_timeout = Duration::from_secs(10);
     a.progress_interval = Duration::from_millis(200);
+    a.mqtt.reply_timeout = Duration::from_millis(500);
     c.reconnect_min = Duration::from_millis(50);
     c.reconnect_max = Duration::from_millis(500);
     c.read_buffer = 64 * 1024;
@@ -118,6 +120,25 @@ impl TestDevice {
             &format!("success on {version}"),
             |e| matches!(e, DeviceEvent::Succeeded { version: v } if v == version),
         );
+    }
+
+    /// Starts a device on an existing directory (e.g. after [`TestDevice::stop`] of another
+    /// run): whatever record and version the directory holds is what it boots with.
+    pub fn restart(sim: &Sim, info: &DeviceInfo, dir: tempfile::TempDir) -> Self {
+        let version = std::fs::read_to_string(dir.path().join("version")).expect("version");
+        let config = device_config(sim, info, dir.path(), version.trim());
+        let handle = Device::spawn(config).expect("device starts");
+        TestDevice {
+            info: info.clone(),
+            dir,
+            handle,
+        }
+    }
+
+    /// Stops the device and keeps its directory.
+    pub fn stop_keeping_files(self) -> tempfile::TempDir {
+        self.handle.stop().expect("device ran without error");
+        self.dir
     }
 
     /// Stops the device.
@@ -216,4 +237,78 @@ pub fn http_addr(sim: &Sim) -> SocketAddr {
         .trim_start_matches("http://")
         .parse()
         .expect("http address")
+}
+
+fn client_of(sim: &Sim) -> (Client, rumqttc::Connection) {
+    let other = sim.add_device().expect("observer device");
+    let creds = other.credentials();
+    let mut options = MqttOptions::new(creds.client_id, sim.mqtt_host(), sim.mqtt_port());
+    options.set_credentials(creds.username, creds.password);
+    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    Client::new(options, 8)
+}
+
+/// Publishes `payload` on `topic` as another registered device of the simulator (its
+/// broker does not restrict topics), and waits for the broker's acknowledgement: a push that
+/// the simulator's job engine would not send (a hand-made task).
+pub fn publish_as_cloud(sim: &Sim, topic: &str, payload: String) {
+    let (client, mut connection) = client_of(sim);
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload.into_bytes())
+        .expect("publish");
+    for event in connection.iter() {
+        match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) => return,
+            Ok(_) => {}
+            Err(e) => panic!("publisher: {e}"),
+        }
+    }
+}
+
+/// Subscribes (as another device) to `filters` and returns the topics of what is published
+/// on them from now on, as they arrive.
+pub fn watch_topics(sim: &Sim, filters: &[String]) -> std::sync::mpsc::Receiver<String> {
+    let (client, mut connection) = client_of(sim);
+    for filter in filters {
+        client
+            .subscribe(filter, QoS::AtMostOnce)
+            .expect("subscribe");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+    let wanted = filters.len();
+    std::thread::spawn(move || {
+        let _client = client; // keeps the connection open
+        let mut acks = 0;
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    acks += 1;
+                    if acks == wanted {
+                        let _ = subscribed_tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p.topic).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    subscribed
+        .recv_timeout(WAIT)
+        .expect("the watcher subscribed");
+    rx
+}
+
+/// Lower-case hex MD5 of `data`.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -130,11 +130,31 @@ fn show(bar: Option<&ProgressBar>, event: &DeviceEvent) {
     }
 }
 
+/// The module, the files and the pass-through fields of a task, on one line.
+fn describe_task(task: &ota_core::Task) -> String {
+    let mut line = format!("task for module {}: {}", task.module, task.version);
+    if !task.files.is_empty() {
+        let names: Vec<&str> = task.files.iter().map(|f| f.name.as_str()).collect();
+        line += &format!(", files {}", names.join(", "));
+    }
+    if task.is_diff {
+        line += ", delta";
+    }
+    if let Some(ext) = &task.ext_data {
+        line += &format!(", extData {ext}");
+    }
+    if let Some(sign) = &task.digestsign {
+        line += &format!(", digestsign {sign}");
+    }
+    line
+}
+
 fn describe(event: &DeviceEvent) -> String {
     match event {
         DeviceEvent::Started { version } => format!("running {version}"),
         DeviceEvent::Connected => "connected".into(),
         DeviceEvent::Disconnected { reason } => format!("disconnected: {reason}"),
+        DeviceEvent::Task(task) => describe_task(task),
         DeviceEvent::TaskReceived { version, size } => format!("task: {version}, {size} bytes"),
         DeviceEvent::TaskRejected { reason } => format!("task rejected: {reason}"),
         DeviceEvent::Progress { received, size, .. } => format!("{received}/{size} bytes"),

@@ -197,19 +197,20 @@ fn expired_url_mid_download_resumes_with_a_fresh_url() {
     succeeds(&sim, job, &device, &data);
     assert_eq!((sim.fault_fired(slow), sim.fault_fired(cut)), (1, 1));
 
-    // The simulator cannot attribute the 403 of an expired URL to a device, so it is not in
-    // `downloads`; the fresh URL shows as a third task delivery (push, firmware/get on
-    // connect, firmware/get after the 403).
+    // The retry met the expired URL: a refused 403 (AccessDenied); the fresh URL shows as a
+    // third task delivery (push, firmware/get on connect, firmware/get after the 403).
     let task = sim.task(job, &info).unwrap();
     assert_eq!(task.pushes, 3, "{task:?}");
     let records = sim.downloads(&info);
     let statuses: Vec<u16> = records.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [200, 206], "{records:?}");
+    assert_eq!(statuses, [200, 403, 206], "{records:?}");
+    assert_eq!(records[1].refused.as_deref(), Some("AccessDenied"));
+    assert!(records[0].refused.is_none() && records[2].refused.is_none());
     assert_eq!(
-        range_starts(&records)[1],
+        range_starts(&records)[2],
         300_000 - 1,
         "resumed where the cut left off, not from zero"
     );
-    assert_eq!(records[1].content_length, 1, "only the missing byte again");
+    assert_eq!(records[2].content_length, 1, "only the missing byte again");
     device.stop();
 }

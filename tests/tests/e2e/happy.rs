@@ -64,6 +64,7 @@ fn reboot_restarts_the_agent_on_the_new_version() {
             !matches!(
                 e,
                 DeviceEvent::Progress { .. }
+                    | DeviceEvent::Task(_)
                     | DeviceEvent::Connected
                     | DeviceEvent::Disconnected { .. }
             )

@@ -4,4 +4,5 @@ mod demo;
 mod faults;
 mod happy;
 mod lifecycle;
+mod mqtt_channel;
 mod tls;

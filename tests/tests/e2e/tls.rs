@@ -2,10 +2,11 @@
 //! the simulator's plain ports.
 
 use md5::{Digest, Md5};
-use ota_sim::{JobSpec, PackageSpec, Sim, TaskState};
+use ota_sim::{JobSpec, PackageSpec, TaskState};
 use ota_std::{Error, Trust};
-use ota_tests::{http_addr, image, mqtt_addr, sim, tls_proxy, TestCa, TestDevice, WAIT};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use ota_tests::{
+    http_addr, image, mqtt_addr, publish_as_cloud, sim, tls_proxy, TestCa, TestDevice, WAIT,
+};
 
 #[test]
 fn upgrades_with_mqtt_over_tls() {
@@ -28,27 +29,6 @@ fn upgrades_with_mqtt_over_tls() {
     device.expect_succeeded("2.0.0");
     assert_eq!(std::fs::read(device.path("firmware.img")).unwrap(), data);
     device.stop();
-}
-
-/// Publishes `payload` on `topic` as another registered device of the simulator (its
-/// broker does not restrict topics), and waits for the broker's acknowledgement.
-fn publish_as_cloud(sim: &Sim, topic: &str, payload: String) {
-    let other = sim.add_device().unwrap();
-    let creds = other.credentials();
-    let mut options = MqttOptions::new(creds.client_id, sim.mqtt_host(), sim.mqtt_port());
-    options.set_credentials(creds.username, creds.password);
-    options.set_max_packet_size(64 * 1024, 64 * 1024);
-    let (client, mut connection) = Client::new(options, 8);
-    client
-        .publish(topic, QoS::AtLeastOnce, false, payload.into_bytes())
-        .unwrap();
-    for event in connection.iter() {
-        match event {
-            Ok(Event::Incoming(Packet::PubAck(_))) => return,
-            Ok(_) => {}
-            Err(e) => panic!("publisher: {e}"),
-        }
-    }
 }
 
 #[test]
