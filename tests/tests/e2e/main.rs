@@ -4,5 +4,8 @@ mod demo;
 mod faults;
 mod happy;
 mod lifecycle;
+mod modules;
 mod mqtt_channel;
+mod multi_file;
+mod protocol;
 mod tls;
