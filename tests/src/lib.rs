@@ -122,11 +122,18 @@ impl TestDevice {
         );
     }
 
-    /// Starts a device on an existing directory (e.g. after [`TestDevice::stop`] of another
-    /// run): whatever record and version the directory holds is what it boots with.
-    pub fn restart(sim: &Sim, info: &DeviceInfo, dir: tempfile::TempDir) -> Self {
+    /// Starts a device on an existing directory (e.g. after
+    /// [`TestDevice::stop_keeping_files`] of another run): whatever record and version the
+    /// directory holds is what it boots with; `tweak` adjusts the configuration first.
+    pub fn restart(
+        sim: &Sim,
+        info: &DeviceInfo,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut DeviceConfig),
+    ) -> Self {
         let version = std::fs::read_to_string(dir.path().join("version")).expect("version");
-        let config = device_config(sim, info, dir.path(), version.trim());
+        let mut config = device_config(sim, info, dir.path(), version.trim());
+        tweak(&mut config);
         let handle = Device::spawn(config).expect("device starts");
         TestDevice {
             info: info.clone(),

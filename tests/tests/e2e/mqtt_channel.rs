@@ -160,7 +160,7 @@ fn stopped_mid_download_resumes_from_the_record() {
     let requested = before.iter().map(|b| b.offset + b.sent).max().unwrap();
     assert!(requested < BIG, "stopped before the end");
 
-    let device = TestDevice::restart(&sim, &info, dir);
+    let device = TestDevice::restart(&sim, &info, dir, |_| {});
     succeeds(&sim, job, &device, &data);
     let after = &sim.blocks(&info)[before.len()..];
     let again: u64 = after
