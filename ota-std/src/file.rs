@@ -63,7 +63,7 @@ pub struct Settings {
     /// Installed image: activation renames the staged image over it.
     #[arg(long, value_name = "FILE")]
     pub target: Option<PathBuf>,
-    /// Directory the files of a multi-file task are installed in, as DIR/<fileName>
+    /// Directory the files of a multi-file task are installed in, as DIR/FILE_NAME
     /// (default: files/ beside the staging file).
     #[arg(long, value_name = "DIR")]
     pub files_dir: Option<PathBuf>,

@@ -3,6 +3,21 @@
 //! digest overlap) and files (staging image, atomically saved record, activation by rename or
 //! command), and ships the `ota-agent` binary.
 //!
+//! Protocol features and how this adapter stores them:
+//! * MQTT-channel downloads need nothing but large enough incoming packets: the limit
+//!   follows `agent.mqtt.block_size` (block + 1 KiB, at least 64 KiB).
+//! * Multi-file tasks keep the core's slot layout in the staging file and are split at
+//!   activation into `files_dir/{fileName}`, each file atomically (temporary file, fsync,
+//!   rename), the previous ones kept until the health check confirms. A file name that could
+//!   leave the directory makes every write of the task fail (`-4`) before a byte is written,
+//!   with a `TaskRejected` event saying why.
+//! * Extra modules ([`ModuleConfig`]) have their own slot; writes go to the module of the last
+//!   `TaskReceived`, activation to the module it names, and the confirmation or rollback after
+//!   the reboot to the module noted at activation (`{record}.activated`). The record is one
+//!   file for all modules: the core runs one task at a time and names its module in it.
+//! * The legacy request topic, the confirmation policy and the MQTT window are the core's
+//!   `Config` fields (`agent.task_request`, `agent.confirmation`, `agent.mqtt`).
+//!
 //! ```no_run
 //! use ota_std::{Device, DeviceConfig, DeviceEvent};
 //! use std::path::Path;
