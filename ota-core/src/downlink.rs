@@ -281,7 +281,12 @@ fn build_multi_file_task(
     for (i, file) in list.iter().enumerate() {
         let field = |key: &str| file.get(key);
         let name = match field("fileName") {
-            Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 => n.clone(),
+            Some(Value::String(n)) if is_safe_file_name(n) => n.clone(),
+            Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 => {
+                return Err(format!(
+                    "file {i}: fileName {n:?} could name a path outside the task's directory"
+                ))
+            }
             _ => {
                 return Err(format!(
                     "file {i}: fileName must be a string of 1 to 255 bytes"
@@ -349,6 +354,17 @@ fn build_multi_file_task(
         digestsign,
         files: parsed,
     })
+}
+
+/// A file name an adapter can store as is: no path separators, no `.` or `..`, no control
+/// characters, 1 to 255 bytes.
+fn is_safe_file_name(name: &str) -> bool {
+    (1..=255).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
 /// The digest method named by `signMethod`: `None` when absent, `Err(name)` when unknown.

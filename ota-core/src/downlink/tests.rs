@@ -297,6 +297,11 @@ fn multi_file_tasks_are_parsed_and_checked() {
             r#"{"code":"1000","data":{"version":"2","files":{}}}"#.into(),
             "array",
         ),
+        (task(&file("../evil.bin", 1), ""), "outside"),
+        (task(&file("a/b", 1), ""), "outside"),
+        (task(&file("..", 1), ""), "outside"),
+        (task(&file(r"a\\b", 1), ""), "outside"),
+        (task(&file(r"a\u0001b", 1), ""), "outside"),
     ];
     for (payload, word) in cases {
         let r = parse_push(payload.as_bytes(), &rules()).unwrap_err();
