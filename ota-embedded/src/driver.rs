@@ -419,18 +419,18 @@ where
                         let _ = results.push_back(event);
                     }
                     Action::Reboot => self.reboot = true,
-                    Action::Confirm => {
+                    Action::Confirm { .. } => {
                         if self.boot.mark_booted().await.is_err() {
                             self.fault = Some(Error::Boot);
                         }
                     }
-                    Action::Rollback => {
+                    Action::Rollback { .. } => {
                         if self.boot.mark_rollback().await.is_err() {
                             self.fault = Some(Error::Boot);
                         }
                     }
                     Action::Notify(note) => {
-                        if let Notification::HealthCheckRequested { version } = &note {
+                        if let Notification::HealthCheckRequested { version, .. } = &note {
                             let mut copy = heapless::String::new();
                             // Versions are at most 64 characters: the agent checks.
                             let _ = copy.push_str(version);

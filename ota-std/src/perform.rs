@@ -78,12 +78,12 @@ impl Io<'_> {
                 self.results.push_back(result);
             }
             Action::Reboot => self.reboot = true,
-            Action::Confirm => {
+            Action::Confirm { .. } => {
                 if let Err(e) = self.storage.confirm() {
                     tracing::warn!("cannot drop the previous image: {e}");
                 }
             }
-            Action::Rollback => {
+            Action::Rollback { .. } => {
                 if let Err(e) = self.storage.rollback() {
                     tracing::error!("rollback failed: {e}");
                 }
@@ -136,7 +136,7 @@ impl Io<'_> {
                     downloaded: self.downloaded,
                 }
             }
-            Notification::HealthCheckRequested { version } => {
+            Notification::HealthCheckRequested { version, .. } => {
                 self.start_health_check();
                 DeviceEvent::HealthCheck {
                     version: version.to_owned(),

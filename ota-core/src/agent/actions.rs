@@ -76,9 +76,15 @@ pub enum Action<'a> {
     /// Restart the device (into the activated image, or back to the old one).
     Reboot,
     /// The new image is healthy: make it permanent (e.g. embassy-boot `mark_booted`).
-    Confirm,
+    Confirm {
+        /// The module whose image it is.
+        module: &'a str,
+    },
     /// The new image is not healthy: make the previous one boot next.
-    Rollback,
+    Rollback {
+        /// The module whose image it is.
+        module: &'a str,
+    },
     /// Tell the application something.
     Notify(Notification<'a>),
 }
@@ -106,7 +112,9 @@ pub enum Notification<'a> {
     },
     /// The new image is running: run the self-test and answer with `HealthVerdict`.
     HealthCheckRequested {
-        /// The version under test.
+        /// The module under test.
+        module: &'a str,
+        /// Its new version.
         version: &'a str,
     },
     /// The saved record could not be used and was discarded.
@@ -184,7 +192,10 @@ pub(crate) enum Note {
         received: u64,
         size: u64,
     },
-    HealthCheck(String),
+    HealthCheck {
+        module: String,
+        version: String,
+    },
     RecordDiscarded(RecordError),
     Installed(String),
     Succeeded(String),
@@ -215,8 +226,8 @@ pub(crate) enum Queued {
         version: Range<usize>,
     },
     Reboot,
-    Confirm,
-    Rollback,
+    Confirm(Range<usize>),
+    Rollback(Range<usize>),
     Notify(Note),
 }
 
@@ -307,8 +318,12 @@ impl Outbox {
                 version: text(version),
             },
             Queued::Reboot => Action::Reboot,
-            Queued::Confirm => Action::Confirm,
-            Queued::Rollback => Action::Rollback,
+            Queued::Confirm(module) => Action::Confirm {
+                module: text(module),
+            },
+            Queued::Rollback(module) => Action::Rollback {
+                module: text(module),
+            },
             Queued::Notify(note) => Action::Notify(match note {
                 Note::TaskReceived(task) => Notification::TaskReceived(task),
                 Note::TaskOffered(task) => Notification::TaskOffered(task),
@@ -322,7 +337,9 @@ impl Outbox {
                     received: *received,
                     size: *size,
                 },
-                Note::HealthCheck(version) => Notification::HealthCheckRequested { version },
+                Note::HealthCheck { module, version } => {
+                    Notification::HealthCheckRequested { module, version }
+                }
                 Note::RecordDiscarded(e) => Notification::RecordDiscarded(*e),
                 Note::Installed(version) => Notification::Outcome(Outcome::Installed { version }),
                 Note::Succeeded(version) => Notification::Outcome(Outcome::Succeeded { version }),

@@ -150,7 +150,9 @@ enum State {
         previous: String,
         deadline: Instant,
     },
-    RollingBack,
+    RollingBack {
+        module: String,
+    },
 }
 
 /// A download interrupted by a restart, waiting for the cloud to send its task again.
@@ -302,7 +304,7 @@ impl Agent {
             State::Activating { .. } => Phase::Activating,
             State::Rebooting => Phase::Rebooting,
             State::CheckingHealth { .. } => Phase::CheckingHealth,
-            State::RollingBack => Phase::RollingBack,
+            State::RollingBack { .. } => Phase::RollingBack,
         }
     }
 
@@ -677,8 +679,9 @@ impl Agent {
                     );
                 }
             }
-            (Some(RecordPurpose::RollingBack), State::RollingBack) => {
-                self.outbox.push(Queued::Rollback);
+            (Some(RecordPurpose::RollingBack), State::RollingBack { module }) => {
+                let module = self.outbox.stash(module.as_bytes());
+                self.outbox.push(Queued::Rollback(module));
                 self.outbox.push(Queued::Reboot);
             }
             (Some(_), _) => {}
@@ -723,7 +726,8 @@ impl Agent {
             return;
         };
         if healthy {
-            self.outbox.push(Queued::Confirm);
+            let module = self.outbox.stash(image.module.as_bytes());
+            self.outbox.push(Queued::Confirm(module));
             self.clear_record_wanted = true;
             self.notify(Note::Succeeded(image.version));
             return;
@@ -731,13 +735,14 @@ impl Agent {
         let reason = format!("{why}; rolling back to {previous}");
         self.notify(Note::Failed(FailureCode::UpgradeFailed, reason.clone()));
         self.report_failure(FailureCode::UpgradeFailed, &reason, &image.module);
+        let module = image.module.clone();
         let record = Record {
             image,
             previous_version: previous,
             phase: RecordPhase::RollingBack,
         };
         self.save_record(&record, RecordPurpose::RollingBack);
-        self.state = State::RollingBack;
+        self.state = State::RollingBack { module };
     }
 
     fn on_timeout(&mut self) {
@@ -785,7 +790,10 @@ impl Agent {
                 }
             },
             RecordPhase::Activating if running == record.image.version => {
-                self.notify(Note::HealthCheck(record.image.version.clone()));
+                self.notify(Note::HealthCheck {
+                    module: record.image.module.clone(),
+                    version: record.image.version.clone(),
+                });
                 self.state = State::CheckingHealth {
                     image: record.image,
                     previous: record.previous_version,

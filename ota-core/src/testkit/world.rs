@@ -1151,8 +1151,8 @@ impl From<&Action<'_>> for Owned {
             Action::ClearRecord => Owned::ClearRecord,
             Action::Activate { version, .. } => Owned::Activate(version.to_string()),
             Action::Reboot => Owned::Reboot,
-            Action::Confirm => Owned::Confirm,
-            Action::Rollback => Owned::Rollback,
+            Action::Confirm { .. } => Owned::Confirm,
+            Action::Rollback { .. } => Owned::Rollback,
             Action::Notify(Notification::HealthCheckRequested { .. }) => Owned::HealthCheck,
             Action::Notify(Notification::Outcome(o)) => Owned::Outcome {
                 text: outcome(o),
@@ -1204,8 +1204,8 @@ fn describe(action: &Action) -> String {
         Action::ClearRecord => "clear record".into(),
         Action::Activate { version, .. } => format!("activate {version}"),
         Action::Reboot => "reboot".into(),
-        Action::Confirm => "confirm".into(),
-        Action::Rollback => "rollback".into(),
+        Action::Confirm { module } => format!("confirm {module}"),
+        Action::Rollback { module } => format!("rollback {module}"),
         Action::Notify(n) => format!("notify {}", short_note(n)),
     }
 }
@@ -1216,7 +1216,9 @@ fn short_note(n: &Notification) -> String {
         Notification::TaskOffered(t) => format!("offered {}", t.version),
         Notification::TaskRejected { reason } => format!("rejected {reason}"),
         Notification::Progress { percent, .. } => format!("progress {percent}"),
-        Notification::HealthCheckRequested { version } => format!("health? {version}"),
+        Notification::HealthCheckRequested { module, version } => {
+            format!("health? {module} {version}")
+        }
         Notification::RecordDiscarded(e) => format!("record discarded {e}"),
         Notification::Outcome(o) => outcome(o),
     }

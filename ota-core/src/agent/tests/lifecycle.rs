@@ -442,7 +442,7 @@ fn a_silent_health_check_times_out_into_a_rollback() {
     assert_eq!(w.now, booted_at + Duration::from_secs(120));
     assert!(w
         .transcript
-        .ends_with(&["rollback".into(), "reboot".into()]));
+        .ends_with(&["rollback default".into(), "reboot".into()]));
     assert!(w
         .outcomes
         .iter()

@@ -148,7 +148,7 @@ fn a_record_of_a_second_module_is_resumed_after_boot() {
         notes.push(format!("{action:?}"));
     }
     assert!(
-        notes[0].contains("HealthCheckRequested { version: \"1.5.0\" }"),
+        notes[0].contains("HealthCheckRequested { module: \"MCU\", version: \"1.5.0\" }"),
         "{notes:?}"
     );
     assert_eq!(agent.target_version(), Some("1.5.0"));
