@@ -188,7 +188,7 @@ pub struct Agent {
     /// The task offered to the application, waiting for its decision.
     offered: Option<Task>,
     /// Failure reports made while offline, sent on the next connect.
-    unsent_reports: Vec<(Step, String, String)>,
+    unsent_reports: Vec<UnsentReport>,
     /// The image verified in this session (for `is_image_verified`).
     verified: bool,
     staging: Vec<u8>,
@@ -198,8 +198,17 @@ pub struct Agent {
     outbox: Outbox,
 }
 
-/// Failure reports kept while offline; older ones beyond this are dropped.
+/// Failure reports kept while offline; beyond this, refusals go first, then the oldest.
 const MAX_UNSENT_REPORTS: usize = 4;
+
+/// A failure report made while offline, sent on the next connect.
+struct UnsentReport {
+    step: Step,
+    desc: String,
+    module: String,
+    /// A refused task rather than a failed one (dropped first when the queue is full).
+    refusal: bool,
+}
 
 impl Agent {
     /// Builds the agent from its configuration and what was found at boot. Actions may be
@@ -419,7 +428,10 @@ impl Agent {
             self.outbox.push(Queued::Subscribe(topic));
         }
         self.publish_inform();
-        for (step, desc, module) in core::mem::take(&mut self.unsent_reports) {
+        for UnsentReport {
+            step, desc, module, ..
+        } in core::mem::take(&mut self.unsent_reports)
+        {
             self.publish_progress(step, &desc, &module);
         }
         // Ask for every module's task when configured; always for an interrupted download
@@ -480,7 +492,7 @@ impl Agent {
             let module = rejection
                 .module
                 .unwrap_or_else(|| self.config.module.clone());
-            self.report_failure(FailureCode::UpgradeFailed, &rejection.reason, &module);
+            self.report_refusal(&rejection.reason, &module);
         }
     }
 
@@ -488,7 +500,7 @@ impl Agent {
         let Some(running) = self.version_of(&task.module).map(String::from) else {
             let reason = format!("module {} is not managed by this agent", task.module);
             self.notify(Note::TaskRejected(reason.clone()));
-            self.report_failure(FailureCode::UpgradeFailed, &reason, &task.module);
+            self.report_refusal(&reason, &task.module);
             return;
         };
         match &mut self.state {
@@ -543,11 +555,7 @@ impl Agent {
                 report_decline: true,
             } = self.config.confirmation
             {
-                self.report_failure(
-                    FailureCode::UpgradeFailed,
-                    "declined by the application",
-                    &task.module,
-                );
+                self.report_refusal("declined by the application", &task.module);
             }
         }
         Ok(())
@@ -879,17 +887,37 @@ impl Agent {
         self.clear_record_wanted = true;
     }
 
+    /// Reports the failure of a task the agent worked on.
     fn report_failure(&mut self, code: FailureCode, reason: &str, module: &str) {
-        let step = Step::Failed(code);
+        self.report(Step::Failed(code), reason, module, false);
+    }
+
+    /// Reports a task refused without being worked on (`-1`).
+    fn report_refusal(&mut self, reason: &str, module: &str) {
+        self.report(
+            Step::Failed(FailureCode::UpgradeFailed),
+            reason,
+            module,
+            true,
+        );
+    }
+
+    fn report(&mut self, step: Step, desc: &str, module: &str, refusal: bool) {
         if self.online {
-            self.publish_progress(step, reason, module);
-        } else {
-            if self.unsent_reports.len() == MAX_UNSENT_REPORTS {
-                self.unsent_reports.remove(0);
-            }
-            self.unsent_reports
-                .push((step, reason.into(), module.into()));
+            self.publish_progress(step, desc, module);
+            return;
         }
+        if self.unsent_reports.len() == MAX_UNSENT_REPORTS {
+            // Make room by dropping a refusal before ever dropping a task's failure.
+            let oldest_refusal = self.unsent_reports.iter().position(|r| r.refusal);
+            self.unsent_reports.remove(oldest_refusal.unwrap_or(0));
+        }
+        self.unsent_reports.push(UnsentReport {
+            step,
+            desc: desc.into(),
+            module: module.into(),
+            refusal,
+        });
     }
 
     fn next_id(&mut self) -> u64 {

@@ -441,6 +441,16 @@ impl World {
         ));
     }
 
+    /// Hands a message to the agent at once, online or not (as a broker may deliver
+    /// messages queued before a session dropped), and performs what follows.
+    pub fn deliver(&mut self, topic: &str, payload: &[u8]) {
+        let now = self.now;
+        self.agent
+            .handle(now, Event::Message { topic, payload })
+            .unwrap();
+        assert!(self.drain().is_none());
+    }
+
     pub fn connect(&mut self) {
         self.online = true;
         self.inbox.push_back(Event::Connected);
@@ -546,7 +556,7 @@ impl World {
             }
             self.agent.handle(self.now, event).unwrap();
         } else if let Some((topic, payload)) = self.messages.pop_front() {
-            if self.online {
+            if self.online && self.agent.is_online() {
                 let event = Event::Message {
                     topic: &topic,
                     payload: &payload,
@@ -830,9 +840,10 @@ impl World {
 
     /// Every failure the agent declared has been reported (call when online and quiet).
     pub fn assert_reports_settled(&self) {
+        let tail = &self.transcript[self.transcript.len().saturating_sub(40)..];
         assert!(
             self.expected_failures.is_empty(),
-            "failures never reported: {:?}",
+            "failures never reported: {:?}; the transcript ends with {tail:#?}",
             self.expected_failures
         );
     }

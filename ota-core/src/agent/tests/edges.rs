@@ -458,3 +458,28 @@ fn unanswered_task_requests_are_remembered_only_a_few_at_a_time() {
         .unwrap();
     assert_eq!(w.agent.phase(), Phase::Idle);
 }
+
+#[test]
+fn offline_a_task_failure_report_outlives_any_number_of_refusals() {
+    // Found by fuzzing: refusals queued while offline pushed a -4 out of the queue.
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(6000));
+    w.run_until(|w| w.agent.fetched_size() == 6000);
+    w.disconnect();
+    w.fail_write = Some(w.writes + 1);
+    w.run();
+    for _ in 0..6 {
+        // A broker may still hand over messages queued before the session dropped.
+        w.deliver("/ota/device/upgrade/a1TestPK001/dev01", b"{not json");
+    }
+    w.connect();
+    w.run();
+    assert!(w.progress.contains(&-4), "{:?}", w.progress);
+    assert_eq!(
+        w.progress.iter().filter(|p| **p == -1).count(),
+        3,
+        "{:?}",
+        w.progress
+    );
+}
