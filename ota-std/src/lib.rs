@@ -12,9 +12,9 @@
 //!   leave the directory makes every write of the task fail (`-4`) before a byte is written,
 //!   with a `TaskRejected` event saying why.
 //! * Extra modules ([`ModuleConfig`]) have their own slot; writes go to the module of the last
-//!   `TaskReceived`, activation to the module it names, and the confirmation or rollback after
-//!   the reboot to the module noted at activation (`{record}.activated`). The record is one
-//!   file for all modules: the core runs one task at a time and names its module in it.
+//!   `TaskReceived`; activation, confirmation and rollback to the module the core names. The
+//!   record is one file for all modules: the core runs one task at a time and names its
+//!   module in it.
 //! * The legacy request topic, the confirmation policy and the MQTT window are the core's
 //!   `Config` fields (`agent.task_request`, `agent.confirmation`, `agent.mqtt`).
 //!

@@ -78,13 +78,13 @@ impl Io<'_> {
                 self.results.push_back(result);
             }
             Action::Reboot => self.reboot = true,
-            Action::Confirm { .. } => {
-                if let Err(e) = self.storage.confirm() {
+            Action::Confirm { module } => {
+                if let Err(e) = self.storage.confirm(module) {
                     tracing::warn!("cannot drop the previous image: {e}");
                 }
             }
-            Action::Rollback { .. } => {
-                if let Err(e) = self.storage.rollback() {
+            Action::Rollback { module } => {
+                if let Err(e) = self.storage.rollback(module) {
                     tracing::error!("rollback failed: {e}");
                 }
             }

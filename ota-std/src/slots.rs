@@ -1,8 +1,7 @@
 //! The modules of one device and the record they share. The core runs one task at a time and
 //! keeps one record, which names its module; this maps its storage actions to the module they
-//! belong to: `Write`s to the module of the last `TaskReceived`, `Activate` to the module it
-//! names, and `Confirm`/`Rollback` (which name none, and come after a reboot) to the module
-//! of the last activation, remembered in a small file next to the record.
+//! belong to: `Write`s to the module of the last `TaskReceived`; `Activate`, `Confirm` and
+//! `Rollback` to the module they name.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -10,7 +9,6 @@ use std::path::PathBuf;
 
 use ota_core::Task;
 
-use crate::multi_file::write_atomically;
 use crate::storage::{remove_if_present, sync_dir, with_suffix, Slot, Storage};
 use crate::Error;
 
@@ -20,14 +18,11 @@ pub(crate) struct Slots {
     /// Index into `modules` of the last `TaskReceived`.
     current: usize,
     record_path: PathBuf,
-    /// Holds the module name of the last activation until it is confirmed or rolled back.
-    activated_path: PathBuf,
 }
 
 impl Slots {
     /// `modules[0]` is the agent's main module.
     pub(crate) fn new(modules: Vec<(String, Slot)>, record_path: PathBuf) -> Slots {
-        let activated_path = with_suffix(&record_path, ".activated");
         Slots {
             modules: modules
                 .into_iter()
@@ -35,7 +30,6 @@ impl Slots {
                 .collect(),
             current: 0,
             record_path,
-            activated_path,
         }
     }
 
@@ -85,39 +79,27 @@ impl Slots {
         sync_dir(&self.record_path)
     }
 
-    /// Installs the staged image of `module`, and remembers the module for the confirmation
-    /// or rollback after the reboot.
-    pub(crate) fn activate(&mut self, module: &str, version: &str) -> Result<(), String> {
+    /// The storage of `module`.
+    fn slot_of(&mut self, module: &str) -> Result<&mut Storage, String> {
         let i = self
             .index_of(module)
             .ok_or_else(|| format!("module {module} has no slot"))?;
-        write_atomically(&self.activated_path, module.as_bytes())
-            .map_err(|e| format!("cannot note the activated module: {e}"))?;
-        self.modules[i].1.activate(module, version)
+        Ok(&mut self.modules[i].1)
     }
 
-    /// The storage of the last activation (the main module when nothing says otherwise).
-    fn activated(&mut self) -> &mut Storage {
-        let name = fs::read_to_string(&self.activated_path).unwrap_or_default();
-        let i = self.index_of(name.trim()).unwrap_or(0);
-        &mut self.modules[i].1
+    /// Installs the staged image of `module`.
+    pub(crate) fn activate(&mut self, module: &str, version: &str) -> Result<(), String> {
+        self.slot_of(module)?.activate(module, version)
     }
 
-    fn forget_activation(&self) -> io::Result<()> {
-        remove_if_present(&self.activated_path)
+    /// The new image of `module` is healthy: forget the previous one.
+    pub(crate) fn confirm(&mut self, module: &str) -> Result<(), String> {
+        self.slot_of(module)?.confirm().map_err(|e| e.to_string())
     }
 
-    /// The new image is healthy: forget the previous one.
-    pub(crate) fn confirm(&mut self) -> io::Result<()> {
-        self.activated().confirm()?;
-        self.forget_activation()
-    }
-
-    /// The new image is not healthy: put the previous one back.
-    pub(crate) fn rollback(&mut self) -> Result<(), String> {
-        self.activated().rollback()?;
-        self.forget_activation()
-            .map_err(|e| format!("cannot clear the activation note: {e}"))
+    /// The new image of `module` is not healthy: put the previous one back.
+    pub(crate) fn rollback(&mut self, module: &str) -> Result<(), String> {
+        self.slot_of(module)?.rollback()
     }
 }
 
@@ -155,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn rollback_after_a_reboot_goes_to_the_activated_module() {
+    fn rollback_after_a_reboot_goes_to_the_module_named() {
         let dir = tempfile::tempdir().unwrap();
         let (main, mcu) = (dir.path().join("main"), dir.path().join("mcu"));
         for d in [&main, &mcu] {
@@ -169,8 +151,8 @@ mod tests {
         Slots::new(modules.clone(), record.clone())
             .activate("MCU", "2")
             .unwrap();
-        // A new boot: nothing in memory says which module was activated.
-        Slots::new(modules, record).rollback().unwrap();
+        // A new boot: the core names the module in its `Rollback`.
+        Slots::new(modules, record).rollback("MCU").unwrap();
         assert_eq!(fs::read(mcu.join("firmware.img")).unwrap(), b"old");
         assert_eq!(fs::read(main.join("firmware.img")).unwrap(), b"old");
         assert!(
