@@ -162,12 +162,22 @@ impl Mqtt {
         // A full request queue means the link is down for long; the agent re-informs and
         // re-reports what matters on the next connect.
         // Counted first: the acknowledgement may come back before `try_publish` returns.
-        self.unacked.add(1);
-        let result = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec());
+        // MQTT-channel block requests go at QoS 0: the core asks again when a reply does not
+        // come, and a broker's PUBACK would otherwise hold the block reply back behind
+        // Nagle's algorithm (brokers such as rumqttd do not set TCP_NODELAY).
+        let qos = if topic.ends_with("/thing/file/download") {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        if qos == QoS::AtLeastOnce {
+            self.unacked.add(1);
+        }
+        let result = self.client.try_publish(topic, qos, false, payload.to_vec());
         if let Err(e) = result {
-            self.unacked.add(-1);
+            if qos == QoS::AtLeastOnce {
+                self.unacked.add(-1);
+            }
             tracing::warn!("cannot publish to {topic}: {e}");
         }
     }
