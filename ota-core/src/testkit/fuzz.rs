@@ -21,7 +21,13 @@ fn check_task(task: &Task, rules: &TaskRules) {
     assert!(is_valid_module(&task.module));
     assert_eq!(task.digest.bytes().len(), task.digest.method().digest_len());
     if let Some(url) = task.url() {
-        assert!(url.starts_with("https://") || url.starts_with("http://") || url.len() > 8);
+        // Schemes are case-insensitive (RFC 3986), and a host must follow.
+        let scheme = url.split("://").next().unwrap_or_default();
+        assert!(
+            scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http"),
+            "{url}"
+        );
+        assert!(url.len() > scheme.len() + 3, "{url}");
         assert!(!url.bytes().any(|b| b <= b' '));
     }
 }
