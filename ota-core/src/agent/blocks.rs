@@ -109,7 +109,7 @@ impl Agent {
         }
         d.blocks = Some(blocks);
         if staged_any {
-            self.report_progress(false);
+            self.report_progress();
         }
     }
 

@@ -62,6 +62,10 @@ pub(super) struct Download {
     last_activity: Instant,
     notified: u8,
     notified_at: Instant,
+    /// Bytes at which the percentage passes `notified + 1` and `notified + step`: below both
+    /// (within the interval), a body chunk skips the progress arithmetic altogether.
+    next_percent_bytes: u64,
+    next_step_bytes: u64,
     reported: u8,
 }
 
@@ -125,6 +129,8 @@ impl Download {
             last_activity: now,
             notified: 0,
             notified_at: now,
+            next_percent_bytes: 0,
+            next_step_bytes: 0,
             reported: 0,
         }
     }
@@ -518,7 +524,7 @@ impl Agent {
             taken = bytes.len();
         }
         if n > 0 {
-            self.report_progress(false);
+            self.report_progress();
         }
         Ok(taken)
     }
@@ -647,7 +653,8 @@ impl Agent {
     }
 
     /// Notifies the application (throttled) and publishes to the cloud when online.
-    pub(super) fn report_progress(&mut self, force: bool) {
+    /// Called on the body path: cheap unless a new percentage is due.
+    pub(super) fn report_progress(&mut self) {
         let (step, interval, now) = (
             self.config.progress_step,
             self.config.progress_interval,
@@ -656,24 +663,31 @@ impl Agent {
         let State::Downloading(d) = &mut self.state else {
             return;
         };
-        if d.received > 0 {
-            // The first report says "started" (1), whatever the first chunk held.
-            let pct = if d.notified == 0 { 1 } else { d.percent() };
-            let due = force
-                || d.notified == 0
-                || pct >= d.notified.saturating_add(step)
-                || now >= d.notified_at + interval;
-            if pct > d.notified && due {
-                d.notified = pct;
-                d.notified_at = now;
-                let (received, size) = (d.done + d.received, d.task.size);
-                self.notify(Note::Progress {
-                    percent: pct,
-                    received,
-                    size,
-                });
-            }
+        let bytes = d.done + d.received;
+        let interval_passed = now >= d.notified_at + interval;
+        let threshold = if interval_passed {
+            d.next_percent_bytes
+        } else {
+            d.next_step_bytes
+        };
+        if bytes == 0 || (d.notified > 0 && bytes < threshold) {
+            return;
         }
+        // The first report says "started" (1), whatever the first chunk held.
+        let pct = if d.notified == 0 { 1 } else { d.percent() };
+        if pct <= d.notified {
+            return;
+        }
+        d.notified = pct;
+        d.notified_at = now;
+        let total = d.task.size;
+        d.next_percent_bytes = bytes_at_percent(pct + 1, total);
+        d.next_step_bytes = bytes_at_percent(pct.saturating_add(step), total);
+        self.notify(Note::Progress {
+            percent: pct,
+            received: bytes,
+            size: total,
+        });
         self.publish_pending_progress();
     }
 
@@ -711,6 +725,12 @@ impl Agent {
             self.outbox.push(Queued::Publish(Topic::Progress, range));
         }
     }
+}
+
+/// The first byte count at which `floor(bytes * 100 / total)` reaches `percent`.
+fn bytes_at_percent(percent: u8, total: u64) -> u64 {
+    let wanted = u128::from(percent) * u128::from(total);
+    u64::try_from(wanted.div_ceil(100)).unwrap_or(u64::MAX)
 }
 
 /// Parses `bytes FIRST-LAST/TOTAL`.

@@ -455,7 +455,7 @@ impl Agent {
                 blocks.restart(received);
             }
         }
-        self.report_progress(false);
+        self.publish_pending_progress();
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
