@@ -365,6 +365,15 @@ impl World {
         &found.expect("a version the cloud offered").1
     }
 
+    /// Builds a fresh agent from `self.config` (after a test changed it), as at first boot.
+    pub fn restart_agent(&mut self) {
+        let boot = Boot {
+            running_version: "1.0.0",
+            record: None,
+        };
+        self.agent = Agent::new(self.config.clone(), boot, Instant::ZERO).unwrap();
+    }
+
     /// Publishes an MD5 task for the world's image and version.
     pub fn offer_md5_task(&mut self) {
         self.remember_offer();

@@ -12,16 +12,7 @@ use crate::time::Instant;
 fn world(confirmation: Confirmation, decision: Decision) -> World {
     let mut config = test_config();
     config.confirmation = confirmation;
-    let mut w = World::new(config.clone(), test_image(5000, 4));
-    w.agent = Agent::new(
-        config,
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::ZERO,
-    )
-    .unwrap();
+    let mut w = World::new(config, test_image(5000, 4));
     w.decision = decision;
     w.offer_md5_task();
     w

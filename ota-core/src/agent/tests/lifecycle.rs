@@ -65,15 +65,7 @@ fn transcript_of_a_small_upgrade() {
     let mut w = world(2500);
     w.chunk_sizes = vec![2500];
     w.config.progress_step = 50;
-    w.agent = Agent::new(
-        w.config.clone(),
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::ZERO,
-    )
-    .unwrap();
+    w.restart_agent();
     w.offer_md5_task();
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
@@ -627,15 +619,7 @@ fn a_corrupt_record_at_boot_is_discarded_and_cleared() {
 fn the_legacy_request_topic_can_replace_firmware_get() {
     let mut w = world(5000);
     w.config.task_request = crate::agent::TaskRequest::Legacy;
-    w.agent = Agent::new(
-        w.config.clone(),
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::ZERO,
-    )
-    .unwrap();
+    w.restart_agent();
     w.offer_md5_task();
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
