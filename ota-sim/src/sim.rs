@@ -216,6 +216,24 @@ impl Sim {
         self.shared.lock().faults.fired(id)
     }
 
+    /// Waits until fault `id` fired at least `times` times (some fire after the response that
+    /// carried them, e.g. a delayed MQTT reply).
+    pub fn wait_fault_fired(
+        &self,
+        id: FaultId,
+        times: u32,
+        timeout: Duration,
+    ) -> Result<u32, Error> {
+        self.wait_for(timeout, format!("fault {id:?} fired {times} times"), |w| {
+            let fired = w.faults.fired(id);
+            if fired >= times {
+                Waited::Done(fired)
+            } else {
+                Waited::Pending(format!("fired {fired} times"))
+            }
+        })
+    }
+
     /// A device's task in a job.
     pub fn task(&self, job: JobId, device: impl AsRef<DeviceId>) -> Option<TaskView> {
         self.shared.lock().engine.task_view(job, device.as_ref())

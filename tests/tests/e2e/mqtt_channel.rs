@@ -77,10 +77,7 @@ fn survives(fault: Fault, window: u8) {
     succeeds(&sim, job, &device, &data);
     // A delayed reply may go out after the image is complete (the re-request was answered
     // first): the device stays up until it did.
-    let guard = std::time::Instant::now() + Duration::from_secs(5);
-    while sim.fault_fired(id) == 0 && std::time::Instant::now() < guard {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sim.wait_fault_fired(id, 1, WAIT).unwrap();
     assert_eq!(sim.fault_fired(id), 1, "{fault:?} fired");
     device.stop();
 }
