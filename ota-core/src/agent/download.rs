@@ -391,7 +391,6 @@ impl Agent {
             self.advance_download();
             return;
         }
-        self.verified = true;
         d.notified = 100;
         let size = d.task.size;
         self.notify(Note::Progress {

@@ -167,7 +167,6 @@ struct ResumePoint {
 pub struct Agent {
     config: Config,
     topics: Topics,
-    running_version: String,
     /// Every module this agent updates with its running version; the first is `config.module`.
     modules: Vec<(String, String)>,
     /// Task requests awaiting an answer: (message id, module). A few at most.
@@ -189,8 +188,6 @@ pub struct Agent {
     offered: Option<Task>,
     /// Failure reports made while offline, sent on the next connect.
     unsent_reports: Vec<UnsentReport>,
-    /// The image verified in this session (for `is_image_verified`).
-    verified: bool,
     staging: Vec<u8>,
     /// Reused buffer for the digest mid-state of checkpoints.
     scratch: Vec<u8>,
@@ -223,7 +220,6 @@ impl Agent {
             topics: Topics::new(&config.identity),
             staging: vec![0; config.write_block],
             scratch: Vec::with_capacity(128),
-            running_version: boot.running_version.into(),
             modules: core::iter::once((config.module.clone(), String::from(boot.running_version)))
                 .chain(config.extra_modules.iter().cloned())
                 .collect(),
@@ -241,7 +237,6 @@ impl Agent {
             waiting: Vec::new(),
             offered: None,
             unsent_reports: Vec::new(),
-            verified: false,
             backoff,
             outbox: Outbox::new(),
             config,
@@ -356,12 +351,13 @@ impl Agent {
 
     /// True once the downloaded image matched its digest (`IOT_OTAG_CHECK_FIRMWARE`).
     pub fn is_image_verified(&self) -> bool {
-        self.verified
+        // Only a verified image gets past the download.
+        matches!(self.state, State::Activating { .. } | State::Rebooting)
     }
 
     /// The running version.
     pub fn running_version(&self) -> &str {
-        &self.running_version
+        &self.modules[0].1
     }
 
     /// True while the MQTT session is up.
@@ -597,7 +593,6 @@ impl Agent {
             }
         }
         self.generation = self.generation.wrapping_add(1);
-        self.verified = false;
         self.clear_record_wanted = false;
         let resume = self.resume.take().filter(|r| r.image.matches(&task));
         self.notify(Note::TaskReceived(Box::new(task.clone())));
@@ -883,7 +878,6 @@ impl Agent {
         self.notify(Note::Failed(code, reason.into()));
         self.report_failure(code, reason, &module);
         self.state = State::Idle;
-        self.verified = false;
         self.clear_record_wanted = true;
     }
 

@@ -127,8 +127,7 @@ pub struct World {
     pub boot_next: Option<String>,
     /// The version the bootloader goes back to after a rollback.
     pub fallback: String,
-    /// Every target version the cloud has offered, with its image.
-    pub offered: Vec<String>,
+    /// Every image the cloud has offered, by target version.
     images: Vec<(String, Vec<u8>)>,
     pub confirmed: bool,
     pub slot: Vec<u8>,
@@ -241,7 +240,6 @@ impl World {
             running: "1.0.0".into(),
             boot_next: None,
             fallback: "1.0.0".into(),
-            offered: Vec::new(),
             images: Vec::new(),
             confirmed: false,
             record: None,
@@ -300,7 +298,6 @@ impl World {
     }
 
     fn remember_offer(&mut self) {
-        self.offered.push(self.version.clone());
         self.images.push((self.version.clone(), self.image.clone()));
     }
 
@@ -357,6 +354,11 @@ impl World {
             })
             .collect();
         Some(format!(r#","files":[{}]"#, entries.join(",")))
+    }
+
+    /// True when the cloud offered `version` at some point.
+    pub fn was_offered(&self, version: &str) -> bool {
+        self.images.iter().any(|(v, _)| v == version)
     }
 
     /// The image the cloud offered for `version` (the latest offer wins).
