@@ -7,28 +7,15 @@
 //! `OTA_BENCH_MIB` changes the size, `OTA_BENCH_ROUNDS` the rounds, `OTA_BENCH_DIR` where the
 //! files go (default: /dev/shm when present, so that the disk is not what is measured).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{bench_dir, env_or, upgrade};
 use md5::{Digest, Md5};
-use ota_sim::{JobSpec, PackageId, PackageSpec, Sim, SimConfig, TaskState};
-use ota_std::{Device, DeviceConfig, DeviceEvent};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn bench_dir() -> PathBuf {
-    match std::env::var_os("OTA_BENCH_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
-        None => std::env::temp_dir(),
-    }
-}
+use ota_sim::{PackageId, PackageSpec, Sim, SimConfig};
 
 fn md5_hex(data: &[u8]) -> String {
     Md5::digest(data)
@@ -52,48 +39,10 @@ fn bare_md5(data: &[u8]) -> (Duration, String) {
 /// One device upgraded through ota-std; timed from the task's arrival to the image being
 /// verified, written, synced and activated.
 fn agent_run(sim: &Sim, package: PackageId, dir: &Path, data: &[u8]) -> Duration {
-    let info = sim.add_device().expect("device");
-    let job = sim
-        .create_job(JobSpec::batch(package).devices(&[&info]))
-        .expect("job");
-    let mut config = DeviceConfig::new(
-        &info.id.product_key,
-        &info.id.device_name,
-        &info.device_secret,
-        sim.mqtt_host(),
-        sim.mqtt_port(),
-        dir,
-    )
-    .expect("config");
-    config.agent.rules.allow_http = true;
-    std::fs::write(dir.join("version"), "1.0.0\n").expect("version file");
-    let device = Device::spawn(config).expect("device starts");
-    let wait = Duration::from_secs(120);
-    let mut started = None;
-    let mut updates = 0u32;
-    let installed = device.wait_for(wait, |e| {
-        match e {
-            DeviceEvent::TaskReceived { .. } => started = Some(Instant::now()),
-            DeviceEvent::Progress { .. } => updates += 1,
-            _ => {}
-        }
-        matches!(
-            e,
-            DeviceEvent::Installed { .. } | DeviceEvent::Failed { .. }
-        )
-    });
-    let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
-    assert!(
-        matches!(installed, Some(DeviceEvent::Installed { .. })),
-        "{installed:?}"
-    );
+    let run = upgrade(sim, package, dir, data, |_| {});
+    let updates = run.progress_events;
     assert!(updates > 10, "progress was shown ({updates} updates)");
-    sim.wait_task_state(job, &info, TaskState::Succeeded, wait)
-        .expect("success");
-    device.stop().expect("device stops");
-    let written = std::fs::read(dir.join("firmware.img")).expect("image");
-    assert!(written == data, "installed image differs");
-    elapsed
+    run.elapsed
 }
 
 /// Runs a shell pipeline with `$URL` (a fresh signed URL) and `$FILE` set; returns its time

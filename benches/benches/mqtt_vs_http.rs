@@ -6,26 +6,13 @@
 //! `OTA_BENCH_MIB` changes the size (MQTT images are at most 16 MB), `OTA_BENCH_ROUNDS` the
 //! rounds, `OTA_BENCH_DIR` where the files go (default: /dev/shm when present).
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+mod common;
 
-use ota_sim::{JobSpec, PackageId, PackageSpec, Sim, SimConfig, TaskState};
-use ota_std::{Device, DeviceConfig, DeviceEvent};
+use std::path::Path;
+use std::time::Duration;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn bench_dir() -> PathBuf {
-    match std::env::var_os("OTA_BENCH_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
-        None => std::env::temp_dir(),
-    }
-}
+use common::{bench_dir, env_or, upgrade};
+use ota_sim::{PackageId, PackageSpec, Sim, SimConfig};
 
 /// How a run fetches the image: HTTP, or MQTT with (block size, window).
 #[derive(Clone, Copy)]
@@ -45,51 +32,20 @@ impl Channel {
     }
 }
 
-/// One device upgraded through ota-std; returns the time from `TaskReceived` to `Installed`.
+/// One device upgraded through ota-std over `channel`.
 fn run(sim: &Sim, package: PackageId, channel: Channel, dir: &Path, data: &[u8]) -> Duration {
-    let info = sim.add_device().expect("device");
-    let job = sim
-        .create_job(JobSpec::batch(package).devices(&[&info]))
-        .expect("job");
-    let mut config = DeviceConfig::new(
-        &info.id.product_key,
-        &info.id.device_name,
-        &info.device_secret,
-        sim.mqtt_host(),
-        sim.mqtt_port(),
-        dir,
-    )
-    .expect("config");
-    config.agent.rules.allow_http = true;
-    if let Channel::Mqtt { block, window } = channel {
-        config.agent.mqtt.block_size = block;
-        config.agent.mqtt.window = window;
-    }
-    std::fs::write(dir.join("version"), "1.0.0\n").expect("version file");
-    let device = Device::spawn(config).expect("device starts");
-    let wait = Duration::from_secs(300);
-    let mut started = None;
-    let end = device.wait_for(wait, |e| {
-        if matches!(e, DeviceEvent::TaskReceived { .. }) {
-            started = Some(Instant::now());
+    let run = upgrade(sim, package, dir, data, |config| {
+        if let Channel::Mqtt { block, window } = channel {
+            config.agent.mqtt.block_size = block;
+            config.agent.mqtt.window = window;
         }
-        matches!(
-            e,
-            DeviceEvent::Installed { .. } | DeviceEvent::Failed { .. }
-        )
     });
-    let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
     assert!(
-        matches!(end, Some(DeviceEvent::Installed { .. })),
-        "{}: {end:?}",
+        run.progress_events > 0,
+        "{}: progress was shown",
         channel.name()
     );
-    sim.wait_task_state(job, &info, TaskState::Succeeded, wait)
-        .expect("success");
-    device.stop().expect("device stops");
-    let written = std::fs::read(dir.join("firmware.img")).expect("image");
-    assert!(written == data, "installed image differs");
-    elapsed
+    run.elapsed
 }
 
 fn mib_per_s(bytes: usize, t: Duration) -> f64 {
