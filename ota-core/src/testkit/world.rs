@@ -208,6 +208,15 @@ pub fn test_image(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// An agent booting for the first time: version 1.0.0, no record.
+pub fn first_boot_agent(config: Config, now: Instant) -> Agent {
+    let boot = Boot {
+        running_version: "1.0.0",
+        record: None,
+    };
+    Agent::new(config, boot, now).unwrap()
+}
+
 pub fn test_config() -> Config {
     let mut config = Config::new(DeviceIdentity::new("a1TestPK001", "dev01").unwrap());
     config.write_block = 1024;
@@ -221,15 +230,7 @@ pub fn test_config() -> Config {
 
 impl World {
     pub fn new(config: Config, image: Vec<u8>) -> Self {
-        let agent = Agent::new(
-            config.clone(),
-            Boot {
-                running_version: "1.0.0",
-                record: None,
-            },
-            Instant::ZERO,
-        )
-        .unwrap();
+        let agent = first_boot_agent(config.clone(), Instant::ZERO);
         World {
             config,
             agent,
@@ -369,11 +370,7 @@ impl World {
 
     /// Builds a fresh agent from `self.config` (after a test changed it), as at first boot.
     pub fn restart_agent(&mut self) {
-        let boot = Boot {
-            running_version: "1.0.0",
-            record: None,
-        };
-        self.agent = Agent::new(self.config.clone(), boot, Instant::ZERO).unwrap();
+        self.agent = first_boot_agent(self.config.clone(), Instant::ZERO);
     }
 
     /// Publishes an MD5 task for the world's image and version.

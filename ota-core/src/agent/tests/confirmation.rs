@@ -4,7 +4,7 @@
 use alloc::string::String;
 use alloc::vec;
 
-use crate::agent::{Agent, Boot, Confirmation, Event};
+use crate::agent::{Confirmation, Event};
 use crate::error::Error;
 use crate::testkit::world::*;
 use crate::time::Instant;
@@ -102,15 +102,7 @@ fn a_declined_offer_reports_nothing_unless_configured() {
 
 #[test]
 fn decisions_without_an_offer_are_errors() {
-    let mut agent = Agent::new(
-        test_config(),
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::ZERO,
-    )
-    .unwrap();
+    let mut agent = first_boot_agent(test_config(), Instant::ZERO);
     assert_eq!(
         agent.handle(Instant::ZERO, Event::AcceptTask),
         Err(Error::UnexpectedDecision)

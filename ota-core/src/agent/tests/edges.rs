@@ -251,15 +251,7 @@ fn a_completed_rollback_is_acknowledged_at_boot() {
 
 #[test]
 fn offline_failure_reports_are_bounded() {
-    let mut agent = Agent::new(
-        test_config(),
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::ZERO,
-    )
-    .unwrap();
+    let mut agent = first_boot_agent(test_config(), Instant::ZERO);
     let topic = "/ota/device/upgrade/a1TestPK001/dev01";
     for i in 0..6 {
         // Offline: messages do not normally arrive, but a broker may deliver queued ones.
@@ -399,15 +391,7 @@ fn invalid_configurations_and_versions_are_refused() {
 
 #[test]
 fn poll_timeout_is_now_while_actions_wait() {
-    let mut agent = Agent::new(
-        test_config(),
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::from_millis(7),
-    )
-    .unwrap();
+    let mut agent = first_boot_agent(test_config(), Instant::from_millis(7));
     agent
         .handle(Instant::from_millis(9), Event::Connected)
         .unwrap();

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use alloc::{format, vec};
 use core::time::Duration;
 
-use crate::agent::{Action, Agent, Boot, Event, FetchId, Phase};
+use crate::agent::{Action, Event, FetchId, Phase};
 use crate::error::Error;
 use crate::testkit::world::*;
 use crate::time::Instant;
@@ -566,15 +566,7 @@ fn queries_answer_like_the_seed_ioctl() {
 
 #[test]
 fn adapter_contract_violations_are_errors_and_change_nothing() {
-    let mut agent = Agent::new(
-        test_config(),
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::ZERO,
-    )
-    .unwrap();
+    let mut agent = first_boot_agent(test_config(), Instant::ZERO);
     assert_eq!(
         agent.handle(Instant::ZERO, Event::WriteDone),
         Err(Error::UnexpectedWriteResult)
@@ -632,15 +624,7 @@ fn the_legacy_request_topic_can_replace_firmware_get() {
 
 #[test]
 fn time_going_backwards_never_moves_deadlines_into_the_past() {
-    let mut agent = Agent::new(
-        test_config(),
-        Boot {
-            running_version: "1.0.0",
-            record: None,
-        },
-        Instant::from_millis(5000),
-    )
-    .unwrap();
+    let mut agent = first_boot_agent(test_config(), Instant::from_millis(5000));
     agent
         .handle(Instant::from_millis(1000), Event::Connected)
         .unwrap();
