@@ -25,7 +25,7 @@
 //! while let Some(action) = agent.poll_action() { // ...then drain every action
 //!     match action {
 //!         Action::Subscribe { topic } => subscribed.push(topic.to_string()),
-//!         Action::Publish { topic: _, payload: _ } => { /* MQTT publish, QoS 1 */ }
+//!         Action::Publish { topic: _, payload: _, qos: _ } => { /* MQTT publish at that QoS */ }
 //!         Action::Fetch { fetch: _, url: _, offset: _ } => { /* GET, Range: bytes=offset- */ }
 //!         Action::Write { offset: _, data: _ } => { /* then Event::WriteDone */ }
 //!         Action::SaveRecord { record: _ } => { /* atomically; then Event::RecordSaved */ }
@@ -73,7 +73,7 @@ pub mod testkit;
 
 pub use agent::{
     Action, Agent, Boot, Config, Confirmation, Event, FetchId, MqttDownload, Notification, Outcome,
-    Phase, RetryPolicy, TaskRequest,
+    Phase, Qos, RetryPolicy, TaskRequest,
 };
 pub use error::Error;
 pub use identity::DeviceIdentity;

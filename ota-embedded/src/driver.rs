@@ -370,7 +370,7 @@ where
                     Action::Subscribe { topic } => {
                         lost |= self.online && self.mqtt.subscribe(topic).await.is_err();
                     }
-                    Action::Publish { topic, payload } => {
+                    Action::Publish { topic, payload, .. } => {
                         lost |= self.online && self.mqtt.publish(topic, payload).await.is_err();
                     }
                     Action::Fetch { fetch, url, offset } => {

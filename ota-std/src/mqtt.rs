@@ -158,24 +158,22 @@ impl Mqtt {
         }
     }
 
-    pub(crate) fn publish(&self, topic: &str, payload: &[u8]) {
+    /// Publishes at the QoS the core asks for.
+    pub(crate) fn publish(&self, topic: &str, payload: &[u8], qos: ota_core::Qos) {
         // A full request queue means the link is down for long; the agent re-informs and
         // re-reports what matters on the next connect.
-        // Counted first: the acknowledgement may come back before `try_publish` returns.
-        // MQTT-channel block requests go at QoS 0: the core asks again when a reply does not
-        // come, and a broker's PUBACK would otherwise hold the block reply back behind
-        // Nagle's algorithm (brokers such as rumqttd do not set TCP_NODELAY).
-        let qos = if topic.ends_with("/thing/file/download") {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
+        let qos = match qos {
+            ota_core::Qos::AtMostOnce => QoS::AtMostOnce,
+            ota_core::Qos::AtLeastOnce => QoS::AtLeastOnce,
         };
-        if qos == QoS::AtLeastOnce {
+        // Counted first: the acknowledgement may come back before `try_publish` returns.
+        let acknowledged = qos == QoS::AtLeastOnce;
+        if acknowledged {
             self.unacked.add(1);
         }
         let result = self.client.try_publish(topic, qos, false, payload.to_vec());
         if let Err(e) = result {
-            if qos == QoS::AtLeastOnce {
+            if acknowledged {
                 self.unacked.add(-1);
             }
             tracing::warn!("cannot publish to {topic}: {e}");

@@ -43,7 +43,11 @@ impl Io<'_> {
     pub(crate) fn perform(&mut self, action: Action<'_>) {
         match action {
             Action::Subscribe { topic } => self.mqtt.subscribe(topic),
-            Action::Publish { topic, payload } => self.mqtt.publish(topic, payload),
+            Action::Publish {
+                topic,
+                payload,
+                qos,
+            } => self.mqtt.publish(topic, payload, qos),
             Action::Fetch { fetch, url, offset } => {
                 tracing::debug!("GET {url} from byte {offset}");
                 self.http.fetch(fetch, url, offset);

@@ -29,12 +29,14 @@ pub enum Action<'a> {
         /// Topic filter.
         topic: &'a str,
     },
-    /// Publish (QoS 1).
+    /// Publish.
     Publish {
         /// Topic.
         topic: &'a str,
         /// Compact JSON.
         payload: &'a [u8],
+        /// The MQTT QoS to publish with.
+        qos: Qos,
     },
     /// GET `url`; when `offset > 0` send `Range: bytes={offset}-`. Report the response
     /// with [`Event::HttpResponse`](crate::Event), then body bytes, then the end or a failure.
@@ -87,6 +89,17 @@ pub enum Action<'a> {
     },
     /// Tell the application something.
     Notify(Notification<'a>),
+}
+
+/// MQTT delivery guarantee of a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Qos {
+    /// QoS 0: for MQTT-channel block requests, which the agent asks again itself when no
+    /// reply comes. (A QoS 1 request also costs a PUBACK that can hold the block reply back
+    /// behind Nagle's algorithm on brokers without TCP_NODELAY.)
+    AtMostOnce,
+    /// QoS 1: reports and requests that must arrive.
+    AtLeastOnce,
 }
 
 /// News for the application.
@@ -298,6 +311,10 @@ impl Outbox {
             Queued::Publish(t, r) => Action::Publish {
                 topic: t.of(topics),
                 payload: &arena[r.clone()],
+                qos: match t {
+                    Topic::FileDownload => Qos::AtMostOnce,
+                    _ => Qos::AtLeastOnce,
+                },
             },
             Queued::Fetch { fetch, url, offset } => Action::Fetch {
                 fetch: *fetch,

@@ -14,7 +14,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-pub use actions::{Action, FetchId, Notification, Outcome};
+pub use actions::{Action, FetchId, Notification, Outcome, Qos};
 pub use config::{Config, Confirmation, MqttDownload, RetryPolicy, TaskRequest};
 
 use crate::backoff::Backoff;

@@ -1152,10 +1152,23 @@ impl From<&Action<'_>> for Owned {
     fn from(action: &Action<'_>) -> Owned {
         match action {
             Action::Subscribe { .. } => Owned::Nothing,
-            Action::Publish { topic, payload } => Owned::Publish {
-                topic: topic.to_string(),
-                payload: String::from_utf8(payload.to_vec()).expect("uplink is UTF-8"),
-            },
+            Action::Publish {
+                topic,
+                payload,
+                qos,
+            } => {
+                // Only block requests, which the agent retries itself, go unacknowledged.
+                let block_request = topic.ends_with("/thing/file/download");
+                assert_eq!(
+                    *qos == crate::agent::Qos::AtMostOnce,
+                    block_request,
+                    "{topic}"
+                );
+                Owned::Publish {
+                    topic: topic.to_string(),
+                    payload: String::from_utf8(payload.to_vec()).expect("uplink is UTF-8"),
+                }
+            }
             Action::Fetch { fetch, url, offset } => Owned::Fetch {
                 fetch: *fetch,
                 url: url.to_string(),
@@ -1204,7 +1217,7 @@ fn outcome(o: &Outcome) -> String {
 fn describe(action: &Action) -> String {
     match action {
         Action::Subscribe { topic } => format!("sub {topic}"),
-        Action::Publish { topic, payload } => {
+        Action::Publish { topic, payload, .. } => {
             let kind = if topic.starts_with("/ota/") {
                 topic.split('/').nth(3)
             } else {

@@ -54,7 +54,7 @@ fn drain(agent: &mut Agent) -> Vec<String> {
     let mut out = Vec::new();
     while let Some(a) = agent.poll_action() {
         out.push(match a {
-            Action::Publish { topic, payload } => {
+            Action::Publish { topic, payload, .. } => {
                 format!("publish {topic} {}", String::from_utf8_lossy(payload))
             }
             other => format!("{other:?}"),
