@@ -5,15 +5,13 @@
 //! unknown keys), strict where a mistake would install the wrong thing. Every
 //! rejection carries a reason that names the offending field.
 
-use alloc::format;
-use alloc::string::{String, ToString};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::Value;
+use alloc::borrow::Cow;
+use alloc::string::String;
+use alloc::vec::Vec;
 
 use crate::identity::{is_valid_module, is_valid_version, DEFAULT_MODULE};
+use crate::json::{self, Json, Kind};
 use crate::task::{Channel, DigestMethod, ExpectedDigest, Task, TaskFile, MAX_FILES};
-use alloc::vec::Vec;
 
 /// Largest image the MQTT channel carries (PROTOCOL.md §8).
 pub const MAX_MQTT_IMAGE: u64 = 16 * 1024 * 1024;
@@ -64,38 +62,67 @@ fn reject(reason: impl Into<String>) -> Rejection {
     }
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
-    code: Option<Value>,
-    #[serde(default, borrow)]
-    data: Option<&'a RawValue>,
+/// The members of `data` the parser reads (`null` counts as absent).
+struct Data<'a> {
+    size: Option<Json<'a>>,
+    version: Option<Json<'a>>,
+    url: Option<Json<'a>>,
+    md5: Option<Json<'a>>,
+    sign: Option<Json<'a>>,
+    sign_method: Option<Json<'a>>,
+    module: Option<Json<'a>>,
+    is_diff: Option<Json<'a>>,
+    ext_data: Option<Json<'a>>,
+    digestsign: Option<Json<'a>>,
+    d_protocol: Option<Json<'a>>,
+    stream_id: Option<Json<'a>>,
+    stream_file_id: Option<Json<'a>>,
+    files: Option<Json<'a>>,
 }
 
-#[derive(Deserialize, Default)]
-struct Data<'a> {
-    size: Option<Value>,
-    version: Option<Value>,
-    url: Option<Value>,
-    md5: Option<Value>,
-    sign: Option<Value>,
-    #[serde(rename = "signMethod")]
-    sign_method: Option<Value>,
-    module: Option<Value>,
-    #[serde(rename = "isDiff")]
-    is_diff: Option<Value>,
-    #[serde(rename = "extData", borrow)]
-    ext_data: Option<&'a RawValue>,
-    digestsign: Option<Value>,
-    #[serde(rename = "dProtocol")]
-    d_protocol: Option<Value>,
-    #[serde(rename = "streamId")]
-    stream_id: Option<Value>,
-    #[serde(rename = "streamFileId")]
-    stream_file_id: Option<Value>,
-    files: Option<Value>,
+impl<'a> Data<'a> {
+    fn read(object: Json<'a>) -> Result<Self, Rejection> {
+        let [size, version, url, md5, sign, sign_method, module, is_diff, ext_data, digestsign, d_protocol, stream_id, stream_file_id, files] =
+            object
+                .fields([
+                    "size",
+                    "version",
+                    "url",
+                    "md5",
+                    "sign",
+                    "signMethod",
+                    "module",
+                    "isDiff",
+                    "extData",
+                    "digestsign",
+                    "dProtocol",
+                    "streamId",
+                    "streamFileId",
+                    "files",
+                ])
+                .map_err(|key| reject(text!("invalid json in data: duplicate key ", key)))?;
+        Ok(Data {
+            size,
+            version,
+            url,
+            md5,
+            sign,
+            sign_method,
+            module,
+            is_diff,
+            ext_data,
+            digestsign,
+            d_protocol,
+            stream_id,
+            stream_file_id,
+            files,
+        })
+    }
+}
+
+/// The decoded text of a string value; `None` for absent values and other kinds.
+fn string<'a>(value: Option<Json<'a>>) -> Option<Cow<'a, str>> {
+    value.and_then(|v| v.as_str())
 }
 
 /// Parses an upgrade push (`/ota/device/upgrade/...`). A push always carries a task.
@@ -105,11 +132,10 @@ pub fn parse_push(payload: &[u8], rules: &TaskRules) -> Result<Task, Rejection> 
 
 /// The `id` of a reply, to pair it with its request (numbers and digit strings alike).
 pub fn reply_id(payload: &[u8]) -> Option<u64> {
-    let envelope: Envelope = serde_json::from_slice(payload).ok()?;
-    match envelope.id? {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
+    let id = json::parse(payload).ok()?.fields(["id"]).ok()?[0]?;
+    match id.kind() {
+        Kind::String => id.as_str()?.parse().ok(),
+        _ => id.as_u64(),
     }
 }
 
@@ -120,38 +146,45 @@ pub fn parse_get_reply(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>
 
 fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rejection> {
     if payload.len() > rules.max_message_len {
-        return Err(reject(format!(
-            "message of {} bytes exceeds the {} byte limit",
+        return Err(reject(text!(
+            "message of ",
             payload.len(),
-            rules.max_message_len
+            " bytes exceeds the ",
+            rules.max_message_len,
+            " byte limit"
         )));
     }
-    let envelope: Envelope =
-        serde_json::from_slice(payload).map_err(|e| reject(format!("invalid json: {e}")))?;
-    check_code(envelope.code.as_ref())?;
-    let raw = envelope
-        .data
-        .ok_or_else(|| reject("no data object in the message"))?;
-    if !raw.get().trim_start().starts_with('{') {
+    let envelope = json::parse(payload)
+        .map_err(|e| reject(text!("invalid json: ", e.what, " at byte ", e.at)))?;
+    if envelope.kind() != Kind::Object {
+        return Err(reject("invalid json: the message is not an object"));
+    }
+    let [id, code, data] = envelope
+        .fields(["id", "code", "data"])
+        .map_err(|key| reject(text!("invalid json: duplicate key ", key)))?;
+    check_code(code)?;
+    let data = data.ok_or_else(|| reject("no data object in the message"))?;
+    if data.kind() != Kind::Object {
         return Err(reject("data is not an object"));
     }
-    let data: Data = serde_json::from_str(raw.get())
-        .map_err(|e| reject(format!("invalid json in data: {e}")))?;
+    let data = Data::read(data)?;
     if is_empty(&data) {
         return Ok(None);
     }
-    let module = match &data.module {
-        None | Some(Value::Null) => String::from(DEFAULT_MODULE),
-        Some(Value::String(m)) if is_valid_module(m) => m.clone(),
-        Some(_) => {
-            return Err(reject(
-                "module must be 1 to 64 characters of [A-Za-z0-9._-]",
-            ))
-        }
+    let module = match data.module {
+        None => String::from(DEFAULT_MODULE),
+        Some(m) => match m.as_str() {
+            Some(m) if is_valid_module(&m) => m.into_owned(),
+            _ => {
+                return Err(reject(
+                    "module must be 1 to 64 characters of [A-Za-z0-9._-]",
+                ))
+            }
+        },
     };
-    let message_id = match &envelope.id {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
+    let message_id = match id {
+        Some(id) if id.kind() == Kind::String => id.as_str().unwrap_or_default().into_owned(),
+        Some(id) if id.kind() == Kind::Number => String::from(id.raw()),
         _ => String::new(),
     };
     build_task(&data, message_id, module.clone(), rules)
@@ -162,12 +195,13 @@ fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rej
         })
 }
 
-fn check_code(code: Option<&Value>) -> Result<(), Rejection> {
+fn check_code(code: Option<Json>) -> Result<(), Rejection> {
     let ok = match code {
         None => true,
-        Some(Value::String(s)) => s == "1000" || s == "200",
-        Some(Value::Number(n)) => n.as_u64() == Some(1000) || n.as_u64() == Some(200),
-        Some(_) => false,
+        Some(c) => match c.kind() {
+            Kind::String => matches!(c.as_str().as_deref(), Some("1000" | "200")),
+            _ => matches!(c.as_u64(), Some(1000 | 200)),
+        },
     };
     if ok {
         Ok(())
@@ -195,27 +229,30 @@ fn build_task(
     module: String,
     rules: &TaskRules,
 ) -> Result<Task, String> {
-    let version = match &data.version {
-        Some(Value::String(v)) if is_valid_version(v) => v.clone(),
-        Some(Value::String(_)) => {
-            return Err("version must be 1 to 64 characters of [A-Za-z0-9._-]".into())
-        }
-        Some(_) => return Err("version must be a string".into()),
+    let version = match data.version {
+        Some(v) => match v.as_str() {
+            Some(v) if is_valid_version(&v) => v.into_owned(),
+            Some(_) => return Err("version must be 1 to 64 characters of [A-Za-z0-9._-]".into()),
+            None => return Err("version must be a string".into()),
+        },
         None => return Err("no version in the task".into()),
     };
-    if let Some(files) = &data.files {
+    if let Some(files) = data.files {
         return build_multi_file_task(data, files, message_id, module, version, rules);
     }
-    let size = match data.size.as_ref().map(unsigned) {
+    let size = match data.size.map(unsigned) {
         Some(Some(0)) => return Err("size must be greater than 0".into()),
         Some(Some(n)) => n,
         Some(None) => return Err("size must be a positive integer".into()),
         None => return Err("no size in the task".into()),
     };
     if size > rules.max_image_size {
-        return Err(format!(
-            "image size {size} exceeds the slot capacity of {} bytes",
-            rules.max_image_size
+        return Err(text!(
+            "image size ",
+            size,
+            " exceeds the slot capacity of ",
+            rules.max_image_size,
+            " bytes"
         ));
     }
     let digest = expected_digest(data)?;
@@ -239,89 +276,101 @@ fn build_task(
 /// `isDiff`, `extData` and `digestsign`, handed to the application untouched.
 fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), String> {
     let is_diff =
-        matches!(&data.is_diff, Some(v) if unsigned(v) == Some(1) || v == &Value::Bool(true));
+        matches!(data.is_diff, Some(v) if unsigned(v) == Some(1) || v.as_bool() == Some(true));
     let ext_data = match data.ext_data {
-        Some(raw) if raw.get().len() > MAX_EXT_DATA_LEN => {
-            return Err(format!("extData longer than {MAX_EXT_DATA_LEN} bytes"))
+        Some(raw) if raw.raw().len() > MAX_EXT_DATA_LEN => {
+            return Err(text!("extData longer than ", MAX_EXT_DATA_LEN, " bytes"))
         }
-        Some(raw) if raw.get() != "null" => Some(String::from(raw.get())),
-        _ => None,
+        Some(raw) => Some(String::from(raw.raw())),
+        None => None,
     };
-    let digestsign = match &data.digestsign {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    };
+    let digestsign = string(data.digestsign).map(Cow::into_owned);
     Ok((is_diff, ext_data, digestsign))
 }
 
 /// A multi-file task (`data.files`, PROTOCOL.md §3): each file with its size, URL and digest.
 fn build_multi_file_task(
     data: &Data,
-    files: &Value,
+    files: Json,
     message_id: String,
     module: String,
     version: String,
     rules: &TaskRules,
 ) -> Result<Task, String> {
-    let Value::Array(list) = files else {
+    if files.kind() != Kind::Array {
         return Err("data.files must be an array".into());
-    };
-    if list.is_empty() || list.len() > MAX_FILES {
-        return Err(format!(
-            "data.files must hold 1 to {MAX_FILES} files, not {}",
-            list.len()
+    }
+    let count = files.elements().count();
+    if count == 0 || count > MAX_FILES {
+        return Err(text!(
+            "data.files must hold 1 to ",
+            MAX_FILES,
+            " files, not ",
+            count
         ));
     }
-    if matches!(&data.d_protocol, Some(Value::String(p)) if p.eq_ignore_ascii_case("mqtt")) {
+    if string(data.d_protocol).is_some_and(|p| p.eq_ignore_ascii_case("mqtt")) {
         return Err("multi-file tasks over the MQTT channel are not supported".into());
     }
     let method = sign_method(data);
-    let mut parsed = Vec::with_capacity(list.len());
+    let mut parsed = Vec::with_capacity(count);
     let mut total: u64 = 0;
-    for (i, file) in list.iter().enumerate() {
-        let field = |key: &str| file.get(key);
-        let name = match field("fileName") {
-            Some(Value::String(n)) if is_safe_file_name(n) => n.clone(),
-            Some(Value::String(n)) if !n.is_empty() && n.len() <= 255 => {
-                return Err(format!(
-                    "file {i}: fileName {n:?} could name a path outside the task's directory"
+    for (i, file) in files.elements().enumerate() {
+        let text_of = |key: &str| string(file.get(key));
+        let name = match text_of("fileName") {
+            Some(n) if is_safe_file_name(&n) => n.into_owned(),
+            Some(n) if !n.is_empty() && n.len() <= 255 => {
+                return Err(text!(
+                    "file ",
+                    i,
+                    ": fileName \"",
+                    n,
+                    "\" could name a path outside the task's directory"
                 ))
             }
             _ => {
-                return Err(format!(
-                    "file {i}: fileName must be a string of 1 to 255 bytes"
+                return Err(text!(
+                    "file ",
+                    i,
+                    ": fileName must be a string of 1 to 255 bytes"
                 ))
             }
         };
-        let size = match field("fileSize").and_then(unsigned) {
+        let size = match file.get("fileSize").and_then(unsigned) {
             Some(n) if n > 0 => n,
-            _ => return Err(format!("file {name}: fileSize must be a positive integer")),
-        };
-        let url = match field("fileUrl") {
-            Some(Value::String(u)) => {
-                check_url(u, rules).map_err(|e| format!("file {name}: {e}"))?
+            _ => {
+                return Err(text!(
+                    "file ",
+                    name,
+                    ": fileSize must be a positive integer"
+                ))
             }
-            _ => return Err(format!("file {name}: no fileUrl")),
         };
-        let text = |key: &str| match field(key) {
-            Some(Value::String(s)) => Some(s.as_str()),
-            _ => None,
+        let url = match text_of("fileUrl") {
+            Some(u) => check_url(&u, rules).map_err(|e| text!("file ", name, ": ", e))?,
+            None => return Err(text!("file ", name, ": no fileUrl")),
         };
-        let digest = match (&method, text("fileSign"), text("fileMd5")) {
+        let digest = match (&method, text_of("fileSign"), text_of("fileMd5")) {
             (Some(Ok(m)), Some(sign), _) => {
-                ExpectedDigest::from_hex(*m, sign).ok_or_else(|| {
-                    format!(
-                        "file {name}: {} digest in fileSign must be {} hex characters",
+                ExpectedDigest::from_hex(*m, &sign).ok_or_else(|| {
+                    text!(
+                        "file ",
+                        name,
+                        ": ",
                         m.name(),
-                        m.digest_len() * 2
+                        " digest in fileSign must be ",
+                        m.digest_len() * 2,
+                        " hex characters"
                     )
                 })?
             }
-            (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, md5)
-                .ok_or_else(|| format!("file {name}: md5 digest must be 32 hex characters"))?,
+            (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, &md5)
+                .ok_or_else(|| text!("file ", name, ": md5 digest must be 32 hex characters"))?,
             _ => {
-                return Err(format!(
-                    "file {name}: no digest (fileSign with a known signMethod, or fileMd5)"
+                return Err(text!(
+                    "file ",
+                    name,
+                    ": no digest (fileSign with a known signMethod, or fileMd5)"
                 ))
             }
         };
@@ -334,9 +383,12 @@ fn build_multi_file_task(
         });
     }
     if total > rules.max_image_size {
-        return Err(format!(
-            "files of {total} bytes exceed the slot capacity of {} bytes",
-            rules.max_image_size
+        return Err(text!(
+            "files of ",
+            total,
+            " bytes exceed the slot capacity of ",
+            rules.max_image_size,
+            " bytes"
         ));
     }
     let (is_diff, ext_data, digestsign) = passthrough(data)?;
@@ -369,44 +421,37 @@ fn is_safe_file_name(name: &str) -> bool {
 
 /// The digest method named by `signMethod`: `None` when absent, `Err(name)` when unknown.
 fn sign_method(data: &Data) -> Option<Result<DigestMethod, String>> {
-    match &data.sign_method {
-        Some(Value::String(m)) if m.eq_ignore_ascii_case("md5") => Some(Ok(DigestMethod::Md5)),
-        Some(Value::String(m))
-            if m.eq_ignore_ascii_case("sha256") || m.eq_ignore_ascii_case("sha-256") =>
-        {
-            Some(Ok(DigestMethod::Sha256))
+    let method = data.sign_method?;
+    Some(match method.as_str() {
+        Some(m) if m.eq_ignore_ascii_case("md5") => Ok(DigestMethod::Md5),
+        Some(m) if m.eq_ignore_ascii_case("sha256") || m.eq_ignore_ascii_case("sha-256") => {
+            Ok(DigestMethod::Sha256)
         }
-        Some(Value::String(m)) => Some(Err(m.clone())),
-        Some(_) => Some(Err(String::from("?"))),
-        None => None,
-    }
+        Some(m) => Err(m.into_owned()),
+        None => Err(String::from("?")),
+    })
 }
 
 /// `sign` with `signMethod` when both are present and the method is known, else `md5`.
 fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
     let method = sign_method(data);
-    let sign = match &data.sign {
-        Some(Value::String(s)) => Some(s.as_str()),
-        _ => None,
-    };
-    let md5 = match &data.md5 {
-        Some(Value::String(s)) => Some(s.as_str()),
-        _ => None,
-    };
-    match (method, sign, md5) {
+    match (method, string(data.sign), string(data.md5)) {
         (Some(Ok(method)), Some(sign), _) => {
-            ExpectedDigest::from_hex(method, sign).ok_or_else(|| {
-                format!(
-                    "{} digest in sign must be {} hex characters",
+            ExpectedDigest::from_hex(method, &sign).ok_or_else(|| {
+                text!(
                     method.name(),
-                    method.digest_len() * 2
+                    " digest in sign must be ",
+                    method.digest_len() * 2,
+                    " hex characters"
                 )
             })
         }
-        (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, md5)
+        (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, &md5)
             .ok_or_else(|| "md5 digest must be 32 hex characters".into()),
-        (Some(Err(ref m)), _, None) => Err(format!(
-            "unsupported signMethod {m:?} and no md5 digest to fall back on"
+        (Some(Err(m)), _, None) => Err(text!(
+            "unsupported signMethod \"",
+            m,
+            "\" and no md5 digest to fall back on"
         )),
         (Some(Ok(_)), None, None) => Err("signMethod given but no sign digest".into()),
         (None, Some(_), None) => Err("sign digest without a signMethod".into()),
@@ -415,40 +460,36 @@ fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
 }
 
 fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String> {
-    let mqtt = match &data.d_protocol {
-        Some(Value::String(p)) if p.eq_ignore_ascii_case("mqtt") => true,
-        Some(Value::String(p))
-            if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https") =>
-        {
-            false
-        }
-        None | Some(Value::Null) => false,
+    let mqtt = match data.d_protocol.map(|p| p.as_str()) {
+        None => false,
+        Some(Some(p)) if p.eq_ignore_ascii_case("mqtt") => true,
+        Some(Some(p)) if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https") => false,
         Some(_) => return Err("unsupported dProtocol (expected mqtt or https)".into()),
     };
     if mqtt {
         let stream_id = data
             .stream_id
-            .as_ref()
             .and_then(unsigned)
             .ok_or("MQTT-channel task without a numeric streamId")?;
-        let file_id = match &data.stream_file_id {
+        let file_id = match data.stream_file_id {
             None => 1,
             Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
         };
         if size > MAX_MQTT_IMAGE {
-            return Err(format!(
-                "image size {size} exceeds the 16 MB limit of the MQTT channel"
+            return Err(text!(
+                "image size ",
+                size,
+                " exceeds the 16 MB limit of the MQTT channel"
             ));
         }
         return Ok(Channel::Mqtt { stream_id, file_id });
     }
-    let url = match &data.url {
-        Some(Value::String(u)) => u,
-        Some(_) => return Err("url must be a string".into()),
+    let url = match data.url {
+        Some(u) => u.as_str().ok_or("url must be a string")?,
         None => return Err("no url in the task (and dProtocol is not mqtt)".into()),
     };
     Ok(Channel::Http {
-        url: check_url(url, rules)?,
+        url: check_url(&url, rules)?,
     })
 }
 
@@ -472,15 +513,13 @@ fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
 }
 
 /// A non-negative integer from a JSON number or a string of ASCII digits.
-fn unsigned(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s)
-            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
-        {
+fn unsigned(v: Json) -> Option<u64> {
+    match v.as_str() {
+        Some(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
             s.parse().ok()
         }
-        _ => None,
+        Some(_) => None,
+        None => v.as_u64(),
     }
 }
 

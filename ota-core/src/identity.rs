@@ -1,6 +1,5 @@
 //! Device identity and the MQTT topics derived from it (PROTOCOL.md §1, §8).
 
-use alloc::format;
 use alloc::string::String;
 
 use crate::error::Error;
@@ -101,14 +100,14 @@ impl Topics {
     pub fn new(id: &DeviceIdentity) -> Self {
         let (pk, dn) = (id.product_key(), id.device_name());
         Topics {
-            inform: format!("/ota/device/inform/{pk}/{dn}"),
-            upgrade: format!("/ota/device/upgrade/{pk}/{dn}"),
-            progress: format!("/ota/device/progress/{pk}/{dn}"),
-            request: format!("/ota/device/request/{pk}/{dn}"),
-            firmware_get: format!("/sys/{pk}/{dn}/thing/ota/firmware/get"),
-            firmware_get_reply: format!("/sys/{pk}/{dn}/thing/ota/firmware/get_reply"),
-            file_download: format!("/sys/{pk}/{dn}/thing/file/download"),
-            file_download_reply: format!("/sys/{pk}/{dn}/thing/file/download_reply"),
+            inform: text!("/ota/device/inform/", pk, "/", dn),
+            upgrade: text!("/ota/device/upgrade/", pk, "/", dn),
+            progress: text!("/ota/device/progress/", pk, "/", dn),
+            request: text!("/ota/device/request/", pk, "/", dn),
+            firmware_get: text!("/sys/", pk, "/", dn, "/thing/ota/firmware/get"),
+            firmware_get_reply: text!("/sys/", pk, "/", dn, "/thing/ota/firmware/get_reply"),
+            file_download: text!("/sys/", pk, "/", dn, "/thing/file/download"),
+            file_download_reply: text!("/sys/", pk, "/", dn, "/thing/file/download_reply"),
         }
     }
 }

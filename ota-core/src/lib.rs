@@ -55,6 +55,10 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[macro_use]
+mod text;
+mod json;
+
 pub mod agent;
 pub mod backoff;
 pub mod digest;

@@ -4,8 +4,9 @@
 //! Every check the official SDK skips is made here: total length, code, offset, file length,
 //! token and CRC. A frame that fails any of them is never fed to the image.
 
-use serde::Deserialize;
-use serde_json::Value;
+use alloc::borrow::Cow;
+
+use crate::json::{self, Json, Kind};
 
 const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_ARC);
 
@@ -57,32 +58,74 @@ pub enum FrameError {
     },
 }
 
-#[derive(Deserialize)]
+/// The header fields a reply is checked against.
 struct Header<'a> {
-    code: Value,
-    #[serde(default)]
-    data: Option<HeaderData<'a>>,
-    #[serde(default, borrow)]
-    id: Option<IdText<'a>>,
-}
-
-#[derive(Deserialize)]
-struct HeaderData<'a> {
-    #[serde(rename = "bOffset")]
+    code: Option<i64>,
     offset: Option<u64>,
-    #[serde(rename = "fileLength")]
     file_length: Option<u64>,
-    #[serde(rename = "bSize")]
     size: Option<u64>,
-    #[serde(rename = "fileToken", borrow, default)]
     token: Option<&'a str>,
+    id: Option<&'a str>,
+    has_data: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IdText<'a> {
-    Text(&'a str),
-    Other(serde::de::IgnoredAny),
+impl<'a> Header<'a> {
+    /// Reads the JSON header; any field of the wrong type makes it a bad header.
+    fn read(bytes: &'a [u8]) -> Result<Self, FrameError> {
+        let doc = json::parse(bytes).map_err(|_| FrameError::BadHeader)?;
+        if doc.kind() != Kind::Object {
+            return Err(FrameError::BadHeader);
+        }
+        let [code, data, id] = doc
+            .fields(["code", "data", "id"])
+            .map_err(|_| FrameError::BadHeader)?;
+        let code = code.ok_or(FrameError::BadHeader)?;
+        let code = match code.as_str() {
+            Some(text) => text.parse().ok(),
+            None => code.as_i64(),
+        };
+        let [offset, file_length, size, token] = match data {
+            Some(d) if d.kind() == Kind::Object => d
+                .fields(["bOffset", "fileLength", "bSize", "fileToken"])
+                .map_err(|_| FrameError::BadHeader)?,
+            Some(_) => return Err(FrameError::BadHeader),
+            None => [None; 4],
+        };
+        let number = |v: Option<Json>| match v {
+            Some(v) => v.as_u64().map(Some).ok_or(FrameError::BadHeader),
+            None => Ok(None),
+        };
+        let token = match token.map(|t| t.as_str()) {
+            None => None,
+            Some(Some(Cow::Borrowed(t))) => Some(t),
+            Some(_) => return Err(FrameError::BadHeader),
+        };
+        Ok(Header {
+            code,
+            offset: number(offset)?,
+            file_length: number(file_length)?,
+            size: number(size)?,
+            token,
+            id: match id.and_then(|i| i.as_str()) {
+                Some(Cow::Borrowed(t)) => Some(t),
+                _ => None,
+            },
+            has_data: data.is_some(),
+        })
+    }
+}
+
+impl FrameError {
+    /// The same text as `Display`, built without `core::fmt` (it goes into reports).
+    pub fn describe(&self) -> alloc::string::String {
+        match *self {
+            FrameError::Truncated => "frame truncated".into(),
+            FrameError::TrailingBytes => "frame has trailing bytes".into(),
+            FrameError::BadHeader => "frame header is not valid JSON with code and data".into(),
+            FrameError::Code { code, .. } => text!("frame code ", code, " is not 200"),
+            FrameError::Crc { offset } => text!("frame CRC mismatch at offset ", offset),
+        }
+    }
 }
 
 /// Parses and checks one reply frame.
@@ -92,23 +135,19 @@ pub fn parse_block_reply(frame: &[u8]) -> Result<BlockReply<'_>, FrameError> {
     };
     let header_len = usize::from(u16::from_be_bytes([*h0, *h1]));
     let header_bytes = rest.get(..header_len).ok_or(FrameError::Truncated)?;
-    let header: Header = serde_json::from_slice(header_bytes).map_err(|_| FrameError::BadHeader)?;
-    let data_info = header.data.as_ref();
-    let offset = data_info.and_then(|d| d.offset);
-    let code = header
-        .code
-        .as_i64()
-        .or_else(|| header.code.as_str().and_then(|s| s.parse().ok()));
-    if code != Some(200) {
+    let header = Header::read(header_bytes)?;
+    if header.code != Some(200) {
         return Err(FrameError::Code {
-            code: code.unwrap_or(-1),
-            offset,
+            code: header.code.unwrap_or(-1),
+            offset: header.offset,
         });
     }
-    let data_info = data_info.ok_or(FrameError::BadHeader)?;
-    let (Some(offset), Some(file_length), Some(size)) =
-        (data_info.offset, data_info.file_length, data_info.size)
-    else {
+    let (true, Some(offset), Some(file_length), Some(size)) = (
+        header.has_data,
+        header.offset,
+        header.file_length,
+        header.size,
+    ) else {
         return Err(FrameError::BadHeader);
     };
     let body = &rest[header_len..];
@@ -123,15 +162,11 @@ pub fn parse_block_reply(frame: &[u8]) -> Result<BlockReply<'_>, FrameError> {
     if crc16_arc(data) != u16::from_le_bytes([crc[0], crc[1]]) {
         return Err(FrameError::Crc { offset });
     }
-    let id = match header.id {
-        Some(IdText::Text(t)) => Some(t),
-        _ => None,
-    };
     Ok(BlockReply {
-        id,
+        id: header.id,
         offset,
         file_length,
-        token: data_info.token,
+        token: header.token,
         data,
     })
 }
@@ -140,6 +175,7 @@ pub fn parse_block_reply(frame: &[u8]) -> Result<BlockReply<'_>, FrameError> {
 mod tests {
     use super::*;
     use alloc::vec::Vec;
+    use serde_json::Value;
 
     const FRAMES: &str = include_str!("../testdata/frames.json");
 
@@ -148,6 +184,23 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn describe_says_what_display_says() {
+        use alloc::string::ToString;
+        for e in [
+            FrameError::Truncated,
+            FrameError::TrailingBytes,
+            FrameError::BadHeader,
+            FrameError::Code {
+                code: -7,
+                offset: None,
+            },
+            FrameError::Crc { offset: 4096 },
+        ] {
+            assert_eq!(e.describe(), e.to_string());
+        }
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! progress without allocating once the arena has grown to its working size.
 
 use alloc::vec::Vec;
-use core::fmt::Write as _;
 
 use crate::identity::DEFAULT_MODULE;
 
@@ -64,7 +63,9 @@ pub fn encode_inform(out: &mut Vec<u8>, id: u64, version: &str, module: &str) {
 /// `{"id":"4","params":{"step":"37","desc":"downloading"[,"module":"MCU"]}}` on the progress topic.
 pub fn encode_progress(out: &mut Vec<u8>, id: u64, step: Step, desc: &str, module: &str) {
     open_params(out, id);
-    let _ = write!(ByteWriter(out), "\"step\":\"{}\",\"desc\":", step.value());
+    out.extend_from_slice(b"\"step\":\"");
+    push_integer(out, step.value());
+    out.extend_from_slice(b"\",\"desc\":");
     push_json_str(out, desc);
     push_module(out, module);
     out.extend_from_slice(b"}}");
@@ -95,14 +96,21 @@ pub fn encode_file_download_request(
     open_id(out, id);
     out.extend_from_slice(b",\"version\":\"1.0\",\"params\":{\"fileToken\":");
     push_json_str(out, token);
-    let _ = write!(
-        ByteWriter(out),
-        ",\"fileInfo\":{{\"streamId\":{stream_id},\"fileId\":{file_id}}},\"fileBlock\":{{\"size\":{size},\"offset\":{offset}}}}}}}"
-    );
+    out.extend_from_slice(b",\"fileInfo\":{\"streamId\":");
+    push_integer(out, stream_id);
+    out.extend_from_slice(b",\"fileId\":");
+    push_integer(out, file_id);
+    out.extend_from_slice(b"},\"fileBlock\":{\"size\":");
+    push_integer(out, size);
+    out.extend_from_slice(b",\"offset\":");
+    push_integer(out, offset);
+    out.extend_from_slice(b"}}}");
 }
 
 fn open_id(out: &mut Vec<u8>, id: u64) {
-    let _ = write!(ByteWriter(out), "{{\"id\":\"{id}\"");
+    out.extend_from_slice(b"{\"id\":\"");
+    push_integer(out, id);
+    out.push(b'"');
 }
 
 fn open_params(out: &mut Vec<u8>, id: u64) {
@@ -128,7 +136,10 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
             '\r' => out.extend_from_slice(b"\\r"),
             '\t' => out.extend_from_slice(b"\\t"),
             c if (c as u32) < 0x20 => {
-                let _ = write!(ByteWriter(out), "\\u{:04x}", c as u32);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let c = c as usize;
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&[HEX[c >> 4], HEX[c & 15]]);
             }
             c => {
                 let mut utf8 = [0u8; 4];
@@ -139,14 +150,9 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Lets `write!` append to a byte vector without an intermediate `String`.
-pub(crate) struct ByteWriter<'a>(pub &'a mut Vec<u8>);
-
-impl core::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
+/// Appends an integer in decimal (itoa: no `core::fmt` on the firmware).
+fn push_integer(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! checked reply frames on `download_reply`, a bounded window of requests in flight, a reply
 //! timeout with bounded retries, and the same staging, digest, checkpoints and resume as HTTP.
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -42,7 +41,7 @@ impl Blocks {
             Channel::Mqtt { stream_id, file_id } => Some(Blocks {
                 stream_id,
                 file_id,
-                token: format!("ota{generation}"),
+                token: text!("ota", generation),
                 outstanding: Vec::new(),
                 arrived: Vec::new(),
                 next_offset: offset,
@@ -62,7 +61,14 @@ impl Blocks {
     /// keep what arrived contiguously from `received`, and ask again from its end.
     pub(super) fn restart(&mut self, received: u64) {
         self.outstanding.clear();
-        self.arrived.sort_by_key(|(offset, _)| *offset);
+        // At most a window of blocks: an insertion sort, not the 2.5 KiB of `sort_by_key`.
+        for i in 1..self.arrived.len() {
+            let mut j = i;
+            while j > 0 && self.arrived[j - 1].0 > self.arrived[j].0 {
+                self.arrived.swap(j - 1, j);
+                j -= 1;
+            }
+        }
         let mut end = received;
         self.arrived.retain(|(offset, data)| {
             let keep = *offset == end;
@@ -182,11 +188,13 @@ impl Agent {
                     ..
                 },
             ) if blocks.outstanding.iter().any(|o| o.offset == offset) => {
-                let why = format!(
-                    "bad reply for the block at {offset}: {}",
+                let why = text!(
+                    "bad reply for the block at ",
+                    offset,
+                    ": ",
                     parse_block_reply(payload)
                         .err()
-                        .map(|e| format!("{e}"))
+                        .map(|e| e.describe())
                         .unwrap_or_default()
                 );
                 self.retry_block(offset, &why);
@@ -207,11 +215,17 @@ impl Agent {
         };
         let expected = blocks.outstanding[i].size;
         if reply.file_length != size || reply.data.len() as u64 != expected {
-            let why = format!(
-                "block at {} has {} bytes of a {}-byte file, expected {expected} of {size}",
+            let why = text!(
+                "block at ",
                 reply.offset,
+                " has ",
                 reply.data.len(),
-                reply.file_length
+                " bytes of a ",
+                reply.file_length,
+                "-byte file, expected ",
+                expected,
+                " of ",
+                size
             );
             self.retry_block(reply.offset, &why);
             return;
@@ -233,9 +247,11 @@ impl Agent {
         };
         d.failures += 1;
         if d.failures > max {
-            let reason = format!(
-                "MQTT-channel download failed after {} attempts: {why}",
-                d.failures
+            let reason = text!(
+                "MQTT-channel download failed after ",
+                d.failures,
+                " attempts: ",
+                why
             );
             self.fail(FailureCode::DownloadFailed, &reason);
             return;
@@ -274,9 +290,12 @@ impl Agent {
             })
             .collect();
         for offset in late {
-            let why = format!(
-                "no reply for the block at {offset} within {} s",
-                self.config.mqtt.reply_timeout.as_secs()
+            let why = text!(
+                "no reply for the block at ",
+                offset,
+                " within ",
+                self.config.mqtt.reply_timeout.as_secs(),
+                " s"
             );
             self.retry_block(offset, &why);
         }

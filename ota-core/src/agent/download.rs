@@ -1,7 +1,6 @@
 //! The download phase: Range resume, response checks, staging and writes, checkpoints,
 //! retries with back-off, URL refresh, stall detection, progress and verification.
 
-use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
 
@@ -375,12 +374,15 @@ impl Agent {
         if !d.hasher.matches(d.digest()) {
             let method = d.digest().method().name();
             let reason = match d.task.files.get(d.file) {
-                Some(f) => format!(
-                    "{method} mismatch: file {} does not match its digest",
-                    f.name
+                Some(f) => text!(
+                    method,
+                    " mismatch: file ",
+                    f.name,
+                    " does not match its digest"
                 ),
-                None => format!(
-                    "{method} mismatch: the downloaded image does not match the task's digest"
+                None => text!(
+                    method,
+                    " mismatch: the downloaded image does not match the task's digest"
                 ),
             };
             self.fail(FailureCode::VerifyFailed, &reason);
@@ -441,8 +443,12 @@ impl Agent {
         match status {
             200 => match content_length {
                 Some(len) if len != size => {
-                    let reason = format!(
-                        "HTTP 200 with Content-Length {len}, but the image has {size} bytes"
+                    let reason = text!(
+                        "HTTP 200 with Content-Length ",
+                        len,
+                        ", but the image has ",
+                        size,
+                        " bytes"
                     );
                     self.transient_failure(&reason, Some(id));
                 }
@@ -463,21 +469,26 @@ impl Agent {
                     d.fetch = Fetch::Streaming { id, end: last + 1 };
                 }
                 _ => {
-                    let reason = format!(
-                        "HTTP 206 with Content-Range {:?}, expected bytes {offset}-{}/{size}",
+                    let reason = text!(
+                        "HTTP 206 with Content-Range \"",
                         content_range.unwrap_or(""),
-                        size - 1
+                        "\", expected bytes ",
+                        offset,
+                        "-",
+                        size - 1,
+                        "/",
+                        size
                     );
                     self.transient_failure(&reason, Some(id));
                 }
             },
-            401 | 403 | 404 | 410 => self.refresh_url(&format!("HTTP {status}"), Some(id)),
+            401 | 403 | 404 | 410 => self.refresh_url(&text!("HTTP ", status), Some(id)),
             408 | 416 | 429 | 500..=599 => {
-                self.transient_failure(&format!("HTTP {status}"), Some(id))
+                self.transient_failure(&text!("HTTP ", status), Some(id))
             }
             _ => self.fail(
                 FailureCode::DownloadFailed,
-                &format!("unexpected HTTP status {status}"),
+                &text!("unexpected HTTP status ", status),
             ),
         }
         Ok(())
@@ -540,7 +551,7 @@ impl Agent {
                 d.fetch = Fetch::Idle; // a partial 206 ended as announced: ask for the rest
             }
             Fetch::Streaming { end, .. } => {
-                let reason = format!("body ended at byte {} of {end}", d.received);
+                let reason = text!("body ended at byte ", d.received, " of ", end);
                 self.transient_failure(&reason, None);
             }
             _ => self.transient_failure("connection closed before the response", None),
@@ -570,7 +581,7 @@ impl Agent {
             Fetch::Requested { id, .. } | Fetch::Streaming { id, .. }
                 if !busy && now >= d.last_activity + stall =>
             {
-                let reason = format!("no data for {} s", stall.as_secs());
+                let reason = text!("no data for ", stall.as_secs(), " s");
                 self.transient_failure(&reason, Some(id));
             }
             Fetch::Backoff { until } if now >= until => d.fetch = Fetch::Idle,
@@ -602,7 +613,7 @@ impl Agent {
         };
         d.failures += 1;
         if d.failures > policy.max_attempts {
-            let reason = format!("download failed after {} attempts: {reason}", d.failures);
+            let reason = text!("download failed after ", d.failures, " attempts: ", reason);
             self.fail(FailureCode::DownloadFailed, &reason);
             return;
         }
@@ -625,9 +636,12 @@ impl Agent {
         };
         d.refreshes += 1;
         if d.refreshes > policy.max_attempts {
-            let reason = format!(
-                "download URL refused ({reason}) and {} fresh URLs did not help",
-                policy.max_attempts
+            let reason = text!(
+                "download URL refused (",
+                reason,
+                ") and ",
+                policy.max_attempts,
+                " fresh URLs did not help"
             );
             self.fail(FailureCode::DownloadFailed, &reason);
             return;

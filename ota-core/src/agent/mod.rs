@@ -9,7 +9,6 @@ mod download;
 mod tests;
 
 use alloc::boxed::Box;
-use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -494,7 +493,7 @@ impl Agent {
 
     fn on_task(&mut self, task: Task) {
         let Some(running) = self.version_of(&task.module).map(String::from) else {
-            let reason = format!("module {} is not managed by this agent", task.module);
+            let reason = text!("module ", task.module, " is not managed by this agent");
             self.notify(Note::TaskRejected(reason.clone()));
             self.report_refusal(&reason, &task.module);
             return;
@@ -627,7 +626,7 @@ impl Agent {
         if ok {
             d.on_written(end, self.now);
         } else {
-            let reason = format!("flash write failed at offset {}", d.written);
+            let reason = text!("flash write failed at offset ", d.written);
             self.fail(FailureCode::FlashFailed, &reason);
         }
         Ok(())
@@ -735,7 +734,7 @@ impl Agent {
             self.notify(Note::Succeeded(image.version));
             return;
         }
-        let reason = format!("{why}; rolling back to {previous}");
+        let reason = text!(why, "; rolling back to ", previous);
         self.notify(Note::Failed(FailureCode::UpgradeFailed, reason.clone()));
         self.report_failure(FailureCode::UpgradeFailed, &reason, &image.module);
         let module = image.module.clone();
@@ -805,14 +804,21 @@ impl Agent {
             }
             RecordPhase::Activating => {
                 let reason = if running == record.previous_version {
-                    format!(
-                        "rolled back: {} did not boot, {running} is running",
-                        record.image.version
+                    text!(
+                        "rolled back: ",
+                        record.image.version,
+                        " did not boot, ",
+                        running,
+                        " is running"
                     )
                 } else {
-                    format!(
-                        "running {running} is neither the target {} nor the previous {}",
-                        record.image.version, record.previous_version
+                    text!(
+                        "running ",
+                        running,
+                        " is neither the target ",
+                        record.image.version,
+                        " nor the previous ",
+                        record.previous_version
                     )
                 };
                 self.notify(Note::Failed(FailureCode::UpgradeFailed, reason.clone()));

@@ -1,6 +1,8 @@
 use super::*;
 use alloc::format;
+use alloc::string::ToString;
 use alloc::vec::Vec;
+use serde_json::Value;
 
 const DOWNLINK: &str = include_str!("../../testdata/downlink.json");
 

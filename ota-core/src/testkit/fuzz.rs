@@ -32,8 +32,28 @@ fn check_task(task: &Task, rules: &TaskRules) {
     }
 }
 
+/// The agent's JSON reader is never more lenient than serde_json, and stricter only in its
+/// nesting bound (and number range, below); where both accept, strings decode to the same text.
+fn check_json_reader_against_serde_json(data: &[u8]) {
+    let ours = crate::json::parse(data);
+    let theirs = serde_json::from_slice::<serde_json::Value>(data);
+    match (&ours, &theirs) {
+        // serde_json refuses numbers beyond f64 (1e400): valid JSON, which the reader keeps
+        // as text.
+        (Ok(_), Err(e))
+            if alloc::string::ToString::to_string(e).starts_with("number out of range") => {}
+        (Ok(_), Err(e)) => panic!("the JSON reader accepts what serde_json refuses: {e}"),
+        (Err(e), Ok(_)) => assert_eq!(e.what, "nested too deeply", "at byte {}", e.at),
+        (Ok(value), Ok(serde_json::Value::String(s))) => {
+            assert_eq!(value.as_str().as_deref(), Some(s.as_str()))
+        }
+        _ => {}
+    }
+}
+
 /// An upgrade push: never panics; an accepted task satisfies every validation rule.
 pub fn push(data: &[u8]) {
+    check_json_reader_against_serde_json(data);
     let rules = rules();
     match parse_push(data, &rules) {
         Ok(task) => check_task(&task, &rules),

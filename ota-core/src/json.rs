@@ -1,0 +1,562 @@
+//! A small validating JSON reader for the few downlink messages the agent reads (pushes,
+//! firmware/get replies, MQTT-channel frame headers).
+//!
+//! Why not serde_json: on a Cortex-M it costs ~25 KiB of flash (its `Value` tree, float
+//! parsing with soft-float, error messages through `core::fmt`), a quarter of the firmware
+//! budget, for messages of a dozen fields. serde-json-core is small but can neither keep a
+//! value as raw text (`extData` must reach the application untouched) nor read a field that
+//! is a number in one push and a string in the next. This reader validates a whole document
+//! (RFC 8259: strict syntax, UTF-8, escapes and surrogate pairs, nothing after the value)
+//! in one pass without allocating, then hands out values as borrowed raw text with their
+//! kind; strings are decoded on demand and numbers read as `u64` only when they are plain
+//! non-negative integers. Nesting is bounded so that no input can exhaust the stack.
+
+use alloc::borrow::Cow;
+use alloc::string::String;
+
+/// Deepest nesting of arrays and objects accepted (pushes nest three levels).
+const MAX_DEPTH: u32 = 64;
+
+/// What kind of value a [`Json`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `null`
+    Null,
+    /// `true` or `false`
+    Bool,
+    /// A number (any JSON number).
+    Number,
+    /// A string.
+    String,
+    /// An array.
+    Array,
+    /// An object.
+    Object,
+}
+
+/// A validated JSON value: its kind and its raw text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Json<'a> {
+    kind: Kind,
+    raw: &'a str,
+}
+
+/// Why a document is not JSON: what was wrong, and the byte offset where it was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// What was expected or found.
+    pub what: &'static str,
+    /// Byte offset in the document.
+    pub at: usize,
+}
+
+/// Validates `bytes` as one JSON document (surrounding whitespace allowed).
+pub fn parse(bytes: &[u8]) -> Result<Json<'_>, SyntaxError> {
+    let text = core::str::from_utf8(bytes).map_err(|e| SyntaxError {
+        what: "invalid UTF-8",
+        at: e.valid_up_to(),
+    })?;
+    let mut scanner = Scanner { text, pos: 0 };
+    scanner.skip_whitespace();
+    let value = scanner.value(0)?;
+    scanner.skip_whitespace();
+    if scanner.pos != text.len() {
+        return Err(scanner.error("trailing characters after the value"));
+    }
+    Ok(value)
+}
+
+impl<'a> Json<'a> {
+    /// The value's kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The value's text exactly as it was in the document.
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+
+    /// The decoded text of a string (borrowed when it has no escapes).
+    pub fn as_str(&self) -> Option<Cow<'a, str>> {
+        (self.kind == Kind::String).then(|| decode_string(self.raw))
+    }
+
+    /// A non-negative integer without fraction or exponent that fits `u64`.
+    pub fn as_u64(&self) -> Option<u64> {
+        if self.kind != Kind::Number || !self.raw.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        self.raw.parse().ok()
+    }
+
+    /// An integer without fraction or exponent that fits `i64`.
+    pub fn as_i64(&self) -> Option<i64> {
+        let digits = self.raw.strip_prefix('-').unwrap_or(self.raw);
+        if self.kind != Kind::Number || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        self.raw.parse().ok()
+    }
+
+    /// `Some(b)` for `true` and `false`.
+    pub fn as_bool(&self) -> Option<bool> {
+        (self.kind == Kind::Bool).then(|| self.raw == "true")
+    }
+
+    /// The members of an object (nothing for other kinds), in document order.
+    pub fn members(&self) -> Members<'a> {
+        Members(self.inner(Kind::Object))
+    }
+
+    /// The elements of an array (nothing for other kinds), in document order.
+    pub fn elements(&self) -> Elements<'a> {
+        Elements(self.inner(Kind::Array))
+    }
+
+    /// The member `key` of an object (the first one if it repeats).
+    pub fn get(&self, key: &str) -> Option<Json<'a>> {
+        self.members().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The members named in `keys`, by position; `null` counts as absent. A key that
+    /// appears twice is an error naming it (it would be ambiguous which one is meant).
+    pub fn fields<'k, const N: usize>(
+        &self,
+        keys: [&'k str; N],
+    ) -> Result<[Option<Json<'a>>; N], &'k str> {
+        let mut found = [None; N];
+        for (key, value) in self.members() {
+            if let Some(i) = keys.iter().position(|k| *k == key) {
+                if found[i].is_some() {
+                    return Err(keys[i]);
+                }
+                if value.kind != Kind::Null {
+                    found[i] = Some(value);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    // A scanner positioned just inside the brackets of an array or object of `kind`.
+    fn inner(&self, kind: Kind) -> Scanner<'a> {
+        let text = if self.kind == kind { self.raw } else { "" };
+        Scanner {
+            text,
+            pos: usize::from(!text.is_empty()),
+        }
+    }
+}
+
+/// Iterator over an object's members: (decoded key, value).
+pub struct Members<'a>(Scanner<'a>);
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (Cow<'a, str>, Json<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // The text was validated by `parse`, so the scan only follows its structure.
+        let s = &mut self.0;
+        s.skip_separator()?;
+        let key = s.value(0).ok()?;
+        s.skip_whitespace();
+        s.pos += 1; // ':'
+        s.skip_whitespace();
+        let value = s.value(0).ok()?;
+        Some((decode_string(key.raw), value))
+    }
+}
+
+/// Iterator over an array's elements.
+pub struct Elements<'a>(Scanner<'a>);
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Json<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = &mut self.0;
+        s.skip_separator()?;
+        s.value(0).ok()
+    }
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn error(&self, what: &'static str) -> SyntaxError {
+        SyntaxError { what, at: self.pos }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    // Inside a validated array or object: steps over whitespace and a `,`; `None` at the end.
+    fn skip_separator(&mut self) -> Option<()> {
+        self.skip_whitespace();
+        if self.peek() == Some(b',') {
+            self.pos += 1;
+            self.skip_whitespace();
+        }
+        match self.peek() {
+            None | Some(b']' | b'}') => None,
+            Some(_) => Some(()),
+        }
+    }
+
+    fn value(&mut self, depth: u32) -> Result<Json<'a>, SyntaxError> {
+        let start = self.pos;
+        let kind = match self.peek() {
+            None => return Err(self.error("unexpected end of the document")),
+            Some(b'{') => self.object(depth)?,
+            Some(b'[') => self.array(depth)?,
+            Some(b'"') => self.string()?,
+            Some(b'-' | b'0'..=b'9') => self.number()?,
+            Some(b't') => self.literal("true", Kind::Bool)?,
+            Some(b'f') => self.literal("false", Kind::Bool)?,
+            Some(b'n') => self.literal("null", Kind::Null)?,
+            Some(_) => return Err(self.error("expected a value")),
+        };
+        Ok(Json {
+            kind,
+            raw: &self.text[start..self.pos],
+        })
+    }
+
+    fn literal(&mut self, word: &str, kind: Kind) -> Result<Kind, SyntaxError> {
+        if self.text[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(kind)
+        } else {
+            Err(self.error("expected a value"))
+        }
+    }
+
+    fn nested(&mut self, depth: u32) -> Result<u32, SyntaxError> {
+        if depth >= MAX_DEPTH {
+            return Err(self.error("nested too deeply"));
+        }
+        self.pos += 1; // the opening bracket
+        self.skip_whitespace();
+        Ok(depth + 1)
+    }
+
+    fn object(&mut self, depth: u32) -> Result<Kind, SyntaxError> {
+        let depth = self.nested(depth)?;
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(Kind::Object);
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.error("expected a string key"));
+            }
+            self.string()?;
+            self.skip_whitespace();
+            if self.peek() != Some(b':') {
+                return Err(self.error("expected ':'"));
+            }
+            self.pos += 1;
+            self.skip_whitespace();
+            self.value(depth)?;
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.skip_whitespace();
+                }
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(Kind::Object);
+                }
+                _ => return Err(self.error("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: u32) -> Result<Kind, SyntaxError> {
+        let depth = self.nested(depth)?;
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(Kind::Array);
+        }
+        loop {
+            self.value(depth)?;
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.skip_whitespace();
+                }
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(Kind::Array);
+                }
+                _ => return Err(self.error("expected ',' or ']'")),
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    fn number(&mut self) -> Result<Kind, SyntaxError> {
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.error("invalid number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(self.error("invalid number"));
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.pos += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.error("invalid number"));
+            }
+        }
+        Ok(Kind::Number)
+    }
+
+    fn string(&mut self) -> Result<Kind, SyntaxError> {
+        self.pos += 1; // the opening quote
+        loop {
+            match self.peek() {
+                None => return Err(self.error("unterminated string")),
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(Kind::String);
+                }
+                Some(b'\\') => self.escape()?,
+                Some(0..=0x1f) => return Err(self.error("control character in a string")),
+                Some(_) => self.pos += 1,
+            }
+        }
+    }
+
+    fn escape(&mut self) -> Result<(), SyntaxError> {
+        self.pos += 1; // the backslash
+        match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(b'u') => {
+                let unit = self.hex4()?;
+                if (0xDC00..0xE000).contains(&unit) {
+                    return Err(self.error("lone low surrogate in a string"));
+                }
+                if (0xD800..0xDC00).contains(&unit) {
+                    let low = match self.text[self.pos..].strip_prefix("\\") {
+                        Some(_) => {
+                            self.pos += 1;
+                            self.hex4()?
+                        }
+                        None => 0,
+                    };
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return Err(self.error("lone high surrogate in a string"));
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(self.error("invalid escape in a string")),
+        }
+    }
+
+    // At a `u` of `\uXXXX`: reads the four hex digits.
+    fn hex4(&mut self) -> Result<u32, SyntaxError> {
+        if self.peek() != Some(b'u') {
+            return Err(self.error("invalid escape in a string"));
+        }
+        let digits = self
+            .text
+            .get(self.pos + 1..self.pos + 5)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| self.error("invalid \\u escape in a string"))?;
+        self.pos += 5;
+        u32::from_str_radix(digits, 16).map_err(|_| self.error("invalid \\u escape in a string"))
+    }
+}
+
+// Decodes a validated string literal (with its quotes).
+fn decode_string(raw: &str) -> Cow<'_, str> {
+    let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or("");
+    if !inner.contains('\\') {
+        return Cow::Borrowed(inner);
+    }
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        let Some(tag) = rest.bytes().next() else {
+            break;
+        };
+        rest = &rest[1..];
+        let c = match tag {
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let unit = hex_unit(rest);
+                rest = rest.get(4..).unwrap_or("");
+                let code = if (0xD800..0xDC00).contains(&unit) {
+                    let low = hex_unit(rest.get(2..).unwrap_or(""));
+                    rest = rest.get(6..).unwrap_or("");
+                    0x10000 + ((unit - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3ff)
+                } else {
+                    unit
+                };
+                char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER)
+            }
+            other => char::from(other), // '"', '\\' and '/'
+        };
+        out.push(c);
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+fn hex_unit(text: &str) -> u32 {
+    text.get(..4)
+        .and_then(|d| u32::from_str_radix(d, 16).ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn kind(text: &str) -> Result<Kind, SyntaxError> {
+        parse(text.as_bytes()).map(|v| v.kind())
+    }
+
+    #[test]
+    fn accepts_every_kind_with_surrounding_whitespace() {
+        assert_eq!(kind(" null "), Ok(Kind::Null));
+        assert_eq!(kind("true"), Ok(Kind::Bool));
+        assert_eq!(kind("\t-12.5e+3\n"), Ok(Kind::Number));
+        assert_eq!(kind(r#""a\"b""#), Ok(Kind::String));
+        assert_eq!(kind("[1, [2], {}]"), Ok(Kind::Array));
+        assert_eq!(kind(r#"{"a" : {"b":[]}}"#), Ok(Kind::Object));
+    }
+
+    #[test]
+    fn refuses_what_rfc_8259_refuses() {
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            "01",
+            "1.",
+            "-",
+            "1e",
+            ".5",
+            "tru",
+            "nul",
+            r#""abc"#,
+            "\"a\u{1}b\"",
+            r#""\x""#,
+            r#""\u12G4""#,
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            "1 2",
+            "{} x",
+            "'a'",
+        ] {
+            assert!(kind(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(parse(b"\"\xff\"").is_err());
+    }
+
+    #[test]
+    fn bounds_nesting_so_no_input_exhausts_the_stack() {
+        let deep: String = "[".repeat(100_000);
+        assert_eq!(kind(&deep).unwrap_err().what, "nested too deeply");
+        let ok = alloc::format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert_eq!(kind(&ok), Ok(Kind::Array));
+    }
+
+    #[test]
+    fn decodes_escapes_and_surrogate_pairs() {
+        let v = parse(r#""a\/b\\c\"d\n\u00e9\ud83d\ude00""#.as_bytes()).unwrap();
+        assert_eq!(v.as_str().unwrap(), "a/b\\c\"d\né😀");
+        let plain = parse(br#""https://h/p?x=%2F""#).unwrap();
+        assert!(matches!(
+            plain.as_str(),
+            Some(Cow::Borrowed("https://h/p?x=%2F"))
+        ));
+    }
+
+    #[test]
+    fn reads_integers_only_when_exact() {
+        let n = |t: &str| parse(t.as_bytes()).unwrap().as_u64();
+        assert_eq!(n("1626969597470"), Some(1_626_969_597_470));
+        assert_eq!(n("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(n("18446744073709551616"), None);
+        assert_eq!(n("1.0"), None);
+        assert_eq!(n("1e3"), None);
+        assert_eq!(n("-1"), None);
+        assert_eq!(parse(b"-7").unwrap().as_i64(), Some(-7));
+        assert_eq!(parse(b"\"7\"").unwrap().as_u64(), None);
+    }
+
+    #[test]
+    fn walks_members_and_elements_and_keeps_raw_text() {
+        let doc = parse(br#"{ "a" : [1, "x" ,{"k":null}], "b\u0021":{"c" : 2 } }"#).unwrap();
+        let members: Vec<_> = doc.members().collect();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].0, "a");
+        assert_eq!(members[1].0, "b!");
+        assert_eq!(members[1].1.raw(), r#"{"c" : 2 }"#);
+        let kinds: Vec<_> = members[0].1.elements().map(|e| e.kind()).collect();
+        assert_eq!(kinds, [Kind::Number, Kind::String, Kind::Object]);
+        assert_eq!(doc.get("a").unwrap().elements().count(), 3);
+        assert!(doc.get("zz").is_none());
+        assert_eq!(doc.elements().count(), 0);
+    }
+
+    #[test]
+    fn fields_treat_null_as_absent_and_refuse_duplicates() {
+        let doc = parse(br#"{"a":null,"b":1,"c":2}"#).unwrap();
+        let [a, b, z] = doc.fields(["a", "b", "z"]).unwrap();
+        assert!(a.is_none() && z.is_none());
+        assert_eq!(b.unwrap().as_u64(), Some(1));
+        let twice = parse(br#"{"b":1,"b":2}"#).unwrap();
+        assert_eq!(twice.fields(["a", "b"]), Err("b"));
+    }
+}
