@@ -158,11 +158,16 @@ pub fn print(f: &Figures, device: &Device) {
     );
 
     let download = total(&f.download).net_instructions(r);
+    let bare = f.bare.net_instructions(r);
+    let staged = f.staged.net_instructions(r);
     hprintln!(
-        "instructions: first boot+connect+push {}, download {}, reboot+confirm {}",
+        "instructions: first boot+connect+push {}, download {}, reboot+confirm {}; bare MD5 {}, \
+         MD5 + staging copy {}",
         total(&f.connect_push).net_instructions(r),
         download,
         total(&f.reboot_confirm).net_instructions(r),
+        bare,
+        staged
     );
     for (i, name) in NAMES.iter().enumerate() {
         if f.download[i].brackets() > 0 {
@@ -174,8 +179,6 @@ pub fn print(f: &Figures, device: &Device) {
             );
         }
     }
-    let bare = f.bare.net_instructions(r);
-    let staged = f.staged.net_instructions(r);
     let body = f.download[Call::Body as usize].net_instructions(r);
     hprintln!(
         "  worst-case counting error (one tick per bracket): download +-{}, bare MD5 +-{}",
