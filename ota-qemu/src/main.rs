@@ -4,8 +4,13 @@
 //! the agent's heap peak, and instructions per KiB of body through the agent versus bare MD5
 //! over the same bytes in the same chunks. Output and the exit code go through semihosting:
 //! any failed check exits non-zero. Run it with `ota-qemu/run.sh`.
+//!
+//! `unsafe` is needed here, and only here in the project: the timer's registers
+//! (`icount`), painting and scanning the free stack (`stack`), and the heap's arena and
+//! counting `GlobalAlloc` wrapper (`heap`). Every block says why it is sound.
 #![no_std]
 #![no_main]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
