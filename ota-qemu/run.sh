@@ -5,6 +5,7 @@
 #
 # -icount shift=0,sleep=off makes QEMU's virtual clock advance exactly 1 ns per instruction,
 # which is what the firmware's instruction counts read (it refuses to run without it).
+# OTA_QEMU_CHUNK=N (build time) feeds the body in N-byte chunks instead of 1460.
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -38,8 +38,30 @@ use ota_core::{Config, DeviceIdentity};
 
 use cloud::IMAGE_SIZE;
 
-/// Body bytes per `handle_body` call: one TCP segment's worth, as a network stack hands it.
-pub const CHUNK: usize = 1460;
+/// Body bytes per `handle_body` call: one TCP segment's worth, as a network stack hands it,
+/// unless the build sets `OTA_QEMU_CHUNK` (to see how the per-call cost weighs).
+pub const CHUNK: usize = match option_env!("OTA_QEMU_CHUNK") {
+    Some(digits) => parse_decimal(digits),
+    None => 1460,
+};
+
+/// A positive decimal number, at compile time (a bad `OTA_QEMU_CHUNK` fails the build).
+const fn parse_decimal(digits: &str) -> usize {
+    let bytes = digits.as_bytes();
+    assert!(!bytes.is_empty(), "OTA_QEMU_CHUNK is empty");
+    let mut value = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(
+            bytes[i].is_ascii_digit(),
+            "OTA_QEMU_CHUNK is not a decimal number"
+        );
+        value = value * 10 + (bytes[i] - b'0') as usize;
+        i += 1;
+    }
+    assert!(value > 0, "OTA_QEMU_CHUNK must be > 0");
+    value
+}
 /// The flash sector the slot is written in.
 pub const WRITE_BLOCK: usize = 4096;
 /// A record every 64 KiB: a power loss costs at most that much re-download.
