@@ -3,7 +3,8 @@
 //! storage ones, and keeps the transcript the run is judged by. Only the agent's own calls
 //! run inside the [`Probe`]; serving the actions (the slot copy, the checks) does not.
 //!
-//! Nothing here allocates once the run starts, so the heap peak is the agent's alone.
+//! Nothing here allocates once the run starts but the box the agent is kept in (see
+//! [`Device::boot`]), so the heap peak is the agent's alone.
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -16,6 +17,9 @@ use crate::probe::{Call, Probe};
 
 /// Room for the saved record ("a few hundred bytes at most", DESIGN.md); never grown.
 const RECORD_CAPACITY: usize = 1024;
+
+/// Storage answers and deadlines one input may lead to before it counts as a livelock.
+const STEPS_PER_INPUT: usize = 64;
 
 /// What the run saw, for the checks at the end.
 #[derive(Default)]
@@ -139,14 +143,21 @@ impl Device {
                 Err(e) => crate::fail(format_args!("body refused: {e:?}")),
             };
             rest = &rest[taken..];
+            let writes = self.log.writes;
             self.settle(agent);
+            // Taking nothing is back-pressure only while a write is being served.
+            check!(
+                taken > 0 || self.log.writes > writes,
+                "the agent stopped taking the body"
+            );
         }
     }
 
     /// Drains and performs the actions, answers the storage one, fires due deadlines, until
     /// the agent has nothing more to do now.
     pub fn settle(&mut self, agent: &mut Agent) {
-        loop {
+        // One input leads to a few storage answers at most; more is a livelock.
+        for _ in 0..STEPS_PER_INPUT {
             let now = self.now;
             if let Some(answer) = self.drain(agent) {
                 let event = match answer {
@@ -169,6 +180,9 @@ impl Device {
                 .call(Call::Deadline, || agent.handle_timeout(now));
             check!(result.is_ok(), "timeout refused: {:?}", result);
         }
+        crate::fail(format_args!(
+            "the agent did not settle in {STEPS_PER_INPUT} steps"
+        ));
     }
 
     fn drain(&mut self, agent: &mut Agent) -> Option<Answer> {
