@@ -112,6 +112,8 @@ fn help_documents_every_option() {
         "--url-refresh-attempts",
         "--stall-timeout",
         "--allow-http",
+        "--exit-after-install",
+        "--once",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
     }
