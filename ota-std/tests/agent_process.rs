@@ -364,6 +364,7 @@ fn a_3_mib_image_on_a_slow_link_shows_its_progress_and_once_exits_0() {
         .wait_task_state(up.job, &up.info, TaskState::Succeeded, WAIT)
         .unwrap();
     let steps = up.sim.progress_steps(&up.info);
+    eprintln!("steps the cloud heard: {steps:?}");
     assert_strictly_increasing(&steps);
     let intermediate = steps.iter().filter(|s| (2..100).contains(*s)).count();
     assert!(intermediate >= 5, "{steps:?}");
