@@ -10,7 +10,9 @@ use alloc::vec::Vec;
 use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
 
 const MAGIC: &[u8; 4] = b"OTAR";
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// The previous format: the same fields without the last reported step.
+const FORMAT_WITHOUT_STEP: u8 = 2;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// Where an upgrade stood when the record was saved.
@@ -25,6 +27,10 @@ pub enum Phase {
         offset: u64,
         /// Serialized digest mid-state at `offset`.
         digest_state: Vec<u8>,
+        /// The highest progress step the cloud may have been told (0: none). The agent
+        /// publishes a step only once a record carrying it is durable, so after a power
+        /// loss its next report exceeds this one (PROTOCOL.md §4: never twice the same).
+        step: u8,
     },
     /// The image verified and the device is switching to it.
     Activating,
@@ -112,10 +118,12 @@ impl Record {
                 file,
                 offset,
                 digest_state,
+                step,
             } => PhaseRef::Downloading {
                 file: *file,
                 offset: *offset,
                 digest_state,
+                step: *step,
             },
             Phase::Activating => PhaseRef::Activating,
             Phase::RollingBack => PhaseRef::RollingBack,
@@ -128,8 +136,9 @@ impl Record {
         if bytes.len() < 5 || &bytes[..4] != MAGIC {
             return Err(RecordError::BadMagic);
         }
-        if bytes[4] != FORMAT {
-            return Err(RecordError::UnsupportedFormat(bytes[4]));
+        let format = bytes[4];
+        if format != FORMAT && format != FORMAT_WITHOUT_STEP {
+            return Err(RecordError::UnsupportedFormat(format));
         }
         let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
         if crc.len() != 4
@@ -138,12 +147,12 @@ impl Record {
             return Err(RecordError::BadChecksum);
         }
         let mut r = Reader(&body[5..]);
-        Self::decode_fields(&mut r)
+        Self::decode_fields(&mut r, format == FORMAT)
             .filter(|_| r.0.is_empty())
             .ok_or(RecordError::Invalid)
     }
 
-    fn decode_fields(r: &mut Reader) -> Option<Record> {
+    fn decode_fields(r: &mut Reader, has_step: bool) -> Option<Record> {
         let phase = r.u8()?;
         let module = r.string()?;
         let version = r.string()?;
@@ -165,12 +174,15 @@ impl Record {
         let offset = r.u64()?;
         let state_len = usize::from(r.u8()?);
         let digest_state = r.take(state_len)?.to_vec();
+        // Format 2 never reported past its durable offset: the agent takes that as the floor.
+        let step = if has_step { r.u8()? } else { 0 };
         let phase = match phase {
-            0 if offset <= size && (file < files || files == 0 && file == 0) => {
+            0 if offset <= size && (file < files || files == 0 && file == 0) && step <= 99 => {
                 Phase::Downloading {
                     file,
                     offset,
                     digest_state,
+                    step,
                 }
             }
             1 => Phase::Activating,
@@ -199,6 +211,7 @@ pub(crate) enum PhaseRef<'a> {
         file: u8,
         offset: u64,
         digest_state: &'a [u8],
+        step: u8,
     },
     Activating,
     RollingBack,
@@ -214,14 +227,15 @@ pub(crate) fn encode_record(
     let start = out.len();
     out.extend_from_slice(MAGIC);
     out.push(FORMAT);
-    let (code, file, offset, state): (u8, u8, u64, &[u8]) = match phase {
+    let (code, file, offset, state, step): (u8, u8, u64, &[u8], u8) = match phase {
         PhaseRef::Downloading {
             file,
             offset,
             digest_state,
-        } => (0, file, offset, digest_state),
-        PhaseRef::Activating => (1, 0, 0, &[]),
-        PhaseRef::RollingBack => (2, 0, 0, &[]),
+            step,
+        } => (0, file, offset, digest_state, step.min(99)),
+        PhaseRef::Activating => (1, 0, 0, &[], 0),
+        PhaseRef::RollingBack => (2, 0, 0, &[], 0),
     };
     out.push(code);
     push_str(out, &image.module);
@@ -248,6 +262,7 @@ pub(crate) fn encode_record(
     let state = if state.len() <= 255 { state } else { &[] };
     out.push(state.len() as u8);
     out.extend_from_slice(state);
+    out.push(step);
     let crc = CRC.checksum(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
 }
@@ -312,6 +327,7 @@ mod tests {
                     file: 0,
                     offset: 4096,
                     digest_state: state,
+                    step: 37,
                 },
                 false,
             ),
@@ -387,6 +403,41 @@ mod tests {
             Record::decode(&reseal(truncated)),
             Err(RecordError::Invalid)
         );
+    }
+
+    fn downloading(step: u8) -> Record {
+        let mut state = Vec::new();
+        crate::digest::Hasher::new(DigestMethod::Sha256).save_state(&mut state);
+        sample(
+            Phase::Downloading {
+                file: 0,
+                offset: 8192,
+                digest_state: state,
+                step,
+            },
+            false,
+        )
+    }
+
+    #[test]
+    fn a_record_of_the_previous_format_reads_with_no_step_reported() {
+        let mut bytes = Vec::new();
+        downloading(0).encode(&mut bytes);
+        // Format 2 is format 3 without the step byte just before the CRC.
+        let mut old = bytes[..bytes.len() - 5].to_vec();
+        old[4] = FORMAT_WITHOUT_STEP;
+        old.extend_from_slice(&[0; 4]);
+        assert_eq!(Record::decode(&reseal(old)), Ok(downloading(0)));
+    }
+
+    #[test]
+    fn a_step_beyond_99_is_refused() {
+        let mut bytes = Vec::new();
+        downloading(42).encode(&mut bytes);
+        let at = bytes.len() - 5;
+        assert_eq!(bytes[at], 42);
+        bytes[at] = 100;
+        assert_eq!(Record::decode(&reseal(bytes)), Err(RecordError::Invalid));
     }
 
     #[test]

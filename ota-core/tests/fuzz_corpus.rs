@@ -72,6 +72,7 @@ fn write_binary_seeds() {
             file: 0,
             offset: 8192,
             digest_state: state,
+            step: 12,
         },
         Phase::Activating,
         Phase::RollingBack,

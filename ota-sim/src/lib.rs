@@ -59,6 +59,7 @@ mod messages;
 mod model;
 mod mqtt_download;
 mod package;
+mod sessions;
 mod signing;
 mod sim;
 mod world;
@@ -71,6 +72,7 @@ pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
 pub use model::*;
 pub use mqtt_download::{BlockRecord, MAX_BLOCK_SIZE};
 pub use package::*;
+pub use sessions::SessionRecord;
 pub use signing::UrlError;
 pub use sim::Sim;
 

@@ -7,6 +7,7 @@ use crate::http::DownloadRecord;
 use crate::model::*;
 use crate::mqtt_download::BlockRecord;
 use crate::package::*;
+use crate::sessions::{SessionRecord, Sessions};
 use crate::world::{run_engine, spawn_http, Input, Shared, World};
 use crate::{crypto, verify_login, Error, SimConfig};
 use std::net::SocketAddr;
@@ -24,11 +25,33 @@ pub struct Sim {
     http_base: String,
     product_key: String,
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Session tracking, when started with [`Sim::start_tracking_sessions`].
+    sessions: Option<Sessions>,
 }
 
 impl Sim {
     /// Starts the broker (or connects to one), the firmware server and the job engine.
     pub fn start(config: SimConfig) -> Result<Sim, Error> {
+        Self::launch(config, None)
+    }
+
+    /// Like [`Sim::start`], with a relay in front of the embedded broker that records every
+    /// device's MQTT sessions ([`Sim::sessions`]). The relay adds a hop to every packet, so
+    /// it is opt-in; an external broker is not tracked.
+    pub fn start_tracking_sessions(config: SimConfig) -> Result<Sim, Error> {
+        Self::launch(config, Some(Sessions::default()))
+    }
+
+    /// The MQTT sessions of `device`, in the order they connected (empty unless started
+    /// with [`Sim::start_tracking_sessions`]).
+    pub fn sessions(&self, device: impl AsRef<DeviceId>) -> Vec<SessionRecord> {
+        self.sessions
+            .as_ref()
+            .map(|s| s.of(device.as_ref()))
+            .unwrap_or_default()
+    }
+
+    fn launch(config: SimConfig, sessions: Option<Sessions>) -> Result<Sim, Error> {
         let listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))?;
         let http_addr = listener.local_addr()?;
         let http_base = format!("http://{http_addr}");
@@ -56,8 +79,16 @@ impl Sim {
                         }
                     }
                 });
-                let (addr, publisher) =
-                    broker::start_embedded(config.bind, *port, check, inputs.clone())?;
+                let (addr, publisher) = match &sessions {
+                    None => broker::start_embedded(config.bind, *port, check, inputs.clone())?,
+                    Some(sessions) => {
+                        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+                        let (backend, publisher) =
+                            broker::start_embedded(loopback, 0, check, inputs.clone())?;
+                        let public = SocketAddr::new(config.bind, *port);
+                        (sessions.front(public, backend)?, publisher)
+                    }
+                };
                 (addr.ip().to_string(), addr.port(), publisher)
             }
             BrokerConfig::External { url } => broker::connect_external(url, inputs.clone())?,
@@ -77,6 +108,7 @@ impl Sim {
             http_base,
             product_key: config.product_key,
             http_stop: Some(http_stop),
+            sessions,
         })
     }
 

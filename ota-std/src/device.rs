@@ -34,8 +34,9 @@ pub(crate) enum Input {
     Stop,
 }
 
-/// How long a reboot waits for the broker to acknowledge the last reports.
-const FLUSH_BEFORE_REBOOT: Duration = Duration::from_secs(3);
+/// How long the end of a run waits for the broker to acknowledge the last reports, and
+/// then for the connection to close (the next session must not overlap this one).
+const CLOSE_SESSION: Duration = Duration::from_secs(3);
 
 /// Body progress is shown at most this often (the core's own reports are throttled too).
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -109,8 +110,10 @@ pub fn run_until_reboot(
             results: VecDeque::new(),
         },
     };
-    driver.drain()?;
-    let exit = driver.run(&rx)?;
+    let exit = driver.drain().and_then(|_| driver.run(&rx));
+    // Whatever ended the run, the session ends before the next one may start.
+    driver.io.mqtt.close(CLOSE_SESSION);
+    let exit = exit?;
     if exit == Exit::Rebooted {
         observer(DeviceEvent::Rebooting);
         if let Reboot::Command(command) = &config.reboot {
@@ -136,8 +139,7 @@ impl Driver<'_> {
     fn run(&mut self, rx: &Receiver<Input>) -> Result<Exit, Error> {
         loop {
             if self.io.reboot {
-                self.io.mqtt.flush(FLUSH_BEFORE_REBOOT);
-                return Ok(Exit::Rebooted);
+                return Ok(Exit::Rebooted); // the caller flushes and closes the session
             }
             let input = match self.agent.poll_timeout() {
                 Some(deadline) => {

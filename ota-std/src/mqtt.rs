@@ -47,13 +47,31 @@ impl Unacked {
     }
 }
 
-/// A running session. Dropping it disconnects and ends the connection thread.
+/// Set when the connection thread ended, after its socket was dropped.
+#[derive(Default)]
+struct Closed {
+    done: Mutex<bool>,
+    changed: Condvar,
+}
+
+/// Marks the session closed when the connection thread ends, however it ends.
+struct ClosedOnDrop(Arc<Closed>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        *self.0.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A running session. [`Mqtt::close`] ends it and waits; dropping it only asks to end it.
 pub(crate) struct Mqtt {
     client: Client,
     stop: Arc<AtomicBool>,
     unacked: Arc<Unacked>,
-    /// Dropped with `Mqtt`, which wakes the thread out of a back-off wait.
-    _wake: Sender<()>,
+    closed: Arc<Closed>,
+    /// Wakes the thread out of a back-off wait (and does so when dropped with `Mqtt`).
+    wake: Sender<()>,
 }
 
 /// Largest outgoing MQTT packet: reports and block requests are small.
@@ -90,14 +108,28 @@ impl Mqtt {
         let thread_stop = stop.clone();
         let unacked = Arc::new(Unacked::default());
         let acks = unacked.clone();
+        let closed = Arc::new(Closed::default());
+        let closed_guard = ClosedOnDrop(closed.clone());
         let endpoint = format!("{}:{}", settings.host, settings.port);
         std::thread::Builder::new()
             .name("ota-mqtt".into())
             .spawn(move || {
+                // Dropped in reverse order: the socket goes with `connection`, then the
+                // session counts as closed.
+                let _closed = closed_guard;
+                let mut connection = connection;
                 let mut connected_once = false;
                 let mut online = false;
                 let mut failures: u32 = 0;
-                for event in connection.iter() {
+                let mut events = connection.iter();
+                loop {
+                    // Checked before each poll too: a stopped session must not reconnect.
+                    if thread_stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Some(event) = events.next() else {
+                        return;
+                    };
                     if thread_stop.load(Ordering::SeqCst) {
                         return;
                     }
@@ -148,7 +180,8 @@ impl Mqtt {
             client,
             stop,
             unacked,
-            _wake: wake,
+            closed,
+            wake,
         })
     }
 
@@ -191,6 +224,29 @@ impl Mqtt {
         if waited.is_ok_and(|(_, result)| result.timed_out()) {
             tracing::warn!("rebooting with unacknowledged reports");
         }
+    }
+}
+
+impl Mqtt {
+    /// Ends the session: waits (at most `timeout` each) for the broker to acknowledge the
+    /// last reports, sends DISCONNECT and waits until the connection is closed, so that the
+    /// next session of this device never overlaps it (the broker would see its client id
+    /// twice). Returns whether the connection closed in time.
+    pub(crate) fn close(&self, timeout: Duration) -> bool {
+        self.flush(timeout);
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.client.try_disconnect();
+        let _ = self.wake.send(()); // out of a back-off wait, if it is in one
+        let done = self.closed.done.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = self
+            .closed
+            .changed
+            .wait_timeout_while(done, timeout, |done| !*done);
+        let closed = waited.is_ok_and(|(_, result)| !result.timed_out());
+        if !closed {
+            tracing::warn!("the MQTT connection did not close within {timeout:?}");
+        }
+        closed
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `ota-agent` binary as a process: its command line, its one-line errors, and a
-//! download that survives SIGKILL at random points.
+//! The `ota-agent` binary as a process: its command line, its one-line errors, a download
+//! that survives SIGKILL at random points with progress that never repeats, SIGTERM like a
+//! service, and `--exit-after-install`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
@@ -111,6 +112,8 @@ fn help_documents_every_option() {
         "--url-refresh-attempts",
         "--stall-timeout",
         "--allow-http",
+        "--exit-after-install",
+        "--once",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
     }
@@ -241,8 +244,9 @@ fn killed_agent_resumes_from_its_record_and_finishes() {
         // Wait until this run's download really flows, then kill it at a random moment
         // (the pause picks the kill point; it synchronises nothing).
         // The staging file only grows, so its length says what this run wrote only once
-        // the run got past the previous runs: wait for a progress report beyond them (the
-        // core reports no more than its durable offset), then pick a random kill moment.
+        // the run got past the previous runs: wait for a progress report beyond them (a
+        // step is reported once its bytes are staged, at most one write block ahead of the
+        // file), then pick a random kill moment.
         let beyond = (extent + 32 * 1024) * 100 / SIZE as u64 + 1;
         let mut steps = sim.progress_steps(&info);
         let first_new = steps.len();
@@ -291,6 +295,8 @@ fn killed_agent_resumes_from_its_record_and_finishes() {
         starts.iter().all(|s| s % 16384 == 0),
         "whole blocks: {starts:?}"
     );
+    // The cloud heard every step once, in increasing order, across the kills.
+    assert_strictly_increasing(&sim.progress_steps(&info));
     for (written, next) in kills {
         let resumed = starts[next];
         let reloaded = written.saturating_sub(resumed);
@@ -301,4 +307,143 @@ fn killed_agent_resumes_from_its_record_and_finishes() {
             "resumed, not restarted"
         );
     }
+}
+
+/// PROTOCOL.md §4: never backwards, never twice the same.
+fn assert_strictly_increasing(steps: &[i64]) {
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "steps not strictly increasing: {steps:?}"
+    );
+}
+
+/// A device with a 3 MiB image waiting for it, served at 2 MB/s.
+struct SlowUpgrade {
+    sim: Sim,
+    info: DeviceInfo,
+    data: Vec<u8>,
+    job: ota_sim::JobId,
+    dir: tempfile::TempDir,
+}
+
+fn slow_upgrade() -> SlowUpgrade {
+    let sim = sim();
+    let info = sim.add_device().unwrap();
+    let data = image(3 * 1024 * 1024);
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", data.clone()))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    sim.set_fault(&info, Fault::RateLimit(2_000_000), Times::Always);
+    let dir = tempfile::tempdir().unwrap();
+    SlowUpgrade {
+        sim,
+        info,
+        data,
+        job,
+        dir,
+    }
+}
+
+fn exit_code(mut child: Child) -> Option<i32> {
+    child.wait().unwrap().code()
+}
+
+#[test]
+fn a_3_mib_image_on_a_slow_link_shows_its_progress_and_once_exits_0() {
+    let up = slow_upgrade();
+    // ota-std's default checkpoint (4 MiB) is larger than the image: reports must not wait
+    // for it.
+    let config = write_config(&up.sim, &up.info, up.dir.path(), 4 * 1024 * 1024);
+    let child = agent(&config, &up.info.device_secret)
+        .arg("--exit-after-install")
+        .spawn()
+        .unwrap();
+    assert_eq!(exit_code(child), Some(0));
+    up.sim
+        .wait_task_state(up.job, &up.info, TaskState::Succeeded, WAIT)
+        .unwrap();
+    let steps = up.sim.progress_steps(&up.info);
+    eprintln!("steps the cloud heard: {steps:?}");
+    assert_strictly_increasing(&steps);
+    let intermediate = steps.iter().filter(|s| (2..100).contains(*s)).count();
+    assert!(intermediate >= 5, "{steps:?}");
+    assert_eq!(
+        std::fs::read(up.dir.path().join("firmware.img")).unwrap(),
+        up.data
+    );
+}
+
+#[test]
+fn sigterm_stops_mid_download_with_0_and_the_restart_resumes() {
+    const CHECKPOINT: u64 = 256 * 1024;
+    let up = slow_upgrade();
+    let config = write_config(&up.sim, &up.info, up.dir.path(), CHECKPOINT);
+    let child = agent(&config, &up.info.device_secret).spawn().unwrap();
+    // Past a third of the image: several checkpoints are durable.
+    let mut steps = up.sim.wait_progress(&up.info, 1, WAIT).unwrap();
+    while !steps.iter().any(|s| *s >= 35) {
+        steps = up
+            .sim
+            .wait_progress(&up.info, steps.len() + 1, WAIT)
+            .unwrap();
+    }
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(exit_code(child), Some(0), "SIGTERM ends the agent with 0");
+    let written = std::fs::metadata(up.dir.path().join("staging.img"))
+        .unwrap()
+        .len();
+    assert!(
+        up.dir.path().join("ota.record").exists(),
+        "the record stays"
+    );
+    let requests_before = up.sim.downloads(&up.info).len();
+
+    let child = agent(&config, &up.info.device_secret)
+        .arg("--once")
+        .spawn()
+        .unwrap();
+    assert_eq!(exit_code(child), Some(0));
+    let downloads = up.sim.downloads(&up.info);
+    let resumed = range_start(downloads[requests_before].range.as_deref());
+    assert!(
+        resumed > 0 && written.saturating_sub(resumed) <= CHECKPOINT,
+        "wrote {written} before SIGTERM, resumed at {resumed}"
+    );
+    up.sim
+        .wait_task_state(up.job, &up.info, TaskState::Succeeded, WAIT)
+        .unwrap();
+    assert_strictly_increasing(&up.sim.progress_steps(&up.info));
+    assert_eq!(
+        std::fs::read(up.dir.path().join("firmware.img")).unwrap(),
+        up.data
+    );
+}
+
+#[test]
+fn exit_after_install_exits_with_the_failure_code() {
+    let sim = sim();
+    let info = sim.add_device().unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", image(100_000)))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    let corrupt = sim.set_fault(&info, Fault::CorruptByte(5000), Times::Always);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, &info, dir.path(), 65536);
+    let child = agent(&config, &info.device_secret)
+        .arg("--exit-after-install")
+        .spawn()
+        .unwrap();
+    assert_eq!(exit_code(child), Some(3), "a -3 exits with 3");
+    assert!(sim.fault_fired(corrupt) >= 1);
+    sim.wait_task_state(job, &info, TaskState::Failed, WAIT)
+        .unwrap();
+    assert_eq!(sim.progress_steps(&info).last(), Some(&-3));
+    assert!(!dir.path().join("firmware.img").exists());
 }

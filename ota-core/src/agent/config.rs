@@ -91,7 +91,8 @@ pub struct Config {
     pub reply_timeout: Duration,
     /// A download that receives nothing for this long is restarted.
     pub stall_timeout: Duration,
-    /// Report progress when it grew by this many percent...
+    /// Report progress when it grew by this many percent (each report follows a record
+    /// save carrying its step, so that it is never repeated after a power loss)...
     pub progress_step: u8,
     /// ...or when it grew at all and this much time has passed.
     pub progress_interval: Duration,

@@ -65,6 +65,11 @@ pub(super) struct Download {
     /// (within the interval), a body chunk skips the progress arithmetic altogether.
     next_percent_bytes: u64,
     next_step_bytes: u64,
+    /// The step the throttle chose for the cloud, waiting for a record that carries it.
+    due_step: u8,
+    /// The step carried by the durable record: the highest one the cloud may hear.
+    pub(super) saved_step: u8,
+    /// The step last published (in this boot, or the floor a resumed record set).
     reported: u8,
 }
 
@@ -72,6 +77,15 @@ impl Download {
     pub(super) fn new(task: Task, generation: u32, now: Instant) -> Self {
         let hasher = Hasher::new(task.digest.method());
         Self::at(task, generation, (0, 0), hasher, None, now, 1)
+    }
+
+    /// The cloud may have heard `step` before the restart: the next report must exceed it.
+    /// A record of the previous format never reported past its durable offset, so that
+    /// percentage is a floor as well.
+    pub(super) fn with_step_floor(mut self, step: u8) -> Self {
+        let floor = step.max(self.durable_percent());
+        (self.saved_step, self.reported) = (floor, floor);
+        self
     }
 
     /// Continues from a saved record: in file `file`, `offset` bytes are on flash and
@@ -130,6 +144,8 @@ impl Download {
             notified_at: now,
             next_percent_bytes: 0,
             next_step_bytes: 0,
+            due_step: 0,
+            saved_step: 0,
             reported: 0,
         }
     }
@@ -277,7 +293,13 @@ impl Download {
 enum Next {
     Nothing,
     Checkpoint(u64),
-    Write { offset: u64, len: usize, end: u64 },
+    /// Save the durable offset again, now carrying the step the cloud is to hear next.
+    SaveStep,
+    Write {
+        offset: u64,
+        len: usize,
+        end: u64,
+    },
     Verify,
     Fetch,
 }
@@ -309,6 +331,8 @@ impl Agent {
             Next::Checkpoint(d.written)
         } else if d.written == size {
             Next::Verify
+        } else if d.due_step > d.saved_step {
+            Next::SaveStep
         } else if d.fetch == Fetch::Idle && d.received < size {
             Next::Fetch
         } else {
@@ -316,13 +340,22 @@ impl Agent {
         };
         match next {
             Next::Nothing => {}
-            Next::Checkpoint(offset) => {
-                self.scratch.clear();
-                d.hasher.save_state(&mut self.scratch);
+            Next::Checkpoint(_) | Next::SaveStep => {
+                let offset = match next {
+                    Next::Checkpoint(offset) => {
+                        self.scratch.clear();
+                        d.hasher.save_state(&mut self.scratch);
+                        offset
+                    }
+                    // `scratch` still holds the digest state at the recorded offset.
+                    _ => d.recorded.unwrap_or(0),
+                };
+                let step = d.due_step.max(d.saved_step);
                 let phase = PhaseRef::Downloading {
                     file: d.file as u8,
                     offset,
                     digest_state: &self.scratch,
+                    step,
                 };
                 let previous = self
                     .modules
@@ -337,6 +370,7 @@ impl Agent {
                 self.io = Some(Io::SaveRecord(RecordPurpose::Checkpoint {
                     generation: d.generation,
                     offset,
+                    step,
                 }));
             }
             Next::Write { offset, len, end } => {
@@ -665,8 +699,9 @@ impl Agent {
         }
     }
 
-    /// Notifies the application (throttled) and publishes to the cloud when online.
-    /// Called on the body path: cheap unless a new percentage is due.
+    /// Notifies the application (throttled) and marks the step for the cloud, which hears
+    /// it once a record carrying it is durable. Called on the body path: cheap unless a new
+    /// percentage is due.
     pub(super) fn report_progress(&mut self) {
         let (step, interval, now) = (
             self.config.progress_step,
@@ -696,18 +731,21 @@ impl Agent {
         let total = d.task.size;
         d.next_percent_bytes = bytes_at_percent(pct + 1, total);
         d.next_step_bytes = bytes_at_percent(pct.saturating_add(step), total);
+        if pct > d.due_step.max(d.saved_step) {
+            d.due_step = pct;
+        }
         self.notify(Note::Progress {
             percent: pct,
             received: bytes,
             size: total,
         });
-        self.publish_pending_progress();
     }
 
-    /// Sends the cloud the progress it has not seen yet. The cloud's figure never exceeds the
-    /// recorded (durable) offset, so that after a power loss, resuming from that record, the
-    /// reports go on from there and never backwards (the application's notifications follow
-    /// the bytes received instead).
+    /// Sends the cloud the step of the durable record if it has not heard it yet. A step
+    /// goes out only after a record carrying it is durable: a power loss after the report
+    /// resumes from that record, whose step the next report must exceed, so no step is ever
+    /// sent twice or backwards (PROTOCOL.md §4), while the reports follow the bytes received
+    /// rather than the checkpoint interval.
     pub(super) fn publish_pending_progress(&mut self) {
         if !self.online {
             return;
@@ -715,28 +753,20 @@ impl Agent {
         let State::Downloading(d) = &mut self.state else {
             return;
         };
-        let pct = match (d.notified, d.reported) {
-            // The first report of this boot: where the download (re)starts, at least "1".
-            (_, 0) => d.durable_percent().max(1),
-            (notified, _) => notified.min(d.durable_percent()),
-        };
-        if d.notified > 0 && pct > d.reported {
-            d.reported = pct;
-            let desc = if pct == 100 {
-                "downloaded and verified"
-            } else {
-                "downloading"
-            };
-            let id = self.next_id();
-            let State::Downloading(d) = &self.state else {
-                return;
-            };
-            let module = &d.task.module;
-            let range = self
-                .outbox
-                .encode(|out| encode_progress(out, id, Step::Percent(pct), desc, module));
-            self.outbox.push(Queued::Publish(Topic::Progress, range));
+        let step = d.saved_step;
+        if step <= d.reported {
+            return;
         }
+        d.reported = step;
+        let id = self.next_id();
+        let State::Downloading(d) = &self.state else {
+            return;
+        };
+        let module = &d.task.module;
+        let range = self
+            .outbox
+            .encode(|out| encode_progress(out, id, Step::Percent(step), "downloading", module));
+        self.outbox.push(Queued::Publish(Topic::Progress, range));
     }
 }
 

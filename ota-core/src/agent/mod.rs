@@ -132,6 +132,8 @@ enum RecordPurpose {
     Checkpoint {
         generation: u32,
         offset: u64,
+        /// The progress step the record carries.
+        step: u8,
     },
     Activating,
     RollingBack,
@@ -160,6 +162,8 @@ struct ResumePoint {
     file: usize,
     offset: u64,
     hasher: Hasher,
+    /// The last step the cloud may have heard.
+    step: u8,
 }
 
 /// The OTA agent. See the crate documentation for the driving loop.
@@ -598,6 +602,9 @@ impl Agent {
         let download = match resume {
             Some(r) => {
                 let block = self.staging.len() as u64;
+                // Step-only saves reuse the digest state of the recorded offset.
+                self.scratch.clear();
+                r.hasher.save_state(&mut self.scratch);
                 Download::resume(
                     task,
                     self.generation,
@@ -606,6 +613,7 @@ impl Agent {
                     self.now,
                     block,
                 )
+                .with_step_floor(r.step)
             }
             None => Download::new(task, self.generation, self.now),
         };
@@ -643,12 +651,18 @@ impl Agent {
             // A failed clear leaves a stale record (harmless: the next boot asks the cloud
             // and clears it); try again at the next connect rather than in a tight loop.
             (None, _) => self.stale_record = !ok,
-            (Some(RecordPurpose::Checkpoint { generation, offset }), State::Downloading(d))
-                if d.generation == generation =>
-            {
+            (
+                Some(RecordPurpose::Checkpoint {
+                    generation,
+                    offset,
+                    step,
+                }),
+                State::Downloading(d),
+            ) if d.generation == generation => {
                 if ok {
                     d.recorded = Some(offset);
-                    self.publish_pending_progress(); // the durable figure grew
+                    d.saved_step = step;
+                    self.publish_pending_progress(); // the cloud may hear this step now
                 } else {
                     self.fail(
                         FailureCode::FlashFailed,
@@ -777,6 +791,7 @@ impl Agent {
                 file,
                 offset,
                 digest_state,
+                step,
             } => match Hasher::restore(record.image.digest.method(), &digest_state) {
                 Some(hasher) if offset <= record.image.size => {
                     self.resume = Some(ResumePoint {
@@ -784,6 +799,7 @@ impl Agent {
                         file: usize::from(file),
                         offset,
                         hasher,
+                        step,
                     });
                 }
                 _ => {

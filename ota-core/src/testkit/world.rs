@@ -181,7 +181,6 @@ pub struct World {
     // Invariant bookkeeping.
     storage_in_flight: usize,
     attempt_last_step: i16,
-    rebooted_since_report: bool,
     expected_failures: Vec<i16>,
     allowed_rejections: usize,
     /// Slot offsets that some response corrupted, by version (those bytes may differ).
@@ -284,7 +283,6 @@ impl World {
             file_sets: Vec::new(),
             storage_in_flight: 0,
             attempt_last_step: 0,
-            rebooted_since_report: false,
             expected_failures: Vec::new(),
             allowed_rejections: 0,
             corrupted: Vec::new(),
@@ -485,7 +483,6 @@ impl World {
         self.online = false;
         self.cut = None;
         self.storage_in_flight = 0;
-        self.rebooted_since_report = true;
         self.expected_failures.clear(); // reports not yet sent were lost with the RAM
         self.transcript.push(format!("boot {}", self.running));
         let record = self.record.clone();
@@ -795,11 +792,17 @@ impl World {
             file,
             offset,
             digest_state,
+            step,
         } = &record.phase
         {
-            if (*file, *offset) == (0, 0) {
+            if (*file, *offset, *step) == (0, 0, 0) {
                 self.attempt_last_step = 0; // a download starts from scratch: a new attempt
-            } // Within a multi-file task, offsets count from the file's base in the slot.
+            }
+            assert!(
+                i16::from(*step) >= self.attempt_last_step,
+                "the record's step {step} is below the reported {}",
+                self.attempt_last_step
+            ); // Within a multi-file task, offsets count from the file's base in the slot.
             let (base, len) = self.file_span(&record.image.version, usize::from(*file));
             let (offset, method) = (*offset as usize, record.image.digest.method());
             assert!(offset as u64 <= len, "record offset beyond the file");
@@ -826,13 +829,25 @@ impl World {
     fn check_progress(&mut self, step: i16) {
         assert!(step != 0 && (-4..=100).contains(&step), "step {step}");
         if step > 0 {
-            // Strictly increasing within a boot; across a reboot it may repeat, never go back.
-            let repeat_ok =
-                core::mem::take(&mut self.rebooted_since_report) && step == self.attempt_last_step;
+            // Strictly increasing, across boots too (PROTOCOL.md §4).
             assert!(
-                step > self.attempt_last_step || repeat_ok,
+                step > self.attempt_last_step,
                 "progress went from {} to {step}",
                 self.attempt_last_step
+            );
+            // Reported only once durable: a power loss now must not let the step repeat.
+            let durable = self
+                .record
+                .as_deref()
+                .and_then(|bytes| crate::record::Record::decode(bytes).ok())
+                .map(|record| match record.phase {
+                    crate::record::Phase::Downloading { step, .. } => i16::from(step),
+                    crate::record::Phase::Activating => 100,
+                    crate::record::Phase::RollingBack => 0,
+                });
+            assert!(
+                durable.is_some_and(|durable| durable >= step),
+                "step {step} reported before a record carrying it was durable ({durable:?})"
             );
             self.attempt_last_step = step;
         } else if let Some(i) = self.expected_failures.iter().position(|c| *c == step) {

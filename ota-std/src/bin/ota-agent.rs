@@ -1,10 +1,13 @@
 //! `ota-agent`: the OTA agent for a Linux device. Settings come from a TOML file and flags
-//! (flags win); a progress bar is shown on a terminal, structured logs otherwise.
+//! (flags win); a progress bar is shown on a terminal, structured logs otherwise. SIGTERM
+//! and SIGINT stop it like a service: the storage operation in progress completes, the
+//! record stays, the session is closed, and it exits 0.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,6 +27,10 @@ struct Cli {
     /// Show a progress bar (default: when stderr is a terminal).
     #[arg(long, value_name = "BOOL")]
     progress: Option<bool>,
+    /// Exit once a task is over: 0 after the new version was reported and confirmed, or the
+    /// task's failure code (1 to 4 for steps -1 to -4) when it failed.
+    #[arg(long, visible_alias = "once")]
+    exit_after_install: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -48,7 +55,7 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("ota-agent: {e}");
             ExitCode::FAILURE
@@ -56,7 +63,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), ota_std::Error> {
+/// How a task ended, for `--exit-after-install`.
+#[derive(Default)]
+struct TaskEnd {
+    /// The exit code: 0 on success, else the failure step's magnitude.
+    code: Option<u8>,
+    /// This boot has connected, so its version report is out (the core informs on connect).
+    connected: bool,
+    /// This boot's health check passed and the image is confirmed.
+    succeeded: bool,
+}
+
+/// Runs until stopped (SIGTERM, SIGINT) or, with `--exit-after-install`, until a task
+/// ended; returns the exit code.
+fn run(cli: Cli) -> Result<u8, ota_std::Error> {
     let file = match &cli.config {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
@@ -67,17 +87,71 @@ fn run(cli: Cli) -> Result<(), ota_std::Error> {
         .unwrap_or_else(|| std::io::stderr().is_terminal())
         .then(progress_bar);
     init_logging(bar.is_none());
-    let observer = |event: DeviceEvent| show(bar.as_ref(), &event);
     let stopper = Stopper::default();
+    stop_on_signals(stopper.clone())?;
+    let task_end = Arc::new(Mutex::new(TaskEnd::default()));
+    let observer = |event: DeviceEvent| {
+        show(bar.as_ref(), &event);
+        if cli.exit_after_install {
+            note_task_end(&event, &task_end, &stopper);
+        }
+    };
     loop {
-        match run_until_reboot(&config, &observer, &stopper)? {
+        let exit = run_until_reboot(&config, &observer, &stopper)?;
+        if let Some(code) = task_end.lock().unwrap_or_else(|e| e.into_inner()).code {
+            return Ok(code);
+        }
+        match exit {
             Exit::Rebooted if config.reboot == Reboot::InProcess => {
                 tracing::info!("restarting the agent");
                 // The broker was reachable before: after a reboot, wait for it.
                 config.fail_fast = false;
             }
-            _ => return Ok(()),
+            _ => return Ok(0),
         }
+    }
+}
+
+/// SIGTERM and SIGINT stop the run between two inputs, so no write or record save is cut
+/// short; a second signal exits at once.
+fn stop_on_signals(stopper: Stopper) -> Result<(), ota_std::Error> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| ota_std::Error::Io(format!("cannot handle signals: {e}")))?;
+    std::thread::Builder::new()
+        .name("ota-signals".into())
+        .spawn(move || {
+            let mut received = signals.forever();
+            if let Some(signal) = received.next() {
+                tracing::info!(signal, "stopping");
+                stopper.stop();
+            }
+            if received.next().is_some() {
+                std::process::exit(1);
+            }
+        })
+        .map_err(|e| ota_std::Error::Io(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// With `--exit-after-install`: the run stops once the task succeeded (confirmed, and the
+/// new version reported, which the core does on connect: the health check may pass before
+/// the session is up) or failed (its code reported). Stopping waits for the broker to
+/// acknowledge those reports.
+fn note_task_end(event: &DeviceEvent, task_end: &Mutex<TaskEnd>, stopper: &Stopper) {
+    let mut end = task_end.lock().unwrap_or_else(|e| e.into_inner());
+    match event {
+        DeviceEvent::Started { .. } => end.connected = false,
+        DeviceEvent::Connected => end.connected = true,
+        DeviceEvent::Succeeded { .. } => end.succeeded = true,
+        DeviceEvent::Failed { code, .. } => end.code = Some(code.unsigned_abs().max(1)),
+        _ => return,
+    }
+    if end.code.is_none() && end.succeeded && end.connected {
+        end.code = Some(0);
+    }
+    if end.code.is_some() {
+        stopper.stop();
     }
 }
 

@@ -8,4 +8,5 @@ mod modules;
 mod mqtt_channel;
 mod multi_file;
 mod protocol;
+mod sessions;
 mod tls;

@@ -198,6 +198,7 @@ fn records_of_another_module_or_with_a_bad_digest_state_are_handled() {
             file: 0,
             offset: 1024,
             digest_state: vec![1, 2, 3],
+            step: 0,
         },
         "default",
     );
@@ -403,9 +404,11 @@ fn poll_timeout_is_now_while_actions_wait() {
 #[test]
 fn a_failed_activation_record_save_reports_minus_4() {
     let mut w = world(3000);
+    w.config.progress_step = 100;
+    w.restart_agent();
     w.connect();
-    // Saves: the first record, then the activation record.
-    w.fail_save = Some(1);
+    // Saves: the first record, the first step, then the activation record.
+    w.fail_save = Some(2);
     assert_eq!(w.run(), Stop::Quiet);
     assert_eq!(w.progress.last(), Some(&-4));
     assert!(

@@ -70,7 +70,7 @@ fn transcript_of_a_small_upgrade() {
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
     let md5 = md5_hex(&w.image);
-    let expected: [String; 20] = [
+    let expected: [String; 23] = [
         "sub /ota/device/upgrade/a1TestPK001/dev01".into(),
         "sub /sys/a1TestPK001/dev01/thing/ota/firmware/get_reply".into(),
         "sub /sys/a1TestPK001/dev01/thing/file/download_reply".into(),
@@ -81,16 +81,20 @@ fn transcript_of_a_small_upgrade() {
         "save record".into(),
         "fetch 0 @0".into(),
         "notify progress 1".into(),
-        r#"pub progress {"id":"3","params":{"step":"1","desc":"downloading"}}"#.into(),
         "write @0 +1024".into(),
-        // The cloud hears no more than what is recorded as durable: nothing more, here...
+        // A step goes to the cloud only once a record carrying it is durable...
+        "save record".into(),
+        r#"pub progress {"id":"3","params":{"step":"1","desc":"downloading"}}"#.into(),
+        // ...and follows the bytes received, not the checkpoint interval (4096 here).
         "notify progress 81".into(),
         "write @1024 +1024".into(),
+        "save record".into(),
+        r#"pub progress {"id":"4","params":{"step":"81","desc":"downloading"}}"#.into(),
         "write @2048 +452".into(),
         "notify progress 100".into(),
         "save record".into(),
-        // ...until the activation record is saved.
-        r#"pub progress {"id":"4","params":{"step":"100","desc":"downloaded and verified"}}"#
+        // 100 once the activation record is saved.
+        r#"pub progress {"id":"5","params":{"step":"100","desc":"downloaded and verified"}}"#
             .into(),
         "activate 2.0.0".into(),
         "notify installed 2.0.0".into(),
@@ -112,6 +116,8 @@ fn sha256_task_with_upper_case_hex_installs() {
 #[test]
 fn record_is_saved_before_the_first_byte_and_at_every_checkpoint() {
     let mut w = world(20_000);
+    w.config.progress_step = 100; // one step ("1") between the checkpoints
+    w.restart_agent();
     w.offer_md5_task();
     w.connect();
     w.run();
@@ -126,10 +132,11 @@ fn record_is_saved_before_the_first_byte_and_at_every_checkpoint() {
         .position(|l| l.starts_with("fetch"))
         .unwrap();
     assert!(first_save < first_fetch);
-    // 20000 bytes, checkpoint every 4096: initial + 4 checkpoints + activating record.
+    // 20000 bytes, checkpoint every 4096: initial + the first step + 4 checkpoints +
+    // activating record.
     assert_eq!(
         w.transcript.iter().filter(|l| *l == "save record").count(),
-        1 + 4 + 1
+        1 + 1 + 4 + 1
     );
 }
 

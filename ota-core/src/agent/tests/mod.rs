@@ -5,4 +5,5 @@ mod modules;
 mod mqtt_channel;
 mod multi_file;
 mod power_loss;
+mod progress;
 mod properties;

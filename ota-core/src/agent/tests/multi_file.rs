@@ -24,6 +24,8 @@ fn three_files() -> Vec<Vec<u8>> {
 #[test]
 fn every_file_is_downloaded_verified_and_the_set_activated_once() {
     let mut w = world(three_files());
+    w.config.progress_step = 100; // one step ("1") between the checkpoints
+    w.restart_agent();
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
     assert_eq!(w.slot_image(), &w.image[..]);
@@ -54,8 +56,8 @@ fn every_file_is_downloaded_verified_and_the_set_activated_once() {
             .iter()
             .filter(|l| l.as_str() == "save record")
             .count(),
-        3 + 2 + 3 + 1,
-        "a record per file start and per 4 KiB, then activation"
+        3 + 2 + 3 + 1 + 1,
+        "a record per file start and per 4 KiB, one for the first step, then activation"
     );
 }
 
