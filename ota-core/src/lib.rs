@@ -63,6 +63,7 @@ pub mod error;
 pub mod identity;
 pub mod mqtt_frame;
 pub mod record;
+pub mod signature;
 pub mod task;
 pub mod time;
 pub mod uplink;

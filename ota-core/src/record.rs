@@ -7,10 +7,12 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::signature::{decode_signature, PackageSignature, SIGNATURE_LEN};
 use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
 
 const MAGIC: &[u8; 4] = b"OTAR";
-const FORMAT: u8 = 2;
+/// 3: the package signature was added (after the digest state).
+const FORMAT: u8 = 3;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// Where an upgrade stood when the record was saved.
@@ -47,6 +49,9 @@ pub struct ImageId {
     pub mqtt_stream: Option<(u64, u64)>,
     /// Number of files of a multi-file task (0 for a single image).
     pub files: u8,
+    /// The task's `digestsign`, decoded (`None` when absent or malformed): a device with a
+    /// key checks it again when it resumes from the record (PROTOCOL.md §11).
+    pub signature: Option<PackageSignature>,
 }
 
 impl ImageId {
@@ -62,6 +67,7 @@ impl ImageId {
                 Channel::Http { .. } => None,
             },
             files: task.files.len() as u8,
+            signature: task.digestsign.as_deref().and_then(decode_signature),
         }
     }
 
@@ -165,6 +171,11 @@ impl Record {
         let offset = r.u64()?;
         let state_len = usize::from(r.u8()?);
         let digest_state = r.take(state_len)?.to_vec();
+        let signature = match r.u8()? {
+            0 => None,
+            1 => Some(r.take(SIGNATURE_LEN)?.try_into().ok()?),
+            _ => return None,
+        };
         let phase = match phase {
             0 if offset <= size && (file < files || files == 0 && file == 0) => {
                 Phase::Downloading {
@@ -185,6 +196,7 @@ impl Record {
                 digest,
                 mqtt_stream,
                 files,
+                signature,
             },
             previous_version,
             phase,
@@ -248,6 +260,13 @@ pub(crate) fn encode_record(
     let state = if state.len() <= 255 { state } else { &[] };
     out.push(state.len() as u8);
     out.extend_from_slice(state);
+    match &image.signature {
+        None => out.push(0),
+        Some(signature) => {
+            out.push(1);
+            out.extend_from_slice(signature);
+        }
+    }
     let crc = CRC.checksum(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
 }
@@ -296,6 +315,7 @@ mod tests {
                 digest: ExpectedDigest::from_hex(DigestMethod::Sha256, &"ab".repeat(32)).unwrap(),
                 mqtt_stream: mqtt.then_some((1_397_345, 1)),
                 files: 0,
+                signature: None,
             },
             previous_version: "1.0.0".into(),
             phase,
@@ -324,6 +344,21 @@ mod tests {
             assert!(bytes.len() < 400, "{} bytes", bytes.len());
             assert_eq!(Record::decode(&bytes), Ok(record));
         }
+    }
+
+    #[test]
+    fn the_package_signature_survives_the_record() {
+        let mut record = sample(Phase::Activating, false);
+        record.image.signature = Some(core::array::from_fn(|i| i as u8));
+        let mut bytes = Vec::new();
+        record.encode(&mut bytes);
+        assert_eq!(Record::decode(&bytes), Ok(record));
+        // A signature tag other than 0 (none) or 1 (256 bytes follow) is refused.
+        let mut unsigned = Vec::new();
+        sample(Phase::Activating, false).encode(&mut unsigned);
+        let tag_at = unsigned.len() - 5;
+        unsigned[tag_at] = 2;
+        assert_eq!(Record::decode(&reseal(unsigned)), Err(RecordError::Invalid));
     }
 
     #[test]

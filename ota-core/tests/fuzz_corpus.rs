@@ -93,6 +93,7 @@ fn write_binary_seeds() {
                 .expect("hex"),
                 mqtt_stream: (i == 2).then_some((1_397_345, 1)),
                 files: 0,
+                signature: None,
             },
             previous_version: "1.0.0".into(),
             phase,
