@@ -6,3 +6,5 @@ mod mqtt_channel;
 mod multi_file;
 mod power_loss;
 mod properties;
+#[cfg(feature = "signature")]
+mod signing;
