@@ -111,6 +111,7 @@ fn help_documents_every_option() {
         "--url-refresh-attempts",
         "--stall-timeout",
         "--allow-http",
+        "--signing-key",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
     }
