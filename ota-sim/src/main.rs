@@ -100,6 +100,9 @@ struct DemoArgs {
     /// Download rate per device in bytes per second (0: unlimited).
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     rate: u64,
+    /// Sign the package (secure upgrade); the second device is sent a wrong signature once.
+    #[arg(long)]
+    signed: bool,
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
@@ -111,6 +114,7 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         faults: args.faults,
         size: args.size,
         rate: args.rate,
+        signed: args.signed,
         ..ota_sim::demo::DemoOptions::default()
     };
     let rows = ota_sim::demo::run(&options).map_err(|e| Failure(1, e))?;
