@@ -57,6 +57,13 @@ impl PackageSigner {
             .unwrap_or_default()
     }
 
+    /// The public modulus `n`, big-endian (what the console shows, and what an embedded
+    /// device's `Settings::signing_key` holds).
+    pub fn public_modulus(&self) -> Vec<u8> {
+        use rsa::traits::PublicKeyParts;
+        self.key.n().to_be_bytes_trimmed_vartime().into_vec()
+    }
+
     /// The signature of a binary digest, base64 (the `digestsign` text).
     pub fn sign_digest(&self, digest: &[u8]) -> String {
         let hashed = Sha256::digest(digest);
