@@ -50,6 +50,10 @@
 //! Protocol failures (a 403, a short body, a digest mismatch, a flash failure) are not
 //! `Err`: they become a state change and exactly one failure report with the right code.
 //! `Err` means the adapter broke the contract; the state is then unchanged.
+//!
+//! Cargo feature `signature`: the platform's secure upgrade (PROTOCOL.md §11). It adds
+//! `Config::package_key` (`signature::PackageKey`, RSA-2048); with a key, an image is
+//! activated only if the task's `digestsign` verifies over its digest.
 
 extern crate alloc;
 #[cfg(test)]
@@ -67,6 +71,7 @@ pub mod error;
 pub mod identity;
 pub mod mqtt_frame;
 pub mod record;
+pub mod signature;
 pub mod task;
 pub mod time;
 pub mod uplink;

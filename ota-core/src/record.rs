@@ -7,11 +7,13 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::signature::{decode_signature, PackageSignature, SIGNATURE_LEN};
 use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
 
 const MAGIC: &[u8; 4] = b"OTAR";
+/// 3: the last reported step and the package signature were added (after the digest state).
 const FORMAT: u8 = 3;
-/// The previous format: the same fields without the last reported step.
+/// The previous format: the same fields without the last reported step and the signature.
 const FORMAT_WITHOUT_STEP: u8 = 2;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -53,6 +55,9 @@ pub struct ImageId {
     pub mqtt_stream: Option<(u64, u64)>,
     /// Number of files of a multi-file task (0 for a single image).
     pub files: u8,
+    /// The task's `digestsign`, decoded (`None` when absent or malformed): a device with a
+    /// key checks it again when it resumes from the record (PROTOCOL.md §11).
+    pub signature: Option<PackageSignature>,
 }
 
 impl ImageId {
@@ -68,6 +73,7 @@ impl ImageId {
                 Channel::Http { .. } => None,
             },
             files: task.files.len() as u8,
+            signature: task.digestsign.as_deref().and_then(decode_signature),
         }
     }
 
@@ -152,7 +158,7 @@ impl Record {
             .ok_or(RecordError::Invalid)
     }
 
-    fn decode_fields(r: &mut Reader, has_step: bool) -> Option<Record> {
+    fn decode_fields(r: &mut Reader, current: bool) -> Option<Record> {
         let phase = r.u8()?;
         let module = r.string()?;
         let version = r.string()?;
@@ -175,7 +181,12 @@ impl Record {
         let state_len = usize::from(r.u8()?);
         let digest_state = r.take(state_len)?.to_vec();
         // Format 2 never reported past its durable offset: the agent takes that as the floor.
-        let step = if has_step { r.u8()? } else { 0 };
+        let step = if current { r.u8()? } else { 0 };
+        let signature = match if current { r.u8()? } else { 0 } {
+            0 => None,
+            1 => Some(r.take(SIGNATURE_LEN)?.try_into().ok()?),
+            _ => return None,
+        };
         let phase = match phase {
             0 if offset <= size && (file < files || files == 0 && file == 0) && step <= 99 => {
                 Phase::Downloading {
@@ -197,6 +208,7 @@ impl Record {
                 digest,
                 mqtt_stream,
                 files,
+                signature,
             },
             previous_version,
             phase,
@@ -263,6 +275,13 @@ pub(crate) fn encode_record(
     out.push(state.len() as u8);
     out.extend_from_slice(state);
     out.push(step);
+    match &image.signature {
+        None => out.push(0),
+        Some(signature) => {
+            out.push(1);
+            out.extend_from_slice(signature);
+        }
+    }
     let crc = CRC.checksum(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
 }
@@ -311,6 +330,7 @@ mod tests {
                 digest: ExpectedDigest::from_hex(DigestMethod::Sha256, &"ab".repeat(32)).unwrap(),
                 mqtt_stream: mqtt.then_some((1_397_345, 1)),
                 files: 0,
+                signature: None,
             },
             previous_version: "1.0.0".into(),
             phase,
@@ -340,6 +360,21 @@ mod tests {
             assert!(bytes.len() < 400, "{} bytes", bytes.len());
             assert_eq!(Record::decode(&bytes), Ok(record));
         }
+    }
+
+    #[test]
+    fn the_package_signature_survives_the_record() {
+        let mut record = sample(Phase::Activating, false);
+        record.image.signature = Some(core::array::from_fn(|i| i as u8));
+        let mut bytes = Vec::new();
+        record.encode(&mut bytes);
+        assert_eq!(Record::decode(&bytes), Ok(record));
+        // A signature tag other than 0 (none) or 1 (256 bytes follow) is refused.
+        let mut unsigned = Vec::new();
+        sample(Phase::Activating, false).encode(&mut unsigned);
+        let tag_at = unsigned.len() - 5;
+        unsigned[tag_at] = 2;
+        assert_eq!(Record::decode(&reseal(unsigned)), Err(RecordError::Invalid));
     }
 
     #[test]
@@ -423,8 +458,8 @@ mod tests {
     fn a_record_of_the_previous_format_reads_with_no_step_reported() {
         let mut bytes = Vec::new();
         downloading(0).encode(&mut bytes);
-        // Format 2 is format 3 without the step byte just before the CRC.
-        let mut old = bytes[..bytes.len() - 5].to_vec();
+        // Format 2 is format 3 without the step and signature-tag bytes just before the CRC.
+        let mut old = bytes[..bytes.len() - 6].to_vec();
         old[4] = FORMAT_WITHOUT_STEP;
         old.extend_from_slice(&[0; 4]);
         assert_eq!(Record::decode(&reseal(old)), Ok(downloading(0)));
@@ -434,7 +469,7 @@ mod tests {
     fn a_step_beyond_99_is_refused() {
         let mut bytes = Vec::new();
         downloading(42).encode(&mut bytes);
-        let at = bytes.len() - 5;
+        let at = bytes.len() - 6; // step, signature tag (none), CRC
         assert_eq!(bytes[at], 42);
         bytes[at] = 100;
         assert_eq!(Record::decode(&reseal(bytes)), Err(RecordError::Invalid));

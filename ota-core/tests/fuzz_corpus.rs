@@ -56,6 +56,27 @@ fn agent_corpus() {
     replay("agent", fuzz::agent);
 }
 
+/// Two agent entries reach the package-signature verifier: one signed task installs, one
+/// replaced by a task signed over another digest is refused with `-3`.
+#[test]
+fn agent_corpus_reaches_the_signature_verifier() {
+    use ota_core::testkit::ops::{run, Scenario};
+    let read = |name: &str| fs::read(corpus("agent").join(name)).expect("corpus entry");
+    let installed = Scenario::from_bytes(&read("signed-install"));
+    assert!(installed.signed);
+    let w = run(&installed);
+    assert_eq!(w.running, "2.0.0", "{:?}", w.outcomes);
+    let refused = Scenario::from_bytes(&read("signed-refused"));
+    let w = run(&refused);
+    assert!(
+        w.outcomes
+            .iter()
+            .any(|o| o.starts_with("failed -3 package signature does not verify")),
+        "{:?}",
+        w.outcomes
+    );
+}
+
 /// Writes the seed corpus for the targets whose inputs are binary (records, scenarios).
 /// `cargo test -p ota-core --features fuzzing --test fuzz_corpus -- --ignored`
 #[test]
@@ -94,6 +115,7 @@ fn write_binary_seeds() {
                 .expect("hex"),
                 mqtt_stream: (i == 2).then_some((1_397_345, 1)),
                 files: 0,
+                signature: (i == 0).then_some([0x5a; 256]),
             },
             previous_version: "1.0.0".into(),
             phase,

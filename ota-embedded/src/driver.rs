@@ -46,6 +46,12 @@ pub struct Settings {
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
+    /// The product's package-signing key (PROTOCOL.md §11): its RSA-2048 modulus `n`,
+    /// big-endian (256 bytes, exponent 65537), e.g. `include_bytes!` of the console's `n`.
+    /// With it only tasks whose `digestsign` verifies are activated; a key that is not
+    /// RSA-2048 makes [`Driver::new`] fail.
+    #[cfg(feature = "signature")]
+    pub signing_key: Option<&'static [u8]>,
 }
 
 impl Default for Settings {
@@ -55,6 +61,8 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(10),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
+            #[cfg(feature = "signature")]
+            signing_key: None,
         }
     }
 }
@@ -159,6 +167,11 @@ where
         mut parts: Parts<'h, M, T, D, S, R, B, C, A>,
     ) -> Result<Self, Error> {
         Slot::<S>::check_write_block(config.write_block).map_err(Error::Flash)?;
+        #[cfg(feature = "signature")]
+        if let Some(modulus) = parts.settings.signing_key {
+            let key = ota_core::signature::PackageKey::from_modulus(modulus);
+            config.package_key = Some(key.map_err(Error::Agent)?);
+        }
         let cap = &mut config.rules.max_image_size;
         *cap = (*cap).min(parts.slot.capacity());
         let now = parts.clock.now();

@@ -3,7 +3,9 @@
 //! verified on one device before a batch job rolls it out to the rest; every device
 //! "reboots" (its agent restarts in-process on the new version and the saved record). With
 //! faults, downloads meet expired URLs, cut connections, ignored `Range` headers and one
-//! corrupt byte (that device fails with -3 and succeeds on the job's automatic retry).
+//! corrupt byte (that device fails with -3 and succeeds on the job's automatic retry). Signed,
+//! the package carries `digestsign` and every device holds the public key; the second device
+//! is sent a wrong signature once and refuses the package with -3 before the retry.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -28,6 +30,9 @@ pub struct DemoOptions {
     pub rate: u64,
     /// How long everything may take.
     pub timeout: Duration,
+    /// Sign the package with a fresh key (the secure upgrade); one device (the second) gets
+    /// a wrong signature once.
+    pub signed: bool,
 }
 
 impl Default for DemoOptions {
@@ -38,6 +43,7 @@ impl Default for DemoOptions {
             size: 4 * 1024 * 1024,
             rate: 4 * 1024 * 1024,
             timeout: Duration::from_secs(120),
+            signed: false,
         }
     }
 }
@@ -86,9 +92,15 @@ const TARGET: &str = "2.0.0";
 pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
     let sim = Sim::start(SimConfig::default()).map_err(|e| format!("cannot start: {e}"))?;
     let image = demo_image(options.size);
-    let package = sim
-        .add_package(PackageSpec::new(TARGET, image.clone()).needs_verification())
-        .map_err(|e| e.to_string())?;
+    let mut spec = PackageSpec::new(TARGET, image.clone()).needs_verification();
+    let mut device_key = None;
+    if options.signed {
+        let signer = crate::PackageSigner::generate().map_err(|e| e.to_string())?;
+        let pem = signer.public_key_pem();
+        device_key = Some(ota_std::signing_key::parse_signing_key(&pem)?);
+        spec = signer.sign(spec);
+    }
+    let package = sim.add_package(spec).map_err(|e| e.to_string())?;
     let bars = MultiProgress::new();
     let style =
         ProgressStyle::with_template("{prefix:8} [{bar:30}] {bytes:>9}/{total_bytes:9} {msg}")
@@ -101,7 +113,10 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
         if options.rate > 0 {
             sim.set_fault(&info, Fault::RateLimit(options.rate), Times::Always);
         }
-        let fault = if options.faults && i > 0 {
+        let fault = if options.signed && i == 1 {
+            let wrong = sim.set_fault(&info, Fault::WrongSignature, Times::Once);
+            Some(("wrong signature", vec![wrong]))
+        } else if options.faults && i > 0 {
             Some(inject(&sim, &info, i, options.devices, options.size as u64))
         } else {
             None
@@ -109,7 +124,7 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
         let bar = bars.add(ProgressBar::new(options.size as u64));
         bar.set_style(style.clone());
         bar.set_prefix(info.id.device_name.clone());
-        devices.push(start(&sim, info, bar, fault)?);
+        devices.push(start(&sim, info, bar, fault, device_key.clone())?);
     }
 
     let deadline = Instant::now() + options.timeout;
@@ -191,6 +206,7 @@ fn start(
     info: DeviceInfo,
     bar: ProgressBar,
     fault: Option<(&'static str, Vec<FaultId>)>,
+    package_key: Option<ota_core::signature::PackageKey>,
 ) -> Result<Running, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     std::fs::write(dir.path().join("version"), "1.0.0\n").map_err(|e| e.to_string())?;
@@ -213,6 +229,7 @@ fn start(
     config.agent.retry = quick(6);
     config.agent.url_refresh = quick(4);
     config.agent.stall_timeout = Duration::from_secs(5);
+    config.agent.package_key = package_key;
     let handle = Device::spawn(config).map_err(|e| e.to_string())?;
     let stopper = handle.stopper();
     let row = Arc::new(RowCell::default());

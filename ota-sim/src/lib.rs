@@ -59,6 +59,7 @@ mod messages;
 mod model;
 mod mqtt_download;
 mod package;
+mod package_signing;
 mod sessions;
 mod signing;
 mod sim;
@@ -72,6 +73,7 @@ pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
 pub use model::*;
 pub use mqtt_download::{BlockRecord, MAX_BLOCK_SIZE};
 pub use package::*;
+pub use package_signing::{signing_keys, PackageSigner};
 pub use sessions::SessionRecord;
 pub use signing::UrlError;
 pub use sim::Sim;
@@ -103,6 +105,9 @@ pub enum Error {
     /// A package needs a file, and no file may be empty.
     #[error("package has no data")]
     EmptyPackage,
+    /// A package-signing key is unusable (not PEM, not RSA-2048 with exponent 65537).
+    #[error("package signing key: {0}")]
+    InvalidKey(String),
     /// A package breaks a limit: too many files, an image too large for the MQTT channel,
     /// `extData` that is not a small JSON object.
     #[error("invalid package: {0}")]

@@ -3,7 +3,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ota_sim::{
-    BrokerConfig, DeviceInfo, DownloadProtocol, JobSpec, PackageSpec, SignMethod, Sim, SimConfig,
+    BrokerConfig, DeviceInfo, DownloadProtocol, JobSpec, PackageSigner, PackageSpec, SignMethod,
+    Sim, SimConfig,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -75,6 +76,14 @@ struct ServeArgs {
     /// Write the endpoints and device credentials here as JSON (default: stdout).
     #[arg(long, value_name = "PATH")]
     info_file: Option<PathBuf>,
+    /// Sign the package with this RSA-2048 private key (PEM): pushes carry `digestsign`. Its
+    /// public key is written beside the info file (INFO with extension `signing-key.pem`).
+    #[arg(long, value_name = "FILE", conflicts_with = "sign")]
+    sign_key: Option<PathBuf>,
+    /// Sign the package with a fresh RSA-2048 key; its public key is written beside the
+    /// info file, for the devices' --signing-key.
+    #[arg(long, requires = "info_file")]
+    sign: bool,
 }
 
 #[derive(Args)]
@@ -91,6 +100,9 @@ struct DemoArgs {
     /// Download rate per device in bytes per second (0: unlimited).
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     rate: u64,
+    /// Sign the package (secure upgrade); the second device is sent a wrong signature once.
+    #[arg(long)]
+    signed: bool,
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
@@ -102,6 +114,7 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         faults: args.faults,
         size: args.size,
         rate: args.rate,
+        signed: args.signed,
         ..ota_sim::demo::DemoOptions::default()
     };
     let rows = ota_sim::demo::run(&options).map_err(|e| Failure(1, e))?;
@@ -127,6 +140,9 @@ struct Info<'a> {
     download_protocol: DownloadProtocol,
     files: Vec<String>,
     devices: &'a [DeviceInfo],
+    /// The package-signing public key (PEM) written for the devices, when signing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_key_file: Option<PathBuf>,
 }
 
 /// A failure worth one line on stderr, with its exit code.
@@ -210,6 +226,24 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .module(args.module.clone())
         .sign_method(sign_method)
         .download_protocol(protocol);
+    let signer = match (&args.sign_key, args.sign) {
+        (Some(path), _) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+            Some(PackageSigner::from_pem(&pem).map_err(|e| usage(e.to_string()))?)
+        }
+        (None, true) => Some(PackageSigner::generate().map_err(|e| Failure(1, e.to_string()))?),
+        (None, false) => None,
+    };
+    if signer.is_some() && spec.is_multi_file() {
+        return Err(usage(
+            "a multi-file package cannot be signed: pushes carry no per-file signature".into(),
+        ));
+    }
+    let spec = match &signer {
+        Some(signer) => signer.sign(spec),
+        None => spec,
+    };
     spec.validate()
         .map_err(|e| usage(format!("bad package: {e}")))?;
     init_logging();
@@ -235,6 +269,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure(1, e.to_string()))?;
     sim.create_job(JobSpec::batch(package).dynamic())
         .map_err(|e| Failure(1, e.to_string()))?;
+    let signing_key_file = match (&signer, &args.info_file) {
+        (Some(signer), Some(info)) => {
+            let path = info.with_extension("signing-key.pem");
+            std::fs::write(&path, signer.public_key_pem())
+                .map_err(|e| Failure(1, format!("cannot write {}: {e}", path.display())))?;
+            Some(path)
+        }
+        _ => None,
+    };
     let info = Info {
         mqtt_host: sim.mqtt_host(),
         mqtt_port: sim.mqtt_port(),
@@ -244,6 +287,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         download_protocol: protocol,
         files: names,
         devices: &devices,
+        signing_key_file,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;
     match &args.info_file {

@@ -114,6 +114,10 @@ pub struct Settings {
     /// Accept plain http:// download URLs (only for local simulators).
     #[arg(long, value_name = "BOOL")]
     pub allow_http: Option<bool>,
+    /// The product's package-signing public key (PEM, or `n: HEX` and `e: HEX` lines as
+    /// the console shows them): only tasks whose digestsign verifies are installed.
+    #[arg(long, value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
 }
 
 macro_rules! merge {
@@ -169,6 +173,7 @@ impl Settings {
             url_refresh_attempts,
             stall_timeout,
             allow_http,
+            signing_key,
         )
     }
 
@@ -262,6 +267,9 @@ impl Settings {
             agent.mqtt.window = n;
         }
         agent.rules.allow_http = self.allow_http.unwrap_or(false);
+        if let Some(path) = &self.signing_key {
+            agent.package_key = Some(crate::signing_key::load_signing_key(path)?);
+        }
         Ok(config)
     }
 }

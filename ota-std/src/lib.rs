@@ -46,6 +46,7 @@ pub mod login;
 mod mqtt;
 mod multi_file;
 mod perform;
+pub mod signing_key;
 mod slots;
 mod storage;
 mod tls;

@@ -114,6 +114,7 @@ fn help_documents_every_option() {
         "--allow-http",
         "--exit-after-install",
         "--once",
+        "--signing-key",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
     }

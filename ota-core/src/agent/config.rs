@@ -100,6 +100,10 @@ pub struct Config {
     pub health_timeout: Duration,
     /// Seed of the back-off jitter (give each device its own, e.g. from its name or a TRNG).
     pub seed: u64,
+    /// The product's public key of the secure upgrade (PROTOCOL.md §11). With a key, an
+    /// image is activated only if the task's `digestsign` verifies; `None` passes it through.
+    #[cfg(feature = "signature")]
+    pub package_key: Option<crate::signature::PackageKey>,
 }
 
 impl Config {
@@ -137,6 +141,8 @@ impl Config {
             progress_interval: Duration::from_secs(5),
             health_timeout: Duration::from_secs(120),
             seed: 0x5EED,
+            #[cfg(feature = "signature")]
+            package_key: None,
         }
     }
 

@@ -422,6 +422,14 @@ impl Agent {
             self.fail(FailureCode::VerifyFailed, &reason);
             return;
         }
+        #[cfg(feature = "signature")]
+        if let Some(reason) = self.signature_refusal() {
+            self.fail(FailureCode::VerifyFailed, &reason);
+            return;
+        }
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
         if d.next_file(self.staging.len() as u64) {
             // Verified; the next file starts now (its record first), not at some later input.
             self.advance_download();

@@ -5,6 +5,8 @@ mod actions;
 mod blocks;
 mod config;
 mod download;
+#[cfg(feature = "signature")]
+mod signing;
 #[cfg(test)]
 mod tests;
 
@@ -786,6 +788,15 @@ impl Agent {
         };
         let module = record.image.module.clone();
         let running = String::from(self.version_of(&module).unwrap_or_default());
+        #[cfg(feature = "signature")]
+        if let RecordPhase::Downloading { .. } = record.phase {
+            if let Some(reason) = self.restored_signature_refusal(&record.image) {
+                self.notify(Note::Failed(FailureCode::VerifyFailed, reason.clone()));
+                self.report_failure(FailureCode::VerifyFailed, &reason, &module);
+                self.clear_record_wanted = true;
+                return;
+            }
+        }
         match record.phase {
             RecordPhase::Downloading {
                 file,

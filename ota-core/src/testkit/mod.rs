@@ -5,4 +5,5 @@
 
 pub mod fuzz;
 pub mod ops;
+pub mod signing;
 pub mod world;

@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::world::{test_config, test_image, Cut, Fault, Health, MqttFault, Stop, World};
+use super::world::{test_config, test_image, Cut, Fault, Health, MqttFault, Signing, Stop, World};
 
 /// One thing that happens to the device or the cloud.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub enum Op {
     PushSameTask,
     /// The cloud replaces the task with another image and version.
     ReplaceTask(u8),
+    /// The same, but badly signed: a signature over another digest (even seed) or garbage.
+    ReplaceTaskMissigned(u8),
     /// A malformed push (one of a few shapes).
     PushGarbage(u8),
     /// The next HTTP request suffers this fault.
@@ -56,6 +58,8 @@ pub struct Scenario {
     pub mqtt_window: Option<u8>,
     /// The task holds three files (HTTP only).
     pub multi_file: bool,
+    /// The device has the test key and the cloud signs its tasks (feature `signature`).
+    pub signed: bool,
     pub chunk_sizes: Vec<usize>,
     pub ops: Vec<Op>,
 }
@@ -95,7 +99,19 @@ impl Scenario {
             .filter(|o| matches!(o, Op::CutNextWrite(_) | Op::CutNextSave))
             .count();
         let mqtt = self.ops.iter().filter(|o| matches!(o, Op::Mqtt(_))).count();
-        self.ops.iter().all(Op::is_benign) && faults <= 8 && dead <= 4 && cuts <= 6 && mqtt <= 4
+        // A device with a key refuses multi-file tasks (no per-file signature).
+        let unverifiable = self.signs() && self.multi_file && self.mqtt_window.is_none();
+        self.ops.iter().all(Op::is_benign)
+            && faults <= 8
+            && dead <= 4
+            && cuts <= 6
+            && mqtt <= 4
+            && !unverifiable
+    }
+
+    /// Whether signing is on: only builds with the verifier can sign.
+    fn signs(&self) -> bool {
+        self.signed && cfg!(feature = "signature")
     }
 
     /// Decodes a scenario from fuzzer bytes (every input is valid).
@@ -109,6 +125,7 @@ impl Scenario {
         let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
         let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
         let multi_file = flags & 0x40 == 0x40;
+        let signed = flags & 0x80 == 0x80;
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
             .collect();
@@ -142,6 +159,7 @@ impl Scenario {
                 16 => Op::CutNextSave,
                 17 => Op::AdvanceSecs(arg16),
                 18 => Op::ExpireUrls,
+                _ if arg % 4 == 0 => Op::ReplaceTaskMissigned(arg / 4),
                 _ => Op::Steps(arg.saturating_mul(4)),
             });
             if ops.len() >= 64 {
@@ -154,6 +172,7 @@ impl Scenario {
             lazy_storage,
             mqtt_window,
             multi_file,
+            signed,
             chunk_sizes,
             ops,
         }
@@ -202,6 +221,12 @@ pub fn run(scenario: &Scenario) -> World {
     w.lazy_storage = scenario.lazy_storage;
     w.mqtt_channel = scenario.mqtt_window.is_some();
     w.max_steps = 400_000;
+    #[cfg(feature = "signature")]
+    if scenario.signed {
+        w.config.package_key = Some(super::signing::test_key());
+        w.restart_agent();
+        w.signing = Signing::Signed;
+    }
     let offer = |w: &mut World| {
         if scenario.sha256 {
             w.offer_sha256_task()
@@ -252,6 +277,20 @@ pub fn run(scenario: &Scenario) -> World {
                 w.version = alloc::format!("3.{seed}");
                 offer(&mut w);
                 w.push_task();
+            }
+            Op::ReplaceTaskMissigned(seed) => {
+                let signing = w.signing;
+                // Only a build with the verifier holds the test key that signs.
+                w.signing = if seed % 2 == 0 && cfg!(feature = "signature") {
+                    Signing::OverOtherDigest
+                } else {
+                    Signing::Garbage
+                };
+                w.image = test_image(scenario.image_len / 2 + usize::from(*seed) + 1, *seed);
+                w.version = alloc::format!("4.{seed}");
+                offer(&mut w);
+                w.push_task();
+                w.signing = signing;
             }
             Op::PushGarbage(i) => w.push_raw(GARBAGE[usize::from(*i) % GARBAGE.len()]),
             Op::Fault(f) => w.faults.push_back(f.clone()),

@@ -176,6 +176,8 @@ pub struct World {
     held_reply: Option<(String, Vec<u8>)>,
     /// Offsets of every MQTT-channel block request.
     pub block_requests: Vec<u64>,
+    /// How offered tasks are signed (set before `offer_*_task`).
+    pub signing: Signing,
     /// The files of each multi-file task offered, by version.
     file_sets: Vec<(String, Vec<Vec<u8>>)>,
     // Invariant bookkeeping.
@@ -185,6 +187,19 @@ pub struct World {
     allowed_rejections: usize,
     /// Slot offsets that some response corrupted, by version (those bytes may differ).
     corrupted: Vec<(String, u64)>,
+}
+
+/// How the cloud signs the tasks it offers (PROTOCOL.md §11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signing {
+    /// No `digestsign`.
+    Unsigned,
+    /// The test key's signature of the image digest.
+    Signed,
+    /// A genuine signature of the test key, but over another image's digest.
+    OverOtherDigest,
+    /// `digestsign` that is not a signature at all.
+    Garbage,
 }
 
 pub fn md5_hex(data: &[u8]) -> String {
@@ -280,6 +295,7 @@ impl World {
             mqtt_faults: VecDeque::new(),
             held_reply: None,
             block_requests: Vec::new(),
+            signing: Signing::Unsigned,
             file_sets: Vec::new(),
             storage_in_flight: 0,
             attempt_last_step: 0,
@@ -376,8 +392,9 @@ impl World {
         self.remember_offer();
         let md5 = md5_hex(&self.image);
         let module = self.module_field();
+        let signature = self.digestsign_field(crate::task::DigestMethod::Md5, &md5);
         self.cloud_task = Some(format!(
-            r#""size":{},"version":"{}","md5":"{md5}","sign":"{md5}","signMethod":"Md5"{module}"#,
+            r#""size":{},"version":"{}","md5":"{md5}","sign":"{md5}","signMethod":"Md5"{module}{signature}"#,
             self.image.len(),
             self.version
         ));
@@ -388,11 +405,36 @@ impl World {
         self.remember_offer();
         let module = self.module_field();
         let sha = sha256_hex(&self.image).to_uppercase();
+        let signature = self.digestsign_field(crate::task::DigestMethod::Sha256, &sha);
         self.cloud_task = Some(format!(
-            r#""size":{},"version":"{}","sign":"{sha}","signMethod":"SHA256"{module}"#,
+            r#""size":{},"version":"{}","sign":"{sha}","signMethod":"SHA256"{module}{signature}"#,
             self.image.len(),
             self.version
         ));
+    }
+
+    /// The `digestsign` field for an image whose digest is `hex`, per `self.signing`.
+    fn digestsign_field(&self, method: crate::task::DigestMethod, hex: &str) -> String {
+        let digest = crate::task::ExpectedDigest::from_hex(method, hex).expect("digest hex");
+        match self.signing {
+            Signing::Unsigned => String::new(),
+            Signing::Garbage => String::from(r#","digestsign":"bm90IGEgc2lnbmF0dXJl""#),
+            #[cfg(feature = "signature")]
+            Signing::Signed => super::signing::digestsign_field(&digest),
+            #[cfg(feature = "signature")]
+            Signing::OverOtherDigest => {
+                let mut other = [0u8; 32];
+                other[..digest.bytes().len()].copy_from_slice(digest.bytes());
+                other[0] ^= 1;
+                let other = crate::task::ExpectedDigest::new(method, &other[..method.digest_len()]);
+                super::signing::digestsign_field(&other.expect("same length"))
+            }
+            #[cfg(not(feature = "signature"))]
+            Signing::Signed | Signing::OverOtherDigest => {
+                let _ = digest;
+                panic!("signing tasks needs the feature `signature`")
+            }
+        }
     }
 
     fn signed_task_json(&mut self, code: &str) -> String {

@@ -273,6 +273,8 @@ pub enum SessionEnd {
     Reboot,
     PowerCut,
     Stopped,
+    /// `Driver::new` refused the configuration.
+    Refused(ota_embedded::Error),
 }
 
 /// The device's persistent parts: they survive reboots and power cuts.
@@ -285,6 +287,9 @@ pub struct Device {
     pub records: RamFlash,
     pub boot: FakeBoot,
     pub app: LogApp,
+    /// The package-signing key's modulus (`Settings::signing_key`).
+    #[cfg(feature = "signature")]
+    pub signing_key: Option<&'static [u8]>,
 }
 
 impl Device {
@@ -301,6 +306,8 @@ impl Device {
                 booted_tx,
             },
             app: LogApp::default(),
+            #[cfg(feature = "signature")]
+            signing_key: None,
         };
         (device, booted_rx)
     }
@@ -362,10 +369,15 @@ impl Device {
             login,
             settings: Settings {
                 reconnect_min: Duration::from_millis(50),
+                #[cfg(feature = "signature")]
+                signing_key: self.signing_key,
                 ..Settings::default()
             },
         };
-        let mut driver = Driver::new(self.config(), version, parts).await.unwrap();
+        let mut driver = match Driver::new(self.config(), version, parts).await {
+            Ok(driver) => driver,
+            Err(e) => return SessionEnd::Refused(e),
+        };
         tokio::select! {
             exit = driver.run() => {
                 assert_eq!(exit, Ok(Exit::Reboot));

@@ -201,3 +201,57 @@ fn serve_offers_several_files_over_mqtt() {
     assert_eq!(dev.fetch_file(stream, 2, 3_000, 5_000), b_data);
     drop(server);
 }
+
+/// `--sign` signs with a fresh key and writes its public key beside the info file; a device
+/// holding that key verifies the push's `digestsign`. `--sign-key` takes a PEM private key.
+#[test]
+fn serve_signs_the_package_and_writes_the_public_key() {
+    use ota_core::{DigestMethod, ExpectedDigest};
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let fw_path = dir.path().join("fw.bin");
+    let data = firmware(9_000);
+    std::fs::write(&fw_path, &data).unwrap();
+    let key_path = dir.path().join("product.pem");
+    std::fs::write(&key_path, ota_sim::signing_keys::TEST_PRIVATE_KEY_PEM).unwrap();
+    let digest = ExpectedDigest::new(DigestMethod::Sha256, &sha2::Sha256::digest(&data)).unwrap();
+    let fresh: [&std::ffi::OsStr; 1] = ["--sign".as_ref()];
+    let given: [&std::ffi::OsStr; 2] = ["--sign-key".as_ref(), key_path.as_os_str()];
+    for signing in [&fresh[..], &given[..]] {
+        let mut args: Vec<&std::ffi::OsStr> = ["--version", "2.0.0", "--sign-method", "sha256"]
+            .iter()
+            .map(|s| s.as_ref())
+            .collect();
+        args.extend(signing);
+        args.extend(["--firmware".as_ref(), fw_path.as_os_str()]);
+        let (server, _lines, info) = serve(&args, dir.path());
+        let key_file = info["signing_key_file"].as_str().unwrap();
+        let pem = std::fs::read_to_string(key_file).unwrap();
+        let key = ota_std::signing_key::parse_signing_key(&pem).unwrap();
+        if signing.len() == 2 {
+            assert_eq!(
+                pem.trim(),
+                ota_sim::signing_keys::TEST_PUBLIC_KEY_PEM.trim()
+            );
+        }
+        let d = &info["devices"][0];
+        let id = DeviceId::new(
+            d["product_key"].as_str().unwrap(),
+            d["device_name"].as_str().unwrap(),
+        );
+        let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+        let host = info["mqtt_host"].as_str().unwrap();
+        let port = info["mqtt_port"].as_u64().unwrap() as u16;
+        let mut dev = Device::connect(host, port, &id, &creds).unwrap();
+        dev.subscribe();
+        dev.inform("1.0.0");
+        let push = dev.expect_push();
+        let sign = push["data"]["digestsign"].as_str().unwrap();
+        assert_eq!(key.verify_text(&digest, Some(sign)), Ok(()));
+        drop(server);
+    }
+    fails_with_one_line(
+        &["serve", "--firmware", "/x", "--version", "1", "--sign"],
+        "--info-file",
+    );
+}

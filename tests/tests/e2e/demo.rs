@@ -11,6 +11,7 @@ fn options(devices: usize, faults: bool) -> DemoOptions {
         size: 512 * 1024,
         rate: 0,
         timeout: Duration::from_secs(60),
+        signed: false,
     }
 }
 
@@ -52,4 +53,29 @@ fn demo_with_faults_upgrades_every_device() {
         "the corrupt download fails once with -3"
     );
     assert!(rows[1..4].iter().all(|r| r.failures.is_empty()));
+}
+
+#[test]
+fn signed_demo_shows_a_device_refusing_a_badly_signed_package() {
+    let rows = run(&DemoOptions {
+        signed: true,
+        ..options(3, false)
+    })
+    .unwrap();
+    println!("{}", table(&rows));
+    assert_eq!(
+        rows[1].fault,
+        Some(("wrong signature", true)),
+        "{:?}",
+        rows[1]
+    );
+    assert_eq!(
+        rows[1].failures,
+        [-3],
+        "refused once, then the good signature"
+    );
+    for row in &rows {
+        assert!(row.ok, "{row:?}");
+    }
+    assert!(rows[0].failures.is_empty() && rows[2].failures.is_empty());
 }

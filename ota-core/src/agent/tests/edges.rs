@@ -41,6 +41,7 @@ fn record(phase: RecordPhase, module: &str) -> Vec<u8> {
                 .unwrap(),
             mqtt_stream: None,
             files: 0,
+            signature: None,
         },
         previous_version: "1.0.0".into(),
         phase,

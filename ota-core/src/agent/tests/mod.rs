@@ -7,3 +7,5 @@ mod multi_file;
 mod power_loss;
 mod progress;
 mod properties;
+#[cfg(feature = "signature")]
+mod signing;

@@ -128,6 +128,7 @@ fn a_record_of_a_second_module_is_resumed_after_boot() {
                 .unwrap(),
             mqtt_stream: None,
             files: 0,
+            signature: None,
         },
         previous_version: "0.9.3".into(),
         phase: RecordPhase::Activating,

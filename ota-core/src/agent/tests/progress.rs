@@ -61,9 +61,10 @@ fn a_record_of_the_previous_format_resumes_above_its_durable_percentage() {
     w.cut = Some(Cut::Write { n: 15, torn: 0 });
     w.connect();
     assert_eq!(w.run(), Stop::PowerLost);
-    // Rewrite the saved record as format 2 wrote it: no step byte before the CRC.
+    // Rewrite the saved record as format 2 wrote it: no step byte and no signature tag (an
+    // unsigned task: one byte) before the CRC.
     let mut record = w.record.clone().unwrap();
-    record.truncate(record.len() - 5);
+    record.truncate(record.len() - 6);
     record[4] = 2;
     let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&record);
     record.extend_from_slice(&crc.to_le_bytes());

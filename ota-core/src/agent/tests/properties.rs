@@ -78,6 +78,7 @@ fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => benign_op(),
         1 => any::<u8>().prop_map(Op::ReplaceTask),
+        1 => any::<u8>().prop_map(Op::ReplaceTaskMissigned),
         1 => any::<u8>().prop_map(Op::PushGarbage),
         2 => fault().prop_map(Op::Fault),
         1 => Just(Op::FailNextWrite),
@@ -97,15 +98,31 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
         any::<bool>(),
         proptest::collection::vec(1usize..9000, 1..4),
         proptest::collection::vec(op, 0..40),
+        // Signing on in a quarter of the scenarios of a build with the verifier.
+        proptest::bool::weighted(if cfg!(feature = "signature") {
+            0.25
+        } else {
+            0.0
+        }),
     )
         .prop_map(
-            |(image_len, sha256, lazy_storage, mqtt_window, multi_file, chunk_sizes, ops)| {
+            |(
+                image_len,
+                sha256,
+                lazy_storage,
+                mqtt_window,
+                multi_file,
+                chunk_sizes,
+                ops,
+                signed,
+            )| {
                 Scenario {
                     image_len,
                     sha256,
                     lazy_storage,
                     mqtt_window,
                     multi_file,
+                    signed,
                     chunk_sizes,
                     ops,
                 }
@@ -165,6 +182,7 @@ fn corruption_of_a_replaced_task_is_attributed_to_that_task() {
         lazy_storage: false,
         mqtt_window: None,
         multi_file: false,
+        signed: false,
         chunk_sizes: vec![510],
         ops,
     };
