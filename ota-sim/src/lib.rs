@@ -58,6 +58,7 @@ mod auth;
 mod broker;
 mod crypto;
 pub mod demo;
+mod fault_spec;
 mod faults;
 mod frames;
 mod front;
@@ -76,6 +77,7 @@ mod world;
 
 pub use auth::{verify_login, Credentials, LoginError, LoginSignMethod, SDK_TIMESTAMP};
 pub use broker::BrokerConfig;
+pub use fault_spec::{FaultSpec, FAULT_GRAMMAR};
 pub use faults::{Fault, FaultId, Times};
 pub use http::DownloadRecord;
 pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};

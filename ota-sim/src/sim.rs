@@ -359,7 +359,7 @@ impl Sim {
 
     /// The `/status` document.
     pub fn status(&self) -> serde_json::Value {
-        self.shared.lock().engine.status()
+        self.shared.lock().status()
     }
 
     /// Blocks until `check` says done or failed, re-checking after every change.

@@ -2,6 +2,7 @@
 
 mod blocks;
 mod cli;
+mod cli_faults;
 mod device;
 mod download;
 mod external;
