@@ -64,6 +64,7 @@ mod frames;
 mod front;
 mod http;
 mod jobs;
+mod lenient_json;
 mod listeners;
 mod messages;
 mod model;

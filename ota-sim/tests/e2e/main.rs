@@ -13,6 +13,7 @@ mod mqtt;
 mod mqtt_faults;
 mod multi_file;
 mod push;
+mod sdk;
 mod tls;
 
 use ota_sim::{Sim, SimConfig};
