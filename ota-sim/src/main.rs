@@ -295,6 +295,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         (None, Some(pem)) => Some(write_ca(&args.info_file, &pem)?),
         (None, None) => None,
     };
+    let states = sim.watch_states();
     let devices = (0..args.devices)
         .map(|_| sim.add_device())
         .collect::<Result<Vec<_>, _>>()
@@ -333,6 +334,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map_err(|e| Failure(1, format!("cannot write {}: {e}", path.display())))?,
         None => println!("{json}"),
     }
+    // The live view, on stdout after the info (when that goes to stdout too).
+    std::thread::spawn(move || {
+        for change in states {
+            println!("{change}");
+        }
+    });
     tracing::info!(
         "ready: mqtt {}:{}, firmware {}, {} device(s)",
         sim.mqtt_host(),

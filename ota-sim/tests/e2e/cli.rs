@@ -58,6 +58,27 @@ fn bad_flags_and_unreadable_firmware_exit_2() {
     );
 }
 
+/// Waits until a line containing each needle came, in any order; returns them.
+pub fn wait_lines<const N: usize>(
+    lines: &mpsc::Receiver<String>,
+    needles: [&str; N],
+) -> [String; N] {
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    let deadline = Instant::now() + WAIT;
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no lines with all of {needles:?}; found {found:?}"));
+        for (slot, needle) in found.iter_mut().zip(needles) {
+            if slot.is_none() && line.contains(needle) {
+                *slot = Some(line.clone());
+            }
+        }
+    }
+    found.map(Option::unwrap_or_default)
+}
+
 /// Kills the server when the test ends, however it ends.
 pub struct Server(Child);
 
@@ -119,10 +140,14 @@ fn serve_writes_info_and_upgrades_a_device() {
     assert!(url.starts_with(info["http_base_url"].as_str().unwrap()));
     assert_eq!(http_get(url, None, WAIT).body, data);
     dev.progress(100, "done");
-    wait_line(&lines, "-> InProgress");
+    // The live view on stdout (time, device, state, step) and the log on stderr, in either
+    // order.
+    let [live, _] = wait_lines(&lines, ["job 0 IN_PROGRESS step 100", "-> InProgress"]);
+    assert!(live.contains(&format!("/{} job", id.device_name)), "{live}");
     dev.inform("2.0.0");
-    let line = wait_line(&lines, "-> Succeeded");
-    assert!(line.contains(&id.device_name), "{line}");
+    let [live, log] = wait_lines(&lines, ["job 0 SUCCEEDED step 100", "-> Succeeded"]);
+    assert!(live.contains(&format!("/{} job", id.device_name)), "{live}");
+    assert!(log.contains(&id.device_name), "{log}");
     let status = http_get(
         &format!("{}/status", info["http_base_url"].as_str().unwrap()),
         None,
@@ -145,19 +170,25 @@ pub fn serve(
         .arg("--info-file")
         .arg(&info_path)
         .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut server = Server(child);
-    let stderr = server.0.stderr.take().unwrap();
     let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Reads to the end even when nobody listens any more: a full pipe would block the
-        // server's log.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let stdout = server.0.stdout.take().unwrap();
+    let stderr = server.0.stderr.take().unwrap();
+    let readers: [Box<dyn std::io::Read + Send>; 2] = [Box::new(stdout), Box::new(stderr)];
+    for reader in readers {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            // Reads to the end even when nobody listens any more: a full pipe would block
+            // the server.
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
     wait_line(&lines, "ready");
     let info = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
     (server, lines, info)
