@@ -149,7 +149,8 @@ pub enum Error {
 pub struct SimConfig {
     /// The MQTT broker.
     pub broker: BrokerConfig,
-    /// Address the embedded broker and the firmware server listen on.
+    /// Address the device-facing ports (MQTT, firmware server, TLS ones) listen on; the
+    /// embedded rumqttd itself listens on a loopback port of its own behind them.
     pub bind: IpAddr,
     /// Firmware server port; 0 picks a free one.
     pub http_port: u16,
