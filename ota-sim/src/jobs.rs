@@ -67,9 +67,15 @@ pub(crate) struct Engine {
     tasks: Vec<Task>,
     signer: UrlSigner,
     http_base: String,
+    /// Base URL of the HTTPS listener, for devices in `over_tls`.
+    pub(crate) https_base: Option<String>,
+    /// Devices whose latest login came over TLS: their URLs are `https`.
+    pub(crate) over_tls: std::collections::BTreeSet<DeviceId>,
     pub(crate) url_ttl: Duration,
     last_message_id: u64,
     outbound: Vec<Outbound>,
+    /// Watchers of task changes (the live view).
+    pub(crate) live: crate::live::LiveFeed,
 }
 
 impl Engine {
@@ -81,9 +87,12 @@ impl Engine {
             tasks: Vec::new(),
             signer,
             http_base,
+            https_base: None,
+            over_tls: Default::default(),
             url_ttl,
             last_message_id: 0,
             outbound: Vec::new(),
+            live: Default::default(),
         }
     }
 
@@ -278,6 +287,7 @@ impl Engine {
         if reason.is_some() {
             t.reason = reason;
         }
+        self.live.send(&self.tasks[idx].view);
         if state == TaskState::Succeeded {
             self.mark_verified(self.tasks[idx].view.job);
         }

@@ -17,6 +17,13 @@
 //! ```
 //!
 //! Behaviour worth knowing when testing a device against it:
+//! * With [`SimConfig::tls`] it also listens for MQTT over TLS ([`Sim::mqtts_port`]) and
+//!   HTTPS; devices trust [`Sim::ca_pem`]. Plain and TLS devices share the simulator: both
+//!   MQTT ports lead to one broker, and a device whose latest login came over TLS gets
+//!   `https` URLs, any other `http` ones.
+//! * A client id carrying `_ss=1` is subscribed by the simulator to its OTA downlink topics
+//!   (push, firmware/get reply, block reply), as the platform does for the official SDK,
+//!   which sends no SUBSCRIBE for them; the device never sees that SUBACK.
 //! * A refused login is a connection closed before CONNACK (rumqttd sends no refusal code).
 //! * A device counts as online once it logged in or sent anything; jobs push to online devices
 //!   at once, others when they next report their version (inform).
@@ -51,24 +58,33 @@ mod auth;
 mod broker;
 mod crypto;
 pub mod demo;
+mod fault_spec;
 mod faults;
 mod frames;
+mod front;
 mod http;
 mod jobs;
+mod lenient_json;
+mod listeners;
+mod live;
 mod messages;
 mod model;
 mod mqtt_download;
+mod mqtt_wire;
 mod package;
 mod package_signing;
 mod sessions;
 mod signing;
 mod sim;
+mod tls;
 mod world;
 
 pub use auth::{verify_login, Credentials, LoginError, LoginSignMethod, SDK_TIMESTAMP};
 pub use broker::BrokerConfig;
+pub use fault_spec::{FaultSpec, FAULT_GRAMMAR};
 pub use faults::{Fault, FaultId, Times};
 pub use http::DownloadRecord;
+pub use live::StateChange;
 pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
 pub use model::*;
 pub use mqtt_download::{BlockRecord, MAX_BLOCK_SIZE};
@@ -77,6 +93,7 @@ pub use package_signing::{signing_keys, PackageSigner};
 pub use sessions::SessionRecord;
 pub use signing::UrlError;
 pub use sim::Sim;
+pub use tls::SimTls;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -121,6 +138,9 @@ pub enum Error {
     /// A verification job needs a list of devices.
     #[error("a verification job needs devices")]
     NoDevices,
+    /// The TLS certificate or key could not be made or read.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A wait ran out of time, or the task ended in another state with no retry pending.
     #[error("waited for {wanted}; last seen: {last}")]
     Wait {
@@ -136,7 +156,8 @@ pub enum Error {
 pub struct SimConfig {
     /// The MQTT broker.
     pub broker: BrokerConfig,
-    /// Address the embedded broker and the firmware server listen on.
+    /// Address the device-facing ports (MQTT, firmware server, TLS ones) listen on; the
+    /// embedded rumqttd itself listens on a loopback port of its own behind them.
     pub bind: IpAddr,
     /// Firmware server port; 0 picks a free one.
     pub http_port: u16,
@@ -144,6 +165,12 @@ pub struct SimConfig {
     pub url_ttl: Duration,
     /// ProductKey of devices made by [`Sim::add_device`].
     pub product_key: String,
+    /// Also listen for MQTT over TLS and HTTPS, with this certificate (embedded broker only).
+    pub tls: Option<SimTls>,
+    /// MQTT-over-TLS port when `tls` is set; 0 picks a free one.
+    pub mqtts_port: u16,
+    /// HTTPS firmware server port when `tls` is set; 0 picks a free one.
+    pub https_port: u16,
 }
 
 impl Default for SimConfig {
@@ -154,6 +181,9 @@ impl Default for SimConfig {
             http_port: 0,
             url_ttl: Duration::from_secs(30 * 60),
             product_key: "a1OtaSimPK1".to_owned(),
+            tls: None,
+            mqtts_port: 0,
+            https_port: 0,
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ota_sim::{
-    BrokerConfig, DeviceInfo, DownloadProtocol, JobSpec, PackageSigner, PackageSpec, SignMethod,
-    Sim, SimConfig,
+    BrokerConfig, DeviceInfo, DownloadProtocol, FaultSpec, JobSpec, PackageSigner, PackageSpec,
+    SignMethod, Sim, SimConfig, SimTls,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -22,6 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve one package to simulated devices until interrupted.
+    #[command(after_help = ota_sim::FAULT_GRAMMAR)]
     Serve(ServeArgs),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
@@ -84,6 +85,28 @@ struct ServeArgs {
     /// info file, for the devices' --signing-key.
     #[arg(long, requires = "info_file")]
     sign: bool,
+    /// Also listen for MQTT over TLS and HTTPS, with a CA and server certificate made at start
+    /// for 127.0.0.1 and localhost (ECDSA P-256; TLS 1.3 and 1.2). The CA is written to
+    /// ota-sim-ca.pem beside the info file (or in the current directory) and named in the info
+    /// file as ca_pem_path. Devices that log in over TLS get https URLs, others http.
+    #[arg(long)]
+    tls: bool,
+    /// MQTT-over-TLS port (0 picks a free one).
+    #[arg(long, value_name = "P", default_value_t = 8883, requires = "tls")]
+    mqtts_port: u16,
+    /// HTTPS firmware server port (0 picks a free one).
+    #[arg(long, value_name = "P", default_value_t = 8443, requires = "tls")]
+    https_port: u16,
+    /// Serve this PEM certificate chain instead of a generated one (with --key).
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "key"])]
+    cert: Option<PathBuf>,
+    /// Inject a fault, e.g. dev0002:cut:100000 (repeatable; grammar below). /status reports
+    /// each one: whether and when it fired.
+    #[arg(long = "fault", value_name = "SPEC")]
+    faults: Vec<FaultSpec>,
+    /// The PEM private key of --cert.
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "cert"])]
+    key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -143,6 +166,13 @@ struct Info<'a> {
     /// The package-signing public key (PEM) written for the devices, when signing.
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_key_file: Option<PathBuf>,
+    /// With --tls: the MQTT-over-TLS port, the HTTPS base URL and the PEM devices trust.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtts_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    https_base_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_pem_path: Option<PathBuf>,
 }
 
 /// A failure worth one line on stderr, with its exit code.
@@ -200,6 +230,20 @@ fn init_logging() {
         .try_init();
 }
 
+/// Writes the generated CA beside the info file (or in the current directory); returns its
+/// absolute path.
+fn write_ca(info_file: &Option<PathBuf>, pem: &str) -> Result<PathBuf, Failure> {
+    let dir = info_file
+        .as_ref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let path = dir.join("ota-sim-ca.pem");
+    std::fs::write(&path, pem)
+        .map_err(|e| Failure(1, format!("cannot write {}: {e}", path.display())))?;
+    Ok(std::path::absolute(&path).unwrap_or(path))
+}
+
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     let usage = |m: String| Failure(2, m);
     let mut files = Vec::with_capacity(args.firmware.len());
@@ -246,6 +290,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     spec.validate()
         .map_err(|e| usage(format!("bad package: {e}")))?;
+    let device_names: Vec<String> = (1..=args.devices).map(|i| format!("dev{i:04}")).collect();
+    for spec in &args.faults {
+        if let Some(d) = spec.device.as_ref().filter(|d| !device_names.contains(d)) {
+            let known = format!("dev0001..dev{:04}", args.devices);
+            return Err(usage(format!(
+                "--fault names device {d}; there are {known}"
+            )));
+        }
+    }
     init_logging();
     let broker = match &args.broker_url {
         Some(url) => BrokerConfig::External { url: url.clone() },
@@ -253,17 +306,43 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             port: args.mqtt_port,
         },
     };
+    let tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(SimTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => args.tls.then_some(SimTls::Generated),
+    };
     let config = SimConfig {
         broker,
         http_port: args.http_port,
         url_ttl: Duration::from_secs(args.url_ttl),
+        mqtts_port: args.mqtts_port,
+        https_port: args.https_port,
+        tls,
         ..SimConfig::default()
     };
     let sim = Sim::start(config).map_err(|e| Failure(1, format!("cannot start: {e}")))?;
+    let ca_pem_path = match (&args.cert, sim.ca_pem()) {
+        (Some(cert), _) => Some(std::path::absolute(cert).unwrap_or(cert.clone())),
+        (None, Some(pem)) => Some(write_ca(&args.info_file, &pem)?),
+        (None, None) => None,
+    };
+    let states = sim.watch_states();
     let devices = (0..args.devices)
         .map(|_| sim.add_device())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure(1, e.to_string()))?;
+    for spec in &args.faults {
+        let targets = devices
+            .iter()
+            .filter(|d| spec.device.as_ref().is_none_or(|n| *n == d.id.device_name));
+        for device in targets {
+            for fault in &spec.faults {
+                sim.set_fault(device, *fault, spec.times);
+            }
+        }
+    }
     let package = sim
         .add_package(spec)
         .map_err(|e| Failure(1, e.to_string()))?;
@@ -288,6 +367,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         files: names,
         devices: &devices,
         signing_key_file,
+        mqtts_port: sim.mqtts_port(),
+        https_base_url: sim.https_base_url(),
+        ca_pem_path,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;
     match &args.info_file {
@@ -295,6 +377,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map_err(|e| Failure(1, format!("cannot write {}: {e}", path.display())))?,
         None => println!("{json}"),
     }
+    // The live view, on stdout after the info (when that goes to stdout too).
+    std::thread::spawn(move || {
+        for change in states {
+            println!("{change}");
+        }
+    });
     tracing::info!(
         "ready: mqtt {}:{}, firmware {}, {} device(s)",
         sim.mqtt_host(),
