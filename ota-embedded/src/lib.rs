@@ -1,5 +1,8 @@
 #![no_std]
-#![forbid(unsafe_code)]
+// Plain-only builds have no unsafe code at all; the `tls` feature lends its record buffers to
+// successive sessions in one small module (`tls::lend`, which says why).
+#![cfg_attr(not(feature = "tls"), forbid(unsafe_code))]
+#![cfg_attr(feature = "tls", deny(unsafe_code))]
 #![deny(missing_docs)]
 //! The `#![no_std]` async adapter of [`ota_core`]: a [`Driver`] that owns the agent and
 //! serves its actions on embedded peripherals.
@@ -75,12 +78,15 @@ extern crate std;
 
 pub mod boot;
 pub mod clock;
+pub mod connect;
 pub mod driver;
 pub mod flash;
 mod http;
 pub mod login;
 pub mod mqtt;
 pub mod record;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 
 #[cfg(test)]
@@ -88,9 +94,12 @@ mod testflash;
 
 pub use boot::Bootloader;
 pub use clock::Clock;
+pub use connect::{Connect, ConnectError, Security, TcpConnector};
 pub use driver::{Application, Driver, Error, Exit, Parts, Settings};
 pub use flash::{FlashError, Slot};
 pub use login::{Login, SecureMode};
 pub use mqtt::{MqttClient, MqttError};
 pub use record::RecordStore;
+#[cfg(feature = "tls")]
+pub use tls::{TlsConnector, TlsStream};
 pub use transport::{Message, MqttTransport};
