@@ -38,8 +38,7 @@ pub trait MqttTransport {
     /// repeats itself) is sent without a packet identifier and never waited for;
     /// [`Qos::AtLeastOnce`] may return before its PUBACK, which [`MqttTransport::disconnect`]
     /// waits for.
-    async fn publish(&mut self, topic: &str, payload: &[u8], qos: Qos)
-        -> Result<(), Self::Error>;
+    async fn publish(&mut self, topic: &str, payload: &[u8], qos: Qos) -> Result<(), Self::Error>;
 
     /// Waits for the next application message. Must be cancel-safe: the driver races it
     /// against timers and other I/O and drops it when they win; no received byte may be lost.

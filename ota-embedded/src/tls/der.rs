@@ -236,8 +236,14 @@ mod tests {
     #[test]
     fn wildcards_cover_one_leftmost_label() {
         let host = b"a1pk.iot-as-mqtt.cn-shanghai.aliyuncs.com";
-        assert!(name_matches(b"*.iot-as-mqtt.cn-shanghai.aliyuncs.com", host));
-        assert!(name_matches(b"A1PK.iot-as-mqtt.cn-shanghai.aliyuncs.com", host));
+        assert!(name_matches(
+            b"*.iot-as-mqtt.cn-shanghai.aliyuncs.com",
+            host
+        ));
+        assert!(name_matches(
+            b"A1PK.iot-as-mqtt.cn-shanghai.aliyuncs.com",
+            host
+        ));
         assert!(!name_matches(b"*.cn-shanghai.aliyuncs.com", host));
         assert!(!name_matches(b"*.com", b"example.com"));
         assert!(!name_matches(b"*.example.com", b".example.com"));
@@ -249,6 +255,9 @@ mod tests {
         assert_eq!(element(&[0x30, 0x05, 1, 2]), None);
         assert_eq!(element(&[0x30, 0x82, 0x00]), None);
         assert_eq!(element(&[0x30, 0x80]), None, "indefinite length is not DER");
-        assert_eq!(element(&[0x30, 0x01, 7, 9]), Some((0x30, &[7][..], &[9][..])));
+        assert_eq!(
+            element(&[0x30, 0x01, 7, 9]),
+            Some((0x30, &[7][..], &[9][..]))
+        );
     }
 }

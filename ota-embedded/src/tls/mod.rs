@@ -35,8 +35,8 @@ use core::cell::RefCell;
 use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
 use embedded_nal_async::{Dns, TcpConnect};
 use embedded_tls::{
-    Aes128GcmSha256, CryptoProvider, CryptoRngCore, TlsConfig, TlsConnection, TlsContext,
-    TlsError, TlsVerifier,
+    Aes128GcmSha256, CryptoProvider, CryptoRngCore, TlsConfig, TlsConnection, TlsContext, TlsError,
+    TlsVerifier,
 };
 
 use crate::clock::Clock;
@@ -122,9 +122,7 @@ where
             rng: &mut *rng,
             verifier: Verifier::new(self.cas, self.clock.unix_time(), host),
         };
-        let opened = session
-            .open(TlsContext::new(&config, &mut provider))
-            .await;
+        let opened = session.open(TlsContext::new(&config, &mut provider)).await;
         if let Err(e) = opened {
             return Err(provider.verifier.refusal.unwrap_or(handshake_error(e)));
         }

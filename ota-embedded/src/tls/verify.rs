@@ -98,9 +98,7 @@ impl TlsVerifier<Aes128GcmSha256> for Verifier<'_, '_> {
                 self.chosen = Some(inner);
                 Ok(())
             }
-            Err(TlsError::InvalidCertificate) => {
-                Err(self.refuse(ConnectError::CertificateRefused))
-            }
+            Err(TlsError::InvalidCertificate) => Err(self.refuse(ConnectError::CertificateRefused)),
             Err(e) => Err(e),
         }
     }

@@ -3,6 +3,7 @@
 //! reboot, health check and confirmation; a power cut mid-download; an expired URL.
 
 mod support;
+mod transport;
 
 use ota_embedded::RecordStore;
 use ota_sim::{Fault, JobSpec, PackageSpec, Sim, SimConfig, TaskState, Times};
