@@ -24,6 +24,58 @@
 //! open during a download): RAM per connector is `rx` + `tx` (20,736 bytes with the constants
 //! below), plus, during the handshake only, the verifier's copy of the server chain
 //! ([`MAX_CHAIN_LEN`] bytes) in the connect future.
+//!
+//! The OTA task over TLS (MQTT on 8883, `https://` downloads):
+//!
+//! ```no_run
+//! use embedded_nal_async::{Dns, TcpConnect};
+//! use embedded_storage_async::nor_flash::NorFlash;
+//! use ota_core::{Config, DeviceIdentity};
+//! use ota_embedded::tls::{CryptoRngCore, TlsConnector, RECORD_RX_LEN, RECORD_TX_LEN};
+//! use ota_embedded::{
+//!     Application, Bootloader, Clock, Driver, Error, Login, MqttClient, Parts, RecordStore,
+//!     SecureMode, Security, Settings, Slot, TcpConnector,
+//! };
+//!
+//! async fn ota_task<T: TcpConnect, D: Dns, F: NorFlash, R: NorFlash>(
+//!     (net, dns): (&T, &D),
+//!     cas: &[&[u8]], // DER roots, e.g. from a flash page an update can rewrite
+//!     (mqtt_rng, http_rng): (impl CryptoRngCore, impl CryptoRngCore), // the TRNG
+//!     (dfu, state): (F, R),
+//!     bootloader: impl Bootloader,
+//!     clock: impl Clock, // its unix_time() dates the certificates once known
+//!     app: impl Application,
+//! ) -> Result<(), Error> {
+//!     // 2 x 20,736 bytes; in a firmware, `static`s (StaticCell) or the task's future.
+//!     let (mut mqtt_rx, mut mqtt_tx) = ([0u8; RECORD_RX_LEN], [0u8; RECORD_TX_LEN]);
+//!     let (mut http_rx, mut http_tx) = ([0u8; RECORD_RX_LEN], [0u8; RECORD_TX_LEN]);
+//!     let tcp = || TcpConnector::new(net, dns);
+//!     let mqtt_tls = TlsConnector::new(tcp(), cas, mqtt_rng, &clock, &mut mqtt_rx, &mut mqtt_tx);
+//!     let http_tls = TlsConnector::new(tcp(), cas, http_rng, &clock, &mut http_rx, &mut http_tx);
+//!
+//!     let identity = DeviceIdentity::new("a1TestPK001", "dev01").map_err(Error::Agent)?;
+//!     let mut config = Config::new(identity);
+//!     config.write_block = F::ERASE_SIZE;
+//!     let secret = "Q8mVdT3sJ2kLx7eRw9ZpN4cF6hYb1gUa";
+//!     let Ok(login) = Login::new("a1TestPK001", "dev01", secret, "2524608000000", SecureMode::Tls)
+//!     else { return Ok(()) };
+//!     let host = "a1TestPK001.iot-as-mqtt.cn-shanghai.aliyuncs.com";
+//!     let parts = Parts {
+//!         mqtt: MqttClient::<_, 4096, 1024>::new(&mqtt_tls, host, 8883, Security::Tls, 60),
+//!         http: &http_tls, // https:// URLs over TLS, http:// ones (if allowed) plain
+//!         slot: Slot::new(dfu, 0, 256 * 1024).map_err(Error::Flash)?,
+//!         records: RecordStore::new(state, 0).map_err(Error::Flash)?,
+//!         boot: bootloader,
+//!         clock: &clock,
+//!         app,
+//!         login,
+//!         settings: Settings::default(),
+//!     };
+//!     let mut driver = Driver::new(config, env!("CARGO_PKG_VERSION"), parts).await?;
+//!     driver.run().await?;
+//!     Ok(())
+//! }
+//! ```
 
 mod der;
 mod framing;
@@ -35,12 +87,12 @@ use core::cell::RefCell;
 use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
 use embedded_nal_async::{Dns, TcpConnect};
 use embedded_tls::{
-    Aes128GcmSha256, CryptoProvider, CryptoRngCore, TlsConfig, TlsConnection, TlsContext, TlsError,
-    TlsVerifier,
+    Aes128GcmSha256, CryptoProvider, TlsConfig, TlsConnection, TlsContext, TlsError, TlsVerifier,
 };
 
 use crate::clock::Clock;
 use crate::connect::{Connect, ConnectError, Security, TcpConnector};
+pub use embedded_tls::{CryptoRng, CryptoRngCore};
 use framing::{Framed, Restart};
 use lend::{Lender, Loan};
 use verify::Verifier;
