@@ -67,6 +67,10 @@ pub(crate) struct Engine {
     tasks: Vec<Task>,
     signer: UrlSigner,
     http_base: String,
+    /// Base URL of the HTTPS listener, for devices in `over_tls`.
+    pub(crate) https_base: Option<String>,
+    /// Devices whose latest login came over TLS: their URLs are `https`.
+    pub(crate) over_tls: std::collections::BTreeSet<DeviceId>,
     pub(crate) url_ttl: Duration,
     last_message_id: u64,
     outbound: Vec<Outbound>,
@@ -81,6 +85,8 @@ impl Engine {
             tasks: Vec::new(),
             signer,
             http_base,
+            https_base: None,
+            over_tls: Default::default(),
             url_ttl,
             last_message_id: 0,
             outbound: Vec::new(),

@@ -17,6 +17,13 @@
 //! ```
 //!
 //! Behaviour worth knowing when testing a device against it:
+//! * With [`SimConfig::tls`] it also listens for MQTT over TLS ([`Sim::mqtts_port`]) and
+//!   HTTPS; devices trust [`Sim::ca_pem`]. Plain and TLS devices share the simulator: both
+//!   MQTT ports lead to one broker, and a device whose latest login came over TLS gets
+//!   `https` URLs, any other `http` ones.
+//! * A client id carrying `_ss=1` is subscribed by the simulator to its OTA downlink topics
+//!   (push, firmware/get reply, block reply), as the platform does for the official SDK,
+//!   which sends no SUBSCRIBE for them; the device never sees that SUBACK.
 //! * A refused login is a connection closed before CONNACK (rumqttd sends no refusal code).
 //! * A device counts as online once it logged in or sent anything; jobs push to online devices
 //!   at once, others when they next report their version (inform).
@@ -53,14 +60,18 @@ mod crypto;
 pub mod demo;
 mod faults;
 mod frames;
+mod front;
 mod http;
 mod jobs;
+mod listeners;
 mod messages;
 mod model;
 mod mqtt_download;
+mod mqtt_wire;
 mod package;
 mod signing;
 mod sim;
+mod tls;
 mod world;
 
 pub use auth::{verify_login, Credentials, LoginError, LoginSignMethod, SDK_TIMESTAMP};
@@ -73,6 +84,7 @@ pub use mqtt_download::{BlockRecord, MAX_BLOCK_SIZE};
 pub use package::*;
 pub use signing::UrlError;
 pub use sim::Sim;
+pub use tls::SimTls;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -114,6 +126,9 @@ pub enum Error {
     /// A verification job needs a list of devices.
     #[error("a verification job needs devices")]
     NoDevices,
+    /// The TLS certificate or key could not be made or read.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A wait ran out of time, or the task ended in another state with no retry pending.
     #[error("waited for {wanted}; last seen: {last}")]
     Wait {
@@ -137,6 +152,12 @@ pub struct SimConfig {
     pub url_ttl: Duration,
     /// ProductKey of devices made by [`Sim::add_device`].
     pub product_key: String,
+    /// Also listen for MQTT over TLS and HTTPS, with this certificate (embedded broker only).
+    pub tls: Option<SimTls>,
+    /// MQTT-over-TLS port when `tls` is set; 0 picks a free one.
+    pub mqtts_port: u16,
+    /// HTTPS firmware server port when `tls` is set; 0 picks a free one.
+    pub https_port: u16,
 }
 
 impl Default for SimConfig {
@@ -147,6 +168,9 @@ impl Default for SimConfig {
             http_port: 0,
             url_ttl: Duration::from_secs(30 * 60),
             product_key: "a1OtaSimPK1".to_owned(),
+            tls: None,
+            mqtts_port: 0,
+            https_port: 0,
         }
     }
 }

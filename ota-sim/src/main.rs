@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ota_sim::{
     BrokerConfig, DeviceInfo, DownloadProtocol, JobSpec, PackageSpec, SignMethod, Sim, SimConfig,
+    SimTls,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -75,6 +76,24 @@ struct ServeArgs {
     /// Write the endpoints and device credentials here as JSON (default: stdout).
     #[arg(long, value_name = "PATH")]
     info_file: Option<PathBuf>,
+    /// Also listen for MQTT over TLS and HTTPS, with a CA and server certificate made at start
+    /// for 127.0.0.1 and localhost (ECDSA P-256; TLS 1.3 and 1.2). The CA is written to
+    /// ota-sim-ca.pem beside the info file (or in the current directory) and named in the info
+    /// file as ca_pem_path. Devices that log in over TLS get https URLs, others http.
+    #[arg(long)]
+    tls: bool,
+    /// MQTT-over-TLS port (0 picks a free one).
+    #[arg(long, value_name = "P", default_value_t = 8883, requires = "tls")]
+    mqtts_port: u16,
+    /// HTTPS firmware server port (0 picks a free one).
+    #[arg(long, value_name = "P", default_value_t = 8443, requires = "tls")]
+    https_port: u16,
+    /// Serve this PEM certificate chain instead of a generated one (with --key).
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "key"])]
+    cert: Option<PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "cert"])]
+    key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -127,6 +146,13 @@ struct Info<'a> {
     download_protocol: DownloadProtocol,
     files: Vec<String>,
     devices: &'a [DeviceInfo],
+    /// With --tls: the MQTT-over-TLS port, the HTTPS base URL and the PEM devices trust.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtts_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    https_base_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_pem_path: Option<PathBuf>,
 }
 
 /// A failure worth one line on stderr, with its exit code.
@@ -184,6 +210,20 @@ fn init_logging() {
         .try_init();
 }
 
+/// Writes the generated CA beside the info file (or in the current directory); returns its
+/// absolute path.
+fn write_ca(info_file: &Option<PathBuf>, pem: &str) -> Result<PathBuf, Failure> {
+    let dir = info_file
+        .as_ref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let path = dir.join("ota-sim-ca.pem");
+    std::fs::write(&path, pem)
+        .map_err(|e| Failure(1, format!("cannot write {}: {e}", path.display())))?;
+    Ok(std::path::absolute(&path).unwrap_or(path))
+}
+
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     let usage = |m: String| Failure(2, m);
     let mut files = Vec::with_capacity(args.firmware.len());
@@ -219,13 +259,28 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             port: args.mqtt_port,
         },
     };
+    let tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(SimTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => args.tls.then_some(SimTls::Generated),
+    };
     let config = SimConfig {
         broker,
         http_port: args.http_port,
         url_ttl: Duration::from_secs(args.url_ttl),
+        mqtts_port: args.mqtts_port,
+        https_port: args.https_port,
+        tls,
         ..SimConfig::default()
     };
     let sim = Sim::start(config).map_err(|e| Failure(1, format!("cannot start: {e}")))?;
+    let ca_pem_path = match (&args.cert, sim.ca_pem()) {
+        (Some(cert), _) => Some(std::path::absolute(cert).unwrap_or(cert.clone())),
+        (None, Some(pem)) => Some(write_ca(&args.info_file, &pem)?),
+        (None, None) => None,
+    };
     let devices = (0..args.devices)
         .map(|_| sim.add_device())
         .collect::<Result<Vec<_>, _>>()
@@ -244,6 +299,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         download_protocol: protocol,
         files: names,
         devices: &devices,
+        mqtts_port: sim.mqtts_port(),
+        https_base_url: sim.https_base_url(),
+        ca_pem_path,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;
     match &args.info_file {

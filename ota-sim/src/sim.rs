@@ -3,13 +3,15 @@
 
 use crate::broker::{self, BrokerConfig};
 use crate::faults::{Fault, FaultId, Times};
+use crate::front;
 use crate::http::DownloadRecord;
+use crate::listeners::Listeners;
 use crate::model::*;
 use crate::mqtt_download::BlockRecord;
 use crate::package::*;
 use crate::world::{run_engine, spawn_http, Input, Shared, World};
 use crate::{crypto, verify_login, Error, SimConfig};
-use std::net::SocketAddr;
+use std::net::Ipv4Addr;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,24 +23,34 @@ pub struct Sim {
     inputs: Sender<Input>,
     mqtt_host: String,
     mqtt_port: u16,
+    mqtts_port: Option<u16>,
     http_base: String,
+    https_base: Option<String>,
+    ca_pem: Option<String>,
     product_key: String,
-    http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Stop the firmware server and the fronts.
+    stops: [Option<tokio::sync::oneshot::Sender<()>>; 2],
 }
 
 impl Sim {
-    /// Starts the broker (or connects to one), the firmware server and the job engine.
+    /// Starts the broker (or connects to one), the firmware server and the job engine, and
+    /// with [`SimConfig::tls`] the MQTT-over-TLS and HTTPS listeners.
     pub fn start(config: SimConfig) -> Result<Sim, Error> {
-        let listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))?;
-        let http_addr = listener.local_addr()?;
+        let embedded = matches!(config.broker, BrokerConfig::Embedded { .. });
+        let (http_listener, listeners) = Listeners::bind(&config, embedded)?;
+        let http_addr = listeners.http_addr();
         let http_base = format!("http://{http_addr}");
+        let https_base = listeners.https_base()?;
         let shared = Arc::new(Shared::new(http_base.clone(), config.url_ttl));
+        shared.lock().engine.https_base = https_base.clone();
         let (inputs, rx) = mpsc::channel();
-        let (mqtt_host, mqtt_port, publisher) = match &config.broker {
-            BrokerConfig::Embedded { port } => {
+        let (mqtt_host, mqtt_port, publisher, broker_addr) = match &config.broker {
+            BrokerConfig::Embedded { .. } => {
                 // Weak: rumqttd outlives the Sim, and must not keep its state alive.
                 let (check_shared, logins) = (Arc::downgrade(&shared), inputs.clone());
+                let transports = listeners.transports.clone();
                 let check = Box::new(move |client_id: &str, user: &str, pass: &str| {
+                    let over_tls = transports.take_tls(client_id);
                     let result = verify_login(client_id, user, pass, |d| {
                         let shared = check_shared.upgrade()?;
                         let world = shared.lock();
@@ -46,7 +58,17 @@ impl Sim {
                     });
                     match result {
                         Ok(device) => {
-                            tracing::info!("{device} logged in");
+                            tracing::info!(
+                                "{device} logged in{}",
+                                if over_tls { " over TLS" } else { "" }
+                            );
+                            if let Some(shared) = check_shared.upgrade() {
+                                let tls_devices = &mut shared.lock().engine.over_tls;
+                                match over_tls {
+                                    true => tls_devices.insert(device.clone()),
+                                    false => tls_devices.remove(&device),
+                                };
+                            }
                             let _ = logins.send(Input::Login(device));
                             true
                         }
@@ -56,28 +78,68 @@ impl Sim {
                         }
                     }
                 });
-                let (addr, publisher) =
-                    broker::start_embedded(config.bind, *port, check, inputs.clone())?;
-                (addr.ip().to_string(), addr.port(), publisher)
+                // rumqttd listens on a loopback port of its own, behind the fronts.
+                let (broker_addr, publisher) =
+                    broker::start_embedded(Ipv4Addr::LOCALHOST.into(), 0, check, inputs.clone())?;
+                let public = listeners.mqtt_addr()?.unwrap_or(broker_addr);
+                (
+                    public.ip().to_string(),
+                    public.port(),
+                    publisher,
+                    Some(broker_addr),
+                )
             }
-            BrokerConfig::External { url } => broker::connect_external(url, inputs.clone())?,
+            BrokerConfig::External { url } => {
+                let (host, port, publisher) = broker::connect_external(url, inputs.clone())?;
+                (host, port, publisher, None)
+            }
         };
         shared.set_publisher(publisher);
-        let http_stop = spawn_http(listener, shared.clone())?;
+        let http_stop = spawn_http(http_listener, shared.clone())?;
+        let (mqtts_port, ca_pem) = (listeners.mqtts_port()?, listeners.ca_pem());
+        let fronts = listeners.fronts(broker_addr);
+        let front_stop = match fronts.is_empty() {
+            true => None,
+            false => Some(front::spawn(fronts)?),
+        };
         let engine_shared = shared.clone();
         std::thread::Builder::new()
             .name("ota-sim-engine".into())
             .spawn(move || run_engine(engine_shared, rx))?;
         tracing::info!("mqtt on {mqtt_host}:{mqtt_port}, firmware on {http_base}");
+        if let (Some(port), Some(https)) = (mqtts_port, &https_base) {
+            tracing::info!("mqtt over TLS on {mqtt_host}:{port}, firmware on {https}");
+        }
         Ok(Sim {
             shared,
             inputs,
             mqtt_host,
             mqtt_port,
+            mqtts_port,
             http_base,
+            https_base,
+            ca_pem,
             product_key: config.product_key,
-            http_stop: Some(http_stop),
+            stops: [Some(http_stop), front_stop],
         })
+    }
+
+    /// Port of the MQTT-over-TLS listener, when the simulator has one (on
+    /// [`Sim::mqtt_host`]; its certificate is valid for `127.0.0.1` and `localhost`).
+    pub fn mqtts_port(&self) -> Option<u16> {
+        self.mqtts_port
+    }
+
+    /// What a TLS device must trust: the generated CA in PEM, or the certificate chain given
+    /// with [`SimTls::Files`](crate::SimTls::Files). `None` without TLS.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+
+    /// Base URL of the HTTPS listener, e.g. `https://127.0.0.1:41235`; devices that logged in
+    /// over TLS get their URLs below it.
+    pub fn https_base_url(&self) -> Option<&str> {
+        self.https_base.as_deref()
     }
 
     /// Host devices connect to.
@@ -410,7 +472,7 @@ enum Waited<T> {
 impl Drop for Sim {
     fn drop(&mut self) {
         let _ = self.inputs.send(Input::Stop);
-        if let Some(stop) = self.http_stop.take() {
+        for stop in self.stops.iter_mut().filter_map(Option::take) {
             let _ = stop.send(());
         }
     }

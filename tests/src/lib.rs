@@ -1,11 +1,8 @@
-//! Helpers for the end-to-end tests: a simulator on free loopback ports, devices running
-//! ota-std against it with short timeouts, and a TLS-terminating proxy with a CA made on the
-//! spot (the simulator itself speaks plain TCP and HTTP).
+//! Helpers for the end-to-end tests: a simulator on free loopback ports (optionally with its
+//! TLS listeners), and devices running ota-std against it with short timeouts.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ota_core::RetryPolicy;
@@ -154,96 +151,13 @@ impl TestDevice {
     }
 }
 
-/// A CA and a server certificate for `localhost` and `127.0.0.1`, made for one test.
-pub struct TestCa {
-    /// The CA certificate in PEM, for the device's trust.
-    pub ca_pem: String,
-    server: Arc<rustls::ServerConfig>,
-}
-
-impl TestCa {
-    /// Makes the CA and the server certificate.
-    pub fn new() -> TestCa {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "ota-rs test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().expect("server key");
-        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server params");
-        let cert = params.signed_by(&key, &issuer).expect("server certificate");
-        let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key_der)
-            .expect("server config");
-        TestCa {
-            ca_pem: ca_cert.pem(),
-            server: Arc::new(server),
-        }
-    }
-}
-
-impl Default for TestCa {
-    fn default() -> Self {
-        TestCa::new()
-    }
-}
-
-/// Starts a proxy that terminates TLS on a free loopback port and forwards the plain bytes
-/// to `upstream`; returns its port. It lives as long as the test process.
-pub fn tls_proxy(ca: &TestCa, upstream: SocketAddr) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let port = listener.local_addr().expect("proxy address").port();
-    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server.clone());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("proxy runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = plain.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                });
-            }
-        });
-    });
-    port
-}
-
-/// The simulator's MQTT address.
-pub fn mqtt_addr(sim: &Sim) -> SocketAddr {
-    format!("{}:{}", sim.mqtt_host(), sim.mqtt_port())
-        .parse()
-        .expect("mqtt address")
-}
-
-/// The simulator's HTTP address.
-pub fn http_addr(sim: &Sim) -> SocketAddr {
-    sim.http_base_url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("http address")
+/// A simulator on free ports with its TLS listeners (generated CA), beside the plain ones.
+pub fn tls_sim() -> Sim {
+    let config = SimConfig {
+        tls: Some(ota_sim::SimTls::Generated),
+        ..SimConfig::default()
+    };
+    Sim::start(config).expect("simulator with TLS starts")
 }
 
 fn client_of(sim: &Sim) -> (Client, rumqttc::Connection) {

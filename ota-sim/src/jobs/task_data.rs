@@ -50,9 +50,11 @@ impl Engine {
         device: &DeviceId,
     ) -> Result<String, Error> {
         let path = self.file_path(package, file)?;
-        Ok(self
-            .signer
-            .sign(&self.http_base, &path, device, self.url_ttl))
+        let base = match &self.https_base {
+            Some(https) if self.over_tls.contains(device) => https,
+            _ => &self.http_base,
+        };
+        Ok(self.signer.sign(base, &path, device, self.url_ttl))
     }
 
     /// The stream id of task `idx`.

@@ -201,3 +201,55 @@ fn serve_offers_several_files_over_mqtt() {
     assert_eq!(dev.fetch_file(stream, 2, 3_000, 5_000), b_data);
     drop(server);
 }
+
+#[test]
+fn serve_tls_writes_the_ca_and_listens_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fw_path = dir.path().join("fw.bin");
+    std::fs::write(&fw_path, firmware(1_000)).unwrap();
+    let args = [
+        "--version",
+        "2.0.0",
+        "--tls",
+        "--mqtts-port",
+        "0",
+        "--https-port",
+        "0",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+    args.extend(["--firmware".as_ref(), fw_path.as_os_str()]);
+    let (server, lines, info) = serve(&args, dir.path());
+    let ca_path = info["ca_pem_path"].as_str().unwrap();
+    assert_eq!(
+        std::path::Path::new(ca_path),
+        dir.path().join("ota-sim-ca.pem")
+    );
+    let ca = std::fs::read_to_string(ca_path).unwrap();
+    let port = info["mqtts_port"].as_u64().unwrap() as u16;
+    assert!(info["https_base_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+    let d = &info["devices"][0];
+    let id = DeviceId::new(
+        d["product_key"].as_str().unwrap(),
+        d["device_name"].as_str().unwrap(),
+    );
+    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    let mut mqtt = crate::tls::connect_tls13(port, &ca, "localhost");
+    let connect = crate::tls::connect_packet(&creds.client_id, &creds.username, &creds.password);
+    std::io::Write::write_all(&mut mqtt, &connect).unwrap();
+    let line = wait_line(&lines, "logged in over TLS");
+    assert!(line.contains(&id.device_name), "{line}");
+    drop(server);
+}
+
+#[test]
+fn tls_flags_without_tls_exit_2() {
+    let base = ["serve", "--firmware", "/x", "--version", "1"];
+    fails_with_one_line(&[&base[..], &["--mqtts-port", "0"]].concat(), "--tls");
+    fails_with_one_line(
+        &[&base[..], &["--tls", "--cert", "c.pem"]].concat(),
+        "--key",
+    );
+}

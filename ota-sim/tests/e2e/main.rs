@@ -12,6 +12,7 @@ mod mqtt;
 mod mqtt_faults;
 mod multi_file;
 mod push;
+mod tls;
 
 use ota_sim::{Sim, SimConfig};
 

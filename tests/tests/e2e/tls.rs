@@ -1,94 +1,61 @@
-//! TLS for MQTT and HTTPS, with a CA made in the test and a TLS-terminating proxy in front of
-//! the simulator's plain ports.
+//! TLS against the simulator's own TLS listeners: MQTT over TLS and HTTPS downloads with the
+//! CA it generated, plain devices beside TLS ones on the same simulator, and a device that
+//! trusts another CA refused.
 
-use md5::{Digest, Md5};
 use ota_sim::{JobSpec, PackageSpec, TaskState};
 use ota_std::{Error, Trust};
-use ota_tests::{
-    http_addr, image, mqtt_addr, publish_as_cloud, sim, tls_proxy, TestCa, TestDevice, WAIT,
-};
+use ota_tests::{image, tls_sim, TestDevice, WAIT};
 
 #[test]
-fn upgrades_with_mqtt_over_tls() {
-    let sim = sim();
-    let ca = TestCa::new();
-    let port = tls_proxy(&ca, mqtt_addr(&sim));
-    let info = sim.add_device().unwrap();
-    let data = image(200_000);
-    let package = sim
-        .add_package(PackageSpec::new("2.0.0", data.clone()))
-        .unwrap();
-    let job = sim.create_job(JobSpec::batch(package)).unwrap();
-    let device = TestDevice::start(&sim, &info, |c| {
-        c.broker_host = "localhost".into();
-        c.broker_port = port;
-        c.mqtt_tls = Some(Trust::CaPem(ca.ca_pem.clone().into_bytes()));
-    });
-    sim.wait_task_state(job, &info, TaskState::Succeeded, WAIT)
-        .unwrap();
-    device.expect_succeeded("2.0.0");
-    assert_eq!(std::fs::read(device.path("firmware.img")).unwrap(), data);
-    device.stop();
-}
-
-#[test]
-fn downloads_over_https_with_the_test_ca() {
-    let sim = sim();
-    let ca = TestCa::new();
-    let mqtt_port = tls_proxy(&ca, mqtt_addr(&sim));
-    let https_port = tls_proxy(&ca, http_addr(&sim));
-    let info = sim.add_device().unwrap();
+fn upgrades_over_mqtt_tls_and_https_with_the_simulators_ca() {
+    let sim = tls_sim();
+    let ca = sim.ca_pem().expect("a generated CA");
+    let port = sim.mqtts_port().expect("a TLS port");
+    let (tls_info, plain_info) = (sim.add_device().unwrap(), sim.add_device().unwrap());
     let data = image(250_000);
     let package = sim
         .add_package(PackageSpec::new("2.0.0", data.clone()))
         .unwrap();
-    let trust = Trust::CaPem(ca.ca_pem.clone().into_bytes());
-    let device = TestDevice::start(&sim, &info, |c| {
+    let job = sim.create_job(JobSpec::batch(package).dynamic()).unwrap();
+    let trust = Trust::CaPem(ca.into_bytes());
+    let tls_device = TestDevice::start(&sim, &tls_info, |c| {
         c.broker_host = "localhost".into();
-        c.broker_port = mqtt_port;
+        c.broker_port = port;
         c.mqtt_tls = Some(trust.clone());
         c.https_trust = trust;
         c.agent.rules.allow_http = false; // https only, as on the real cloud
-        c.agent.request_task_on_connect = false; // the task comes as a push below
     });
-    sim.wait_version(&info, "default", "1.0.0", WAIT).unwrap();
-
-    // The simulator's signed URL, served through the TLS proxy: the same path and
-    // signature, so the firmware server still knows the device.
-    let plain = sim.signed_url(package, &info).unwrap();
-    let url = plain.replace(
-        sim.http_base_url(),
-        &format!("https://localhost:{https_port}"),
-    );
-    let md5: String = Md5::digest(&data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let push = format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"{url}","md5":"{md5}","sign":"{md5}","signMethod":"Md5"}},"id":1,"message":"success"}}"#,
-        data.len()
-    );
-    let (pk, dn) = (&info.id.product_key, &info.id.device_name);
-    publish_as_cloud(&sim, &format!("/ota/device/upgrade/{pk}/{dn}"), push);
-
-    device.expect_succeeded("2.0.0");
-    assert_eq!(std::fs::read(device.path("firmware.img")).unwrap(), data);
-    let statuses: Vec<u16> = sim.downloads(&info).iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [200]);
-    sim.wait_version(&info, "default", "2.0.0", WAIT).unwrap();
-    device.stop();
+    let plain_device = TestDevice::start(&sim, &plain_info, |_| {});
+    for (info, device) in [(&tls_info, &tls_device), (&plain_info, &plain_device)] {
+        sim.wait_task_state(job, info, TaskState::Succeeded, WAIT)
+            .unwrap();
+        device.expect_succeeded("2.0.0");
+        assert_eq!(std::fs::read(device.path("firmware.img")).unwrap(), data);
+        let statuses: Vec<u16> = sim.downloads(info).iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200]);
+    }
+    // The TLS device was given an https URL, the plain one an http URL.
+    let https = sim.https_base_url().unwrap();
+    assert!(sim
+        .signed_url(package, &tls_info)
+        .unwrap()
+        .starts_with(https));
+    let plain_url = sim.signed_url(package, &plain_info).unwrap();
+    assert!(plain_url.starts_with(sim.http_base_url()), "{plain_url}");
+    tls_device.stop();
+    plain_device.stop();
 }
 
 #[test]
-fn untrusted_broker_certificate_is_a_clear_error() {
-    let sim = sim();
-    let ca = TestCa::new();
-    let port = tls_proxy(&ca, mqtt_addr(&sim));
+fn a_device_trusting_another_ca_is_refused() {
+    let sim = tls_sim();
+    let port = sim.mqtts_port().unwrap();
     let info = sim.add_device().unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let device = TestDevice::start(&sim, &info, |c| {
         c.broker_host = "localhost".into();
         c.broker_port = port;
-        c.mqtt_tls = Some(Trust::WebPkiRoots);
+        c.mqtt_tls = Some(Trust::CaPem(other.cert.pem().into_bytes()));
     });
     let err = device.handle.join().unwrap_err();
     let Error::Mqtt(message) = &err else {
@@ -99,4 +66,5 @@ fn untrusted_broker_certificate_is_a_clear_error() {
         "{message}"
     );
     assert!(message.contains("UnknownIssuer"), "{message}");
+    assert_eq!(sim.device_version(&info, "default"), None);
 }

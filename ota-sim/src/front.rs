@@ -1,0 +1,215 @@
+//! The ports devices connect to. Each one is a small front that forwards to the embedded
+//! rumqttd (on a loopback port of its own) or to the firmware server, optionally ending TLS
+//! first. On the MQTT ports the front reads the CONNECT, so it knows which devices came over
+//! TLS (they get `https` URLs), and it subscribes a client whose id carries `_ss=1` to its
+//! OTA downlink topics, as the platform does for the official SDK, which never subscribes to
+//! them; the SUBACK of that subscription is kept from the device, which did not ask for it.
+
+use crate::messages::{download_reply_topic, get_reply_topic, upgrade_topic};
+use crate::mqtt_wire::{self, MAX_CONNECT, MAX_PACKET};
+use crate::{DeviceId, Error};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+/// Packet id of the front's own SUBSCRIBE. Devices count theirs up from 1, so this one is
+/// not in use in the moment the subscription is made.
+const AUTO_SUBSCRIBE_ID: u16 = 0xffff;
+
+/// Which transport each client id's latest CONNECT came over, until the login check takes it.
+#[derive(Default)]
+pub(crate) struct Transports(Mutex<HashMap<String, bool>>);
+
+impl Transports {
+    fn note(&self, client_id: &str, tls: bool) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(client_id.to_owned(), tls);
+    }
+
+    /// Whether the CONNECT with this client id came over TLS (forgotten once asked).
+    pub(crate) fn take_tls(&self, client_id: &str) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(client_id).unwrap_or(false)
+    }
+}
+
+/// What a front forwards to.
+#[derive(Clone)]
+pub(crate) enum Upstream {
+    /// The embedded broker; CONNECTs are read on the way.
+    Mqtt {
+        addr: SocketAddr,
+        transports: Arc<Transports>,
+    },
+    /// The firmware server; bytes pass untouched.
+    Http(SocketAddr),
+}
+
+/// One listening port.
+pub(crate) struct Front {
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) upstream: Upstream,
+}
+
+/// Runs the fronts on their own thread until the returned sender is used or dropped; their
+/// connections close then.
+pub(crate) fn spawn(fronts: Vec<Front>) -> Result<tokio::sync::oneshot::Sender<()>, Error> {
+    for f in &fronts {
+        f.listener.set_nonblocking(true)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ota-sim-front".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let loops = futures_util::future::join_all(fronts.into_iter().map(accept_loop));
+                futures_util::future::select(pin!(loops), stop_rx).await;
+            });
+        })?;
+    Ok(stop_tx)
+}
+
+async fn accept_loop(front: Front) {
+    let listener = match tokio::net::TcpListener::from_std(front.listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!("listener: {e}"),
+    };
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, upstream) = (front.tls.clone(), front.upstream.clone());
+        tokio::spawn(async move {
+            let result = match tls {
+                None => forward(tcp, false, &upstream).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => forward(stream, true, &upstream).await,
+                    Err(e) => Err(io::Error::other(format!("TLS handshake: {e}"))),
+                },
+            };
+            if let Err(e) = result {
+                tracing::info!("connection from {peer} ended: {e}");
+            }
+        });
+    }
+}
+
+async fn forward<S>(client: S, tls: bool, upstream: &Upstream) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match upstream {
+        Upstream::Http(addr) => {
+            let mut client = client;
+            let mut server = TcpStream::connect(addr).await?;
+            server.set_nodelay(true)?;
+            tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+            Ok(())
+        }
+        Upstream::Mqtt { addr, transports } => mqtt(client, tls, *addr, transports).await,
+    }
+}
+
+/// The OTA downlink topics the platform delivers unasked to a client id with `_ss=1`.
+fn unasked_filters(client_id: &str) -> Option<Vec<String>> {
+    let (base, params) = client_id.split_once('|')?;
+    if !params.split([',', '|']).any(|kv| kv == "_ss=1") {
+        return None;
+    }
+    let (pk, dn) = base.split_once(['.', '&'])?;
+    let device = DeviceId::new(pk, dn);
+    Some(vec![
+        upgrade_topic(&device),
+        get_reply_topic(&device),
+        download_reply_topic(&device),
+    ])
+}
+
+async fn mqtt<S>(client: S, tls: bool, addr: SocketAddr, transports: &Transports) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let Some(connect) = mqtt_wire::read_packet(&mut from_client, MAX_CONNECT).await? else {
+        return Ok(());
+    };
+    let client_id = mqtt_wire::connect_client_id(&connect)
+        .ok_or_else(|| io::Error::other("the first packet is not a CONNECT"))?;
+    // Noted before the broker sees the CONNECT, so its login check finds it.
+    transports.note(&client_id, tls);
+    let broker = TcpStream::connect(addr).await?;
+    broker.set_nodelay(true)?;
+    let (from_broker, mut to_broker) = broker.into_split();
+    let mut from_broker = BufReader::new(from_broker);
+    to_broker.write_all(&connect).await?;
+    // A refused login is a connection closed before CONNACK; so it stays.
+    let Some(connack) = mqtt_wire::read_packet(&mut from_broker, MAX_PACKET).await? else {
+        return Ok(());
+    };
+    let unasked = unasked_filters(&client_id).filter(|_| mqtt_wire::connack_accepted(&connack));
+    if let Some(filters) = &unasked {
+        // Before anything the device sends, so it is in place before the device's inform.
+        let subscribe = mqtt_wire::subscribe(AUTO_SUBSCRIBE_ID, filters);
+        to_broker.write_all(&subscribe).await?;
+    }
+    to_client.write_all(&connack).await?;
+    to_client.flush().await?;
+    let up = tokio::io::copy(&mut from_client, &mut to_broker);
+    let down = async {
+        if unasked.is_some() {
+            loop {
+                let Some(packet) = mqtt_wire::read_packet(&mut from_broker, MAX_PACKET).await?
+                else {
+                    return Ok(0);
+                };
+                if mqtt_wire::is_suback(&packet, AUTO_SUBSCRIBE_ID) {
+                    break;
+                }
+                to_client.write_all(&packet).await?;
+                to_client.flush().await?;
+            }
+        }
+        tokio::io::copy_buf(&mut from_broker, &mut to_client).await
+    };
+    let (up, down) = (pin!(up), pin!(down));
+    let ended = match futures_util::future::select(up, down).await {
+        futures_util::future::Either::Left((r, _)) => r,
+        futures_util::future::Either::Right((r, _)) => r,
+    };
+    ended.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ss_client_ids_get_unasked_topics() {
+        let sdk = "a1PK.dev-1.x|timestamp=2524608000000,_ss=1,_v=sdk-c-4.1.0,securemode=2,signmethod=hmacsha256,ext=3|";
+        let topics = unasked_filters(sdk).unwrap();
+        assert_eq!(topics[0], "/ota/device/upgrade/a1PK/dev-1.x");
+        assert_eq!(topics[1], "/sys/a1PK/dev-1.x/thing/ota/firmware/get_reply");
+        assert_eq!(topics[2], "/sys/a1PK/dev-1.x/thing/file/download_reply");
+        assert!(unasked_filters("a1PK&dev|_ss=1|").is_some());
+        assert_eq!(unasked_filters("a1PK.dev|timestamp=1,securemode=3|"), None);
+        assert_eq!(unasked_filters("a1PK.dev|_ss=10|"), None);
+        assert_eq!(unasked_filters("a1PK.dev"), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! The simulator's public ports, bound before anything starts so a taken port is an error at
+//! once: plain MQTT and, with TLS, MQTT over TLS and HTTPS. Plain and TLS devices share one
+//! simulator: both MQTT ports lead to the same broker, and a device's URLs are `https` when
+//! its latest login came over TLS, `http` otherwise.
+
+use crate::front::{Front, Transports, Upstream};
+use crate::tls::Identity;
+use crate::{Error, SimConfig};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
+
+/// The bound public ports, not serving yet.
+pub(crate) struct Listeners {
+    http: SocketAddr,
+    mqtt: Option<TcpListener>,
+    mqtts: Option<TcpListener>,
+    https: Option<TcpListener>,
+    identity: Option<Identity>,
+    pub(crate) transports: Arc<Transports>,
+}
+
+fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, Error> {
+    TcpListener::bind(SocketAddr::new(ip, port))
+        .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("port {port}: {e}"))))
+}
+
+impl Listeners {
+    /// Binds the ports `config` asks for; `embedded` says whether this simulator runs the
+    /// broker (TLS needs it: the login check must know which port a device came through).
+    /// The firmware server's listener is returned apart: it serves plain HTTP itself.
+    pub(crate) fn bind(
+        config: &SimConfig,
+        embedded: bool,
+    ) -> Result<(TcpListener, Listeners), Error> {
+        let identity = config.tls.as_ref().map(Identity::new).transpose()?;
+        if identity.is_some() && !embedded {
+            return Err(Error::Tls("TLS needs the embedded broker".into()));
+        }
+        let tls = identity.is_some();
+        let ip = config.bind;
+        let http = bind(ip, config.http_port)?;
+        let listeners = Listeners {
+            http: http.local_addr()?,
+            mqtt: match &config.broker {
+                crate::BrokerConfig::Embedded { port } => Some(bind(ip, *port)?),
+                crate::BrokerConfig::External { .. } => None,
+            },
+            mqtts: tls.then(|| bind(ip, config.mqtts_port)).transpose()?,
+            https: tls.then(|| bind(ip, config.https_port)).transpose()?,
+            identity,
+            transports: Arc::default(),
+        };
+        Ok((http, listeners))
+    }
+
+    /// The firmware server's address.
+    pub(crate) fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The HTTPS listener's base URL.
+    pub(crate) fn https_base(&self) -> Result<Option<String>, Error> {
+        let addr = self
+            .https
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        Ok(addr.map(|a| format!("https://{a}")))
+    }
+
+    /// The plain MQTT address (embedded broker only).
+    pub(crate) fn mqtt_addr(&self) -> Result<Option<SocketAddr>, Error> {
+        Ok(self
+            .mqtt
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?)
+    }
+
+    /// The MQTT-over-TLS port.
+    pub(crate) fn mqtts_port(&self) -> Result<Option<u16>, Error> {
+        let addr = self
+            .mqtts
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        Ok(addr.map(|a| a.port()))
+    }
+
+    /// What TLS devices must trust.
+    pub(crate) fn ca_pem(&self) -> Option<String> {
+        self.identity.as_ref().map(|i| i.ca_pem.clone())
+    }
+
+    /// The fronts to run, once the broker listens at `broker` (embedded only).
+    pub(crate) fn fronts(self, broker: Option<SocketAddr>) -> Vec<Front> {
+        let acceptor = self.identity.map(|i| i.acceptor);
+        let mut fronts = Vec::new();
+        if let Some(addr) = broker {
+            let mqtt = Upstream::Mqtt {
+                addr,
+                transports: self.transports.clone(),
+            };
+            let ports = [(self.mqtt, None), (self.mqtts, acceptor.clone())];
+            for (listener, tls) in ports {
+                if let Some(listener) = listener {
+                    let upstream = mqtt.clone();
+                    fronts.push(Front {
+                        listener,
+                        tls,
+                        upstream,
+                    });
+                }
+            }
+        }
+        if let (Some(listener), Some(tls)) = (self.https, acceptor) {
+            fronts.push(Front {
+                listener,
+                tls: Some(tls),
+                upstream: Upstream::Http(self.http),
+            });
+        }
+        fronts
+    }
+}
