@@ -137,14 +137,22 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
     (era * 146_097 + day_of_era).checked_sub(719_468)
 }
 
-/// Whether the certificate names `host`: its DNS subject-alternative names if it has any,
-/// else its common name (RFC 6125 §6.4.4). A wildcard stands for one whole leftmost label.
+/// Whether the certificate names `host`. An IP address matches only the certificate's IP
+/// address entries; a DNS name its DNS entries if it has any, else its common name (RFC 6125
+/// §6.4.4). A wildcard stands for one whole leftmost label.
 pub(crate) fn names_match(cert: &[u8], host: &str) -> bool {
     let Some(tbs) = tbs(cert) else {
         return false;
     };
+    if let Ok(ip) = host.parse::<core::net::IpAddr>() {
+        let mut entries = alt_names(tbs.extensions, IP_ADDRESS);
+        return match ip {
+            core::net::IpAddr::V4(v4) => entries.any(|entry| entry == v4.octets()),
+            core::net::IpAddr::V6(v6) => entries.any(|entry| entry == v6.octets()),
+        };
+    }
     let mut any_dns_name = false;
-    for name in dns_names(tbs.extensions) {
+    for name in alt_names(tbs.extensions, DNS_NAME) {
         any_dns_name = true;
         if name_matches(name, host.as_bytes()) {
             return true;
@@ -153,8 +161,19 @@ pub(crate) fn names_match(cert: &[u8], host: &str) -> bool {
     !any_dns_name && common_name(tbs.subject).is_some_and(|cn| name_matches(cn, host.as_bytes()))
 }
 
-/// The dNSName entries of the subjectAltName extension.
-fn dns_names(extensions: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// A name the certificate carries (its first DNS name, else its common name), for a verifier
+/// that insists on matching one after [`names_match`] decided.
+pub(crate) fn some_name(cert: &[u8]) -> Option<&[u8]> {
+    let tbs = tbs(cert)?;
+    let first = alt_names(tbs.extensions, DNS_NAME).next();
+    first.or_else(|| common_name(tbs.subject))
+}
+
+const DNS_NAME: u8 = 0x82;
+const IP_ADDRESS: u8 = 0x87;
+
+/// The subjectAltName entries of one kind (`DNS_NAME`, `IP_ADDRESS`).
+fn alt_names(extensions: &[u8], kind: u8) -> impl Iterator<Item = &[u8]> {
     const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1D, 0x11]; // 2.5.29.17
     let mut names: &[u8] = &[];
     let mut rest = extensions;
@@ -176,7 +195,7 @@ fn dns_names(extensions: &[u8]) -> impl Iterator<Item = &[u8]> {
     core::iter::from_fn(move || loop {
         let (tag, contents, after) = element(names)?;
         names = after;
-        if tag == 0x82 {
+        if tag == kind {
             return Some(contents);
         }
     })

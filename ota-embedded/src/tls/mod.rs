@@ -168,7 +168,12 @@ where
         let tcp = self.tcp.tcp(host, port).await?;
         self.restart.set(false);
         let mut session = TlsConnection::new(Framed::new(tcp, &self.restart), rx, tx);
-        let config = TlsConfig::new().with_server_name(host);
+        // No server name indication for an IP address (RFC 6066 §3); the verifier checks the
+        // host either way.
+        let config = match host.parse::<core::net::IpAddr>() {
+            Ok(_) => TlsConfig::new(),
+            Err(_) => TlsConfig::new().with_server_name(host),
+        };
         let mut rng = self.rng.try_borrow_mut().map_err(|_| ConnectError::Busy)?;
         let mut provider = Provider {
             rng: &mut *rng,

@@ -92,7 +92,12 @@ impl TlsVerifier<Aes128GcmSha256> for Verifier<'_, '_> {
             return Err(self.refuse(ConnectError::CertificateRefused));
         };
         let mut inner = Inner::new(Certificate::X509(ca));
-        inner.set_hostname_verification(self.host)?;
+        // The host name is decided above (with IP addresses, which embedded-tls does not
+        // match); embedded-tls insists on matching a name too, so it gets one the certificate
+        // carries.
+        if let Some(name) = der::some_name(leaf).and_then(|n| core::str::from_utf8(n).ok()) {
+            inner.set_hostname_verification(name)?;
+        }
         match inner.verify_certificate(transcript, cert) {
             Ok(()) => {
                 self.chosen = Some(inner);

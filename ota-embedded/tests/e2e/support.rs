@@ -348,6 +348,8 @@ pub struct Device {
     pub mqtt_port: u16,
     /// MQTT and downloads over TLS trusting this CA (DER), when set.
     pub ca: Option<Vec<u8>>,
+    /// The downloads trust this CA instead, when set.
+    pub download_ca: Option<Vec<u8>>,
     pub wall: Wall,
     pub slot: RamFlash,
     pub records: RamFlash,
@@ -356,6 +358,14 @@ pub struct Device {
 }
 
 impl Device {
+    /// A device of a simulator with TLS: MQTT on its TLS port, trusting its CA.
+    pub fn new_tls(sim: &Sim, info: DeviceInfo) -> (Device, mpsc::Receiver<()>) {
+        let (mut device, booted) = Device::new(sim, info);
+        device.mqtt_port = sim.mqtts_port().expect("the simulator runs TLS");
+        device.ca = Some(der_of_pem(&sim.ca_pem().expect("the simulator's CA")));
+        (device, booted)
+    }
+
     pub fn new(sim: &Sim, info: DeviceInfo) -> (Device, mpsc::Receiver<()>) {
         let (booted_tx, booted_rx) = mpsc::channel();
         let device = Device {
@@ -363,6 +373,7 @@ impl Device {
             mqtt_host: sim.mqtt_host().to_owned(),
             mqtt_port: sim.mqtt_port(),
             ca: None,
+            download_ca: None,
             wall: Wall::System,
             slot: RamFlash::new(SLOT_SIZE),
             records: RamFlash::new(2 * SECTOR),
@@ -379,7 +390,9 @@ impl Device {
         let id = &self.info.id;
         let identity = DeviceIdentity::new(&id.product_key, &id.device_name).unwrap();
         let mut config = Config::new(identity);
-        config.rules.allow_http = true; // the simulator serves plain http
+        // The simulator serves plain http, and https to devices logged in over TLS (which
+        // then must not fall back).
+        config.rules.allow_http = self.ca.is_none();
         config.write_block = SECTOR;
         config.checkpoint_interval = CHECKPOINT;
         config.retry.base_delay = Duration::from_millis(20);
@@ -420,9 +433,10 @@ impl Device {
             }
             Some(ca) => {
                 let cas = [ca.as_slice()];
+                let download_cas = [self.download_ca.as_deref().unwrap_or(ca)];
                 let (mut mqtt_buffers, mut http_buffers) = (record_buffers(), record_buffers());
                 let mqtt = tls_connector(&stack, &dns, &cas, &clock, &mut mqtt_buffers);
-                let http = tls_connector(&stack, &dns, &cas, &clock, &mut http_buffers);
+                let http = tls_connector(&stack, &dns, &download_cas, &clock, &mut http_buffers);
                 self.run(&mqtt, Security::Tls, http, &clock, version, stop)
                     .await
             }
