@@ -189,3 +189,68 @@ fn certificate_dates_are_checked_against_the_clock_once_it_is_set() {
         Err(ConnectError::WrongHost)
     );
 }
+
+/// A CA (DER) and the PEM files of a server certificate it signed for `name` only.
+fn ca_and_server_files(dir: &std::path::Path, name: &str) -> (Vec<u8>, SimTls) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let files = SimTls::Files {
+        cert: cert_path,
+        key: key_path,
+    };
+    (ca_der, files)
+}
+
+#[test]
+fn a_download_from_a_server_not_named_in_its_url_is_refused_and_nothing_is_written() {
+    // The server's certificate names ota.example.com (the MQTT host the device uses, which
+    // the resolver maps to the simulator); the download URLs name 127.0.0.1.
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, files) = ca_and_server_files(dir.path(), "ota.example.com");
+    let sim = Sim::start(SimConfig {
+        tls: Some(files),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let info = sim.add_device().unwrap();
+    let package = sim
+        .add_package(PackageSpec::new(NEW, image(4 * SECTOR)))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    let (mut device, _booted) = Device::new(&sim, info);
+    device.mqtt_host = "ota.example.com".to_owned();
+    device.mqtt_port = sim.mqtts_port().unwrap();
+    device.ca = Some(ca);
+
+    let (session, stop) = device.boot(OLD);
+    sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
+        .unwrap();
+    let _ = stop.send(());
+    assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
+
+    let log = device.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("failed") && l.contains("issued for another host name")),
+        "{log:?}"
+    );
+    assert!(
+        device.slot.bytes().iter().all(|&b| b == 0xFF),
+        "slot untouched"
+    );
+    assert!(
+        sim.downloads(&device.info).is_empty(),
+        "no request got through"
+    );
+}
