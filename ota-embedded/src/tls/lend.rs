@@ -49,6 +49,8 @@ impl<'a> Lender<'a> {
 
     /// The buffers, unless they are lent already. They must not outlive the loan: the caller
     /// keeps both in one value that drops the buffers' user before the loan.
+    // Mutable slices from `&self` are the point: the `lent` flag makes them exclusive.
+    #[allow(clippy::mut_from_ref)]
     pub(crate) fn lend(&self) -> Option<(Loan<'_>, &mut [u8], &mut [u8])> {
         if self.lent.replace(true) {
             return None;
