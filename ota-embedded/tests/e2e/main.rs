@@ -4,6 +4,7 @@
 
 mod support;
 mod tls;
+mod tls_cancel;
 mod transport;
 
 use ota_embedded::RecordStore;
