@@ -61,7 +61,7 @@ impl TcpConnect for CountingStack {
     type Error = std::io::Error;
     type Connection<'a> = Counted;
 
-    async fn connect<'a>(&'a self, remote: SocketAddr) -> Result<Counted, std::io::Error> {
+    async fn connect(&self, remote: SocketAddr) -> Result<Counted, std::io::Error> {
         let stream = tokio::net::TcpStream::connect(remote).await?;
         Ok(Counted {
             inner: FromTokio::new(stream),
