@@ -2,8 +2,9 @@
 //! [`Connect`], so [`crate::MqttClient`] and the driver's downloads run over it unchanged.
 //!
 //! What embedded-tls 0.19 speaks: TLS 1.3 only, cipher suite TLS_AES_128_GCM_SHA256, key
-//! exchange on P-256, and server certificates signed with ECDSA P-256/SHA-256 (RSA chains need
-//! embedded-tls's `rsa` feature, which this crate does not turn on). An endpoint that only
+//! exchange on P-256, and server certificates signed with ECDSA P-256/SHA-256. RSA chains are
+//! refused: embedded-tls's `rsa` feature needs `alloc` and unwraps the server's RSA key in its
+//! signature check (a bad key would panic the firmware), so this crate does not turn it on. An endpoint that only
 //! offers TLS 1.2 needs another client behind [`Connect`] (mbedtls, or rustls's unbuffered
 //! API with a no_std crypto provider).
 //!
