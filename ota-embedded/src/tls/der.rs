@@ -169,6 +169,34 @@ pub(crate) fn some_name(cert: &[u8]) -> Option<&[u8]> {
     first.or_else(|| common_name(tbs.subject))
 }
 
+/// Whether the certificate says it is a CA (basicConstraints with `cA` true), i.e. may sign
+/// other certificates.
+pub(crate) fn is_ca(cert: &[u8]) -> bool {
+    const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1D, 0x13]; // 2.5.29.19
+    let Some(tbs) = tbs(cert) else {
+        return false;
+    };
+    let mut rest = tbs.extensions;
+    while let Some((extension, after)) = expect(rest, SEQUENCE) {
+        rest = after;
+        let Some((oid, mut value)) = expect(extension, 0x06) else {
+            continue;
+        };
+        if oid != BASIC_CONSTRAINTS {
+            continue;
+        }
+        if let Some((_, after)) = expect(value, 0x01) {
+            value = after; // critical
+        }
+        let constraints = expect(value, 0x04).and_then(|(octets, _)| expect(octets, SEQUENCE));
+        // cA BOOLEAN DEFAULT FALSE: DER encodes true as 0xFF.
+        return constraints
+            .and_then(|(fields, _)| expect(fields, 0x01))
+            .is_some_and(|(flag, _)| flag == [0xFF]);
+    }
+    false
+}
+
 const DNS_NAME: u8 = 0x82;
 const IP_ADDRESS: u8 = 0x87;
 

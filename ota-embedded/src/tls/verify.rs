@@ -74,6 +74,16 @@ impl TlsVerifier<Aes128GcmSha256> for Verifier<'_, '_> {
             }
         }
         let leaf = leaf.ok_or(TlsError::InvalidCertificate)?;
+        // Every certificate after the leaf signs the one before it, so it must be a CA:
+        // embedded-tls does not check, and without this a leaf the CA issued to anyone could
+        // sign a certificate for any host.
+        let issuers_are_cas = cert.entries.iter().skip(1).all(|entry| match entry {
+            CertificateEntryRef::X509(bytes) => der::is_ca(bytes),
+            CertificateEntryRef::RawPublicKey(_) => false,
+        });
+        if !issuers_are_cas {
+            return Err(self.refuse(ConnectError::CertificateRefused));
+        }
         if !der::names_match(leaf, self.host) {
             return Err(self.refuse(ConnectError::WrongHost));
         }

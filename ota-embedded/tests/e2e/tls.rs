@@ -254,3 +254,66 @@ fn a_download_from_a_server_not_named_in_its_url_is_refused_and_nothing_is_writt
         "no request got through"
     );
 }
+
+/// A CA (DER) and the simulator's TLS files for the chain `leaf` (for localhost) then
+/// `middle`, where the CA signed `middle` and `middle` signed `leaf`; `middle_is_ca` says
+/// whether `middle` is a CA.
+fn chain_through(dir: &std::path::Path, middle_is_ca: bool) -> (Vec<u8>, SimTls) {
+    let make_ca = |name: &str, ca: bool| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+    };
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let root = make_ca("root CA", true);
+    let root_der = root.self_signed(&root_key).unwrap().der().to_vec();
+    let root = rcgen::Issuer::new(root, root_key);
+    let middle_key = rcgen::KeyPair::generate().unwrap();
+    let middle = make_ca("middle", middle_is_ca);
+    let middle_cert = middle.signed_by(&middle_key, &root).unwrap();
+    let middle = rcgen::Issuer::new(middle, middle_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &middle).unwrap();
+    let (cert_path, key_path) = (dir.join("chain.pem"), dir.join("leaf.key"));
+    std::fs::write(&cert_path, leaf_cert.pem() + &middle_cert.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    let files = SimTls::Files {
+        cert: cert_path,
+        key: key_path,
+    };
+    (root_der, files)
+}
+
+fn sim_with(tls: SimTls) -> Sim {
+    Sim::start(SimConfig {
+        tls: Some(tls),
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_chain_through_an_intermediate_ca_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, files) = chain_through(dir.path(), true);
+    let sim = sim_with(files);
+    assert_eq!(open(&sim, "localhost", &root, Wall::System), Ok(()));
+}
+
+#[test]
+fn a_certificate_signed_by_a_certificate_that_is_no_ca_is_refused() {
+    // Anyone the CA issued a certificate to could otherwise sign one for any host.
+    let dir = tempfile::tempdir().unwrap();
+    let (root, files) = chain_through(dir.path(), false);
+    let sim = sim_with(files);
+    assert_eq!(
+        open(&sim, "localhost", &root, Wall::System),
+        Err(ConnectError::CertificateRefused)
+    );
+}
