@@ -90,6 +90,16 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
         .add_package(PackageSpec::new(TARGET, image.clone()).needs_verification())
         .map_err(|e| e.to_string())?;
     let bars = MultiProgress::new();
+    let (states, live_bars) = (sim.watch_states(), bars.clone());
+    // The live view: above the bars on a terminal, plain lines otherwise.
+    std::thread::spawn(move || {
+        for change in states {
+            match live_bars.is_hidden() {
+                true => println!("{change}"),
+                false => live_bars.println(change.to_string()).unwrap_or(()),
+            }
+        }
+    });
     let style =
         ProgressStyle::with_template("{prefix:8} [{bar:30}] {bytes:>9}/{total_bytes:9} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -6,9 +6,9 @@ use crate::DeviceId;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Largest body chunk handed to the HTTP stack at once.
 const CHUNK: usize = 64 * 1024;
@@ -20,6 +20,10 @@ pub enum Fault {
     /// Close the connection after this many body bytes of a response (fires only when the
     /// response is longer).
     CutAfter(u64),
+    /// The URL expires mid-download: close the connection after this many body bytes (like
+    /// [`Fault::CutAfter`]), then answer the device's next request with `403 AccessDenied`,
+    /// as for an expired URL (the device must ask for a fresh one).
+    ExpireAfter(u64),
     /// Answer a ranged request with `200` and the whole file.
     IgnoreRange,
     /// Answer with this status (403, 404, 500, ...) and an OSS-like XML error body.
@@ -65,6 +69,28 @@ pub enum Times {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FaultId(pub u32);
 
+/// How often and when a fault fired.
+#[derive(Default)]
+struct Counter {
+    count: AtomicU32,
+    /// Unix milliseconds of the first and the latest firing (0: never).
+    first_ms: AtomicU64,
+    last_ms: AtomicU64,
+}
+
+impl Counter {
+    fn bump(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let _ = self
+            .first_ms
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+        self.last_ms.store(now, Ordering::SeqCst);
+    }
+}
+
 struct Entry {
     device: DeviceId,
     /// Only responses for this file of a package; `None`: any file.
@@ -72,7 +98,10 @@ struct Entry {
     fault: Fault,
     remaining: Option<u32>,
     active: bool,
-    fired: Arc<AtomicU32>,
+    times: Times,
+    fired: Arc<Counter>,
+    /// [`Fault::ExpireAfter`]: how many 403s followed its cuts so far.
+    expired_answers: u32,
 }
 
 /// All faults ever set; cleared ones stay so their counters remain readable.
@@ -85,12 +114,12 @@ pub(crate) struct FaultTable {
 #[derive(Clone)]
 pub(crate) struct Armed<T> {
     pub(crate) value: T,
-    fired: Arc<AtomicU32>,
+    fired: Arc<Counter>,
 }
 
 impl<T> Armed<T> {
     pub(crate) fn fire(&self) {
-        self.fired.fetch_add(1, Ordering::SeqCst);
+        self.fired.bump();
     }
 }
 
@@ -113,7 +142,9 @@ impl FaultTable {
             fault,
             remaining,
             active: true,
-            fired: Arc::new(AtomicU32::new(0)),
+            times,
+            fired: Arc::default(),
+            expired_answers: 0,
         });
         FaultId(self.entries.len() as u32 - 1)
     }
@@ -127,7 +158,50 @@ impl FaultTable {
     pub(crate) fn fired(&self, id: FaultId) -> u32 {
         self.entries
             .get(id.0 as usize)
-            .map_or(0, |e| e.fired.load(Ordering::SeqCst))
+            .map_or(0, |e| e.fired.count.load(Ordering::SeqCst))
+    }
+
+    /// Every fault ever set, for `/status`: what, for whom, and whether and when it fired.
+    pub(crate) fn report(&self) -> serde_json::Value {
+        let entries: Vec<serde_json::Value> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(id, e)| {
+                let ms = |a: &AtomicU64| Some(a.load(Ordering::SeqCst)).filter(|&t| t > 0);
+                let times = match e.times {
+                    Times::Once => "once".to_owned(),
+                    Times::Always => "always".to_owned(),
+                    Times::Count(n) => n.to_string(),
+                };
+                serde_json::json!({
+                    "id": id, "device": e.device, "file": e.file, "fault": e.fault.to_string(),
+                    "times": times, "active": e.active,
+                    "fired": e.fired.count.load(Ordering::SeqCst),
+                    "first_fired_unix_ms": ms(&e.fired.first_ms),
+                    "last_fired_unix_ms": ms(&e.fired.last_ms),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(entries)
+    }
+
+    /// Whether the device's URL expired by a [`Fault::ExpireAfter`] that cut a response for
+    /// `file` and has not been answered with a 403 yet; counts the answer.
+    pub(crate) fn take_expired(&mut self, device: &DeviceId, file: &str) -> bool {
+        let entry = self.entries.iter_mut().find(|e| {
+            e.device == *device
+                && matches!(e.fault, Fault::ExpireAfter(_))
+                && e.file.as_deref().is_none_or(|f| f == file)
+                && e.fired.count.load(Ordering::SeqCst) > e.expired_answers
+        });
+        match entry {
+            Some(e) => {
+                e.expired_answers += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes one use of the first active fault of `device` for `file` that `pick` accepts.

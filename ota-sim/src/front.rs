@@ -22,6 +22,13 @@ use tokio_rustls::TlsAcceptor;
 /// not in use in the moment the subscription is made.
 const AUTO_SUBSCRIBE_ID: u16 = 0xffff;
 
+/// How long a new connection may take to send its CONNECT (rumqttd allows as long).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client ids remembered at most; CONNECTs the broker never checked (it refused them
+/// before the login check) would otherwise pile up.
+const MAX_NOTED: usize = 10_000;
+
 /// Which transport each client id's latest CONNECT came over, until the login check takes it.
 #[derive(Default)]
 pub(crate) struct Transports(Mutex<HashMap<String, bool>>);
@@ -29,6 +36,9 @@ pub(crate) struct Transports(Mutex<HashMap<String, bool>>);
 impl Transports {
     fn note(&self, client_id: &str, tls: bool) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_NOTED {
+            map.clear();
+        }
         map.insert(client_id.to_owned(), tls);
     }
 
@@ -147,7 +157,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut from_client, mut to_client) = tokio::io::split(client);
-    let Some(connect) = mqtt_wire::read_packet(&mut from_client, MAX_CONNECT).await? else {
+    let first = mqtt_wire::read_packet(&mut from_client, MAX_CONNECT);
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, first)
+        .await
+        .map_err(|_| io::Error::other("no CONNECT in time"))?;
+    let Some(connect) = first? else {
         return Ok(());
     };
     let client_id = mqtt_wire::connect_client_id(&connect)

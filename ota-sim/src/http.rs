@@ -92,7 +92,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
-    let body = serde_json::to_string_pretty(&shared.lock().engine.status()).unwrap_or_default();
+    let body = serde_json::to_string_pretty(&shared.lock().status()).unwrap_or_default();
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
@@ -160,6 +160,12 @@ fn answer(
         );
     };
     record.file = Some(file.clone());
+    if world.faults.take_expired(&device, &file) {
+        record.status = 403;
+        record.refused = Some(UrlError::Expired.code().to_owned());
+        let message = "Injected fault: the URL expired during the download";
+        return (xml_error(403, UrlError::Expired.code(), message), record);
+    }
     let status_fault = world.faults.take(&device, &file, |f| match f {
         Fault::Status(c) => Some(*c),
         _ => None,
@@ -204,7 +210,7 @@ fn answer(
     let len = end - start;
     let plan = BodyPlan {
         cut_after: world.faults.take(&device, &file, |f| match f {
-            Fault::CutAfter(n) if *n < len => Some(*n),
+            Fault::CutAfter(n) | Fault::ExpireAfter(n) if *n < len => Some(*n),
             _ => None,
         }),
         stall: world.faults.take(&device, &file, |f| match f {

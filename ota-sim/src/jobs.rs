@@ -74,6 +74,8 @@ pub(crate) struct Engine {
     pub(crate) url_ttl: Duration,
     last_message_id: u64,
     outbound: Vec<Outbound>,
+    /// Watchers of task changes (the live view).
+    pub(crate) live: crate::live::LiveFeed,
 }
 
 impl Engine {
@@ -90,6 +92,7 @@ impl Engine {
             url_ttl,
             last_message_id: 0,
             outbound: Vec::new(),
+            live: Default::default(),
         }
     }
 
@@ -284,6 +287,7 @@ impl Engine {
         if reason.is_some() {
             t.reason = reason;
         }
+        self.live.send(&self.tasks[idx].view);
         if state == TaskState::Succeeded {
             self.mark_verified(self.tasks[idx].view.job);
         }

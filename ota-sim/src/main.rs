@@ -3,8 +3,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ota_sim::{
-    BrokerConfig, DeviceInfo, DownloadProtocol, JobSpec, PackageSpec, SignMethod, Sim, SimConfig,
-    SimTls,
+    BrokerConfig, DeviceInfo, DownloadProtocol, FaultSpec, JobSpec, PackageSpec, SignMethod, Sim,
+    SimConfig, SimTls,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -22,6 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve one package to simulated devices until interrupted.
+    #[command(after_help = ota_sim::FAULT_GRAMMAR)]
     Serve(ServeArgs),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
@@ -91,6 +92,10 @@ struct ServeArgs {
     /// Serve this PEM certificate chain instead of a generated one (with --key).
     #[arg(long, value_name = "PEM", requires_all = ["tls", "key"])]
     cert: Option<PathBuf>,
+    /// Inject a fault, e.g. dev0002:cut:100000 (repeatable; grammar below). /status reports
+    /// each one: whether and when it fired.
+    #[arg(long = "fault", value_name = "SPEC")]
+    faults: Vec<FaultSpec>,
     /// The PEM private key of --cert.
     #[arg(long, value_name = "PEM", requires_all = ["tls", "cert"])]
     key: Option<PathBuf>,
@@ -252,6 +257,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .download_protocol(protocol);
     spec.validate()
         .map_err(|e| usage(format!("bad package: {e}")))?;
+    let device_names: Vec<String> = (1..=args.devices).map(|i| format!("dev{i:04}")).collect();
+    for spec in &args.faults {
+        if let Some(d) = spec.device.as_ref().filter(|d| !device_names.contains(d)) {
+            let known = format!("dev0001..dev{:04}", args.devices);
+            return Err(usage(format!(
+                "--fault names device {d}; there are {known}"
+            )));
+        }
+    }
     init_logging();
     let broker = match &args.broker_url {
         Some(url) => BrokerConfig::External { url: url.clone() },
@@ -281,10 +295,21 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         (None, Some(pem)) => Some(write_ca(&args.info_file, &pem)?),
         (None, None) => None,
     };
+    let states = sim.watch_states();
     let devices = (0..args.devices)
         .map(|_| sim.add_device())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure(1, e.to_string()))?;
+    for spec in &args.faults {
+        let targets = devices
+            .iter()
+            .filter(|d| spec.device.as_ref().is_none_or(|n| *n == d.id.device_name));
+        for device in targets {
+            for fault in &spec.faults {
+                sim.set_fault(device, *fault, spec.times);
+            }
+        }
+    }
     let package = sim
         .add_package(spec)
         .map_err(|e| Failure(1, e.to_string()))?;
@@ -309,6 +334,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map_err(|e| Failure(1, format!("cannot write {}: {e}", path.display())))?,
         None => println!("{json}"),
     }
+    // The live view, on stdout after the info (when that goes to stdout too).
+    std::thread::spawn(move || {
+        for change in states {
+            println!("{change}");
+        }
+    });
     tracing::info!(
         "ready: mqtt {}:{}, firmware {}, {} device(s)",
         sim.mqtt_host(),

@@ -62,7 +62,7 @@ pub(crate) fn parse_uplink(topic: &str, payload: &[u8]) -> Result<(DeviceId, Upl
         return Err(ParseError::Topic);
     }
     let json: Value =
-        serde_json::from_slice(payload).map_err(|e| ParseError::Json(e.to_string()))?;
+        crate::lenient_json::parse(payload).map_err(|e| ParseError::Json(e.to_string()))?;
     if !json.is_object() {
         return Err(ParseError::Json("not an object".into()));
     }

@@ -357,9 +357,17 @@ impl Sim {
             .collect()
     }
 
+    /// Every change of a task's state or progress step from now on, as it happens (the
+    /// live view `serve` and `demo` print).
+    pub fn watch_states(&self) -> std::sync::mpsc::Receiver<crate::StateChange> {
+        let (tx, rx) = mpsc::channel();
+        self.shared.lock().engine.live.watch(tx);
+        rx
+    }
+
     /// The `/status` document.
     pub fn status(&self) -> serde_json::Value {
-        self.shared.lock().engine.status()
+        self.shared.lock().status()
     }
 
     /// Blocks until `check` says done or failed, re-checking after every change.

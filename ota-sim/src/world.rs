@@ -32,6 +32,13 @@ pub(crate) struct World {
 }
 
 impl World {
+    /// The `/status` document: the engine's view and the faults.
+    pub(crate) fn status(&self) -> serde_json::Value {
+        let mut status = self.engine.status();
+        status["faults"] = self.faults.report();
+        status
+    }
+
     /// The earliest moment the engine or the block server has something to do.
     fn next_deadline(&self) -> Option<Instant> {
         let engine = self.engine.next_deadline();

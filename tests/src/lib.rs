@@ -163,7 +163,9 @@ pub fn tls_sim() -> Sim {
 fn client_of(sim: &Sim) -> (Client, rumqttc::Connection) {
     let other = sim.add_device().expect("observer device");
     let creds = other.credentials();
-    let mut options = MqttOptions::new(creds.client_id, sim.mqtt_host(), sim.mqtt_port());
+    // Without `_ss=1`: the observer gets only what it subscribes to, not its own OTA topics.
+    let client_id = creds.client_id.replace("_ss=1,", "");
+    let mut options = MqttOptions::new(client_id, sim.mqtt_host(), sim.mqtt_port());
     options.set_credentials(creds.username, creds.password);
     options.set_max_packet_size(64 * 1024, 64 * 1024);
     Client::new(options, 8)

@@ -120,6 +120,8 @@ impl Engine {
                 .and_then(|j| j.spec.timeout);
             self.tasks[i].deadline = timeout.map(|t| now + t);
             self.set_state(i, TaskState::InProgress, None);
+        } else {
+            self.live.send(&self.tasks[i].view);
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-sim");
 
-fn fails_with_one_line(args: &[&str], mentions: &str) {
+pub fn fails_with_one_line(args: &[&str], mentions: &str) {
     let out = Command::new(BIN).args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{args:?}");
     let err = String::from_utf8(out.stderr).unwrap();
@@ -58,8 +58,29 @@ fn bad_flags_and_unreadable_firmware_exit_2() {
     );
 }
 
+/// Waits until a line containing each needle came, in any order; returns them.
+pub fn wait_lines<const N: usize>(
+    lines: &mpsc::Receiver<String>,
+    needles: [&str; N],
+) -> [String; N] {
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    let deadline = Instant::now() + WAIT;
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no lines with all of {needles:?}; found {found:?}"));
+        for (slot, needle) in found.iter_mut().zip(needles) {
+            if slot.is_none() && line.contains(needle) {
+                *slot = Some(line.clone());
+            }
+        }
+    }
+    found.map(Option::unwrap_or_default)
+}
+
 /// Kills the server when the test ends, however it ends.
-struct Server(Child);
+pub struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -69,7 +90,7 @@ impl Drop for Server {
 }
 
 /// Waits for a stderr line containing `needle`.
-fn wait_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+pub fn wait_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -119,10 +140,14 @@ fn serve_writes_info_and_upgrades_a_device() {
     assert!(url.starts_with(info["http_base_url"].as_str().unwrap()));
     assert_eq!(http_get(url, None, WAIT).body, data);
     dev.progress(100, "done");
-    wait_line(&lines, "-> InProgress");
+    // The live view on stdout (time, device, state, step) and the log on stderr, in either
+    // order.
+    let [live, _] = wait_lines(&lines, ["job 0 IN_PROGRESS step 100", "-> InProgress"]);
+    assert!(live.contains(&format!("/{} job", id.device_name)), "{live}");
     dev.inform("2.0.0");
-    let line = wait_line(&lines, "-> Succeeded");
-    assert!(line.contains(&id.device_name), "{line}");
+    let [live, log] = wait_lines(&lines, ["job 0 SUCCEEDED step 100", "-> Succeeded"]);
+    assert!(live.contains(&format!("/{} job", id.device_name)), "{live}");
+    assert!(log.contains(&id.device_name), "{log}");
     let status = http_get(
         &format!("{}/status", info["http_base_url"].as_str().unwrap()),
         None,
@@ -134,7 +159,7 @@ fn serve_writes_info_and_upgrades_a_device() {
 
 /// Starts `ota-sim serve` with `args` on free ports; returns it with its stderr lines and the
 /// info file it wrote.
-fn serve(
+pub fn serve(
     args: &[&std::ffi::OsStr],
     dir: &std::path::Path,
 ) -> (Server, mpsc::Receiver<String>, serde_json::Value) {
@@ -145,19 +170,25 @@ fn serve(
         .arg("--info-file")
         .arg(&info_path)
         .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut server = Server(child);
-    let stderr = server.0.stderr.take().unwrap();
     let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
+    let stdout = server.0.stdout.take().unwrap();
+    let stderr = server.0.stderr.take().unwrap();
+    let readers: [Box<dyn std::io::Read + Send>; 2] = [Box::new(stdout), Box::new(stderr)];
+    for reader in readers {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            // Reads to the end even when nobody listens any more: a full pipe would block
+            // the server.
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
             }
-        }
-    });
+        });
+    }
     wait_line(&lines, "ready");
     let info = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
     (server, lines, info)

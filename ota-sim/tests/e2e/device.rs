@@ -124,6 +124,15 @@ impl Device {
         }
     }
 
+    /// Subscribes to one topic and waits for the SUBACK.
+    pub fn subscribe_to(&mut self, topic: &str) {
+        self.client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+        match self.events.recv_timeout(WAIT) {
+            Ok(Ev::SubAck) => {}
+            _ => panic!("no SUBACK"),
+        }
+    }
+
     fn id(&mut self) -> String {
         self.next_id += 1;
         self.next_id.to_string()

@@ -328,3 +328,42 @@ fn device_already_on_target_is_skipped() {
     db.expect_push();
     assert_eq!(sim.task(dynamic, &b).unwrap().state, TaskState::Notified);
 }
+
+#[test]
+fn watchers_see_every_state_and_step_change() {
+    let sim = crate::sim();
+    let states = sim.watch_states();
+    let info = sim.add_device().unwrap();
+    let package = sim
+        .add_package(ota_sim::PackageSpec::new(
+            "2.0.0",
+            crate::device::firmware(10),
+        ))
+        .unwrap();
+    let job = sim.create_job(ota_sim::JobSpec::batch(package)).unwrap();
+    let mut dev = crate::device::Device::online(&sim, &info);
+    dev.inform("1.0.0");
+    dev.expect_push();
+    dev.progress(10, "a");
+    dev.progress(60, "b");
+    dev.inform("2.0.0");
+    sim.wait_task_state(
+        job,
+        &info,
+        ota_sim::TaskState::Succeeded,
+        crate::device::WAIT,
+    )
+    .unwrap();
+    let seen: Vec<(ota_sim::TaskState, Option<i64>)> =
+        states.try_iter().map(|c| (c.state, c.step)).collect();
+    use ota_sim::TaskState::*;
+    assert_eq!(
+        seen,
+        [
+            (Notified, None),
+            (InProgress, Some(10)),
+            (InProgress, Some(60)),
+            (Succeeded, Some(60))
+        ]
+    );
+}

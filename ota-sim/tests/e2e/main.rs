@@ -2,6 +2,7 @@
 
 mod blocks;
 mod cli;
+mod cli_faults;
 mod device;
 mod download;
 mod external;
@@ -12,6 +13,7 @@ mod mqtt;
 mod mqtt_faults;
 mod multi_file;
 mod push;
+mod sdk;
 mod tls;
 
 use ota_sim::{Sim, SimConfig};
