@@ -1,8 +1,9 @@
 //! Server certificate verification: embedded-tls's `rustpki` verifier checks the chain up to
 //! a CA and the signature of the handshake; this wrapper adds what the firmware needs around
 //! it: several CAs (trust the old and the new root while the platform rotates them), the
-//! validity dates against the driver's clock (embedded-tls reads time from a global), and a
-//! host name check of its own that can say "wrong host" apart from "wrong CA".
+//! validity dates against the driver's clock (embedded-tls reads time from a global), a host
+//! name check of its own that can say "wrong host" apart from "wrong CA" (and matches IP
+//! addresses), and the rule that every certificate signing another in the chain is a CA.
 
 use embedded_tls::pki::CertVerifier;
 use embedded_tls::{
