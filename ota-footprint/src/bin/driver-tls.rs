@@ -6,10 +6,10 @@
 
 extern crate alloc;
 
-#[path = "../rt.rs"]
-mod rt;
 #[path = "../dummies.rs"]
 mod dummies;
+#[path = "../rt.rs"]
+mod rt;
 
 use core::hint::black_box;
 use core::sync::atomic::AtomicU32;

@@ -4,10 +4,10 @@
 
 extern crate alloc;
 
-#[path = "../rt.rs"]
-mod rt;
 #[path = "../dummies.rs"]
 mod dummies;
+#[path = "../rt.rs"]
+mod rt;
 
 use core::sync::atomic::AtomicU32;
 
