@@ -18,6 +18,13 @@ pub trait Clock {
     /// Completes at `at` or later (at once if `at` has passed). Must be cancel-safe: the
     /// driver races it against I/O and drops it when the I/O wins.
     async fn sleep_until(&self, at: Instant);
+
+    /// The wall time in Unix seconds, once the firmware knows it (SNTP, an RTC, the
+    /// platform's NTP topic); `None` before. TLS checks certificate dates against it, and
+    /// skips that check while it is `None`. The default never knows the time.
+    fn unix_time(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<C: Clock> Clock for &C {
@@ -27,6 +34,10 @@ impl<C: Clock> Clock for &C {
 
     async fn sleep_until(&self, at: Instant) {
         C::sleep_until(self, at).await
+    }
+
+    fn unix_time(&self) -> Option<u64> {
+        C::unix_time(self)
     }
 }
 

@@ -6,13 +6,12 @@
 use core::time::Duration;
 
 use embassy_futures::select::{select, Either};
-use embedded_nal_async::{Dns, TcpConnect};
 use embedded_storage_async::nor_flash::NorFlash;
 use ota_core::{Action, Agent, Boot, Config, Event, FetchId, Instant, Notification};
-use reqwless::client::HttpClient;
 
 use crate::boot::Bootloader;
 use crate::clock::{earliest, until, Clock};
+use crate::connect::Connect;
 use crate::flash::{FlashError, Slot};
 use crate::http::{self, BodySink, Ending, Flow, Head, BODY_CHUNK_LEN, HEADER_BUF_LEN};
 use crate::login::Login;
@@ -93,7 +92,7 @@ pub enum Exit {
     Reboot,
 }
 
-/// Everything but the HTTP client and its buffers: the body sink of a download.
+/// Everything but the download connector and its buffers: the body sink of a download.
 struct Core<M, S, R, B, C, A> {
     agent: Agent,
     mqtt: M,
@@ -118,20 +117,22 @@ struct Core<M, S, R, B, C, A> {
 }
 
 /// The OTA driver. See the crate docs for the memory it holds and how to run it.
-pub struct Driver<'h, M, T: TcpConnect + 'h, D: Dns + 'h, S, R, B, C, A> {
+pub struct Driver<M, H, S, R, B, C, A> {
     core: Core<M, S, R, B, C, A>,
-    http: HttpClient<'h, T, D>,
+    http: H,
     url: heapless::String<MAX_URL_LEN>,
     header_buf: [u8; HEADER_BUF_LEN],
     chunk: [u8; BODY_CHUNK_LEN],
 }
 
 /// The parts a driver is built from.
-pub struct Parts<'h, M, T: TcpConnect + 'h, D: Dns + 'h, S, R, B, C, A> {
+pub struct Parts<M, H, S, R, B, C, A> {
     /// MQTT session.
     pub mqtt: M,
-    /// HTTP(S) client for downloads.
-    pub http: HttpClient<'h, T, D>,
+    /// Opens the stream of each download: [`crate::TcpConnector`] for `http://` URLs, a
+    /// `TlsConnector` (feature `tls`) for `https://` ones. Not the MQTT session's connector:
+    /// both streams are open at once.
+    pub http: H,
     /// The image slot.
     pub slot: Slot<S>,
     /// The saved record's two copies.
@@ -148,11 +149,10 @@ pub struct Parts<'h, M, T: TcpConnect + 'h, D: Dns + 'h, S, R, B, C, A> {
     pub settings: Settings,
 }
 
-impl<'h, M, T, D, S, R, B, C, A> Driver<'h, M, T, D, S, R, B, C, A>
+impl<M, H, S, R, B, C, A> Driver<M, H, S, R, B, C, A>
 where
     M: MqttTransport,
-    T: TcpConnect + 'h,
-    D: Dns + 'h,
+    H: Connect,
     S: NorFlash,
     R: NorFlash,
     B: Bootloader,
@@ -164,7 +164,7 @@ where
     pub async fn new(
         mut config: Config,
         running_version: &str,
-        mut parts: Parts<'h, M, T, D, S, R, B, C, A>,
+        mut parts: Parts<M, H, S, R, B, C, A>,
     ) -> Result<Self, Error> {
         Slot::<S>::check_write_block(config.write_block).map_err(Error::Flash)?;
         #[cfg(feature = "signature")]
@@ -290,7 +290,7 @@ where
         let _ = self.url.push_str(&self.core.next_url);
         self.core.current = Some(fetch);
         let ending = http::fetch(
-            &mut self.http,
+            &self.http,
             &self.url,
             offset,
             &mut self.header_buf,
@@ -383,8 +383,13 @@ where
                     Action::Subscribe { topic } => {
                         lost |= self.online && self.mqtt.subscribe(topic).await.is_err();
                     }
-                    Action::Publish { topic, payload, .. } => {
-                        lost |= self.online && self.mqtt.publish(topic, payload).await.is_err();
+                    Action::Publish {
+                        topic,
+                        payload,
+                        qos,
+                    } => {
+                        lost |=
+                            self.online && self.mqtt.publish(topic, payload, qos).await.is_err();
                     }
                     Action::Fetch { fetch, url, offset } => {
                         self.next_url.clear();

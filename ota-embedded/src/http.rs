@@ -1,8 +1,8 @@
 //! One firmware download with reqwless: GET with `Range: bytes=N-`, the status and the
 //! `Content-Length`/`Content-Range` headers, then the body (sized, chunked or until close)
-//! chunk by chunk. HTTPS is the `HttpClient`'s business: build it with reqwless's
-//! `embedded-tls` feature and `HttpClient::new_with_tls` (embedded-tls 0.18.0 does not build
-//! with the `der` it resolves to today, so this crate does not turn that feature on).
+//! chunk by chunk. The stream comes from the driver's [`Connect`]or (TLS for `https://`,
+//! with the URL's host as the server name) and is handed to reqwless as a plain
+//! connection: reqwless only frames HTTP over it.
 //!
 //! The download does not know the agent: it reports to a [`BodySink`], which the driver
 //! implements by feeding the agent and performing what it asks (writes, record saves, MQTT).
@@ -11,10 +11,12 @@ use core::fmt::Write as _;
 
 use embassy_futures::select::{select, Either};
 use embedded_io_async::Read;
-use embedded_nal_async::{Dns, TcpConnect};
+use nourl::{Url, UrlScheme};
 use ota_core::Instant;
-use reqwless::client::HttpClient;
-use reqwless::request::{Method, RequestBuilder};
+use reqwless::client::HttpConnection;
+use reqwless::request::{Request, RequestBuilder};
+
+use crate::connect::{Connect, Security};
 
 /// Bytes of response headers (and body read-ahead) reqwless may buffer.
 pub const HEADER_BUF_LEN: usize = 2048;
@@ -91,8 +93,8 @@ async fn guarded<S: BodySink, F: core::future::Future>(
 }
 
 /// GETs `url` from byte `offset` and streams the answer into `sink`.
-pub(crate) async fn fetch<T, D, S>(
-    client: &mut HttpClient<'_, T, D>,
+pub(crate) async fn fetch<H, S>(
+    connector: &H,
     url: &str,
     offset: u64,
     header_buf: &mut [u8],
@@ -100,10 +102,17 @@ pub(crate) async fn fetch<T, D, S>(
     sink: &mut S,
 ) -> Ending
 where
-    T: TcpConnect,
-    D: Dns,
+    H: Connect,
     S: BodySink,
 {
+    let Ok(parsed) = Url::parse(url) else {
+        return Ending::Failed("invalid URL");
+    };
+    let security = match parsed.scheme() {
+        UrlScheme::HTTPS => Security::Tls,
+        UrlScheme::HTTP => Security::Plain,
+        _ => return Ending::Failed("not an http(s) URL"),
+    };
     let mut range: heapless::String<32> = heapless::String::new();
     // "bytes=" and 20 digits fit.
     let _ = write!(range, "bytes={offset}-");
@@ -114,17 +123,18 @@ where
         &headers[..0]
     };
 
-    let opened = guarded(sink, async {
-        let request = client.request(Method::GET, url).await?;
-        Ok::<_, reqwless::Error>(request.headers(headers))
-    })
-    .await;
-    let mut request = match opened {
-        Ok(Ok(request)) => request,
-        Ok(Err(e)) => return Ending::Failed(reason(&e)),
+    let (host, port) = (parsed.host(), parsed.port_or_default());
+    let opened = guarded(sink, connector.connect(host, port, security)).await;
+    let mut conn = match opened {
+        Ok(Ok(stream)) => HttpConnection::Plain(stream),
+        Ok(Err(e)) => return Ending::Failed(e.reason()),
         Err(ending) => return ending,
     };
-    let response = match guarded(sink, request.send(header_buf)).await {
+    let request = Request::get(parsed.path())
+        .host(host)
+        .headers(headers)
+        .build();
+    let response = match guarded(sink, conn.send(request, header_buf)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => return Ending::Failed(reason(&e)),
         Err(ending) => return ending,

@@ -1,13 +1,17 @@
 #![no_std]
-#![forbid(unsafe_code)]
+// Plain-only builds have no unsafe code at all; the `tls` feature lends its record buffers to
+// successive sessions in one small module (`tls::lend`, which says why).
+#![cfg_attr(not(feature = "tls"), forbid(unsafe_code))]
+#![cfg_attr(feature = "tls", deny(unsafe_code))]
 #![deny(missing_docs)]
 //! The `#![no_std]` async adapter of [`ota_core`]: a [`Driver`] that owns the agent and
 //! serves its actions on embedded peripherals.
 //!
 //! | the agent asks for | served by |
 //! | --- | --- |
-//! | subscribe, publish | an [`MqttTransport`]: [`MqttClient`] (MQTT 3.1.1 over any `embedded-nal-async` TCP stack) or your own |
-//! | fetch from an offset | reqwless `HttpClient` (`Range: bytes=N-`, sized or chunked bodies; HTTPS through reqwless's own `embedded-tls` feature) |
+//! | subscribe, publish | an [`MqttTransport`]: [`MqttClient`] (MQTT 3.1.1 over a [`Connect`]or) or your own |
+//! | fetch from an offset | reqwless's HTTP framing (`Range: bytes=N-`, sized or chunked bodies) over a stream of a [`Connect`]or |
+//! | the streams | [`TcpConnector`] (any `embedded-nal-async` stack), `tls::TlsConnector` (feature `tls`: TLS 1.3, see the `tls` module), or your own [`Connect`] |
 //! | write a block | [`Slot`] on an `embedded-storage-async` `NorFlash` (erase, write, pad; see [`flash`] for the block rule) |
 //! | save / clear the record | [`RecordStore`]: two alternating copies with sequence numbers and a CRC |
 //! | activate, confirm, roll back, reboot | a [`Bootloader`] (embassy-boot's `FirmwareState` fits) |
@@ -22,9 +26,8 @@
 //! use ota_core::{Config, DeviceIdentity};
 //! use ota_embedded::{
 //!     Application, Bootloader, Clock, Driver, Exit, Login, MqttClient, Parts, RecordStore,
-//!     SecureMode, Settings, Slot,
+//!     SecureMode, Security, Settings, Slot, TcpConnector,
 //! };
-//! use reqwless::client::HttpClient;
 //!
 //! /// The OTA task of a firmware (with embassy: an `#[embassy_executor::task]`).
 //! async fn ota_task<T: TcpConnect, D: Dns, F: NorFlash, R: NorFlash>(
@@ -43,9 +46,10 @@
 //!     let Ok(login) = Login::new("a1TestPK001", "dev01", secret, "2524608000000", SecureMode::Plain)
 //!     else { return Ok(()) };
 //!     let host = "a1TestPK001.iot-as-mqtt.cn-shanghai.aliyuncs.com";
+//!     let tcp = TcpConnector::new(net, dns);
 //!     let parts = Parts {
-//!         mqtt: MqttClient::<_, _, 4096, 1024>::new(net, dns, host, 1883, 60),
-//!         http: HttpClient::new(net, dns),
+//!         mqtt: MqttClient::<_, 4096, 1024>::new(&tcp, host, 1883, Security::Plain, 60),
+//!         http: TcpConnector::new(net, dns), // http:// URLs only: see `tls` for https://
 //!         slot: Slot::new(dfu, 0, 256 * 1024).map_err(ota_embedded::Error::Flash)?,
 //!         records: RecordStore::new(state, 0).map_err(ota_embedded::Error::Flash)?,
 //!         boot: bootloader,
@@ -64,7 +68,8 @@
 //! Memory is fixed and allocated by the caller (put the driver in a `static`, e.g. a
 //! `StaticCell`, or in the task's future): the [`Driver`] holds two URL buffers of
 //! [`driver::MAX_URL_LEN`] bytes, reqwless's header buffer and a body chunk (2 KiB + 1 KiB), the
-//! MQTT client's `RX` + `TX` buffers, and the record store's 1 KiB copy buffer. The only heap
+//! MQTT client's `RX` + `TX` buffers, and the record store's 1 KiB copy buffer. With TLS, each
+//! of the two connectors borrows its record buffers (20,736 bytes at the recommended sizes). The only heap
 //! use is ota-core's: one staging block of `Config::write_block` bytes, its action arena and
 //! the parsed task. BENCHMARKS.md has the measured figures.
 //!
@@ -75,12 +80,15 @@ extern crate std;
 
 pub mod boot;
 pub mod clock;
+pub mod connect;
 pub mod driver;
 pub mod flash;
 mod http;
 pub mod login;
 pub mod mqtt;
 pub mod record;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 
 #[cfg(test)]
@@ -88,9 +96,12 @@ mod testflash;
 
 pub use boot::Bootloader;
 pub use clock::Clock;
+pub use connect::{Connect, ConnectError, Security, TcpConnector};
 pub use driver::{Application, Driver, Error, Exit, Parts, Settings};
 pub use flash::{FlashError, Slot};
 pub use login::{Login, SecureMode};
 pub use mqtt::{MqttClient, MqttError};
 pub use record::RecordStore;
+#[cfg(feature = "tls")]
+pub use tls::{TlsConnector, TlsStream};
 pub use transport::{Message, MqttTransport};

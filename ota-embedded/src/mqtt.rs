@@ -1,6 +1,7 @@
-//! A small MQTT 3.1.1 client over any `embedded-nal-async` TCP stack, implementing
+//! A small MQTT 3.1.1 client over any [`Connect`] (plain TCP or TLS), implementing
 //! [`MqttTransport`]. Just what the agent needs: CONNECT with a login and a clean session,
-//! SUBSCRIBE and PUBLISH at QoS 1, incoming PUBLISH at QoS 0 or 1 (acknowledged), PINGREQ.
+//! SUBSCRIBE at QoS 1, PUBLISH at the QoS the agent asks for (QoS 0 is sent and forgotten,
+//! QoS 1 counted until its PUBACK), incoming PUBLISH at QoS 0 or 1 (acknowledged), PINGREQ.
 //!
 //! Memory is fixed: a receive buffer of `RX` bytes (the largest incoming packet: a push with
 //! a long signed URL needs about 2 KiB) and a transmit buffer of `TX` bytes (the largest
@@ -11,20 +12,19 @@
 //! is parsed only once it is whole. The PUBACK of a QoS 1 message is sent at the start of the
 //! next call.
 
-use core::net::SocketAddr;
-
 use embedded_io_async::{Read, Write};
-use embedded_nal_async::{AddrType, Dns, TcpConnect};
+use ota_core::Qos;
 
+use crate::connect::{Connect, ConnectError, Security};
 use crate::login::Login;
 use crate::transport::{Message, MqttTransport};
 
 /// Why an MQTT operation failed. Every error ends the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MqttError {
-    /// The host name did not resolve.
-    Dns,
-    /// The TCP connection failed, or a read or write on it.
+    /// The connection (TCP, TLS handshake) could not be opened.
+    Connect(ConnectError),
+    /// A read or write on the connection failed.
     Io(embedded_io_async::ErrorKind),
     /// The broker closed the connection (a refused login is often just that).
     Closed,
@@ -42,14 +42,14 @@ fn io<E: embedded_io_async::Error>(e: E) -> MqttError {
     MqttError::Io(e.kind())
 }
 
-/// MQTT 3.1.1 over `T` (TCP, or a TLS-wrapping `TcpConnect`) to `host:port`.
-pub struct MqttClient<'a, T: TcpConnect + 'a, D, const RX: usize, const TX: usize> {
-    stack: &'a T,
-    dns: &'a D,
+/// MQTT 3.1.1 over a stream of `C` to `host:port`.
+pub struct MqttClient<'a, C: Connect + 'a, const RX: usize, const TX: usize> {
+    connector: &'a C,
     host: &'a str,
     port: u16,
+    security: Security,
     keep_alive_secs: u16,
-    conn: Option<T::Connection<'a>>,
+    conn: Option<C::Connection<'a>>,
     rx: [u8; RX],
     rx_len: usize,
     /// Bytes at the start of `rx` that belong to the packet returned last.
@@ -61,16 +61,21 @@ pub struct MqttClient<'a, T: TcpConnect + 'a, D, const RX: usize, const TX: usiz
     unacked: u32,
 }
 
-impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize>
-    MqttClient<'a, T, D, RX, TX>
-{
-    /// A client for `host:port` with the given keep-alive (the driver pings every half of it).
-    pub fn new(stack: &'a T, dns: &'a D, host: &'a str, port: u16, keep_alive_secs: u16) -> Self {
+impl<'a, C: Connect + 'a, const RX: usize, const TX: usize> MqttClient<'a, C, RX, TX> {
+    /// A client for `host:port` (over TLS or not) with the given keep-alive (the driver
+    /// pings every half of it).
+    pub fn new(
+        connector: &'a C,
+        host: &'a str,
+        port: u16,
+        security: Security,
+        keep_alive_secs: u16,
+    ) -> Self {
         MqttClient {
-            stack,
-            dns,
+            connector,
             host,
             port,
+            security,
             keep_alive_secs,
             conn: None,
             rx: [0; RX],
@@ -81,6 +86,11 @@ impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize>
             pending_ack: None,
             unacked: 0,
         }
+    }
+
+    /// QoS 1 publishes the broker has not acknowledged yet (QoS 0 ones are never counted).
+    pub fn unacknowledged(&self) -> u32 {
+        self.unacked
     }
 
     fn packet_id(&mut self) -> u16 {
@@ -212,8 +222,8 @@ fn packet(
     Some(n + len)
 }
 
-impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize> MqttTransport
-    for MqttClient<'a, T, D, RX, TX>
+impl<'a, C: Connect + 'a, const RX: usize, const TX: usize> MqttTransport
+    for MqttClient<'a, C, RX, TX>
 {
     type Error = MqttError;
 
@@ -223,16 +233,11 @@ impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize> MqttTrans
         self.consumed = 0;
         self.pending_ack = None;
         self.unacked = 0;
-        let ip = self
-            .dns
-            .get_host_by_name(self.host, AddrType::Either)
+        let connector: &'a C = self.connector;
+        let conn = connector
+            .connect(self.host, self.port, self.security)
             .await
-            .map_err(|_| MqttError::Dns)?;
-        let stack = self.stack;
-        let conn = stack
-            .connect(SocketAddr::new(ip, self.port))
-            .await
-            .map_err(io)?;
+            .map_err(MqttError::Connect)?;
         self.conn = Some(conn);
         let keep_alive = self.keep_alive_secs.to_be_bytes();
         let len = packet(&mut self.tx, 0x10, |e| {
@@ -272,17 +277,28 @@ impl<'a, T: TcpConnect + 'a, D: Dns, const RX: usize, const TX: usize> MqttTrans
         self.send(len).await
     }
 
-    async fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), MqttError> {
+    async fn publish(&mut self, topic: &str, payload: &[u8], qos: Qos) -> Result<(), MqttError> {
         self.send_pending_ack().await?;
-        let id = self.packet_id().to_be_bytes();
-        let len = packet(&mut self.tx, 0x32, |e| {
-            e.string(topic.as_bytes())?;
-            e.bytes(&id)?;
-            e.bytes(payload)
-        })
+        let len = match qos {
+            // No packet identifier, no PUBACK to wait for.
+            Qos::AtMostOnce => packet(&mut self.tx, 0x30, |e| {
+                e.string(topic.as_bytes())?;
+                e.bytes(payload)
+            }),
+            Qos::AtLeastOnce => {
+                let id = self.packet_id().to_be_bytes();
+                packet(&mut self.tx, 0x32, |e| {
+                    e.string(topic.as_bytes())?;
+                    e.bytes(&id)?;
+                    e.bytes(payload)
+                })
+            }
+        }
         .ok_or(MqttError::TooLarge)?;
         self.send(len).await?;
-        self.unacked += 1;
+        if qos == Qos::AtLeastOnce {
+            self.unacked += 1;
+        }
         Ok(())
     }
 

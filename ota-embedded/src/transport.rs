@@ -1,8 +1,10 @@
 //! The MQTT transport the driver needs: connect with a login, subscribe, publish, receive.
-//! [`crate::mqtt::MqttClient`] implements it over any `embedded-nal-async` TCP stack; a
-//! firmware with its own MQTT client (TLS, MQTT 5, a modem's AT client) implements it instead.
+//! [`crate::mqtt::MqttClient`] implements it over any [`crate::Connect`] (plain TCP or TLS);
+//! a firmware with its own MQTT client (MQTT 5, a modem's AT client) implements it instead.
 
 use core::fmt::Debug;
+
+use ota_core::Qos;
 
 use crate::login::Login;
 
@@ -15,7 +17,8 @@ pub struct Message<'a> {
     pub payload: &'a [u8],
 }
 
-/// An MQTT session for the agent: QoS 1 subscriptions and publishes to one broker.
+/// An MQTT session for the agent: QoS 1 subscriptions, and publishes at the agent's QoS, to
+/// one broker.
 ///
 /// Errors of any operation mean the session is lost: the driver reports `Disconnected` to
 /// the agent and calls [`MqttTransport::connect`] again later.
@@ -31,8 +34,11 @@ pub trait MqttTransport {
     /// of a later call.
     async fn subscribe(&mut self, topic: &str) -> Result<(), Self::Error>;
 
-    /// Publishes at QoS 1. May return before the PUBACK.
-    async fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), Self::Error>;
+    /// Publishes at `qos`: [`Qos::AtMostOnce`] (MQTT-channel block requests, which the agent
+    /// repeats itself) is sent without a packet identifier and never waited for;
+    /// [`Qos::AtLeastOnce`] may return before its PUBACK, which [`MqttTransport::disconnect`]
+    /// waits for.
+    async fn publish(&mut self, topic: &str, payload: &[u8], qos: Qos) -> Result<(), Self::Error>;
 
     /// Waits for the next application message. Must be cancel-safe: the driver races it
     /// against timers and other I/O and drops it when they win; no received byte may be lost.

@@ -5,17 +5,20 @@
 #[cfg(feature = "signature")]
 mod signing;
 mod support;
+mod tls;
+mod tls_cancel;
+mod transport;
 
 use ota_embedded::RecordStore;
 use ota_sim::{Fault, JobSpec, PackageSpec, Sim, SimConfig, TaskState, Times};
 use support::{image, Device, SessionEnd, CHECKPOINT, SECTOR, WAIT};
 
-const OLD: &str = "1.0.0";
-const NEW: &str = "2.0.0";
+pub const OLD: &str = "1.0.0";
+pub const NEW: &str = "2.0.0";
 
 /// Runs the device to its reboot into the new image, then until the new image is confirmed
 /// and the cloud marked the task succeeded.
-fn finish_upgrade(
+pub fn finish_upgrade(
     sim: &Sim,
     device: &Device,
     booted: &std::sync::mpsc::Receiver<()>,
@@ -35,7 +38,7 @@ fn finish_upgrade(
     assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
 }
 
-fn assert_installed(device: &Device, firmware: &[u8]) {
+pub fn assert_installed(device: &Device, firmware: &[u8]) {
     assert_eq!(&device.slot.bytes()[..firmware.len()], firmware);
     let state = device.boot.state.lock().unwrap();
     assert!(state.updated && state.booted, "{state:?}");
@@ -58,7 +61,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// Progress is positive, ends at 100, grows within each boot and never goes backwards across
 /// a reboot (ota-core reports no more than the recorded offset, which is where it resumes; the
 /// first report after a reboot may repeat the last one before it).
-fn assert_monotone_progress(sim: &Sim, device: &Device, boots: usize) {
+pub fn assert_monotone_progress(sim: &Sim, device: &Device, boots: usize) {
     let steps = sim.progress_steps(&device.info);
     assert!(
         steps.iter().all(|&s| s >= 1),

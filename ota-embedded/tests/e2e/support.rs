@@ -13,12 +13,12 @@ use embedded_storage_async::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
 use ota_core::{Config, DeviceIdentity, Instant, Notification, Outcome};
+use ota_embedded::tls::{RECORD_RX_LEN, RECORD_TX_LEN};
 use ota_embedded::{
-    Application, Bootloader, Clock, Driver, Exit, Login, MqttClient, Parts, RecordStore,
-    SecureMode, Settings, Slot,
+    Application, Bootloader, Clock, Connect, Driver, Exit, Login, MqttClient, Parts, RecordStore,
+    SecureMode, Security, Settings, Slot, TcpConnector, TlsConnector,
 };
 use ota_sim::{DeviceInfo, Sim};
-use reqwless::client::HttpClient;
 
 /// Guard timeout for anything that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -47,17 +47,15 @@ impl TcpConnect for TokioStack {
     }
 }
 
-/// Resolves IP literals and `localhost` (the simulator listens on loopback).
+/// Resolves IP literals, and every name to loopback (the simulator listens there; a TLS
+/// test reaches it under a name its certificate does not carry).
 pub struct LoopbackDns;
 
 impl Dns for LoopbackDns {
     type Error = std::net::AddrParseError;
 
     async fn get_host_by_name(&self, host: &str, _: AddrType) -> Result<IpAddr, Self::Error> {
-        if host == "localhost" {
-            return Ok(IpAddr::from([127, 0, 0, 1]));
-        }
-        host.parse()
+        Ok(host.parse().unwrap_or(IpAddr::from([127, 0, 0, 1])))
     }
 
     async fn get_host_by_address(&self, _: IpAddr, _: &mut [u8]) -> Result<usize, Self::Error> {
@@ -65,17 +63,84 @@ impl Dns for LoopbackDns {
     }
 }
 
-/// Milliseconds since the session started, on tokio's timer.
-pub struct TokioClock(tokio::time::Instant);
+/// What the device's clock says the wall time is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wall {
+    /// Not known yet (no SNTP answer).
+    Unknown,
+    /// The host's time.
+    System,
+    /// This many Unix seconds.
+    At(u64),
+}
+
+/// Milliseconds since the session started, on tokio's timer, and the wall time.
+pub struct TokioClock {
+    start: tokio::time::Instant,
+    wall: Wall,
+}
+
+impl TokioClock {
+    pub fn new(wall: Wall) -> Self {
+        TokioClock {
+            start: tokio::time::Instant::now(),
+            wall,
+        }
+    }
+}
 
 impl Clock for TokioClock {
     fn now(&self) -> Instant {
-        Instant::from_millis(self.0.elapsed().as_millis() as u64)
+        Instant::from_millis(self.start.elapsed().as_millis() as u64)
     }
 
     async fn sleep_until(&self, at: Instant) {
-        tokio::time::sleep_until(self.0 + Duration::from_millis(at.as_millis())).await
+        tokio::time::sleep_until(self.start + Duration::from_millis(at.as_millis())).await
     }
+
+    fn unix_time(&self) -> Option<u64> {
+        match self.wall {
+            Wall::Unknown => None,
+            Wall::System => Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            ),
+            Wall::At(secs) => Some(secs),
+        }
+    }
+}
+
+/// The TLS record buffers of one connector.
+pub fn record_buffers() -> (Vec<u8>, Vec<u8>) {
+    (vec![0; RECORD_RX_LEN], vec![0; RECORD_TX_LEN])
+}
+
+/// A TLS connector over tokio trusting `cas`, with the host's RNG.
+pub fn tls_connector<'a>(
+    stack: &'a TokioStack,
+    dns: &'a LoopbackDns,
+    cas: &'a [&'a [u8]],
+    clock: &'a TokioClock,
+    (rx, tx): &'a mut (Vec<u8>, Vec<u8>),
+) -> TlsConnector<'a, TokioStack, LoopbackDns, rand_core_06::OsRng, &'a TokioClock> {
+    TlsConnector::new(
+        TcpConnector::new(stack, dns),
+        cas,
+        rand_core_06::OsRng,
+        clock,
+        rx,
+        tx,
+    )
+}
+
+/// The DER certificate of a PEM one.
+pub fn der_of_pem(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate")
+        .to_vec()
 }
 
 // ---- flash with power cuts ----------------------------------------------------------------
@@ -283,6 +348,11 @@ pub struct Device {
     pub info: DeviceInfo,
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// MQTT and downloads over TLS trusting this CA (DER), when set.
+    pub ca: Option<Vec<u8>>,
+    /// The downloads trust this CA instead, when set.
+    pub download_ca: Option<Vec<u8>>,
+    pub wall: Wall,
     pub slot: RamFlash,
     pub records: RamFlash,
     pub boot: FakeBoot,
@@ -293,12 +363,23 @@ pub struct Device {
 }
 
 impl Device {
+    /// A device of a simulator with TLS: MQTT on its TLS port, trusting its CA.
+    pub fn new_tls(sim: &Sim, info: DeviceInfo) -> (Device, mpsc::Receiver<()>) {
+        let (mut device, booted) = Device::new(sim, info);
+        device.mqtt_port = sim.mqtts_port().expect("the simulator runs TLS");
+        device.ca = Some(der_of_pem(&sim.ca_pem().expect("the simulator's CA")));
+        (device, booted)
+    }
+
     pub fn new(sim: &Sim, info: DeviceInfo) -> (Device, mpsc::Receiver<()>) {
         let (booted_tx, booted_rx) = mpsc::channel();
         let device = Device {
             info,
             mqtt_host: sim.mqtt_host().to_owned(),
             mqtt_port: sim.mqtt_port(),
+            ca: None,
+            download_ca: None,
+            wall: Wall::System,
             slot: RamFlash::new(SLOT_SIZE),
             records: RamFlash::new(2 * SECTOR),
             boot: FakeBoot {
@@ -316,7 +397,9 @@ impl Device {
         let id = &self.info.id;
         let identity = DeviceIdentity::new(&id.product_key, &id.device_name).unwrap();
         let mut config = Config::new(identity);
-        config.rules.allow_http = true; // the simulator serves plain http
+        // The simulator serves plain http, and https to devices logged in over TLS (which
+        // then must not fall back).
+        config.rules.allow_http = self.ca.is_none();
         config.write_block = SECTOR;
         config.checkpoint_interval = CHECKPOINT;
         config.retry.base_delay = Duration::from_millis(20);
@@ -347,6 +430,35 @@ impl Device {
 
     async fn session(&self, version: &str, stop: tokio::sync::oneshot::Receiver<()>) -> SessionEnd {
         let (stack, dns) = (TokioStack, LoopbackDns);
+        let clock = TokioClock::new(self.wall);
+        match &self.ca {
+            None => {
+                let mqtt = TcpConnector::new(&stack, &dns);
+                let http = TcpConnector::new(&stack, &dns);
+                self.run(&mqtt, Security::Plain, http, &clock, version, stop)
+                    .await
+            }
+            Some(ca) => {
+                let cas = [ca.as_slice()];
+                let download_cas = [self.download_ca.as_deref().unwrap_or(ca)];
+                let (mut mqtt_buffers, mut http_buffers) = (record_buffers(), record_buffers());
+                let mqtt = tls_connector(&stack, &dns, &cas, &clock, &mut mqtt_buffers);
+                let http = tls_connector(&stack, &dns, &download_cas, &clock, &mut http_buffers);
+                self.run(&mqtt, Security::Tls, http, &clock, version, stop)
+                    .await
+            }
+        }
+    }
+
+    async fn run<M: Connect, H: Connect>(
+        &self,
+        mqtt: &M,
+        security: Security,
+        http: H,
+        clock: &TokioClock,
+        version: &str,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> SessionEnd {
         let id = &self.info.id;
         let login = Login::new(
             &id.product_key,
@@ -356,15 +468,15 @@ impl Device {
             SecureMode::Plain,
         )
         .unwrap();
-        let mqtt: MqttClient<'_, _, _, 4096, 1024> =
-            MqttClient::new(&stack, &dns, &self.mqtt_host, self.mqtt_port, 60);
+        let mqtt: MqttClient<'_, _, 4096, 1024> =
+            MqttClient::new(mqtt, &self.mqtt_host, self.mqtt_port, security, 60);
         let parts = Parts {
             mqtt,
-            http: HttpClient::new(&stack, &dns),
+            http,
             slot: Slot::new(self.slot.clone(), 0, SLOT_SIZE as u32).unwrap(),
             records: RecordStore::new(self.records.clone(), 0).unwrap(),
             boot: self.boot.clone(),
-            clock: TokioClock(tokio::time::Instant::now()),
+            clock,
             app: self.app.clone(),
             login,
             settings: Settings {

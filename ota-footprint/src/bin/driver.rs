@@ -1,200 +1,33 @@
-//! The ota-embedded driver over dummy peripherals: a TCP stack, DNS, NOR flash, bootloader,
-//! clock and application whose results the optimiser cannot see through (black_box), so
-//! every path of the driver, the MQTT client, reqwless and the core stays linked.
+//! The ota-embedded driver over dummy peripherals (see `dummies.rs`), plain TCP only.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+#[path = "../dummies.rs"]
+mod dummies;
 #[path = "../rt.rs"]
 mod rt;
 
-use core::hint::black_box;
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::AtomicU32;
 
-use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
-use embedded_nal_async::{AddrType, Dns, TcpConnect};
-use embedded_storage_async::nor_flash::{
-    ErrorType as FlashErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash,
-};
-use ota_core::{Config, DeviceIdentity, Instant, Notification};
-use ota_embedded::{
-    Application, Bootloader, Clock, Driver, Login, MqttClient, Parts, RecordStore, SecureMode,
-    Settings, Slot,
-};
-use reqwless::client::HttpClient;
-
-/// A network interface: bytes come from "hardware".
-struct Net;
-struct Conn;
-
-impl ErrorType for Conn {
-    type Error = ErrorKind;
-}
-
-impl Read for Conn {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
-        let n = black_box(buf.len());
-        buf[..n].copy_from_slice(black_box(&[0u8; 1024][..n.min(1024)]));
-        black_box(Ok(n))
-    }
-}
-
-impl Write for Conn {
-    async fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
-        black_box(buf);
-        black_box(Ok(buf.len()))
-    }
-
-    async fn flush(&mut self) -> Result<(), ErrorKind> {
-        black_box(Ok(()))
-    }
-}
-
-impl TcpConnect for Net {
-    type Error = ErrorKind;
-    type Connection<'a> = Conn;
-
-    async fn connect<'a>(&'a self, remote: SocketAddr) -> Result<Conn, ErrorKind> {
-        black_box(remote);
-        black_box(Ok(Conn))
-    }
-}
-
-impl Dns for Net {
-    type Error = ();
-
-    async fn get_host_by_name(&self, host: &str, _: AddrType) -> Result<IpAddr, ()> {
-        black_box(host);
-        black_box(Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)))
-    }
-
-    async fn get_host_by_address(&self, _: IpAddr, _: &mut [u8]) -> Result<usize, ()> {
-        Err(())
-    }
-}
-
-/// NOR flash with 4 KiB sectors and a 4-byte write unit.
-struct Flash;
-
-impl FlashErrorType for Flash {
-    type Error = NorFlashErrorKind;
-}
-
-impl ReadNorFlash for Flash {
-    const READ_SIZE: usize = 1;
-
-    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), NorFlashErrorKind> {
-        black_box(offset);
-        bytes.fill(black_box(0xFF));
-        black_box(Ok(()))
-    }
-
-    fn capacity(&self) -> usize {
-        512 * 1024
-    }
-}
-
-impl NorFlash for Flash {
-    const WRITE_SIZE: usize = 4;
-    const ERASE_SIZE: usize = 4096;
-
-    async fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
-        black_box((from, to));
-        black_box(Ok(()))
-    }
-
-    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), NorFlashErrorKind> {
-        black_box((offset, bytes));
-        black_box(Ok(()))
-    }
-}
-
-struct Boot;
-
-impl Bootloader for Boot {
-    type Error = ();
-
-    async fn mark_updated(&mut self) -> Result<(), ()> {
-        black_box(Ok(()))
-    }
-
-    async fn mark_booted(&mut self) -> Result<(), ()> {
-        black_box(Ok(()))
-    }
-
-    async fn mark_rollback(&mut self) -> Result<(), ()> {
-        black_box(Ok(()))
-    }
-
-    fn reset(&mut self) {
-        cortex_m::peripheral::SCB::sys_reset()
-    }
-}
-
-/// A millisecond counter standing in for a timer peripheral.
-struct Ticks(AtomicU32);
-
-impl Clock for Ticks {
-    fn now(&self) -> Instant {
-        Instant::from_millis(u64::from(self.0.fetch_add(1, Ordering::Relaxed)))
-    }
-
-    async fn sleep_until(&self, at: Instant) {
-        while self.now() < at {}
-    }
-}
-
-struct App;
-
-impl Application for App {
-    fn notify(&mut self, note: &Notification<'_>) {
-        black_box(note);
-    }
-
-    async fn check_health(&mut self, version: &str) -> bool {
-        black_box(version);
-        black_box(true)
-    }
-}
+use dummies::{App, Boot, Net, Ticks, MQTT_HOST};
+use ota_embedded::{Driver, MqttClient, Parts, Security, Settings, TcpConnector};
 
 #[unsafe(no_mangle)]
 pub extern "C" fn _start() -> ! {
     rt::init_heap();
     let net = Net;
     rt::block_on(async {
-        let Ok(identity) = DeviceIdentity::new("a1TestPK001", "dev01") else {
+        let Some((config, login, slot, records)) = dummies::setup() else {
             return;
         };
-        let mut config = Config::new(identity);
-        config.write_block = 4096;
-        config.checkpoint_interval = 64 * 1024;
-        let Ok(login) = Login::new(
-            "a1TestPK001",
-            "dev01",
-            black_box("Q8mVdT3sJ2kLx7eRw9ZpN4cF6hYb1gUa"),
-            ota_embedded::login::SDK_TIMESTAMP,
-            SecureMode::Plain,
-        ) else {
-            return;
-        };
-        let (Ok(slot), Ok(records)) = (
-            Slot::new(Flash, 64 * 1024, 448 * 1024),
-            RecordStore::new(Flash, 0),
-        ) else {
-            return;
-        };
-        let mqtt: MqttClient<'_, _, _, 2048, 512> = MqttClient::new(
-            &net,
-            &net,
-            "a1TestPK001.iot-as-mqtt.cn-shanghai.aliyuncs.com",
-            1883,
-            60,
-        );
+        let tcp = TcpConnector::new(&net, &net);
+        let mqtt: MqttClient<'_, _, 2048, 512> =
+            MqttClient::new(&tcp, MQTT_HOST, 1883, Security::Plain, 60);
         let parts = Parts {
             mqtt,
-            http: HttpClient::new(&net, &net),
+            http: TcpConnector::new(&net, &net),
             slot,
             records,
             boot: Boot,
