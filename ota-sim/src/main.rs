@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Serve one package to simulated devices until interrupted.
     #[command(after_help = ota_sim::FAULT_GRAMMAR)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
     Demo(DemoArgs),
@@ -206,7 +206,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Demo(args) => demo(args),
     };
     match result {
