@@ -56,6 +56,8 @@ pub struct Scenario {
     pub mqtt_window: Option<u8>,
     /// The task holds three files (HTTP only).
     pub multi_file: bool,
+    /// Staging blocks (`Config::write_buffers`): writes in flight at once.
+    pub write_buffers: usize,
     pub chunk_sizes: Vec<usize>,
     pub ops: Vec<Op>,
 }
@@ -109,6 +111,7 @@ impl Scenario {
         let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
         let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
         let multi_file = flags & 0x40 == 0x40;
+        let write_buffers = 1 + usize::from(flags >> 5 & 1) + usize::from(flags >> 7);
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
             .collect();
@@ -154,6 +157,7 @@ impl Scenario {
             lazy_storage,
             mqtt_window,
             multi_file,
+            write_buffers,
             chunk_sizes,
             ops,
         }
@@ -197,6 +201,7 @@ pub fn run(scenario: &Scenario) -> World {
     config.checkpoint_interval = 2048;
     config.mqtt.block_size = 700;
     config.mqtt.window = scenario.mqtt_window.unwrap_or(1);
+    config.write_buffers = scenario.write_buffers;
     let mut w = World::new(config, test_image(scenario.image_len, 1));
     w.chunk_sizes = scenario.chunk_sizes.clone();
     w.lazy_storage = scenario.lazy_storage;

@@ -183,6 +183,8 @@ pub struct World {
     /// write reaches flash when the world answers it, so a record that vouched for a write
     /// still in flight would not match the flash.
     writes_in_flight: VecDeque<(usize, usize, Vec<u8>)>,
+    /// The most writes that were in flight at once (tests check the ring was used).
+    pub most_writes_in_flight: usize,
     // Invariant bookkeeping.
     /// Storage operations in flight other than writes.
     storage_in_flight: usize,
@@ -289,6 +291,7 @@ impl World {
             block_requests: Vec::new(),
             file_sets: Vec::new(),
             writes_in_flight: VecDeque::new(),
+            most_writes_in_flight: 0,
             storage_in_flight: 0,
             attempt_last_step: 0,
             rebooted_since_report: false,
@@ -686,6 +689,8 @@ impl World {
                 let n = self.writes;
                 self.writes += 1;
                 self.writes_in_flight.push_back((n, offset as usize, data));
+                self.most_writes_in_flight =
+                    self.most_writes_in_flight.max(self.writes_in_flight.len());
                 self.inbox.push_back(Event::WriteDone); // resolved by `complete_write`
             }
             Owned::SaveRecord(record) => {

@@ -6,3 +6,4 @@ mod mqtt_channel;
 mod multi_file;
 mod power_loss;
 mod properties;
+mod write_ring;
