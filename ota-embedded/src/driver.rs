@@ -152,13 +152,21 @@ where
     A: Application,
 {
     /// Loads the saved record and builds the agent. `config.write_block` must follow the
-    /// slot rule ([`crate::flash`]); the largest image accepted is capped to the slot.
+    /// slot rule ([`crate::flash`]) and `config.write_buffers` stay 1; the largest image
+    /// accepted is capped to the slot.
     pub async fn new(
         mut config: Config,
         running_version: &str,
         mut parts: Parts<'h, M, T, D, S, R, B, C, A>,
     ) -> Result<Self, Error> {
         Slot::<S>::check_write_block(config.write_block).map_err(Error::Flash)?;
+        if config.write_buffers != 1 {
+            // Writes are awaited right in the drain loop, so a second staging block would
+            // only cost RAM (and the loop holds one storage result at a time).
+            return Err(Error::Agent(ota_core::Error::InvalidConfig(
+                "ota-embedded writes one block at a time: write_buffers must be 1",
+            )));
+        }
         let cap = &mut config.rules.max_image_size;
         *cap = (*cap).min(parts.slot.capacity());
         let now = parts.clock.now();

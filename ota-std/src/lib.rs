@@ -49,6 +49,7 @@ mod perform;
 mod slots;
 mod storage;
 mod tls;
+mod writer;
 
 pub use config::{DeviceConfig, Health, ModuleConfig, Reboot};
 pub use device::run_until_reboot;
