@@ -302,7 +302,6 @@ impl Agent {
     /// every sealed block, then starts the one next step the download allows.
     pub(super) fn advance_download(&mut self) {
         self.stage_arrived_blocks();
-        let interval = self.config.checkpoint_bytes();
         let State::Downloading(d) = &mut self.state else {
             return;
         };
@@ -344,7 +343,7 @@ impl Agent {
         match next {
             Next::Nothing => {}
             Next::Checkpoint(offset) => {
-                d.next_checkpoint = offset + interval;
+                d.next_checkpoint = offset + self.config.checkpoint_bytes();
                 self.scratch.clear();
                 d.hasher.save_state(&mut self.scratch);
                 let phase = PhaseRef::Downloading {

@@ -36,6 +36,8 @@ pub(super) struct Issue {
 pub(super) struct Ring {
     bytes: Vec<u8>,
     block: usize,
+    /// Blocks in the ring.
+    count: usize,
     /// Index of the oldest block in use (in flight, sealed or filling).
     head: usize,
     /// Blocks from `head` whose `Write` was issued, oldest first.
@@ -51,6 +53,7 @@ impl Ring {
         Ring {
             bytes: vec![0; block * count],
             block,
+            count,
             head: 0,
             in_flight: VecDeque::with_capacity(count),
             sealed: VecDeque::with_capacity(count),
@@ -63,14 +66,21 @@ impl Ring {
         self.block
     }
 
-    fn count(&self) -> usize {
-        self.bytes.len() / self.block
+    /// Index of the block `n` places after the head (`n <= count`). No division: this runs
+    /// for every body chunk.
+    fn after_head(&self, n: usize) -> usize {
+        let i = self.head + n;
+        if i >= self.count {
+            i - self.count
+        } else {
+            i
+        }
     }
 
     /// Index of the filling block, `None` when every block is sealed or in flight.
     fn filling(&self) -> Option<usize> {
         let used = self.in_flight.len() + self.sealed.len();
-        (used < self.count()).then(|| (self.head + used) % self.count())
+        (used < self.count).then(|| self.after_head(used))
     }
 
     /// The free part of the filling block (empty when the ring is full).
@@ -83,7 +93,7 @@ impl Ring {
 
     /// True when the filling block can take a byte.
     pub(super) fn has_room(&self) -> bool {
-        self.filling().is_some() && self.filled < self.block
+        self.filled < self.block && self.in_flight.len() + self.sealed.len() < self.count
     }
 
     /// `n` more bytes were copied into [`Ring::room`].
@@ -119,7 +129,7 @@ impl Ring {
     /// The oldest sealed block, now in flight.
     pub(super) fn issue(&mut self) -> Option<Issue> {
         let sealed = self.sealed.pop_front()?;
-        let at = (self.head + self.in_flight.len()) % self.count() * self.block;
+        let at = self.after_head(self.in_flight.len()) * self.block;
         self.in_flight.push_back(sealed);
         Some(Issue {
             at,
@@ -131,7 +141,7 @@ impl Ring {
     /// The oldest write in flight is acknowledged: its block is free again.
     pub(super) fn acknowledge(&mut self) -> Option<Sealed> {
         let done = self.in_flight.pop_front()?;
-        self.head = (self.head + 1) % self.count();
+        self.head = self.after_head(1);
         Some(done)
     }
 
