@@ -267,15 +267,16 @@ impl Driver<'_> {
         while !bytes.is_empty() {
             let taken = self.agent.handle_body(self.io.now(), fetch, bytes)?;
             bytes = &bytes[taken..];
-            let mut performed = self.drain()?;
-            if taken == 0 && !performed {
+            let mut progressed = self.drain()?;
+            if taken == 0 && !progressed {
+                // Every block is being written and none is done yet: wait for the oldest.
                 if let Some(result) = self.io.collect_write(true) {
                     self.agent.handle(self.io.now(), result)?;
-                    performed = true;
+                    progressed = true;
                     self.drain()?;
                 }
             }
-            if taken == 0 && !performed {
+            if taken == 0 && !progressed {
                 return Err(Error::Stuck);
             }
         }
@@ -299,12 +300,13 @@ impl Driver<'_> {
     }
 
     /// Performs every queued action, feeding each storage result back (which may queue
-    /// more). Returns whether anything was performed.
+    /// more). Returns whether anything happened: an action performed or a result fed (a
+    /// write the writer thread finished frees a block even when no action follows).
     fn drain(&mut self) -> Result<bool, Error> {
-        let mut performed = false;
+        let mut progressed = false;
         loop {
             while let Some(action) = self.agent.poll_action() {
-                performed = true;
+                progressed = true;
                 self.io.perform(action);
             }
             // Results of writes done here first, then those the writer thread finished.
@@ -314,8 +316,9 @@ impl Driver<'_> {
                 .pop_front()
                 .or_else(|| self.io.collect_write(false))
             else {
-                return Ok(performed);
+                return Ok(progressed);
             };
+            progressed = true;
             self.agent.handle(self.io.now(), result)?;
         }
     }
