@@ -43,9 +43,15 @@
 //! ```
 //!
 //! Body bytes go through [`Agent::handle_body`], which says how many it took: fewer than
-//! offered means a write is in flight, so the adapter performs the queued `Write`, reports
-//! `WriteDone`, and offers the rest. That back-pressure keeps memory bounded; the body path
-//! hashes each byte once on the way into the staging block and does not allocate.
+//! offered means every staging block is full or being written, so the adapter performs the
+//! queued `Write`s, reports their `WriteDone`s (in order), and offers the rest. The staging
+//! ring has `Config::write_buffers` blocks (default 1: one write in flight, hashing waits for
+//! it; 2 or more: the adapter writes one block, e.g. on a thread, while the agent hashes the
+//! next). A `Write` borrows its block for the action only, so an adapter that answers later
+//! copies the bytes; the agent does not reuse the block before the answer. Records, clears and
+//! activation are asked for only once every write before them is answered: a record never
+//! covers an unacknowledged write. That back-pressure keeps memory bounded; the body path
+//! hashes each byte once on the way into the staging ring and does not allocate.
 //!
 //! Protocol failures (a 403, a short body, a digest mismatch, a flash failure) are not
 //! `Err`: they become a state change and exactly one failure report with the right code.

@@ -160,7 +160,8 @@ where
     A: Application,
 {
     /// Loads the saved record and builds the agent. `config.write_block` must follow the
-    /// slot rule ([`crate::flash`]); the largest image accepted is capped to the slot.
+    /// slot rule ([`crate::flash`]) and `config.write_buffers` stay 1; the largest image
+    /// accepted is capped to the slot.
     pub async fn new(
         mut config: Config,
         running_version: &str,
@@ -171,6 +172,13 @@ where
         if let Some(modulus) = parts.settings.signing_key {
             let key = ota_core::signature::PackageKey::from_modulus(modulus);
             config.package_key = Some(key.map_err(Error::Agent)?);
+        }
+        if config.write_buffers != 1 {
+            // Writes are awaited right in the drain loop, so a second staging block would
+            // only cost RAM (and the loop holds one storage result at a time).
+            return Err(Error::Agent(ota_core::Error::InvalidConfig(
+                "ota-embedded writes one block at a time: write_buffers must be 1",
+            )));
         }
         let cap = &mut config.rules.max_image_size;
         *cap = (*cap).min(parts.slot.capacity());

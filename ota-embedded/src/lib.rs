@@ -71,7 +71,9 @@
 //! MQTT client's `RX` + `TX` buffers, and the record store's 1 KiB copy buffer. With TLS, each
 //! of the two connectors borrows its record buffers (20,736 bytes at the recommended sizes). The only heap
 //! use is ota-core's: one staging block of `Config::write_block` bytes, its action arena and
-//! the parsed task. BENCHMARKS.md has the measured figures.
+//! the parsed task. BENCHMARKS.md has the measured figures. `Config::write_buffers` (the
+//! core's staging ring) stays at its default of 1: this driver awaits each flash write in its
+//! loop, so more blocks would only cost RAM, and [`Driver::new`] refuses them.
 //!
 //! The traits use `async fn` without `Send` bounds: firmware executors run tasks on one core.
 #![allow(async_fn_in_trait)]

@@ -112,7 +112,8 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// A device whose files live in `dir`: `staging.img`, `ota.record`, the installed
     /// `firmware.img` and its `version` file, and `files/` for multi-file tasks. Plain MQTT, in-process reboot, immediate
-    /// health; write blocks of 64 KiB and a checkpoint every 4 MiB.
+    /// health; write blocks of 64 KiB, two of them (one written on the writer thread while
+    /// the next is hashed), and a checkpoint every 4 MiB.
     pub fn new(
         product_key: &str,
         device_name: &str,
@@ -124,6 +125,8 @@ impl DeviceConfig {
         let identity = DeviceIdentity::new(product_key, device_name)?;
         let mut agent = Config::new(identity);
         agent.write_block = 64 * 1024;
+        // Two staging blocks: the writer thread writes one while the agent hashes the next.
+        agent.write_buffers = 2;
         agent.checkpoint_interval = 4 * 1024 * 1024;
         agent.seed = seed_of(device_name);
         Ok(DeviceConfig {

@@ -1,7 +1,9 @@
 //! The driving loop: one thread owns the [`Agent`], waits on one channel (MQTT, HTTP and
 //! health-check inputs) for at most `poll_timeout`, hands the input to the agent, and performs
 //! every action it asks for. Storage actions are done right here, so their result event is
-//! fed back before the next input, exactly as the core's contract wants.
+//! fed back before the next input, exactly as the core's contract wants, except staging
+//! writes when the core may have several in flight (`agent.write_buffers` > 1): those go to
+//! the writer thread, and their results are fed back as they complete, in order.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -15,6 +17,7 @@ use crate::mqtt::{Mqtt, MqttSettings};
 use crate::perform::Io;
 use crate::slots::Slots;
 use crate::storage::run_command;
+use crate::writer::Writer;
 use crate::{DeviceEvent, Error, Exit, Stopper};
 
 /// Everything the agent thread waits for.
@@ -29,6 +32,8 @@ pub(crate) enum Input {
     MqttFatal(String),
     Http(FetchId, HttpInput),
     Health(bool),
+    /// The writer thread finished a write (its result waits in the writer).
+    Written,
     /// The application's answer to an offered task.
     Decision(bool),
     Stop,
@@ -86,6 +91,11 @@ pub fn run_until_reboot(
         },
         tx.clone(),
     )?;
+    let writer = if config.agent.write_buffers > 1 {
+        Some(Writer::start(tx.clone()).map_err(|e| Error::Io(format!("writer thread: {e}")))?)
+    } else {
+        None
+    };
     let clock = std::time::Instant::now();
     let boot = Boot {
         running_version: &version,
@@ -100,6 +110,7 @@ pub fn run_until_reboot(
             mqtt,
             http,
             storage,
+            writer,
             inputs: tx,
             observer,
             clock,
@@ -200,7 +211,8 @@ impl Driver<'_> {
                     tracing::warn!("answer to a task offer ignored: {e}");
                 }
             }
-            Input::Stop => {}
+            // `drain` collects the finished writes.
+            Input::Written | Input::Stop => {}
         }
         self.drain().map(drop)
     }
@@ -249,15 +261,24 @@ impl Driver<'_> {
         self.drain().map(drop)
     }
 
-    /// Offers the bytes until the agent took them all. It takes fewer while a write is
-    /// queued; `drain` performs that write and reports it, then the rest goes in.
+    /// Offers the bytes until the agent took them all. It takes fewer while every staging
+    /// block is full or being written; `drain` performs the queued writes, and when they run
+    /// on the writer thread, this waits for the oldest to complete; then the rest goes in.
     fn feed_body(&mut self, fetch: FetchId, mut bytes: &[u8]) -> Result<(), Error> {
         self.io.downloaded += bytes.len() as u64;
         while !bytes.is_empty() {
             let taken = self.agent.handle_body(self.io.now(), fetch, bytes)?;
             bytes = &bytes[taken..];
-            let performed = self.drain()?;
-            if taken == 0 && !performed {
+            let mut progressed = self.drain()?;
+            if taken == 0 && !progressed {
+                // Every block is being written and none is done yet: wait for the oldest.
+                if let Some(result) = self.io.collect_write(true) {
+                    self.agent.handle(self.io.now(), result)?;
+                    progressed = true;
+                    self.drain()?;
+                }
+            }
+            if taken == 0 && !progressed {
                 return Err(Error::Stuck);
             }
         }
@@ -281,17 +302,25 @@ impl Driver<'_> {
     }
 
     /// Performs every queued action, feeding each storage result back (which may queue
-    /// more). Returns whether anything was performed.
+    /// more). Returns whether anything happened: an action performed or a result fed (a
+    /// write the writer thread finished frees a block even when no action follows).
     fn drain(&mut self) -> Result<bool, Error> {
-        let mut performed = false;
+        let mut progressed = false;
         loop {
             while let Some(action) = self.agent.poll_action() {
-                performed = true;
+                progressed = true;
                 self.io.perform(action);
             }
-            let Some(result) = self.io.results.pop_front() else {
-                return Ok(performed);
+            // Results of writes done here first, then those the writer thread finished.
+            let Some(result) = self
+                .io
+                .results
+                .pop_front()
+                .or_else(|| self.io.collect_write(false))
+            else {
+                return Ok(progressed);
             };
+            progressed = true;
             self.agent.handle(self.io.now(), result)?;
         }
     }

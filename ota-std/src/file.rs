@@ -102,6 +102,10 @@ pub struct Settings {
     /// Bytes per write to the staging file.
     #[arg(long, value_name = "BYTES")]
     pub write_block: Option<usize>,
+    /// Staging blocks in flight at once (1 to 16; default 2: one written on the writer
+    /// thread while the next is hashed; 1 writes on the agent thread).
+    #[arg(long, value_name = "N")]
+    pub write_buffers: Option<usize>,
     /// Transient download errors tolerated in a row before failing with -2.
     #[arg(long, value_name = "N")]
     pub retry_attempts: Option<u32>,
@@ -169,6 +173,7 @@ impl Settings {
             health_timeout,
             checkpoint_interval,
             write_block,
+            write_buffers,
             retry_attempts,
             url_refresh_attempts,
             stall_timeout,
@@ -247,6 +252,9 @@ impl Settings {
         }
         if let Some(bytes) = self.write_block {
             agent.write_block = bytes;
+        }
+        if let Some(n) = self.write_buffers {
+            agent.write_buffers = n;
         }
         if let Some(n) = self.retry_attempts {
             agent.retry.max_attempts = n;
@@ -336,6 +344,7 @@ mod tests {
             tls: Some(false),
             allow_http: Some(true),
             checkpoint_interval: Some(65536),
+            write_buffers: Some(3),
             extra_module: Some(vec!["MCU=/tmp/x/mcu".into()]),
             legacy_request: Some(true),
             mqtt_block_size: Some(16384),
@@ -349,6 +358,7 @@ mod tests {
         assert_eq!(config.mqtt_tls, None);
         assert!(config.agent.rules.allow_http);
         assert_eq!(config.agent.checkpoint_interval, 65536);
+        assert_eq!(config.agent.write_buffers, 3);
         assert_eq!(config.agent.task_request, TaskRequest::Legacy);
         assert_eq!(config.agent.mqtt.block_size, 16384);
         assert_eq!(config.files_dir, Path::new("/tmp/x/files"));

@@ -50,6 +50,7 @@ pub mod signing_key;
 mod slots;
 mod storage;
 mod tls;
+mod writer;
 
 pub use config::{DeviceConfig, Health, ModuleConfig, Reboot};
 pub use device::run_until_reboot;

@@ -13,6 +13,7 @@ use crate::http::Http;
 use crate::mqtt::Mqtt;
 use crate::slots::Slots;
 use crate::storage::run_command;
+use crate::writer::Writer;
 use crate::DeviceEvent;
 
 /// Everything an action needs, apart from the agent that lends it.
@@ -21,6 +22,8 @@ pub(crate) struct Io<'a> {
     pub(crate) mqtt: Mqtt,
     pub(crate) http: Http,
     pub(crate) storage: Slots,
+    /// The writer thread, when the core may have several writes in flight.
+    pub(crate) writer: Option<Writer>,
     pub(crate) inputs: Sender<Input>,
     pub(crate) observer: &'a dyn Fn(DeviceEvent),
     pub(crate) clock: std::time::Instant,
@@ -54,14 +57,16 @@ impl Io<'_> {
             }
             Action::CancelFetch { fetch } => self.http.cancel(fetch),
             Action::Write { offset, data } => {
-                let result = match self.storage.write(offset, data) {
-                    Ok(()) => Event::WriteDone,
-                    Err(e) => {
-                        tracing::error!("write at {offset} failed: {e}");
-                        Event::WriteFailed
-                    }
+                let job = self.storage.prepare_write(offset, data.len());
+                let result = match self.writer.as_mut() {
+                    // Answered when the thread is done (`Driver::drain` collects it).
+                    Some(writer) => match writer.submit(job, data) {
+                        Ok(()) => return,
+                        Err(e) => Err(e),
+                    },
+                    None => crate::writer::perform_write(job, data),
                 };
-                self.results.push_back(result);
+                self.results.push_back(write_event(result));
             }
             Action::SaveRecord { record } => {
                 let result = self.storage.save_record(record);
@@ -94,6 +99,13 @@ impl Io<'_> {
             }
             Action::Notify(note) => self.notify(note),
         }
+    }
+
+    /// The result of the oldest write handed to the writer thread, if it is done (or once
+    /// it is, when `wait`).
+    pub(crate) fn collect_write(&mut self, wait: bool) -> Option<Event<'static>> {
+        let result = self.writer.as_mut()?.collect(wait)?;
+        Some(write_event(result))
     }
 
     fn record_result(&mut self, result: std::io::Result<()>) {
@@ -196,6 +208,16 @@ impl Io<'_> {
                         .push_back(Event::HealthVerdict { healthy: false });
                 }
             }
+        }
+    }
+}
+
+fn write_event(result: std::io::Result<()>) -> Event<'static> {
+    match result {
+        Ok(()) => Event::WriteDone,
+        Err(e) => {
+            tracing::error!("staging write failed: {e}");
+            Event::WriteFailed
         }
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use ota_core::Task;
 
 use crate::storage::{remove_if_present, sync_dir, with_suffix, Slot, Storage};
+use crate::writer::WriteJob;
 use crate::Error;
 
 /// Every module's storage, the saved record, and which module the current task is for.
@@ -45,8 +46,9 @@ impl Slots {
         self.modules[self.current].1.begin_task(task, write_block)
     }
 
-    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.modules[self.current].1.write(offset, data)
+    /// A write of the current task's module, to be done here or on the writer thread.
+    pub(crate) fn prepare_write(&mut self, offset: u64, len: usize) -> WriteJob {
+        self.modules[self.current].1.prepare_write(offset, len)
     }
 
     /// The saved record, if there is one.

@@ -5,13 +5,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use ota_core::Task;
 
 use crate::multi_file::{self, Layout};
+use crate::writer::WriteJob;
 use crate::Error;
 
 /// Where the running version comes from.
@@ -72,7 +73,8 @@ pub struct Slot {
 /// One module's files and boot hooks.
 pub(crate) struct Storage {
     slot: Slot,
-    staging: Option<File>,
+    /// Shared with the writer thread while writes are in flight.
+    staging: Option<Arc<File>>,
     /// Written but not yet fsynced.
     dirty: bool,
     /// Where the last write ends: the slot's final length.
@@ -118,29 +120,38 @@ impl Storage {
         }
     }
 
-    /// Writes at `offset`; the slot's last block also trims and fsyncs the file, so the
-    /// `WriteDone` that follows means the whole slot is durable.
+    /// Writes at `offset`, here and now (see [`Storage::prepare_write`]).
+    #[cfg(test)]
     pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        crate::writer::perform_write(self.prepare_write(offset, data.len()), data)
+    }
+
+    /// What a write of `len` bytes at `offset` takes, for this thread or the writer thread:
+    /// the slot's last block also trims and fsyncs the file, so the `WriteDone` that follows
+    /// means the whole slot is durable.
+    pub(crate) fn prepare_write(&mut self, offset: u64, len: usize) -> WriteJob {
         if let Some(reason) = &self.refused {
-            return Err(io::Error::other(reason.clone()));
+            return WriteJob::Fail(io::Error::other(reason.clone()));
         }
         let file = match &mut self.staging {
             Some(file) => file,
-            None => self.staging.insert(
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&self.slot.staging)?,
-            ),
+            None => match OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.slot.staging)
+            {
+                Ok(file) => self.staging.insert(Arc::new(file)),
+                Err(e) => return WriteJob::Fail(e),
+            },
         };
-        file.write_all_at(data, offset)?;
+        // Set before the bytes land: the next sync (before any record) comes after them.
         self.dirty = true;
-        if offset + data.len() as u64 == self.slot_len {
-            file.set_len(self.slot_len)?;
-            self.sync_staging()?;
+        WriteJob::Write {
+            file: Arc::clone(file),
+            offset,
+            finish: (offset + len as u64 == self.slot_len).then_some(self.slot_len),
         }
-        Ok(())
     }
 
     /// Makes the written bytes durable (before a record vouches for them).

@@ -108,6 +108,7 @@ fn help_documents_every_option() {
         "--health-timeout",
         "--checkpoint-interval",
         "--write-block",
+        "--write-buffers",
         "--retry-attempts",
         "--url-refresh-attempts",
         "--stall-timeout",

@@ -20,8 +20,10 @@ use crate::uplink::FailureCode;
 pub struct FetchId(pub u32);
 
 /// One thing for the adapter to do. Every storage action (`Write`, `SaveRecord`,
-/// `ClearRecord`, `Activate`) is answered by exactly one result event; at most one of them
-/// is outstanding at any time.
+/// `ClearRecord`, `Activate`) is answered by exactly one result event. Up to
+/// `Config::write_buffers` `Write`s may be outstanding at once, answered in the order they
+/// were asked; any other storage action is outstanding alone, asked only once every write
+/// before it was answered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action<'a> {
     /// Subscribe (QoS 1) to a downlink topic.
@@ -53,7 +55,11 @@ pub enum Action<'a> {
         /// The request.
         fetch: FetchId,
     },
-    /// Write `data` to the staging slot at `offset`; answer `WriteDone` or `WriteFailed`.
+    /// Write `data` to the staging slot at `offset`; answer `WriteDone` or `WriteFailed`,
+    /// writes in the order asked. `data` borrows one staging block, which the agent leaves
+    /// untouched until this write is answered; the borrow itself ends with the action, so an
+    /// adapter that answers later (a writer thread, a DMA transfer) copies the bytes into a
+    /// buffer of its own or finishes using them before its next input.
     Write {
         /// Offset in the image (a multiple of the write block).
         offset: u64,
@@ -230,6 +236,8 @@ pub(crate) enum Queued {
     CancelFetch(FetchId),
     Write {
         offset: u64,
+        /// Where the block starts in the staging ring.
+        at: usize,
         len: usize,
     },
     SaveRecord(Range<usize>),
@@ -322,9 +330,9 @@ impl Outbox {
                 offset: *offset,
             },
             Queued::CancelFetch(fetch) => Action::CancelFetch { fetch: *fetch },
-            Queued::Write { offset, len } => Action::Write {
+            Queued::Write { offset, at, len } => Action::Write {
                 offset: *offset,
-                data: &staging[..*len],
+                data: &staging[*at..*at + *len],
             },
             Queued::SaveRecord(r) => Action::SaveRecord {
                 record: &arena[r.clone()],

@@ -102,7 +102,7 @@ impl Agent {
             .iter()
             .position(|(offset, _)| *offset == d.received)
         {
-            let n = d.stage(&mut self.staging, &blocks.arrived[i].1, size);
+            let n = d.stage(&mut self.ring, &blocks.arrived[i].1, size);
             staged_any |= n > 0;
             let (offset, data) = &mut blocks.arrived[i];
             if n == data.len() {

@@ -8,6 +8,9 @@ use crate::downlink::TaskRules;
 use crate::error::Error;
 use crate::identity::{is_valid_module, is_valid_version, DeviceIdentity, DEFAULT_MODULE};
 
+/// Most staging blocks (`Config::write_buffers`); the action queue has room for their writes.
+const MAX_WRITE_BUFFERS: usize = 16;
+
 /// How the device asks the cloud for its pending task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskRequest {
@@ -71,8 +74,13 @@ pub struct Config {
     /// Staging block: bytes are written in blocks of this size (the last one may be shorter).
     /// Must be a multiple of the flash write unit.
     pub write_block: usize,
+    /// Staging blocks (1 to 16): how many `Write`s may be in flight at once. With 1 (the
+    /// default, the least RAM) the agent takes no body bytes until each `WriteDone`; with
+    /// more, it hashes into the next block while the adapter writes the previous ones.
+    pub write_buffers: usize,
     /// A record with the durable offset and digest mid-state is saved every this many bytes.
-    /// A power loss re-downloads at most this much. Rounded up to whole write blocks.
+    /// A power loss re-downloads at most this much (plus the blocks staged or in flight
+    /// beyond it, `write_buffers - 1` at most). Rounded up to whole write blocks.
     pub checkpoint_interval: u64,
     /// Ask for a pending task after every connect (a record of an unfinished download
     /// always asks).
@@ -115,6 +123,7 @@ impl Config {
             extra_modules: Vec::new(),
             rules: TaskRules::default(),
             write_block: 4096,
+            write_buffers: 1,
             checkpoint_interval: 256 * 1024,
             request_task_on_connect: true,
             task_request: TaskRequest::FirmwareGet,
@@ -159,6 +168,9 @@ impl Config {
         }
         if self.write_block == 0 || self.write_block > 1024 * 1024 {
             return Err(Error::InvalidConfig("write_block must be 1 byte to 1 MiB"));
+        }
+        if self.write_buffers == 0 || self.write_buffers > MAX_WRITE_BUFFERS {
+            return Err(Error::InvalidConfig("write_buffers must be 1 to 16"));
         }
         if self.checkpoint_interval == 0 {
             return Err(Error::InvalidConfig("checkpoint_interval must be > 0"));

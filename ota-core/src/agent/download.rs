@@ -6,6 +6,7 @@ use core::time::Duration;
 
 use super::actions::{FetchId, Note, Queued, Topic};
 use super::blocks::Blocks;
+use super::ring::Ring;
 use super::{Agent, Io, RecordPurpose, State};
 use crate::digest::Hasher;
 use crate::error::Error;
@@ -44,13 +45,16 @@ pub(super) struct Download {
     /// starting on a write-block boundary.
     pub(super) base: u64,
     pub(super) hasher: Hasher,
-    /// Bytes confirmed on flash; the hasher covers exactly them whenever `staged == 0`.
+    /// Bytes whose writes were acknowledged; the hasher covers exactly them whenever
+    /// `received == written`.
     pub(super) written: u64,
-    /// Bytes hashed (written + staged).
+    /// Bytes hashed (written, in flight, sealed or filling in the staging ring).
     pub(super) received: u64,
-    pub(super) staged: usize,
     /// Offset in the last durable record; `None` until the first one is saved.
     pub(super) recorded: Option<u64>,
+    /// Where the next record is due. No byte past it is taken before that record is
+    /// queued, so that its digest state covers exactly the bytes before it.
+    next_checkpoint: u64,
     fetch: Fetch,
     pub(super) failures: u32,
     refreshes: u32,
@@ -76,7 +80,7 @@ pub(super) struct Download {
 impl Download {
     pub(super) fn new(task: Task, generation: u32, now: Instant) -> Self {
         let hasher = Hasher::new(task.digest.method());
-        Self::at(task, generation, (0, 0), hasher, None, now, 1)
+        Self::at(task, generation, (0, 0), hasher, None, now, (1, 0))
     }
 
     /// The cloud may have heard `step` before the restart: the next report must exceed it.
@@ -89,14 +93,15 @@ impl Download {
     }
 
     /// Continues from a saved record: in file `file`, `offset` bytes are on flash and
-    /// `hasher` covers them. `block` is the write block (files start on its boundaries).
+    /// `hasher` covers them. `block` is the write block (files start on its boundaries),
+    /// `interval` the checkpoint interval in bytes.
     pub(super) fn resume(
         task: Task,
         generation: u32,
         (file, offset): (usize, u64),
         hasher: Hasher,
         now: Instant,
-        block: u64,
+        (block, interval): (u64, u64),
     ) -> Self {
         Self::at(
             task,
@@ -105,7 +110,7 @@ impl Download {
             hasher,
             Some(offset),
             now,
-            block,
+            (block, interval),
         )
     }
 
@@ -116,7 +121,7 @@ impl Download {
         hasher: Hasher,
         recorded: Option<u64>,
         now: Instant,
-        block: u64,
+        (block, interval): (u64, u64),
     ) -> Self {
         let before = &task.files[..file.min(task.files.len())];
         let done = before.iter().map(|f| f.size).sum();
@@ -132,8 +137,8 @@ impl Download {
             hasher,
             written: offset,
             received: offset,
-            staged: 0,
             recorded,
+            next_checkpoint: offset + recorded.map_or(0, |_| interval),
             fetch: Fetch::Idle,
             failures: 0,
             refreshes: 0,
@@ -185,7 +190,7 @@ impl Download {
         self.base += size.div_ceil(block) * block;
         self.file += 1;
         self.hasher = Hasher::new(self.digest().method());
-        (self.written, self.received, self.staged, self.skip) = (0, 0, 0, 0);
+        (self.written, self.received, self.next_checkpoint, self.skip) = (0, 0, 0, 0);
         (self.failures, self.refreshes) = (0, 0);
         self.recorded = None; // the record moves to the new file before its first byte
         self.fetch = Fetch::Idle;
@@ -230,7 +235,6 @@ impl Download {
 
     pub(super) fn on_written(&mut self, end: u64, now: Instant) {
         self.written = end;
-        self.staged = 0;
         self.last_activity = now;
         self.failures = 0;
     }
@@ -256,25 +260,36 @@ impl Download {
         }
     }
 
-    /// Copies as much of `bytes` as the staging block holds (never past `end`) and hashes
-    /// it on the way: each byte is hashed exactly once. Returns how many were taken.
-    pub(super) fn stage(&mut self, staging: &mut [u8], bytes: &[u8], end: u64) -> usize {
-        let room = staging.len() - self.staged;
-        let n = bytes.len().min(room).min((end - self.received) as usize);
+    /// Copies as much of `bytes` as the filling block of the ring holds (never past `end`,
+    /// nor past a checkpoint not yet queued) and hashes it on the way: each byte is hashed
+    /// exactly once. Returns how many were taken.
+    pub(super) fn stage(&mut self, ring: &mut Ring, bytes: &[u8], end: u64) -> usize {
+        let end = if self.next_checkpoint < self.size() {
+            end.min(self.next_checkpoint)
+        } else {
+            end
+        };
+        let room = ring.room();
+        let left = end.saturating_sub(self.received);
+        let n = bytes
+            .len()
+            .min(room.len())
+            .min(left.try_into().unwrap_or(usize::MAX));
         let chunk = &bytes[..n];
-        staging[self.staged..self.staged + n].copy_from_slice(chunk);
+        room[..n].copy_from_slice(chunk);
         self.hasher.update(chunk);
-        self.staged += n;
+        ring.commit(n);
         self.received += n as u64;
         n
     }
 
-    /// A checkpoint is due when nothing is staged (the digest covers exactly the written
-    /// bytes) and a whole interval was written since the last record.
-    fn checkpoint_due(&self, interval: u64) -> bool {
-        self.staged == 0
+    /// A checkpoint is due when every byte taken is acknowledged (the digest covers exactly
+    /// the written bytes) at the offset where the next record is due.
+    fn checkpoint_due(&self) -> bool {
+        self.recorded.is_some()
+            && self.received == self.written
             && self.written < self.size()
-            && self.written >= self.recorded.unwrap_or(0) + interval
+            && self.written >= self.next_checkpoint
     }
 
     /// Percentage of the task recorded as durable (what a restart resumes from), below 100.
@@ -295,45 +310,51 @@ enum Next {
     Checkpoint(u64),
     /// Save the durable offset again, now carrying the step the cloud is to hear next.
     SaveStep,
-    Write {
-        offset: u64,
-        len: usize,
-        end: u64,
-    },
     Verify,
     Fetch,
 }
 
 impl Agent {
+    /// Called when no record, clear or activation is pending: seals a full block, issues
+    /// every sealed block, then starts the one next step the download allows.
     pub(super) fn advance_download(&mut self) {
-        let interval = self.config.checkpoint_bytes();
-        let checkpoint_due =
-            matches!(&self.state, State::Downloading(d) if d.checkpoint_due(interval));
-        if !checkpoint_due {
-            // The record must capture the digest at exactly `written`: stage nothing before it.
-            self.stage_arrived_blocks();
-        }
+        self.stage_arrived_blocks();
         let State::Downloading(d) = &mut self.state else {
             return;
         };
-        let block = self.staging.len();
-        let size = d.size();
-        let interval = self.config.checkpoint_bytes();
-        let next = if d.recorded.is_none() {
-            Next::Checkpoint(d.written)
-        } else if d.staged > 0 && (d.staged == block || d.received == size) {
-            Next::Write {
-                offset: d.base + d.written,
-                len: d.staged,
-                end: d.received,
+        let ring = &mut self.ring;
+        let (block, size) = (ring.block(), d.size());
+        let filled = ring.filled();
+        if filled > 0 && (filled == block || d.received == size) {
+            let start = d.received - filled as u64;
+            ring.seal(d.base + start, d.received, d.generation);
+        }
+        if d.recorded.is_some() {
+            while let Some(write) = ring.issue() {
+                self.outbox.push(Queued::Write {
+                    offset: write.offset,
+                    at: write.at,
+                    len: write.len,
+                });
             }
-        } else if d.checkpoint_due(interval) {
+        }
+        // Records wait for every write in flight (each storage operation but `Write` is
+        // alone); fetches wait while every block is being written, as with a single block.
+        let writes_idle = ring.in_flight() == 0;
+        let ring_busy = ring.in_flight() >= self.config.write_buffers;
+        let next = if d.recorded.is_none() {
+            if writes_idle {
+                Next::Checkpoint(d.written)
+            } else {
+                Next::Nothing
+            }
+        } else if d.checkpoint_due() && writes_idle {
             Next::Checkpoint(d.written)
         } else if d.written == size {
             Next::Verify
-        } else if d.due_step > d.saved_step {
+        } else if d.due_step > d.saved_step && writes_idle {
             Next::SaveStep
-        } else if d.fetch == Fetch::Idle && d.received < size {
+        } else if d.fetch == Fetch::Idle && d.received < size && !ring_busy {
             Next::Fetch
         } else {
             Next::Nothing
@@ -343,6 +364,7 @@ impl Agent {
             Next::Checkpoint(_) | Next::SaveStep => {
                 let offset = match next {
                     Next::Checkpoint(offset) => {
+                        d.next_checkpoint = offset + self.config.checkpoint_bytes();
                         self.scratch.clear();
                         d.hasher.save_state(&mut self.scratch);
                         offset
@@ -372,13 +394,6 @@ impl Agent {
                     offset,
                     step,
                 }));
-            }
-            Next::Write { offset, len, end } => {
-                self.outbox.push(Queued::Write { offset, len });
-                self.io = Some(Io::Write {
-                    generation: d.generation,
-                    end,
-                });
             }
             Next::Fetch if d.blocks.is_some() => self.request_blocks(),
             Next::Fetch => {
@@ -430,7 +445,7 @@ impl Agent {
         let State::Downloading(d) = &mut self.state else {
             return;
         };
-        if d.next_file(self.staging.len() as u64) {
+        if d.next_file(self.ring.block() as u64) {
             // Verified; the next file starts now (its record first), not at some later input.
             self.advance_download();
             return;
@@ -540,16 +555,14 @@ impl Agent {
         if !self.is_current_fetch(fetch)? {
             return Ok(bytes.len());
         }
-        let storage_busy = self.write_pending();
-        let block = self.staging.len();
         let State::Downloading(d) = &mut self.state else {
             return Ok(bytes.len());
         };
         let Fetch::Streaming { id, end } = d.fetch else {
             return Err(Error::BodyBeforeResponse);
         };
-        if storage_busy || d.staged == block {
-            return Ok(0);
+        if !self.ring.has_room() {
+            return Ok(0); // every block is full or being written: back-pressure
         }
         let mut taken = 0;
         if d.skip > 0 {
@@ -557,7 +570,7 @@ impl Agent {
             d.skip -= n as u64;
             taken = n;
         }
-        let n = d.stage(&mut self.staging, &bytes[taken..], end);
+        let n = d.stage(&mut self.ring, &bytes[taken..], end);
         taken += n;
         if n > 0 {
             d.last_activity = self.now;
@@ -615,7 +628,7 @@ impl Agent {
         }
         let now = self.now;
         let stall = self.config.stall_timeout;
-        let busy = self.io.is_some();
+        let busy = self.storage_busy();
         let State::Downloading(d) = &mut self.state else {
             return;
         };

@@ -5,6 +5,7 @@ mod actions;
 mod blocks;
 mod config;
 mod download;
+mod ring;
 #[cfg(feature = "signature")]
 mod signing;
 #[cfg(test)]
@@ -12,7 +13,6 @@ mod tests;
 
 use alloc::boxed::Box;
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 
 pub use actions::{Action, FetchId, Notification, Outcome, Qos};
@@ -31,6 +31,7 @@ use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, Failure
 pub(crate) use actions::QUEUE_CAPACITY;
 use actions::{Note, Outbox, Queued, Topic};
 use download::Download;
+use ring::Ring;
 
 /// What the device knows at start-up.
 #[derive(Clone, Copy, Debug)]
@@ -119,10 +120,10 @@ pub enum Phase {
     RollingBack,
 }
 
-/// The storage or boot operation in flight (one at a time).
+/// The storage or boot operation in flight other than writes (one at a time, and never
+/// while a write is in flight: writes are counted by the staging ring).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Io {
-    Write { generation: u32, end: u64 },
     SaveRecord(RecordPurpose),
     ClearRecord,
     Activate,
@@ -193,7 +194,8 @@ pub struct Agent {
     offered: Option<Task>,
     /// Failure reports made while offline, sent on the next connect.
     unsent_reports: Vec<UnsentReport>,
-    staging: Vec<u8>,
+    /// The staging blocks, and the writes in flight.
+    ring: Ring,
     /// Reused buffer for the digest mid-state of checkpoints.
     scratch: Vec<u8>,
     backoff: Backoff,
@@ -223,7 +225,7 @@ impl Agent {
         let backoff = Backoff::new(config.seed);
         let mut agent = Agent {
             topics: Topics::new(&config.identity),
-            staging: vec![0; config.write_block],
+            ring: Ring::new(config.write_block, config.write_buffers),
             scratch: Vec::with_capacity(128),
             modules: core::iter::once((config.module.clone(), String::from(boot.running_version)))
                 .chain(config.extra_modules.iter().cloned())
@@ -262,8 +264,10 @@ impl Agent {
     }
 
     /// Offers body bytes of `fetch`; returns how many were taken. Fewer than offered
-    /// (possibly 0) means a write is in flight: perform the queued actions, then offer
-    /// the rest again. Bytes of an abandoned fetch are taken and dropped.
+    /// (possibly 0) means every staging block is full or being written (or a checkpoint
+    /// waits for its writes): perform the queued actions, deliver the storage results
+    /// they lead to, then offer the rest again. Bytes of an abandoned fetch are taken and
+    /// dropped.
     pub fn handle_body(
         &mut self,
         now: Instant,
@@ -286,7 +290,7 @@ impl Agent {
 
     /// The next action to perform, borrowing the agent until it is dropped.
     pub fn poll_action(&mut self) -> Option<Action<'_>> {
-        self.outbox.pop(&self.topics, &self.staging)
+        self.outbox.pop(&self.topics, self.ring.bytes())
     }
 
     /// When to call [`Agent::handle_timeout`]: `now` while actions are queued, `None`
@@ -297,7 +301,7 @@ impl Agent {
         }
         let deadline = match &self.state {
             State::Downloading(d) => {
-                d.deadline(self.config.stall_timeout, self.write_pending(), self.online)
+                d.deadline(self.config.stall_timeout, self.storage_busy(), self.online)
             }
             State::CheckingHealth { deadline, .. } => Some(*deadline),
             _ => None,
@@ -603,7 +607,7 @@ impl Agent {
         self.notify(Note::TaskReceived(Box::new(task.clone())));
         let download = match resume {
             Some(r) => {
-                let block = self.staging.len() as u64;
+                let block = self.ring.block() as u64;
                 // Step-only saves reuse the digest state of the recorded offset.
                 self.scratch.clear();
                 r.hasher.save_state(&mut self.scratch);
@@ -613,28 +617,29 @@ impl Agent {
                     (r.file, r.offset),
                     r.hasher,
                     self.now,
-                    block,
+                    (block, self.config.checkpoint_bytes()),
                 )
                 .with_step_floor(r.step)
             }
             None => Download::new(task, self.generation, self.now),
         };
+        self.ring.discard_unissued(); // the old download's bytes not yet written
         self.state = State::Downloading(Box::new(download));
     }
 
+    /// Results answer the writes in flight in the order they were issued.
     fn on_write_result(&mut self, ok: bool) -> Result<(), Error> {
-        let Some(Io::Write { generation, end }) = self.io else {
+        let Some(done) = self.ring.acknowledge() else {
             return Err(Error::UnexpectedWriteResult);
         };
-        self.io = None;
         let State::Downloading(d) = &mut self.state else {
             return Ok(()); // the task it belonged to is gone
         };
-        if d.generation != generation {
+        if d.generation != done.generation {
             return Ok(());
         }
         if ok {
-            d.on_written(end, self.now);
+            d.on_written(done.end, self.now);
         } else {
             let reason = text!("flash write failed at offset ", d.written);
             self.fail(FailureCode::FlashFailed, &reason);
@@ -862,7 +867,8 @@ impl Agent {
 
     // ---- the engine ---------------------------------------------------------------------
 
-    /// Starts whatever the state allows next: one storage operation at a time, fetches
+    /// Starts whatever the state allows next: up to `write_buffers` writes in flight, any
+    /// other storage operation alone (after the writes before it are acknowledged), fetches
     /// once the record is durable, verification once every byte is written.
     fn advance(&mut self) {
         if self.io.is_some() {
@@ -876,7 +882,7 @@ impl Agent {
         if let State::Downloading(_) = self.state {
             self.advance_download();
         }
-        if self.io.is_none()
+        if !self.storage_busy()
             && self.clear_record_wanted
             && !matches!(self.state, State::Downloading(_))
         {
@@ -886,8 +892,9 @@ impl Agent {
         }
     }
 
-    fn write_pending(&self) -> bool {
-        matches!(self.io, Some(Io::Write { .. }))
+    /// A storage operation is in flight (so a network stall is not the network's fault).
+    fn storage_busy(&self) -> bool {
+        self.io.is_some() || self.ring.in_flight() > 0
     }
 
     fn save_record(&mut self, record: &Record, purpose: RecordPurpose) {
@@ -910,6 +917,7 @@ impl Agent {
         }
         self.notify(Note::Failed(code, reason.into()));
         self.report_failure(code, reason, &module);
+        self.ring.discard_unissued();
         self.state = State::Idle;
         self.clear_record_wanted = true;
     }

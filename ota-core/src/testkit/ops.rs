@@ -60,6 +60,8 @@ pub struct Scenario {
     pub multi_file: bool,
     /// The device has the test key and the cloud signs its tasks (feature `signature`).
     pub signed: bool,
+    /// Staging blocks (`Config::write_buffers`): writes in flight at once.
+    pub write_buffers: usize,
     pub chunk_sizes: Vec<usize>,
     pub ops: Vec<Op>,
 }
@@ -126,6 +128,7 @@ impl Scenario {
         let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
         let multi_file = flags & 0x40 == 0x40;
         let signed = flags & 0x80 == 0x80;
+        let write_buffers = 1 + usize::from(flags >> 5 & 1) + usize::from(flags >> 4 & 1);
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
             .collect();
@@ -173,6 +176,7 @@ impl Scenario {
             mqtt_window,
             multi_file,
             signed,
+            write_buffers,
             chunk_sizes,
             ops,
         }
@@ -216,6 +220,7 @@ pub fn run(scenario: &Scenario) -> World {
     config.checkpoint_interval = 2048;
     config.mqtt.block_size = 700;
     config.mqtt.window = scenario.mqtt_window.unwrap_or(1);
+    config.write_buffers = scenario.write_buffers;
     let mut w = World::new(config, test_image(scenario.image_len, 1));
     w.chunk_sizes = scenario.chunk_sizes.clone();
     w.lazy_storage = scenario.lazy_storage;

@@ -66,7 +66,8 @@ pub enum MqttFault {
 /// Where the power fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
-    /// At the n-th write (0-based); only `torn` bytes of it reach flash.
+    /// At the n-th write (0-based), when it completes; only `torn` bytes of it reach flash,
+    /// and the writes issued after it are lost.
     Write { n: usize, torn: usize },
     /// At the n-th record save or clear (0-based); the old record stays.
     Save { n: usize },
@@ -180,7 +181,14 @@ pub struct World {
     pub signing: Signing,
     /// The files of each multi-file task offered, by version.
     file_sets: Vec<(String, Vec<Vec<u8>>)>,
+    /// Writes issued and not yet on flash, oldest first: (write number, offset, bytes). A
+    /// write reaches flash when the world answers it, so a record that vouched for a write
+    /// still in flight would not match the flash.
+    writes_in_flight: VecDeque<(usize, usize, Vec<u8>)>,
+    /// The most writes that were in flight at once (tests check the ring was used).
+    pub most_writes_in_flight: usize,
     // Invariant bookkeeping.
+    /// Storage operations in flight other than writes.
     storage_in_flight: usize,
     attempt_last_step: i16,
     expected_failures: Vec<i16>,
@@ -297,6 +305,8 @@ impl World {
             block_requests: Vec::new(),
             signing: Signing::Unsigned,
             file_sets: Vec::new(),
+            writes_in_flight: VecDeque::new(),
+            most_writes_in_flight: 0,
             storage_in_flight: 0,
             attempt_last_step: 0,
             expected_failures: Vec::new(),
@@ -525,6 +535,7 @@ impl World {
         self.online = false;
         self.cut = None;
         self.storage_in_flight = 0;
+        self.writes_in_flight.clear(); // never reached the flash
         self.expected_failures.clear(); // reports not yet sent were lost with the RAM
         self.transcript.push(format!("boot {}", self.running));
         let record = self.record.clone();
@@ -590,11 +601,13 @@ impl World {
             None
         };
         if let Some(event) = next_result {
+            if event == Event::WriteDone {
+                // The oldest write in flight completes now (this marker stands for it).
+                return self.complete_write();
+            }
             if matches!(
                 event,
-                Event::WriteDone
-                    | Event::WriteFailed
-                    | Event::RecordSaved
+                Event::RecordSaved
                     | Event::RecordSaveFailed
                     | Event::Activated
                     | Event::ActivationFailed
@@ -710,24 +723,14 @@ impl World {
                 }
             }
             Owned::Write { offset, data } => {
-                self.begin_storage();
+                self.begin_write();
                 self.check_write(offset, &data);
                 let n = self.writes;
                 self.writes += 1;
-                let o = offset as usize;
-                if let Some(Cut::Write { n: at, torn }) = self.cut {
-                    if at == n {
-                        let torn = torn.min(data.len());
-                        self.slot[o..o + torn].copy_from_slice(&data[..torn]);
-                        return Some(Stop::PowerLost);
-                    }
-                }
-                if self.fail_write == Some(n) {
-                    self.inbox.push_back(Event::WriteFailed);
-                } else {
-                    self.slot[o..o + data.len()].copy_from_slice(&data);
-                    self.inbox.push_back(Event::WriteDone);
-                }
+                self.writes_in_flight.push_back((n, offset as usize, data));
+                self.most_writes_in_flight =
+                    self.most_writes_in_flight.max(self.writes_in_flight.len());
+                self.inbox.push_back(Event::WriteDone); // resolved by `complete_write`
             }
             Owned::SaveRecord(record) => {
                 self.begin_storage();
@@ -791,12 +794,53 @@ impl World {
         None
     }
 
+    /// A record, clear or activation: alone, after every write before it was answered (a
+    /// record saved while a write is in flight could vouch for bytes not on flash).
     fn begin_storage(&mut self) {
         assert_eq!(
             self.storage_in_flight, 0,
             "two storage operations in flight"
         );
+        assert!(
+            self.writes_in_flight.is_empty(),
+            "a record, clear or activation while {} writes are in flight",
+            self.writes_in_flight.len()
+        );
         self.storage_in_flight += 1;
+    }
+
+    /// Writes: up to `write_buffers` in flight, never beside another storage operation.
+    fn begin_write(&mut self) {
+        assert_eq!(self.storage_in_flight, 0, "a write beside a record save");
+        assert!(
+            self.writes_in_flight.len() < self.config.write_buffers,
+            "more than {} writes in flight",
+            self.config.write_buffers
+        );
+    }
+
+    /// The oldest write in flight reaches flash (or fails, or the power fails during it), and
+    /// the agent hears of it: writes complete in the order they were issued.
+    fn complete_write(&mut self) -> Option<Stop> {
+        let (n, o, data) = self
+            .writes_in_flight
+            .pop_front()
+            .expect("a write result with no write in flight");
+        if let Some(Cut::Write { n: at, torn }) = self.cut {
+            if at == n {
+                let torn = torn.min(data.len());
+                self.slot[o..o + torn].copy_from_slice(&data[..torn]);
+                return Some(Stop::PowerLost);
+            }
+        }
+        let event = if self.fail_write == Some(n) {
+            Event::WriteFailed
+        } else {
+            self.slot[o..o + data.len()].copy_from_slice(&data);
+            Event::WriteDone
+        };
+        self.agent.handle(self.now, event).unwrap();
+        None
     }
 
     fn check_write(&mut self, offset: u64, data: &[u8]) {

@@ -97,3 +97,32 @@ fn reboot_restarts_the_agent_on_the_new_version() {
         .unwrap();
     device.stop();
 }
+
+/// Many small blocks on the writer thread (ota-std's default of two staging blocks, and
+/// three): thousands of writes in flight beside the hashing, answered in order, and the
+/// installed image is exactly the package.
+#[test]
+fn small_blocks_written_on_the_writer_thread_install_the_exact_image() {
+    for buffers in [2, 3] {
+        let sim = sim();
+        let info = sim.add_device().unwrap();
+        let data = image(2 * 1024 * 1024 + 777);
+        let package = sim
+            .add_package(PackageSpec::new("2.0.0", data.clone()))
+            .unwrap();
+        let job = sim.create_job(JobSpec::batch(package)).unwrap();
+        let device = TestDevice::start(&sim, &info, |c| {
+            c.agent.write_block = 512;
+            c.agent.write_buffers = buffers;
+        });
+        sim.wait_task_state(job, &info, TaskState::Succeeded, WAIT)
+            .unwrap();
+        device.expect_succeeded("2.0.0");
+        assert_eq!(
+            std::fs::read(device.path("firmware.img")).unwrap(),
+            data,
+            "{buffers} blocks"
+        );
+        device.stop();
+    }
+}

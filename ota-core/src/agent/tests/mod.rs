@@ -9,3 +9,4 @@ mod progress;
 mod properties;
 #[cfg(feature = "signature")]
 mod signing;
+mod write_ring;

@@ -96,6 +96,7 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
         any::<bool>(),
         proptest::option::of(1u8..4),
         any::<bool>(),
+        1usize..=3,
         proptest::collection::vec(1usize..9000, 1..4),
         proptest::collection::vec(op, 0..40),
         // Signing on in a quarter of the scenarios of a build with the verifier.
@@ -112,6 +113,7 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
                 lazy_storage,
                 mqtt_window,
                 multi_file,
+                write_buffers,
                 chunk_sizes,
                 ops,
                 signed,
@@ -123,6 +125,7 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
                     mqtt_window,
                     multi_file,
                     signed,
+                    write_buffers,
                     chunk_sizes,
                     ops,
                 }
@@ -153,13 +156,18 @@ proptest! {
 
 #[test]
 fn fuzzer_bytes_decode_into_runnable_scenarios() {
+    let mut buffers = [0usize; 4];
     for seed in 0u8..40 {
         let bytes: Vec<u8> = (0..60u8)
             .map(|i| i.wrapping_mul(seed).wrapping_add(seed ^ 0x5a))
             .collect();
-        run(&Scenario::from_bytes(&bytes));
+        let scenario = Scenario::from_bytes(&bytes);
+        buffers[scenario.write_buffers] += 1;
+        run(&scenario);
     }
     run(&Scenario::from_bytes(&[]));
+    // The fuzz target reaches every ring size.
+    assert!(buffers[1..].iter().all(|n| *n > 0), "{buffers:?}");
 }
 
 /// Found by CI: a corrupted response of a task replaced twice in a row (the harness lost
@@ -183,6 +191,7 @@ fn corruption_of_a_replaced_task_is_attributed_to_that_task() {
         mqtt_window: None,
         multi_file: false,
         signed: false,
+        write_buffers: 1,
         chunk_sizes: vec![510],
         ops,
     };

@@ -1,0 +1,231 @@
+//! The staging ring: `Config::write_buffers` blocks of `Config::write_block` bytes, used in
+//! order. Body bytes fill one block; a full block (or the file's tail) is sealed, then
+//! written; a block whose `Write` is in flight is not touched again until its `WriteDone`, so
+//! the bytes that `Action::Write` lends stay what was asked to be written. With one block this
+//! is the single staging block of old: hashing waits for every write. With more, the agent
+//! fills the next block while the adapter writes the previous ones, and takes no body bytes
+//! only when every block is sealed or in flight.
+//!
+//! All memory is allocated once, in [`Ring::new`]: the body path never allocates.
+
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// A sealed block: where it goes, and where the download stands once it is on flash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Sealed {
+    /// Slot offset of the write.
+    pub(super) offset: u64,
+    /// Bytes in the block.
+    pub(super) len: usize,
+    /// Bytes of the file on flash once this block is (the download's `written`).
+    pub(super) end: u64,
+    /// The download it belongs to: acknowledgements of an abandoned one change nothing.
+    pub(super) generation: u32,
+}
+
+/// A write to hand to the adapter: the block's place in the ring and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Issue {
+    pub(super) at: usize,
+    pub(super) offset: u64,
+    pub(super) len: usize,
+}
+
+pub(super) struct Ring {
+    bytes: Vec<u8>,
+    block: usize,
+    /// Blocks in the ring.
+    count: usize,
+    /// Index of the oldest block in use (in flight, sealed or filling).
+    head: usize,
+    /// Blocks from `head` whose `Write` was issued, oldest first.
+    in_flight: VecDeque<Sealed>,
+    /// Blocks after those, sealed and waiting to be issued.
+    sealed: VecDeque<Sealed>,
+    /// Bytes in the block after those (the filling block).
+    filled: usize,
+}
+
+impl Ring {
+    pub(super) fn new(block: usize, count: usize) -> Ring {
+        Ring {
+            bytes: vec![0; block * count],
+            block,
+            count,
+            head: 0,
+            in_flight: VecDeque::with_capacity(count),
+            sealed: VecDeque::with_capacity(count),
+            filled: 0,
+        }
+    }
+
+    /// The write block.
+    pub(super) fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Index of the block `n` places after the head (`n <= count`). No division: this runs
+    /// for every body chunk.
+    fn after_head(&self, n: usize) -> usize {
+        let i = self.head + n;
+        if i >= self.count {
+            i - self.count
+        } else {
+            i
+        }
+    }
+
+    /// Index of the filling block, `None` when every block is sealed or in flight.
+    fn filling(&self) -> Option<usize> {
+        let used = self.in_flight.len() + self.sealed.len();
+        (used < self.count).then(|| self.after_head(used))
+    }
+
+    /// The free part of the filling block (empty when the ring is full).
+    pub(super) fn room(&mut self) -> &mut [u8] {
+        match self.filling() {
+            Some(i) => &mut self.bytes[i * self.block + self.filled..(i + 1) * self.block],
+            None => &mut [],
+        }
+    }
+
+    /// True when the filling block can take a byte.
+    pub(super) fn has_room(&self) -> bool {
+        self.filled < self.block && self.in_flight.len() + self.sealed.len() < self.count
+    }
+
+    /// `n` more bytes were copied into [`Ring::room`].
+    pub(super) fn commit(&mut self, n: usize) {
+        self.filled += n;
+        debug_assert!(self.filled <= self.block);
+    }
+
+    /// Bytes in the filling block.
+    pub(super) fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// Writes issued and not yet acknowledged.
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Seals the filling block (a no-op when it is empty).
+    pub(super) fn seal(&mut self, offset: u64, end: u64, generation: u32) {
+        if self.filled == 0 {
+            return;
+        }
+        self.sealed.push_back(Sealed {
+            offset,
+            len: self.filled,
+            end,
+            generation,
+        });
+        self.filled = 0;
+    }
+
+    /// The oldest sealed block, now in flight.
+    pub(super) fn issue(&mut self) -> Option<Issue> {
+        let sealed = self.sealed.pop_front()?;
+        let at = self.after_head(self.in_flight.len()) * self.block;
+        self.in_flight.push_back(sealed);
+        Some(Issue {
+            at,
+            offset: sealed.offset,
+            len: sealed.len,
+        })
+    }
+
+    /// The oldest write in flight is acknowledged: its block is free again.
+    pub(super) fn acknowledge(&mut self) -> Option<Sealed> {
+        let done = self.in_flight.pop_front()?;
+        self.head = self.after_head(1);
+        Some(done)
+    }
+
+    /// The download ended: what was staged or sealed is never written. Blocks in flight stay
+    /// reserved until their acknowledgements come.
+    pub(super) fn discard_unissued(&mut self) {
+        self.sealed.clear();
+        self.filled = 0;
+    }
+
+    /// The bytes of an issued write (what `Action::Write` lends).
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(ring: &mut Ring, byte: u8, n: usize) -> usize {
+        let room = ring.room();
+        let n = n.min(room.len());
+        room[..n].fill(byte);
+        ring.commit(n);
+        n
+    }
+
+    #[test]
+    fn blocks_in_flight_are_not_refilled_until_acknowledged() {
+        let mut ring = Ring::new(4, 2);
+        assert_eq!(fill(&mut ring, 1, 4), 4);
+        ring.seal(0, 4, 7);
+        let first = ring.issue().unwrap();
+        assert_eq!(fill(&mut ring, 2, 9), 4);
+        ring.seal(4, 8, 7);
+        let second = ring.issue().unwrap();
+        // Both blocks are in flight: no room, and the lent bytes are intact.
+        assert_eq!(fill(&mut ring, 3, 4), 0);
+        assert_eq!(&ring.bytes()[first.at..first.at + 4], &[1; 4]);
+        assert_eq!(&ring.bytes()[second.at..second.at + 4], &[2; 4]);
+        // Acknowledged in order; the first block is the next to fill.
+        assert_eq!(ring.acknowledge().map(|s| s.end), Some(4));
+        assert_eq!(fill(&mut ring, 3, 2), 2);
+        ring.seal(8, 10, 7);
+        assert_eq!(ring.issue().map(|i| (i.at, i.len)), Some((first.at, 2)));
+        assert_eq!(&ring.bytes()[second.at..second.at + 4], &[2; 4]);
+        assert_eq!(ring.acknowledge().map(|s| s.end), Some(8));
+        assert_eq!(ring.acknowledge().map(|s| s.end), Some(10));
+        assert_eq!(ring.acknowledge(), None);
+    }
+
+    #[test]
+    fn one_block_waits_for_every_write() {
+        let mut ring = Ring::new(4, 1);
+        ring.seal(0, 0, 0); // nothing staged: nothing to write
+        assert_eq!(ring.issue(), None);
+        fill(&mut ring, 1, 4);
+        ring.seal(0, 4, 0);
+        ring.issue().unwrap();
+        assert_eq!(fill(&mut ring, 2, 4), 0);
+        ring.acknowledge().unwrap();
+        assert_eq!(fill(&mut ring, 2, 4), 4);
+    }
+
+    #[test]
+    fn discarding_keeps_the_writes_in_flight_reserved() {
+        let mut ring = Ring::new(4, 3);
+        fill(&mut ring, 1, 4);
+        ring.seal(0, 4, 1);
+        ring.issue().unwrap();
+        fill(&mut ring, 2, 4);
+        ring.seal(4, 8, 1);
+        fill(&mut ring, 3, 1);
+        ring.discard_unissued();
+        assert_eq!(ring.filled(), 0);
+        assert_eq!(ring.in_flight(), 1);
+        // Two blocks are free again, the one in flight is not.
+        assert_eq!(fill(&mut ring, 4, 4), 4);
+        ring.seal(0, 4, 2);
+        assert_eq!(fill(&mut ring, 4, 4), 4);
+        ring.seal(4, 8, 2);
+        assert_eq!(fill(&mut ring, 4, 4), 0);
+        assert_eq!(ring.acknowledge().map(|s| s.generation), Some(1));
+        assert_eq!(fill(&mut ring, 4, 4), 4);
+    }
+}
