@@ -107,9 +107,8 @@ impl Sim {
                     broker::start_embedded(Ipv4Addr::LOCALHOST.into(), 0, check, inputs.clone())?;
                 let backend = match &sessions {
                     None => broker_addr,
-                    Some(sessions) => {
-                        sessions.front(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0), broker_addr)?
-                    }
+                    Some(sessions) => sessions
+                        .front(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0), broker_addr)?,
                 };
                 let public = listeners.mqtt_addr()?.unwrap_or(backend);
                 (

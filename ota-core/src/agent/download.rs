@@ -261,9 +261,16 @@ impl Download {
     }
 
     /// Copies as much of `bytes` as the filling block of the ring holds (never past `end`,
-    /// nor past a checkpoint not yet queued) and hashes it on the way: each byte is hashed
+    /// nor past a checkpoint not yet queued, no new block while a step waits for its record) and
+    /// hashes it on the way: each byte is hashed
     /// exactly once. Returns how many were taken.
     pub(super) fn stage(&mut self, ring: &mut Ring, bytes: &[u8], end: u64) -> usize {
+        if self.due_step > self.saved_step && ring.filled() == 0 && ring.in_flight() > 0 {
+            // A step waits for the record that carries it, and records wait for the writes
+            // in flight: start no new block until they are done, or with several staging
+            // blocks the writes might never pause and the step would wait for a checkpoint.
+            return 0;
+        }
         let end = if self.next_checkpoint < self.size() {
             end.min(self.next_checkpoint)
         } else {

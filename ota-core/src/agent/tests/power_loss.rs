@@ -17,6 +17,10 @@ fn world(mqtt: bool, signed: bool, buffers: usize) -> World {
     config.mqtt.block_size = 1500;
     config.mqtt.window = 2;
     config.write_buffers = buffers;
+    if buffers > 1 {
+        // Steps far enough apart for the ring to fill between two step records.
+        config.progress_step = 25;
+    }
     #[cfg(feature = "signature")]
     if signed {
         config.package_key = Some(crate::testkit::signing::test_key());

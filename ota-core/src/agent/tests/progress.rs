@@ -79,3 +79,27 @@ fn a_record_of_the_previous_format_resumes_above_its_durable_percentage() {
     let after = positive(&w.progress[reported_before..]);
     assert!(after[0] > durable_percent, "{after:?} from {resumed_at}");
 }
+
+/// With several staging blocks and storage that answers late, writes are nearly always in
+/// flight; a due step still gets its record soon (no new block is started until the writes
+/// drain), so the first report is "1" and the steps follow the bytes, not the checkpoints.
+#[test]
+fn with_writes_in_flight_the_steps_still_follow_the_bytes() {
+    for buffers in [2, 3] {
+        let mut w = world_without_checkpoints(50_000);
+        w.config.write_buffers = buffers;
+        w.lazy_storage = true;
+        w.restart_agent();
+        w.offer_md5_task();
+        w.connect();
+        assert_eq!(w.run(), Stop::Reboot);
+        assert!(
+            w.most_writes_in_flight >= 2,
+            "{buffers} blocks never overlapped"
+        );
+        let steps = positive(&w.progress);
+        assert_eq!(steps.first(), Some(&1), "{steps:?}");
+        let intermediate = steps.iter().filter(|s| (2..100).contains(*s)).count();
+        assert!(intermediate >= 15, "{buffers} blocks: {steps:?}");
+    }
+}
