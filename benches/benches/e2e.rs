@@ -39,7 +39,13 @@ fn bare_md5(data: &[u8]) -> (Duration, String) {
 /// One device upgraded through ota-std; timed from the task's arrival to the image being
 /// verified, written, synced and activated.
 fn agent_run(sim: &Sim, package: PackageId, dir: &Path, data: &[u8]) -> Duration {
-    let run = upgrade(sim, package, dir, data, |_| {});
+    // OTA_BENCH_WRITE_BUFFERS: staging blocks in flight (ota-std's default when unset).
+    let buffers = std::env::var("OTA_BENCH_WRITE_BUFFERS").ok();
+    let run = upgrade(sim, package, dir, data, |config| {
+        if let Some(n) = buffers.and_then(|n| n.parse().ok()) {
+            config.agent.write_buffers = n;
+        }
+    });
     let updates = run.progress_events;
     assert!(updates > 10, "progress was shown ({updates} updates)");
     run.elapsed
