@@ -269,17 +269,8 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             self.skip_whitespace();
             self.value(depth)?;
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_whitespace();
-                }
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(Kind::Object);
-                }
-                _ => return Err(self.error("expected ',' or '}'")),
+            if self.closed(b'}', "expected ',' or '}'")? {
+                return Ok(Kind::Object);
             }
         }
     }
@@ -292,19 +283,25 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.value(depth)?;
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_whitespace();
-                }
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(Kind::Array);
-                }
-                _ => return Err(self.error("expected ',' or ']'")),
+            if self.closed(b']', "expected ',' or ']'")? {
+                return Ok(Kind::Array);
             }
         }
+    }
+
+    // After a member or element: `true` past the closing bracket, `false` past a comma.
+    fn closed(&mut self, close: u8, what: &'static str) -> Result<bool, SyntaxError> {
+        self.skip_whitespace();
+        let closed = match self.peek() {
+            Some(b',') => false,
+            Some(c) if c == close => true,
+            _ => return Err(self.error(what)),
+        };
+        self.pos += 1;
+        if !closed {
+            self.skip_whitespace();
+        }
+        Ok(closed)
     }
 
     fn digits(&mut self) -> usize {
