@@ -213,12 +213,7 @@ fn serve_offers_several_files_over_mqtt() {
     let (server, _lines, info) = serve(&args, dir.path());
     assert_eq!(info["download_protocol"], "mqtt");
     assert_eq!(info["files"], serde_json::json!(["app.bin", "res.pak"]));
-    let d = &info["devices"][0];
-    let id = DeviceId::new(
-        d["product_key"].as_str().unwrap(),
-        d["device_name"].as_str().unwrap(),
-    );
-    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    let (id, creds) = first_device(&info);
     let host = info["mqtt_host"].as_str().unwrap();
     let port = info["mqtt_port"].as_u64().unwrap() as u16;
     let mut dev = Device::connect(host, port, &id, &creds).unwrap();
@@ -265,12 +260,7 @@ fn serve_signs_the_package_and_writes_the_public_key() {
                 ota_sim::signing_keys::TEST_PUBLIC_KEY_PEM.trim()
             );
         }
-        let d = &info["devices"][0];
-        let id = DeviceId::new(
-            d["product_key"].as_str().unwrap(),
-            d["device_name"].as_str().unwrap(),
-        );
-        let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+        let (id, creds) = first_device(&info);
         let host = info["mqtt_host"].as_str().unwrap();
         let port = info["mqtt_port"].as_u64().unwrap() as u16;
         let mut dev = Device::connect(host, port, &id, &creds).unwrap();
@@ -315,12 +305,7 @@ fn serve_tls_writes_the_ca_and_listens_with_it() {
         .as_str()
         .unwrap()
         .starts_with("https://"));
-    let d = &info["devices"][0];
-    let id = DeviceId::new(
-        d["product_key"].as_str().unwrap(),
-        d["device_name"].as_str().unwrap(),
-    );
-    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    let (id, creds) = first_device(&info);
     let mut mqtt = crate::tls::connect_tls13(port, &ca, "localhost");
     let connect = crate::tls::connect_packet(&creds.client_id, &creds.username, &creds.password);
     std::io::Write::write_all(&mut mqtt, &connect).unwrap();
@@ -388,4 +373,15 @@ fn serve_tls_upgrades_an_ota_std_device_trusting_the_written_ca() {
     );
     let _ = device.stop();
     drop(server);
+}
+
+/// The identity and login of the first device an info file lists.
+fn first_device(info: &serde_json::Value) -> (DeviceId, Credentials) {
+    let d = &info["devices"][0];
+    let id = DeviceId::new(
+        d["product_key"].as_str().unwrap(),
+        d["device_name"].as_str().unwrap(),
+    );
+    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    (id, creds)
 }
