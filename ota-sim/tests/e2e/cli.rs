@@ -282,18 +282,7 @@ fn serve_tls_writes_the_ca_and_listens_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let fw_path = dir.path().join("fw.bin");
     std::fs::write(&fw_path, firmware(1_000)).unwrap();
-    let args = [
-        "--version",
-        "2.0.0",
-        "--tls",
-        "--mqtts-port",
-        "0",
-        "--https-port",
-        "0",
-    ];
-    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
-    args.extend(["--firmware".as_ref(), fw_path.as_os_str()]);
-    let (server, lines, info) = serve(&args, dir.path());
+    let (server, lines, info) = serve_tls(&fw_path, dir.path());
     let ca_path = info["ca_pem_path"].as_str().unwrap();
     assert_eq!(
         std::path::Path::new(ca_path),
@@ -332,18 +321,7 @@ fn serve_tls_upgrades_an_ota_std_device_trusting_the_written_ca() {
     let fw_path = dir.path().join("fw.bin");
     let data = firmware(150_000);
     std::fs::write(&fw_path, &data).unwrap();
-    let args = [
-        "--version",
-        "2.0.0",
-        "--tls",
-        "--mqtts-port",
-        "0",
-        "--https-port",
-        "0",
-    ];
-    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
-    args.extend(["--firmware".as_ref(), fw_path.as_os_str()]);
-    let (server, _lines, info) = serve(&args, dir.path());
+    let (server, _lines, info) = serve_tls(&fw_path, dir.path());
     let ca = std::fs::read(info["ca_pem_path"].as_str().unwrap()).unwrap();
     let d = &info["devices"][0];
     let device_dir = dir.path().join("device");
@@ -384,4 +362,23 @@ fn first_device(info: &serde_json::Value) -> (DeviceId, Credentials) {
     );
     let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
     (id, creds)
+}
+
+/// `serve --tls` of `firmware` as 2.0.0 on free ports, the info file in `dir`.
+fn serve_tls(
+    firmware: &std::path::Path,
+    dir: &std::path::Path,
+) -> (Server, mpsc::Receiver<String>, serde_json::Value) {
+    let flags = [
+        "--version",
+        "2.0.0",
+        "--tls",
+        "--mqtts-port",
+        "0",
+        "--https-port",
+        "0",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = flags.iter().map(|s| s.as_ref()).collect();
+    args.extend(["--firmware".as_ref(), firmware.as_os_str()]);
+    serve(&args, dir)
 }
