@@ -4,12 +4,14 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use ota_sim::{DeviceInfo, Fault, JobSpec, PackageSpec, Sim, SimConfig, TaskState, Times};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_ota-agent");
+mod common;
+use common::{agent, AGENT};
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn sim() -> Sim {
@@ -20,43 +22,11 @@ fn image(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-/// A config file for `info` with its files in `dir`; the secret comes from the environment.
+/// A config file for `info` with its files in `dir` and the given checkpoint interval.
 fn write_config(sim: &Sim, info: &DeviceInfo, dir: &Path, checkpoint: u64) -> std::path::PathBuf {
-    let path = dir.join("agent.toml");
-    let text = format!(
-        r#"product_key = "{pk}"
-device_name = "{dn}"
-endpoint = "{host}:{port}"
-tls = false
-allow_http = true
-version_file = "{dir}/version"
-staging = "{dir}/staging.img"
-record = "{dir}/ota.record"
-target = "{dir}/firmware.img"
-checkpoint_interval = {checkpoint}
-write_block = 16384
-stall_timeout = 5
-"#,
-        pk = info.id.product_key,
-        dn = info.id.device_name,
-        host = sim.mqtt_host(),
-        port = sim.mqtt_port(),
-        dir = dir.display(),
-    );
-    std::fs::write(&path, text).unwrap();
-    std::fs::write(dir.join("version"), "1.0.0\n").unwrap();
-    path
-}
-
-fn agent(config: &Path, secret: &str) -> Command {
-    let mut cmd = Command::new(AGENT);
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--progress=false")
-        .env("OTA_DEVICE_SECRET", secret)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd
+    let extra =
+        format!("checkpoint_interval = {checkpoint}\nwrite_block = 16384\nstall_timeout = 5");
+    common::write_config(sim, info, dir, &extra)
 }
 
 fn stderr_of(output: &Output) -> String {

@@ -13,7 +13,8 @@ use ota_sim::{
     Times,
 };
 
-const AGENT: &str = env!("CARGO_BIN_EXE_ota-agent");
+mod common;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn image(len: usize) -> Vec<u8> {
@@ -55,35 +56,9 @@ fn start_agent(
     key_setting: &str,
     extra: &[&str],
 ) -> Agent {
-    let config = dir.join("agent.toml");
-    let text = format!(
-        r#"product_key = "{pk}"
-device_name = "{dn}"
-endpoint = "{host}:{port}"
-tls = false
-allow_http = true
-version_file = "{dir}/version"
-staging = "{dir}/staging.img"
-record = "{dir}/ota.record"
-target = "{dir}/firmware.img"
-{key_setting}
-"#,
-        pk = info.id.product_key,
-        dn = info.id.device_name,
-        host = sim.mqtt_host(),
-        port = sim.mqtt_port(),
-        dir = dir.display(),
-    );
-    std::fs::write(&config, text).unwrap();
-    std::fs::write(dir.join("version"), "1.0.0\n").unwrap();
-    let child = Command::new(AGENT)
-        .arg("--config")
-        .arg(&config)
-        .arg("--progress=false")
+    let config = common::write_config(sim, info, dir, key_setting);
+    let child = common::agent(&config, &info.device_secret)
         .args(extra)
-        .env("OTA_DEVICE_SECRET", &info.device_secret)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -169,7 +144,7 @@ fn an_unusable_key_file_stops_the_agent_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("short.txt");
     std::fs::write(&key, "n: 00c0ffee\ne: 010001\n").unwrap();
-    let output = Command::new(AGENT)
+    let output = Command::new(common::AGENT)
         .arg(format!("--signing-key={}", key.display()))
         .args([
             "--product-key=a1PK",
