@@ -74,6 +74,7 @@ pub mod backoff;
 pub mod digest;
 pub mod downlink;
 pub mod error;
+pub mod gateway;
 pub mod identity;
 pub mod mqtt_frame;
 pub mod record;
