@@ -180,6 +180,24 @@ impl DeviceConfig {
         Ok(agent)
     }
 
+    /// Refuses values the core accepts but that would overflow here: a deadline past the
+    /// end of time in the HTTP thread (`stall_timeout`), a checkpoint that cannot be
+    /// rounded to whole blocks (`checkpoint_interval`). The core checks the rest.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        let day = Duration::from_secs(24 * 60 * 60);
+        if self.agent.stall_timeout > day || self.agent.health_timeout > day {
+            return Err(Error::Config(
+                "stall_timeout and health_timeout must be at most one day".into(),
+            ));
+        }
+        if self.agent.checkpoint_interval > 1 << 40 {
+            return Err(Error::Config(
+                "checkpoint_interval must be at most 2^40 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The MQTT login for this device.
     pub fn login(&self) -> Login {
         Login::new(

@@ -53,6 +53,7 @@ pub fn run_until_reboot(
     observer: &dyn Fn(DeviceEvent),
     stopper: &Stopper,
 ) -> Result<Exit, Error> {
+    config.check()?;
     let version = config.running_version.read()?;
     let agent_config = config.agent_config()?;
     let modules = std::iter::once((agent_config.module.clone(), config.main_slot()))
