@@ -5,7 +5,8 @@
 //!
 //! Protocol features and how this adapter stores them:
 //! * MQTT-channel downloads need nothing but large enough incoming packets: the limit
-//!   follows `agent.mqtt.block_size` (block + 1 KiB, at least 64 KiB).
+//!   follows `agent.mqtt.block_size` (block + 1 KiB, at least 1 MiB, so that an oversized
+//!   push reaches the core and gets one `-1` instead of dropping the session).
 //! * Multi-file tasks keep the core's slot layout in the staging file and are split at
 //!   activation into `files_dir/{fileName}`, each file atomically (temporary file, fsync,
 //!   rename), the previous ones kept until the health check confirms. A file name that could
