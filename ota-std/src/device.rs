@@ -54,9 +54,7 @@ pub fn run_until_reboot(
     stopper: &Stopper,
 ) -> Result<Exit, Error> {
     config.check()?;
-    let version = config.running_version.read()?;
-    let agent_config = config.agent_config()?;
-    let modules = std::iter::once((agent_config.module.clone(), config.main_slot()))
+    let modules = std::iter::once((config.agent.module.clone(), config.main_slot()))
         .chain(
             config
                 .extra_modules
@@ -64,8 +62,12 @@ pub fn run_until_reboot(
                 .map(|m| (m.name.clone(), m.slot.clone())),
         )
         .collect();
-    let storage = Slots::new(modules, config.record.clone());
+    let mut storage = Slots::new(modules, config.record.clone());
     let record = storage.load_record()?;
+    // Files and version files agree before any version is read.
+    storage.recover(record.as_deref())?;
+    let version = config.running_version.read()?;
+    let agent_config = config.agent_config()?;
     let (tx, rx) = mpsc::channel();
     stopper.install(tx.clone());
     let http = Http::new(

@@ -43,6 +43,7 @@ mod config;
 mod device;
 pub mod file;
 mod http;
+mod journal;
 pub mod login;
 mod mqtt;
 mod multi_file;

@@ -1,0 +1,303 @@
+//! The activation journal: a small text file next to the record, saved atomically before the
+//! first installed file changes and removed once the new image is confirmed or the old one is
+//! back. It says what is being installed (module, version, the version it replaces) and, for
+//! every file that changes (the image, or each file of a multi-file task), the SHA-256 of the
+//! new bytes and whether an old file was there. With it, a boot after a power loss anywhere in
+//! activation finds out what is really installed (the digest of each target) and either
+//! finishes the activation or restores the previous files: the target is always exactly the
+//! old or the new image, and the version file always names the image that is there.
+//!
+//! ```text
+//! ota-journal 1
+//! module default
+//! version 2.0.0
+//! previous 1.0.0
+//! image <sha-256 hex> <1 if an old image was there, else 0>
+//! file <sha-256 hex> <0|1> <fileName>
+//! ```
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::multi_file::check_name;
+use crate::storage::{remove_if_present, sync_dir, with_suffix};
+
+const MAGIC: &str = "ota-journal 1";
+
+/// A journal is a few hundred bytes per file; anything larger is not one of ours.
+const MAX_LEN: u64 = 256 * 1024;
+
+/// Read and copy unit of the digest passes.
+const CHUNK: usize = 64 * 1024;
+
+/// One activation in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Journal {
+    pub(crate) module: String,
+    pub(crate) version: String,
+    /// The running version the new one replaces (`None` without a version file).
+    pub(crate) previous: Option<String>,
+    pub(crate) entries: Vec<Entry>,
+}
+
+/// One installed file that changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// `None`: the slot's image (the `Activation::Rename` target); `Some`: a file of a
+    /// multi-file task in the slot's files directory.
+    pub(crate) file: Option<String>,
+    /// SHA-256 of the new bytes.
+    pub(crate) sha256: [u8; 32],
+    /// An old file was there: it is kept as `{target}.previous` until the end.
+    pub(crate) existed: bool,
+}
+
+impl Journal {
+    fn encode(&self) -> io::Result<String> {
+        let mut text = format!(
+            "{MAGIC}\nmodule {}\nversion {}\n",
+            self.module, self.version
+        );
+        if let Some(previous) = &self.previous {
+            text += &format!("previous {previous}\n");
+        }
+        for entry in &self.entries {
+            let (hex, existed) = (to_hex(&entry.sha256), u8::from(entry.existed));
+            match &entry.file {
+                None => text += &format!("image {hex} {existed}\n"),
+                Some(name) => text += &format!("file {hex} {existed} {name}\n"),
+            }
+        }
+        // Versions, modules and file names were checked, and none holds a line break; a
+        // journal that would not read back the same is refused rather than written.
+        match Journal::decode(&text) {
+            Some(back) if back == *self => Ok(text),
+            _ => Err(io::Error::other("the activation cannot be journaled")),
+        }
+    }
+
+    fn decode(text: &str) -> Option<Journal> {
+        let mut lines = text.lines();
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let mut journal = Journal {
+            module: String::new(),
+            version: String::new(),
+            previous: None,
+            entries: Vec::new(),
+        };
+        for line in lines {
+            let (key, rest) = line.split_once(' ')?;
+            match key {
+                "module" => journal.module = rest.to_owned(),
+                "version" => journal.version = rest.to_owned(),
+                "previous" => journal.previous = Some(rest.to_owned()),
+                "image" | "file" => {
+                    let mut parts = rest.splitn(3, ' ');
+                    let sha256 = from_hex(parts.next()?)?;
+                    let existed = match parts.next()? {
+                        "0" => false,
+                        "1" => true,
+                        _ => return None,
+                    };
+                    let file = match (key, parts.next()) {
+                        ("image", None) => None,
+                        ("file", Some(name)) if check_name(name).is_ok() => Some(name.to_owned()),
+                        _ => return None,
+                    };
+                    journal.entries.push(Entry {
+                        file,
+                        sha256,
+                        existed,
+                    });
+                }
+                _ => return None,
+            }
+        }
+        let complete = !journal.module.is_empty() && !journal.version.is_empty();
+        complete.then_some(journal)
+    }
+
+    /// Saves the journal atomically (temporary file, fsync, rename, fsync of the directory).
+    pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
+        write_atomically(path, self.encode()?.as_bytes())
+    }
+
+    /// The journal at `path`: `Ok(None)` when there is none, `Err` when it cannot be read
+    /// or is not a journal (left in place: it is not this adapter's to guess about).
+    pub(crate) fn load(path: &Path) -> io::Result<Option<Journal>> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut text = String::new();
+        file.take(MAX_LEN).read_to_string(&mut text)?;
+        Journal::decode(&text)
+            .map(Some)
+            .ok_or_else(|| io::Error::other(format!("{} is not a journal", path.display())))
+    }
+
+    /// Removes the journal durably: the activation or rollback it covered is complete.
+    pub(crate) fn remove(path: &Path) -> io::Result<()> {
+        remove_if_present(path)?;
+        sync_dir(path)
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = with_suffix(path, ".tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// SHA-256 of the file at `path`; `None` when there is no such file.
+pub(crate) fn hash_file(path: &Path) -> io::Result<Option<[u8; 32]>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; CHUNK];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(Some(hasher.finalize().into()));
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
+
+/// Copies `len` bytes of `src` from `offset` to a new file `dst` (synced) and returns their
+/// SHA-256; a short source is an error.
+pub(crate) fn copy_hashed(src: &File, offset: u64, len: u64, dst: &Path) -> io::Result<[u8; 32]> {
+    let mut out = File::create(dst)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from((len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
+        let n = src.read_at(&mut buffer[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the staged slot is short",
+            ));
+        }
+        hasher.update(&buffer[..n]);
+        out.write_all(&buffer[..n])?;
+        done += n as u64;
+    }
+    out.sync_all()?;
+    Ok(hasher.finalize().into())
+}
+
+/// Keeps `target` as `previous`: a hard link (no copy, and the old image stays whole), or a
+/// synced copy where the filesystem has no hard links.
+pub(crate) fn keep_previous(target: &Path, previous: &Path) -> io::Result<()> {
+    remove_if_present(previous)?;
+    if fs::hard_link(target, previous).is_ok() {
+        return Ok(());
+    }
+    let tmp: PathBuf = with_suffix(previous, ".tmp");
+    let source = File::open(target)?;
+    let len = source.metadata()?.len();
+    copy_hashed(&source, 0, len, &tmp)?;
+    fs::rename(&tmp, previous)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal() -> Journal {
+        Journal {
+            module: "default".into(),
+            version: "2.0.0".into(),
+            previous: Some("1.0.0".into()),
+            entries: vec![
+                Entry {
+                    file: None,
+                    sha256: [7; 32],
+                    existed: true,
+                },
+                Entry {
+                    file: Some("app 1.bin".into()),
+                    sha256: [0xab; 32],
+                    existed: false,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_journal_reads_back_as_saved_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ota.record.journal");
+        assert_eq!(Journal::load(&path).unwrap(), None);
+        journal().save(&path).unwrap();
+        assert_eq!(Journal::load(&path).unwrap(), Some(journal()));
+        Journal::remove(&path).unwrap();
+        assert_eq!(Journal::load(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn what_is_not_a_journal_is_an_error_and_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        for text in [
+            "",
+            "ota-journal 1\n",
+            "ota-journal 1\nmodule m\nversion 2\nimage 00 1\n",
+            "ota-journal 1\nmodule m\nversion 2\nfile 0000000000000000000000000000000000000000000000000000000000000000 0 ../x\n",
+            "ota-journal 1\nmodule m\nversion 2\ncolour blue\n",
+        ] {
+            fs::write(&path, text).unwrap();
+            assert!(Journal::load(&path).is_err(), "{text:?}");
+        }
+        let mut bad = journal();
+        bad.version = "2.0\nfile x".into();
+        assert!(bad.save(&dir.path().join("k")).is_err());
+        assert!(!dir.path().join("k").exists());
+    }
+
+    #[test]
+    fn copies_hash_what_they_wrote_and_a_short_source_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::write(&src, b"0123456789").unwrap();
+        let file = File::open(&src).unwrap();
+        let dst = dir.path().join("dst");
+        let digest = copy_hashed(&file, 2, 5, &dst).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"23456");
+        assert_eq!(hash_file(&dst).unwrap(), Some(digest));
+        assert!(copy_hashed(&file, 8, 5, &dst).is_err());
+        assert_eq!(hash_file(&dir.path().join("none")).unwrap(), None);
+    }
+}
