@@ -501,3 +501,36 @@ fn every_numeric_option_out_of_range_is_a_one_line_error() {
     let output = Command::new(AGENT).args(&port_0).output().unwrap();
     assert!(one_line_error(&output).contains("host:port"));
 }
+
+/// A verdict the agent finds at boot, before its session is up (here: the activation
+/// command left 1.0.0 running, so the boot after it reports the rollback), is published
+/// before `--exit-after-install` exits: the cloud hears the -1, and the exit code says 1.
+#[test]
+fn exit_after_install_publishes_a_verdict_found_at_boot() {
+    let sim = sim();
+    let info = sim.add_device().unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", image(50_000)))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "activate_command = \"true\"\nwrite_block = 16384";
+    let config = common::write_config(&sim, &info, dir.path(), extra);
+    let child = agent(&config, &info.device_secret)
+        .arg("--exit-after-install")
+        .spawn()
+        .unwrap();
+    assert_eq!(exit_code(child), Some(1));
+    sim.wait_task_state(job, &info, TaskState::Failed, WAIT)
+        .unwrap();
+    let steps = sim.progress_steps(&info);
+    assert_eq!(steps.last(), Some(&-1), "{steps:?}");
+    let last = sim.progress(&info).pop().unwrap();
+    assert!(
+        last.desc
+            .as_deref()
+            .is_some_and(|d| d.contains("rolled back")),
+        "{last:?}"
+    );
+    assert!(!dir.path().join("ota.record").exists());
+}
