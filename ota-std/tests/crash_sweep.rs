@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use ota_sim::{DeviceInfo, JobId, JobSpec, PackageId, PackageSpec, Sim, SimConfig, TaskState};
 
-mod common;
-use common::AGENT;
+const AGENT: &str = env!("CARGO_BIN_EXE_ota-agent");
 
 /// The calls that change files (and `openat`, which creates and truncates them; its read-only
 /// uses are counted by strace but are not crash points of their own). `?`: a name this
