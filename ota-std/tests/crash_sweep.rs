@@ -407,8 +407,7 @@ impl Sweep {
                 "{installed:?} installed, the version file says {version}"
             ));
         }
-        let state = self
-            .sim
+        self.sim
             .wait_task_state(
                 device.job,
                 &device.info,
@@ -416,7 +415,6 @@ impl Sweep {
                 Duration::from_secs(10),
             )
             .map_err(|e| format!("{installed:?} installed, but the cloud: {e:?}"))?;
-        let _ = state;
         let reported = self.sim.device_version(&device.info, "default");
         if reported.as_deref() != Some(expected.0) {
             return Err(format!(
