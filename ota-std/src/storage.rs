@@ -43,7 +43,8 @@ impl RunningVersion {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Activation {
     /// Rename the staged image over `target`; the old target is kept as `{target}.previous`
-    /// until the new image is confirmed, so a failed health check can put it back.
+    /// (a hard link) until the new image is confirmed, so a failed health check can put it
+    /// back. A journal beside the record makes the switch atomic across power losses.
     Rename {
         /// Path of the installed image.
         target: PathBuf,
@@ -346,6 +347,7 @@ impl Storage {
                 remove_if_present(&previous)?;
             }
             remove_if_present(&with_suffix(&target, ".tmp"))?;
+            remove_if_present(&with_suffix(&previous, ".tmp"))?;
             let dir = parent_of(&target).to_path_buf();
             if !dirs.contains(&dir) {
                 dirs.push(dir);
