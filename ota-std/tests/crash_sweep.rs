@@ -84,6 +84,8 @@ struct Scenario {
     name: &'static str,
     upgrade: Upgrade,
     package: PackageId,
+    /// Staging on another filesystem (tmpfs), so that activation copies it first.
+    staging_elsewhere: bool,
 }
 
 /// A device directory: its files, the agent's config beside it, the paths strace watches.
@@ -94,6 +96,10 @@ struct Device {
     root: tempfile::TempDir,
     /// The agent's directory, as a canonical path (strace matches resolved paths).
     dir: PathBuf,
+    /// The staging file (in `dir`, or on another filesystem).
+    staging: PathBuf,
+    /// The other filesystem's directory, when staging is there.
+    _elsewhere: Option<tempfile::TempDir>,
 }
 
 impl Device {
@@ -133,6 +139,7 @@ impl Device {
                 with_kin(&format!("files/{name}"));
             }
         }
+        names.push(self.staging.display().to_string());
         names
             .iter()
             .map(|n| {
@@ -219,6 +226,13 @@ impl Sweep {
         if let Upgrade::Files(_) = scenario.upgrade {
             std::fs::write(dir.join("files/app.bin"), OLD_APP).unwrap();
         }
+        let elsewhere = scenario
+            .staging_elsewhere
+            .then(|| tempfile::tempdir_in("/dev/shm").unwrap());
+        let staging = match &elsewhere {
+            Some(other) => other.path().canonicalize().unwrap().join("staging.img"),
+            None => dir.join("staging.img"),
+        };
         // Large blocks and checkpoints for few calls; one staging block, so every file
         // call is on the agent's thread (strace counts calls per thread).
         let text = format!(
@@ -229,7 +243,7 @@ endpoint = "{host}:{port}"
 tls = false
 allow_http = true
 version_file = "{dir}/version"
-staging = "{dir}/staging.img"
+staging = "{staging}"
 record = "{dir}/ota.record"
 target = "{dir}/firmware.img"
 files_dir = "{dir}/files"
@@ -243,6 +257,7 @@ checkpoint_interval = 65536
             host = self.sim.mqtt_host(),
             port = self.sim.mqtt_port(),
             dir = dir.display(),
+            staging = staging.display(),
         );
         std::fs::write(root_path.join("agent.toml"), text).unwrap();
         Device {
@@ -250,6 +265,8 @@ checkpoint_interval = 65536
             job,
             root,
             dir,
+            staging,
+            _elsewhere: elsewhere,
         }
     }
 }
@@ -337,6 +354,17 @@ fn crash_points(trace: &str) -> Vec<(String, usize, String)> {
         }
     }
     points
+}
+
+/// Whether /dev/shm is a filesystem of its own beside the temporary directory.
+fn another_filesystem() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let shm = std::fs::metadata("/dev/shm").map_err(|e| format!("/dev/shm: {e}"))?;
+    let tmp = std::fs::metadata(std::env::temp_dir()).map_err(|e| e.to_string())?;
+    if shm.dev() == tmp.dev() {
+        return Err("/dev/shm is on the temporary directory's filesystem".into());
+    }
+    Ok(())
 }
 
 /// Whether strace can trace and inject here.
@@ -527,40 +555,41 @@ fn a_kill_at_every_file_system_call_of_an_upgrade_leaves_old_or_new_and_tells_th
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let sim = Sim::start(SimConfig::default()).expect("simulator starts");
-    let image_upgrade = Upgrade::Image(image(200_000, 1));
-    let files_upgrade = Upgrade::Files(vec![
+    let new_image = image(200_000, 1);
+    let new_files = vec![
         ("app.bin", image(90_000, 2)),
         ("config.json", b"{\"mode\":\"fast\"}".to_vec()),
         ("assets.pak", image(70_001, 3)),
-    ]);
-    let scenarios = [
+    ];
+    let image_package = sim
+        .add_package(PackageSpec::new("2.0.0", new_image.clone()))
+        .unwrap();
+    let files_package = sim
+        .add_package(PackageSpec::files("2.0.0", new_files.clone()))
+        .unwrap();
+    let mut scenarios = vec![
         Scenario {
             name: "single image",
-            package: sim
-                .add_package(PackageSpec::new(
-                    "2.0.0",
-                    match &image_upgrade {
-                        Upgrade::Image(data) => data.clone(),
-                        Upgrade::Files(_) => unreachable!(),
-                    },
-                ))
-                .unwrap(),
-            upgrade: image_upgrade,
+            upgrade: Upgrade::Image(new_image.clone()),
+            package: image_package,
+            staging_elsewhere: false,
         },
         Scenario {
             name: "multi-file",
-            package: sim
-                .add_package(PackageSpec::files(
-                    "2.0.0",
-                    match &files_upgrade {
-                        Upgrade::Files(files) => files.clone(),
-                        Upgrade::Image(_) => unreachable!(),
-                    },
-                ))
-                .unwrap(),
-            upgrade: files_upgrade,
+            upgrade: Upgrade::Files(new_files),
+            package: files_package,
+            staging_elsewhere: false,
         },
     ];
+    match another_filesystem() {
+        Ok(()) => scenarios.push(Scenario {
+            name: "single image, staging on another filesystem",
+            upgrade: Upgrade::Image(new_image),
+            package: image_package,
+            staging_elsewhere: true,
+        }),
+        Err(why) => eprintln!("staging on another filesystem not swept: {why}"),
+    }
     let sweep = Sweep { sim };
     let started = Instant::now();
     let (mut points, mut not_reached, mut bad) = (0, 0, Vec::new());
