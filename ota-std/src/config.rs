@@ -215,3 +215,34 @@ fn seed_of(name: &str) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library path gets the same protection as the flags: a deadline past the end of
+    /// time or a checkpoint that overflows when rounded is refused before anything starts.
+    #[test]
+    fn values_that_would_overflow_later_are_refused() {
+        let fresh =
+            || DeviceConfig::new("a1TestPK001", "dev01", "s", "h", 1883, Path::new("/x")).unwrap();
+        assert!(fresh().check().is_ok());
+        let mut config = fresh();
+        config.agent.stall_timeout = Duration::MAX;
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("stall_timeout"));
+        let mut config = fresh();
+        config.agent.health_timeout = Duration::from_secs(u64::MAX);
+        assert!(config.check().is_err());
+        let mut config = fresh();
+        config.agent.checkpoint_interval = u64::MAX;
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("checkpoint_interval"));
+    }
+}
