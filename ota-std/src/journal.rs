@@ -137,7 +137,10 @@ impl Journal {
             Err(e) => return Err(e),
         };
         let mut text = String::new();
-        file.take(MAX_LEN).read_to_string(&mut text)?;
+        file.take(MAX_LEN + 1).read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_LEN {
+            return Err(io::Error::other(format!("{} is too large", path.display())));
+        }
         Journal::decode(&text)
             .map(Some)
             .ok_or_else(|| io::Error::other(format!("{} is not a journal", path.display())))
