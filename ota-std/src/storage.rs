@@ -5,7 +5,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -243,8 +242,8 @@ impl Storage {
     }
 
     /// The new files beside their targets, each with its journal entry: the files of a
-    /// multi-file task copied out of the slot, or the staged image itself (copied into the
-    /// target's directory when it lies on another filesystem, where no rename reaches).
+    /// multi-file task copied out of the slot, or the staged image (linked, or copied when
+    /// it lies on another filesystem, where no rename reaches).
     fn prepare(&self, out: &mut Vec<(Entry, PathBuf)>) -> io::Result<()> {
         let slot = &self.slot;
         let exists = |path: &Path| fs::symlink_metadata(path).is_ok();
@@ -269,32 +268,30 @@ impl Storage {
         let Activation::Rename { target } = &slot.activation else {
             return Ok(()); // the command installs the image
         };
+        // Beside the target as `{target}.tmp`: a second name of the staged file where one can
+        // be made, else (another filesystem, or one without hard links) a synced copy.
         let staged = File::open(&slot.staging)?;
-        let (sha256, from) = if staged.metadata()?.dev() == fs::metadata(parent_of(target))?.dev() {
-            let sha256 = hash_file(&slot.staging)?.ok_or(io::ErrorKind::NotFound)?;
-            (sha256, slot.staging.clone())
+        let tmp = with_suffix(target, ".tmp");
+        remove_if_present(&tmp)?; // a stale name of an older staged file
+        let sha256 = if fs::hard_link(&slot.staging, &tmp).is_ok() {
+            hash_file(&tmp)?.ok_or(io::ErrorKind::NotFound)?
         } else {
-            let tmp = with_suffix(target, ".tmp");
             let len = staged.metadata()?.len();
-            let sha256 = copy_hashed(&staged, 0, len, &tmp)
-                .inspect_err(|_| drop(remove_if_present(&tmp)))?;
-            (sha256, tmp)
+            copy_hashed(&staged, 0, len, &tmp).inspect_err(|_| drop(remove_if_present(&tmp)))?
         };
         let entry = Entry {
             file: None,
             sha256,
             existed: exists(target),
         };
-        out.push((entry, from));
+        out.push((entry, tmp));
         remove_if_present(&with_suffix(target, ".previous"))
     }
 
-    /// Removes the temporary copies of a failed preparation (never the staging file).
+    /// Removes the temporary files of a failed preparation (the staging file stays).
     fn discard(&self, prepared: &[(Entry, PathBuf)]) {
         for (_, from) in prepared {
-            if *from != self.slot.staging {
-                let _ = remove_if_present(from);
-            }
+            let _ = remove_if_present(from);
         }
     }
 
