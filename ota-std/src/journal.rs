@@ -1,8 +1,9 @@
 //! The activation journal: a small text file next to the record, saved atomically before the
 //! first installed file changes and removed once the new image is confirmed or the old one is
 //! back. It says what is being installed (module, version, the version it replaces) and, for
-//! every file that changes (the image, or each file of a multi-file task), the SHA-256 of the
-//! new bytes and whether an old file was there. With it, a boot after a power loss anywhere in
+//! every file that changes (the image, or each file of a multi-file task), the digest the
+//! cloud gave for its new bytes (the one the core verified) and whether an old file was
+//! there. With it, a boot after a power loss anywhere in
 //! activation finds out what is really installed (the digest of each target) and either
 //! finishes the activation or restores the previous files: the target is always exactly the
 //! old or the new image, and the version file always names the image that is there.
@@ -12,8 +13,8 @@
 //! module default
 //! version 2.0.0
 //! previous 1.0.0
-//! image <sha-256 hex> <1 if an old image was there, else 0>
-//! file <sha-256 hex> <0|1> <fileName>
+//! image md5 <hex> <1 if an old image was there, else 0>
+//! file sha256 <hex> <0|1> <fileName>
 //! ```
 
 use std::fs::{self, File};
@@ -21,6 +22,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use ota_core::digest::Hasher;
+use ota_core::{DigestMethod, ExpectedDigest};
 use sha2::{Digest, Sha256};
 
 use crate::multi_file::check_name;
@@ -50,8 +53,8 @@ pub(crate) struct Entry {
     /// `None`: the slot's image (the `Activation::Rename` target); `Some`: a file of a
     /// multi-file task in the slot's files directory.
     pub(crate) file: Option<String>,
-    /// SHA-256 of the new bytes.
-    pub(crate) sha256: [u8; 32],
+    /// The digest of the new bytes.
+    pub(crate) digest: ExpectedDigest,
     /// An old file was there: it is kept as `{target}.previous` until the end.
     pub(crate) existed: bool,
 }
@@ -66,10 +69,16 @@ impl Journal {
             text += &format!("previous {previous}\n");
         }
         for entry in &self.entries {
-            let (hex, existed) = (to_hex(&entry.sha256), u8::from(entry.existed));
+            let mut hex = [0; 64];
+            let hex = entry.digest.to_hex(&mut hex);
+            let method = match entry.digest.method() {
+                DigestMethod::Md5 => "md5",
+                DigestMethod::Sha256 => "sha256",
+            };
+            let existed = u8::from(entry.existed);
             match &entry.file {
-                None => text += &format!("image {hex} {existed}\n"),
-                Some(name) => text += &format!("file {hex} {existed} {name}\n"),
+                None => text += &format!("image {method} {hex} {existed}\n"),
+                Some(name) => text += &format!("file {method} {hex} {existed} {name}\n"),
             }
         }
         // Versions, modules and file names were checked, and none holds a line break; a
@@ -98,8 +107,13 @@ impl Journal {
                 "version" => journal.version = rest.to_owned(),
                 "previous" => journal.previous = Some(rest.to_owned()),
                 "image" | "file" => {
-                    let mut parts = rest.splitn(3, ' ');
-                    let sha256 = from_hex(parts.next()?)?;
+                    let mut parts = rest.splitn(4, ' ');
+                    let method = match parts.next()? {
+                        "md5" => DigestMethod::Md5,
+                        "sha256" => DigestMethod::Sha256,
+                        _ => return None,
+                    };
+                    let digest = ExpectedDigest::from_hex(method, parts.next()?)?;
                     let existed = match parts.next()? {
                         "0" => false,
                         "1" => true,
@@ -112,7 +126,7 @@ impl Journal {
                     };
                     journal.entries.push(Entry {
                         file,
-                        sha256,
+                        digest,
                         existed,
                     });
                 }
@@ -164,29 +178,44 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(path)
 }
 
-/// SHA-256 of the file at `path`; `None` when there is no such file.
-pub(crate) fn hash_file(path: &Path) -> io::Result<Option<[u8; 32]>> {
+/// Whether the file at `path` has the digest `expected` (`false` when there is no such file).
+pub(crate) fn has_digest(path: &Path, expected: &ExpectedDigest) -> io::Result<bool> {
+    let mut hasher = Hasher::new(expected.method());
+    let found = read_through(path, |bytes| hasher.update(bytes))?;
+    Ok(found && hasher.matches(expected))
+}
+
+/// SHA-256 of the file at `path`, for an image whose task digest is not known here.
+pub(crate) fn sha256_of(path: &Path) -> io::Result<ExpectedDigest> {
+    let mut hasher = Sha256::new();
+    if !read_through(path, |bytes| hasher.update(bytes))? {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    let digest = hasher.finalize();
+    ExpectedDigest::new(DigestMethod::Sha256, &digest).ok_or_else(|| io::Error::other("digest"))
+}
+
+/// Feeds the whole file at `path` to `each`; `false` when there is no such file.
+fn read_through(path: &Path, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
     let mut file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let mut hasher = Sha256::new();
     let mut buffer = vec![0; CHUNK];
     loop {
         let n = file.read(&mut buffer)?;
         if n == 0 {
-            return Ok(Some(hasher.finalize().into()));
+            return Ok(true);
         }
-        hasher.update(&buffer[..n]);
+        each(&buffer[..n]);
     }
 }
 
-/// Copies `len` bytes of `src` from `offset` to a new file `dst` (synced) and returns their
-/// SHA-256; a short source is an error.
-pub(crate) fn copy_hashed(src: &File, offset: u64, len: u64, dst: &Path) -> io::Result<[u8; 32]> {
+/// Copies `len` bytes of `src` from `offset` to a new file `dst`, synced; a short source is
+/// an error.
+pub(crate) fn copy_range(src: &File, offset: u64, len: u64, dst: &Path) -> io::Result<()> {
     let mut out = File::create(dst)?;
-    let mut hasher = Sha256::new();
     let mut buffer = vec![0; CHUNK];
     let mut done = 0u64;
     while done < len {
@@ -198,12 +227,10 @@ pub(crate) fn copy_hashed(src: &File, offset: u64, len: u64, dst: &Path) -> io::
                 "the staged slot is short",
             ));
         }
-        hasher.update(&buffer[..n]);
         out.write_all(&buffer[..n])?;
         done += n as u64;
     }
-    out.sync_all()?;
-    Ok(hasher.finalize().into())
+    out.sync_all()
 }
 
 /// Keeps `target` as `previous`: a hard link (no copy, and the old image stays whole), or a
@@ -216,23 +243,8 @@ pub(crate) fn keep_previous(target: &Path, previous: &Path) -> io::Result<()> {
     let tmp: PathBuf = with_suffix(previous, ".tmp");
     let source = File::open(target)?;
     let len = source.metadata()?.len();
-    copy_hashed(&source, 0, len, &tmp)?;
+    copy_range(&source, 0, len, &tmp)?;
     fs::rename(&tmp, previous)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -247,12 +259,12 @@ mod tests {
             entries: vec![
                 Entry {
                     file: None,
-                    sha256: [7; 32],
+                    digest: ExpectedDigest::new(DigestMethod::Md5, &[7; 16]).unwrap(),
                     existed: true,
                 },
                 Entry {
                     file: Some("app 1.bin".into()),
-                    sha256: [0xab; 32],
+                    digest: ExpectedDigest::new(DigestMethod::Sha256, &[0xab; 32]).unwrap(),
                     existed: false,
                 },
             ],
@@ -277,8 +289,9 @@ mod tests {
         for text in [
             "",
             "ota-journal 1\n",
-            "ota-journal 1\nmodule m\nversion 2\nimage 00 1\n",
-            "ota-journal 1\nmodule m\nversion 2\nfile 0000000000000000000000000000000000000000000000000000000000000000 0 ../x\n",
+            "ota-journal 1\nmodule m\nversion 2\nimage md5 00 1\n",
+            "ota-journal 1\nmodule m\nversion 2\nimage crc 00000000 1\n",
+            "ota-journal 1\nmodule m\nversion 2\nfile md5 00000000000000000000000000000000 0 ../x\n",
             "ota-journal 1\nmodule m\nversion 2\ncolour blue\n",
         ] {
             fs::write(&path, text).unwrap();
@@ -291,16 +304,21 @@ mod tests {
     }
 
     #[test]
-    fn copies_hash_what_they_wrote_and_a_short_source_fails() {
+    fn copies_are_exact_and_digests_are_checked_against_the_task() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         fs::write(&src, b"0123456789").unwrap();
         let file = File::open(&src).unwrap();
         let dst = dir.path().join("dst");
-        let digest = copy_hashed(&file, 2, 5, &dst).unwrap();
+        copy_range(&file, 2, 5, &dst).unwrap();
         assert_eq!(fs::read(&dst).unwrap(), b"23456");
-        assert_eq!(hash_file(&dst).unwrap(), Some(digest));
-        assert!(copy_hashed(&file, 8, 5, &dst).is_err());
-        assert_eq!(hash_file(&dir.path().join("none")).unwrap(), None);
+        let md5 = |hex| ExpectedDigest::from_hex(DigestMethod::Md5, hex).unwrap();
+        assert!(has_digest(&dst, &md5("adcaec3805aa912c0d0b14a81bedb6ff")).unwrap());
+        assert!(!has_digest(&dst, &md5("adcaec3805aa912c0d0b14a81bedb6fe")).unwrap());
+        let sha = sha256_of(&dst).unwrap();
+        assert!(has_digest(&dst, &sha).unwrap());
+        assert!(copy_range(&file, 8, 5, &dst).is_err(), "short");
+        assert!(!has_digest(&dir.path().join("none"), &sha).unwrap());
+        assert!(sha256_of(&dir.path().join("none")).is_err());
     }
 }

@@ -8,9 +8,10 @@
 //!   follows `agent.mqtt.block_size` (block + 1 KiB, at least 1 MiB, so that an oversized
 //!   push reaches the core and gets one `-1` instead of dropping the session).
 //! * Activation is atomic across power losses: the new files are prepared beside their
-//!   targets, a journal beside the record names them with their SHA-256, the old files are
-//!   kept by hard links, and one rename per file installs the new ones; a start with a
-//!   journal finishes the activation or puts the old files back (see `journal`).
+//!   targets, a journal beside the record names them with the digests the cloud gave, the
+//!   old files are kept by hard links, and one rename per file installs the new ones; a
+//!   start with a journal finishes the activation or puts the old files back (see
+//!   `journal`).
 //! * Multi-file tasks keep the core's slot layout in the staging file and are split at
 //!   activation into `files_dir/{fileName}`, all files or none, the previous ones kept until
 //!   the health check confirms. A file name that could leave the directory, or that is

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use ota_core::Task;
+use ota_core::{ExpectedDigest, Task};
 
-use crate::journal::{copy_hashed, hash_file, keep_previous, write_atomically, Entry, Journal};
+use crate::journal::{
+    copy_range, has_digest, keep_previous, sha256_of, write_atomically, Entry, Journal,
+};
 use crate::multi_file::Layout;
 use crate::writer::WriteJob;
 use crate::Error;
@@ -83,6 +85,8 @@ pub(crate) struct Storage {
     slot_len: u64,
     /// The current task's files, when it has several.
     layout: Option<Layout>,
+    /// The digests the cloud gave: the image's, or each file's in layout order.
+    digests: Vec<ExpectedDigest>,
     /// Why the current task may not be written (an unsafe file name).
     refused: Option<String>,
 }
@@ -95,6 +99,7 @@ impl Storage {
             dirty: false,
             slot_len: 0,
             layout: None,
+            digests: Vec::new(),
             refused: None,
         }
     }
@@ -107,8 +112,10 @@ impl Storage {
         self.layout = None;
         self.slot_len = task.size;
         if task.files.is_empty() {
+            self.digests = vec![task.digest];
             return Ok(());
         }
+        self.digests = task.files.iter().map(|f| f.digest).collect();
         match Layout::new(&task.files, write_block) {
             Ok(layout) => {
                 self.slot_len = layout.end();
@@ -250,14 +257,17 @@ impl Storage {
         if let Some(layout) = &self.layout {
             fs::create_dir_all(&slot.files_dir)?;
             let staged = File::open(&slot.staging)?;
-            for placed in &layout.files {
+            if self.digests.len() != layout.files.len() {
+                return Err(io::Error::other("the task's files and digests differ"));
+            }
+            for (placed, digest) in layout.files.iter().zip(&self.digests) {
                 let target = slot.files_dir.join(&placed.name);
                 let tmp = with_suffix(&target, ".tmp");
-                let sha256 = copy_hashed(&staged, placed.offset, placed.size, &tmp)
+                copy_range(&staged, placed.offset, placed.size, &tmp)
                     .inspect_err(|_| drop(remove_if_present(&tmp)))?;
                 let entry = Entry {
                     file: Some(placed.name.clone()),
-                    sha256,
+                    digest: *digest,
                     existed: exists(&target),
                 };
                 out.push((entry, tmp));
@@ -273,15 +283,19 @@ impl Storage {
         let staged = File::open(&slot.staging)?;
         let tmp = with_suffix(target, ".tmp");
         remove_if_present(&tmp)?; // a stale name of an older staged file
-        let sha256 = if fs::hard_link(&slot.staging, &tmp).is_ok() {
-            hash_file(&tmp)?.ok_or(io::ErrorKind::NotFound)?
-        } else {
+        if fs::hard_link(&slot.staging, &tmp).is_err() {
             let len = staged.metadata()?.len();
-            copy_hashed(&staged, 0, len, &tmp).inspect_err(|_| drop(remove_if_present(&tmp)))?
+            copy_range(&staged, 0, len, &tmp).inspect_err(|_| drop(remove_if_present(&tmp)))?;
+        }
+        // The task's digest (what the core verified); an image activated without a task in
+        // this run (never by the core) is identified by its own SHA-256.
+        let digest = match self.digests.first() {
+            Some(digest) => *digest,
+            None => sha256_of(&tmp)?,
         };
         let entry = Entry {
             file: None,
-            sha256,
+            digest,
             existed: exists(target),
         };
         out.push((entry, tmp));
@@ -371,7 +385,7 @@ impl Storage {
             let Some(target) = self.target_of(entry) else {
                 continue;
             };
-            if hash_file(&target)? != Some(entry.sha256) {
+            if !has_digest(&target, &entry.digest)? {
                 return Ok(false);
             }
         }
@@ -502,13 +516,19 @@ mod tests {
         }
     }
 
-    fn task(size: u64) -> Task {
+    fn sha256(data: &[u8]) -> ExpectedDigest {
+        use sha2::Digest;
+        ExpectedDigest::new(DigestMethod::Sha256, &sha2::Sha256::digest(data)).unwrap()
+    }
+
+    /// A task for the image `data`.
+    fn task(data: &[u8]) -> Task {
         Task {
             message_id: "1".into(),
             version: "2.0".into(),
             module: "default".into(),
-            size,
-            digest: ExpectedDigest::new(DigestMethod::Md5, &[0; 16]).unwrap(),
+            size: data.len() as u64,
+            digest: sha256(data),
             channel: Channel::Http {
                 url: "http://h/f".into(),
             },
@@ -524,7 +544,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("staging.bin"), [9u8; 10]).unwrap();
         let mut s = Storage::new(slot(dir.path()));
-        s.begin_task(&task(6), 4).unwrap();
+        s.begin_task(&task(b"abcdef"), 4).unwrap();
         s.write(3, b"def").unwrap();
         s.write(0, b"abc").unwrap();
         assert_eq!(fs::read(dir.path().join("staging.bin")).unwrap(), b"abcdef");
@@ -534,7 +554,7 @@ mod tests {
     fn a_task_with_an_unsafe_file_name_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Storage::new(slot(dir.path()));
-        let mut t = task(3);
+        let mut t = task(b"abc");
         t.files.push(ota_core::task::TaskFile {
             name: "../evil".into(),
             size: 3,
@@ -554,7 +574,7 @@ mod tests {
         fs::write(p("firmware.bin"), b"old").unwrap();
         fs::write(p("version"), b"1.0\n").unwrap();
         let mut s = Storage::new(slot(dir.path()));
-        s.begin_task(&task(3), 4).unwrap();
+        s.begin_task(&task(b"new"), 4).unwrap();
         s.write(0, b"new").unwrap();
         s.activate("default", "2.0", &journal).unwrap();
         assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"new");
@@ -588,7 +608,7 @@ mod tests {
         fs::write(p("firmware.bin"), b"old").unwrap();
         fs::write(p("version"), b"1.0\n").unwrap();
         let mut s = Storage::new(slot(dir.path()));
-        s.begin_task(&task(3), 4).unwrap();
+        s.begin_task(&task(b"new"), 4).unwrap();
         s.write(0, b"new").unwrap();
         s.activate("default", "2.0", &journal).unwrap();
         fs::write(p("version"), b"1.0\n").unwrap(); // as if the version file never changed
@@ -627,7 +647,7 @@ mod tests {
             previous: Some("1.0".into()),
             entries: vec![Entry {
                 file: None,
-                sha256: hash_file(&p("staging.bin")).unwrap().unwrap(),
+                digest: sha256_of(&p("staging.bin")).unwrap(),
                 existed: true,
             }],
         };
@@ -666,7 +686,7 @@ mod tests {
             staging: shm.path().join("staging.bin"),
             ..slot(dir.path())
         });
-        s.begin_task(&task(3), 4).unwrap();
+        s.begin_task(&task(b"new"), 4).unwrap();
         s.write(0, b"new").unwrap();
         let journal = p("ota.record.journal");
         s.activate("default", "2.0", &journal).unwrap();
@@ -687,7 +707,7 @@ mod tests {
             running_version: RunningVersion::File(p("gone/version")),
             ..slot(dir.path())
         });
-        s.begin_task(&task(3), 4).unwrap();
+        s.begin_task(&task(b"new"), 4).unwrap();
         s.write(0, b"new").unwrap();
         let journal = p("ota.record.journal");
         let err = s.activate("default", "2.0", &journal).unwrap_err();
@@ -707,12 +727,12 @@ mod tests {
         fs::create_dir_all(&files).unwrap();
         fs::write(files.join("a"), b"old-a").unwrap();
         fs::write(p("version"), b"1.0\n").unwrap();
-        let mut t = task(0);
-        for (name, size) in [("a", 3), ("b", 5)] {
+        let mut t = task(b"");
+        for (name, data) in [("a", &b"aaa"[..]), ("b", b"bbbbb")] {
             t.files.push(ota_core::task::TaskFile {
                 name: name.into(),
-                size,
-                digest: t.digest,
+                size: data.len() as u64,
+                digest: sha256(data),
                 url: "http://h/f".into(),
             });
         }
