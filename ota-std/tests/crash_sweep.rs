@@ -1,7 +1,7 @@
 //! The adapter-level crash sweep: the real `ota-agent` runs a whole upgrade (download,
-//! checkpoints, verification, activation, version file; once for a single image and once
-//! for a multi-file task) and is killed at each system call that changes its files, one run
-//! per call. strace's fault injection delivers the SIGKILL on entry to the N-th call of a
+//! checkpoints, verification, activation, version file; for a single image, for a multi-file
+//! task, and for a single image staged on another filesystem) and is killed at each system
+//! call that changes its files, one run per call. strace's fault injection delivers the SIGKILL on entry to the N-th call of a
 //! kind on the agent's paths (`-e inject=CALL:signal=KILL:when=N -P PATH...`), so the call
 //! never happens: that is a power cut right before it (the page cache aside: see
 //! BENCHMARKS.md). After each kill the agent is started again against the same simulator and
