@@ -205,4 +205,54 @@ mod tests {
             "the main module untouched"
         );
     }
+
+    /// The boot after a power loss during the rollback of an unhealthy image: the core's
+    /// record says it was rolling back, so the old image comes back although the new one is
+    /// whole; a journal that is not one stops the start with an error naming it.
+    #[test]
+    fn a_boot_settles_the_journal_as_the_core_record_says() {
+        use ota_core::record::{ImageId, Phase, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        fs::write(p("firmware.img"), b"old").unwrap();
+        fs::write(p("version"), b"1\n").unwrap();
+        fs::write(p("staging.img"), b"new").unwrap();
+        let modules = vec![("default".into(), slot(dir.path()))];
+        let mut slots = Slots::new(modules.clone(), p("ota.record"));
+        slots.activate("default", "2").unwrap();
+        assert_eq!(fs::read(p("firmware.img")).unwrap(), b"new");
+        let task = ota_core::Task {
+            message_id: "1".into(),
+            version: "2".into(),
+            module: "default".into(),
+            size: 3,
+            digest: ota_core::ExpectedDigest::new(ota_core::DigestMethod::Md5, &[0; 16]).unwrap(),
+            channel: ota_core::Channel::Http {
+                url: "http://h/f".into(),
+            },
+            is_diff: false,
+            ext_data: None,
+            digestsign: None,
+            files: Vec::new(),
+        };
+        let mut record = Vec::new();
+        Record {
+            image: ImageId::of(&task),
+            previous_version: "1".into(),
+            phase: Phase::RollingBack,
+        }
+        .encode(&mut record);
+        Slots::new(modules.clone(), p("ota.record"))
+            .recover(Some(&record))
+            .unwrap();
+        assert_eq!(fs::read(p("firmware.img")).unwrap(), b"old");
+        assert_eq!(fs::read(p("version")).unwrap(), b"1\n");
+        assert!(!p("ota.record.journal").exists());
+
+        fs::write(p("ota.record.journal"), b"not a journal").unwrap();
+        let err = Slots::new(modules, p("ota.record"))
+            .recover(None)
+            .unwrap_err();
+        assert!(err.to_string().contains("ota.record.journal"), "{err}");
+    }
 }
