@@ -180,6 +180,24 @@ impl DeviceConfig {
         Ok(agent)
     }
 
+    /// Refuses values the core accepts but that would overflow here: a deadline past the
+    /// end of time in the HTTP thread (`stall_timeout`), a checkpoint that cannot be
+    /// rounded to whole blocks (`checkpoint_interval`). The core checks the rest.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        let day = Duration::from_secs(24 * 60 * 60);
+        if self.agent.stall_timeout > day || self.agent.health_timeout > day {
+            return Err(Error::Config(
+                "stall_timeout and health_timeout must be at most one day".into(),
+            ));
+        }
+        if self.agent.checkpoint_interval > 1 << 40 {
+            return Err(Error::Config(
+                "checkpoint_interval must be at most 2^40 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The MQTT login for this device.
     pub fn login(&self) -> Login {
         Login::new(
@@ -196,4 +214,35 @@ fn seed_of(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library path gets the same protection as the flags: a deadline past the end of
+    /// time or a checkpoint that overflows when rounded is refused before anything starts.
+    #[test]
+    fn values_that_would_overflow_later_are_refused() {
+        let fresh =
+            || DeviceConfig::new("a1TestPK001", "dev01", "s", "h", 1883, Path::new("/x")).unwrap();
+        assert!(fresh().check().is_ok());
+        let mut config = fresh();
+        config.agent.stall_timeout = Duration::MAX;
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("stall_timeout"));
+        let mut config = fresh();
+        config.agent.health_timeout = Duration::from_secs(u64::MAX);
+        assert!(config.check().is_err());
+        let mut config = fresh();
+        config.agent.checkpoint_interval = u64::MAX;
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("checkpoint_interval"));
+    }
 }

@@ -53,9 +53,8 @@ pub fn run_until_reboot(
     observer: &dyn Fn(DeviceEvent),
     stopper: &Stopper,
 ) -> Result<Exit, Error> {
-    let version = config.running_version.read()?;
-    let agent_config = config.agent_config()?;
-    let modules = std::iter::once((agent_config.module.clone(), config.main_slot()))
+    config.check()?;
+    let modules = std::iter::once((config.agent.module.clone(), config.main_slot()))
         .chain(
             config
                 .extra_modules
@@ -63,8 +62,12 @@ pub fn run_until_reboot(
                 .map(|m| (m.name.clone(), m.slot.clone())),
         )
         .collect();
-    let storage = Slots::new(modules, config.record.clone());
+    let mut storage = Slots::new(modules, config.record.clone());
     let record = storage.load_record()?;
+    // Files and version files agree before any version is read.
+    storage.recover(record.as_deref())?;
+    let version = config.running_version.read()?;
+    let agent_config = config.agent_config()?;
     let (tx, rx) = mpsc::channel();
     stopper.install(tx.clone());
     let http = Http::new(
@@ -134,12 +137,18 @@ pub fn run_until_reboot(
     Ok(exit)
 }
 
-/// Largest MQTT packet accepted: pushes with long signed URLs, and block replies of the MQTT
-/// channel (the block plus a JSON header of ~150 bytes, the length, the CRC and the topic).
+/// Largest MQTT packet accepted: block replies of the MQTT channel (the block plus a JSON
+/// header of ~150 bytes, the length, the CRC and the topic), and pushes up to 1 MiB. rumqttc
+/// drops the whole session on a larger packet, so the bound is far above any real push: an
+/// oversized one reaches the core, which refuses it with one `-1` (docs/protocol.md §4),
+/// while the bound still caps what one packet may allocate.
 fn max_incoming_packet(block_size: u32) -> usize {
     let block = usize::try_from(block_size).unwrap_or(usize::MAX);
-    block.saturating_add(1024).max(64 * 1024)
+    block.saturating_add(1024).max(MAX_PUSH)
 }
+
+/// The largest push this adapter receives whole (see [`max_incoming_packet`]).
+const MAX_PUSH: usize = 1 << 20;
 
 struct Driver<'a> {
     agent: Agent,

@@ -78,7 +78,7 @@ pub struct Settings {
     /// Bytes per block of the MQTT-channel download (default 4096, at most 65536).
     #[arg(long, value_name = "BYTES")]
     pub mqtt_block_size: Option<u32>,
-    /// MQTT-channel block requests in flight at once (default 1).
+    /// MQTT-channel block requests in flight at once (1 to 255, default 1).
     #[arg(long, value_name = "N")]
     pub mqtt_window: Option<u8>,
     /// Activate with this shell command instead (env OTA_IMAGE, OTA_VERSION, OTA_MODULE).
@@ -93,26 +93,27 @@ pub struct Settings {
     /// Shell command run after booting a new image; exit 0 = healthy (default: healthy).
     #[arg(long, value_name = "CMD")]
     pub health_command: Option<String>,
-    /// Seconds the health command may take before the image is rolled back.
+    /// Seconds the health command may take before the image is rolled back (1 to 86400).
     #[arg(long, value_name = "SECS")]
     pub health_timeout: Option<u64>,
-    /// Save the resume point every this many bytes (the most a restart re-downloads).
+    /// Save the resume point every this many bytes (the most a restart re-downloads; 1 to
+    /// 2^40).
     #[arg(long, value_name = "BYTES")]
     pub checkpoint_interval: Option<u64>,
-    /// Bytes per write to the staging file.
+    /// Bytes per write to the staging file (1 to 1048576).
     #[arg(long, value_name = "BYTES")]
     pub write_block: Option<usize>,
     /// Staging blocks in flight at once (1 to 16; default 2: one written on the writer
     /// thread while the next is hashed; 1 writes on the agent thread).
     #[arg(long, value_name = "N")]
     pub write_buffers: Option<usize>,
-    /// Transient download errors tolerated in a row before failing with -2.
+    /// Transient download errors tolerated in a row before failing with -2 (0 to 1000).
     #[arg(long, value_name = "N")]
     pub retry_attempts: Option<u32>,
-    /// Fresh URLs asked for after 403/404 before failing with -2.
+    /// Fresh URLs asked for after 403/404 before failing with -2 (0 to 1000).
     #[arg(long, value_name = "N")]
     pub url_refresh_attempts: Option<u32>,
-    /// Seconds without body bytes before a download is retried.
+    /// Seconds without body bytes before a download is retried (1 to 86400).
     #[arg(long, value_name = "SECS")]
     pub stall_timeout: Option<u64>,
     /// Accept plain http:// download URLs (only for local simulators).
@@ -244,34 +245,41 @@ impl Settings {
         if let Some(module) = self.module {
             agent.module = module;
         }
-        if let Some(secs) = self.health_timeout {
+        if let Some(secs) = in_range("health_timeout", self.health_timeout, 1, MAX_SECS)? {
             agent.health_timeout = Duration::from_secs(secs);
         }
-        if let Some(bytes) = self.checkpoint_interval {
+        let bytes = in_range("checkpoint_interval", self.checkpoint_interval, 1, 1 << 40)?;
+        if let Some(bytes) = bytes {
             agent.checkpoint_interval = bytes;
         }
-        if let Some(bytes) = self.write_block {
+        if let Some(bytes) = in_range("write_block", self.write_block, 1, 1 << 20)? {
             agent.write_block = bytes;
         }
-        if let Some(n) = self.write_buffers {
+        if let Some(n) = in_range("write_buffers", self.write_buffers, 1, 16)? {
             agent.write_buffers = n;
         }
-        if let Some(n) = self.retry_attempts {
+        if let Some(n) = in_range("retry_attempts", self.retry_attempts, 0, MAX_ATTEMPTS)? {
             agent.retry.max_attempts = n;
         }
-        if let Some(n) = self.url_refresh_attempts {
+        let refresh = in_range(
+            "url_refresh_attempts",
+            self.url_refresh_attempts,
+            0,
+            MAX_ATTEMPTS,
+        )?;
+        if let Some(n) = refresh {
             agent.url_refresh.max_attempts = n;
         }
-        if let Some(secs) = self.stall_timeout {
+        if let Some(secs) = in_range("stall_timeout", self.stall_timeout, 1, MAX_SECS)? {
             agent.stall_timeout = Duration::from_secs(secs);
         }
         if self.legacy_request == Some(true) {
             agent.task_request = TaskRequest::Legacy;
         }
-        if let Some(bytes) = self.mqtt_block_size {
+        if let Some(bytes) = in_range("mqtt_block_size", self.mqtt_block_size, 1, 64 * 1024)? {
             agent.mqtt.block_size = bytes;
         }
-        if let Some(n) = self.mqtt_window {
+        if let Some(n) = in_range("mqtt_window", self.mqtt_window, 1, u8::MAX)? {
             agent.mqtt.window = n;
         }
         agent.rules.allow_http = self.allow_http.unwrap_or(false);
@@ -279,6 +287,31 @@ impl Settings {
             agent.package_key = Some(crate::signing_key::load_signing_key(path)?);
         }
         Ok(config)
+    }
+}
+
+/// The longest time option: one day. Longer stall or health timeouts mean a stuck device,
+/// and far larger ones would overflow a deadline (`now + timeout`).
+const MAX_SECS: u64 = 24 * 60 * 60;
+
+/// The most retries or URL refreshes in a row: enough for any flaky link, small enough that
+/// a broken cloud cannot keep a device busy for good.
+const MAX_ATTEMPTS: u32 = 1000;
+
+/// `value` when it lies in `min..=max`; otherwise an error naming the option and the range
+/// (checked here, at start-up, so no value can overflow or panic later).
+fn in_range<T>(name: &str, value: Option<T>, min: T, max: T) -> Result<Option<T>, Error>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    match value {
+        Some(v) if v < min || v > max => {
+            let flag = name.replace('_', "-");
+            Err(Error::Config(format!(
+                "{name} (--{flag}) is {v}, must be {min} to {max}"
+            )))
+        }
+        _ => Ok(value),
     }
 }
 
@@ -298,7 +331,7 @@ fn parse_endpoint(endpoint: &str) -> Result<(String, u16), Error> {
     let bad = || Error::Config(format!("endpoint {endpoint:?} is not host:port"));
     let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
     let port = port.parse().map_err(|_| bad())?;
-    if host.is_empty() {
+    if host.is_empty() || port == 0 {
         return Err(bad());
     }
     Ok((host.trim_matches(['[', ']']).to_owned(), port))

@@ -5,12 +5,18 @@
 //!
 //! Protocol features and how this adapter stores them:
 //! * MQTT-channel downloads need nothing but large enough incoming packets: the limit
-//!   follows `agent.mqtt.block_size` (block + 1 KiB, at least 64 KiB).
+//!   follows `agent.mqtt.block_size` (block + 1 KiB, at least 1 MiB, so that an oversized
+//!   push reaches the core and gets one `-1` instead of dropping the session).
+//! * Activation is atomic across power losses: the new files are prepared beside their
+//!   targets, a journal beside the record names them with the digests the cloud gave, the
+//!   old files are kept by hard links, and one rename per file installs the new ones; a
+//!   start with a journal finishes the activation or puts the old files back (see
+//!   `journal`).
 //! * Multi-file tasks keep the core's slot layout in the staging file and are split at
-//!   activation into `files_dir/{fileName}`, each file atomically (temporary file, fsync,
-//!   rename), the previous ones kept until the health check confirms. A file name that could
-//!   leave the directory makes every write of the task fail (`-4`) before a byte is written,
-//!   with a `TaskRejected` event saying why.
+//!   activation into `files_dir/{fileName}`, all files or none, the previous ones kept until
+//!   the health check confirms. A file name that could leave the directory, or that is
+//!   given twice, makes every write of the task fail (`-4`) before a byte is written, with a
+//!   `TaskRejected` event saying why.
 //! * Extra modules ([`ModuleConfig`]) have their own slot; writes go to the module of the last
 //!   `TaskReceived`; activation, confirmation and rollback to the module the core names. The
 //!   record is one file for all modules: the core runs one task at a time and names its
@@ -42,6 +48,7 @@ mod config;
 mod device;
 pub mod file;
 mod http;
+mod journal;
 pub mod login;
 mod mqtt;
 mod multi_file;

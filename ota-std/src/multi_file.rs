@@ -1,25 +1,17 @@
 //! Multi-file tasks (`data.files`). The core lays the files out in the slot back to back,
 //! each starting on a `write_block` boundary, and its `Write` offsets are slot offsets. This
 //! adapter keeps that layout as it is in the staging file (so a resume after a power loss
-//! needs nothing beyond the core's record) and splits it only at activation: every file goes
-//! to `<files_dir>/<fileName>` through a temporary file that is synced and renamed, so each
-//! installed file is either the old one or the whole new one. The previous files are kept as
-//! `<fileName>.previous` until the new set is confirmed, like the single image.
+//! needs nothing beyond the core's record) and splits it only at activation, into
+//! `<files_dir>/<fileName>`, all files or none (see `journal` and `Storage::activate`).
 //!
 //! File names come from the cloud and become paths, so a name that could leave the directory
-//! (`/`, `\`, `.`, `..`, NUL or any control character) refuses the whole task before its
-//! first byte is written.
-
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+//! (`/`, `\`, `.`, `..`, NUL or any control character), a name the activation uses for its
+//! own files (`*.tmp`, `*.previous`), or a name given twice (the second copy would replace
+//! the first one's kept original) refuses the whole task before its first byte is written.
 
 use ota_core::task::TaskFile;
 
-use crate::storage::{remove_if_present, sync_dir, with_suffix};
-
-/// Lists the files of the last activation, so that confirm and rollback (after the reboot,
-/// when the task is gone from memory) know which ones to finish.
+/// The list of installed files of earlier versions of this adapter: still never a file name.
 const INSTALLED_LIST: &str = ".ota-installed";
 
 /// One file's place in the slot.
@@ -42,8 +34,11 @@ impl Layout {
     pub(crate) fn new(files: &[TaskFile], block: u64) -> Result<Layout, String> {
         let mut offset = 0;
         let mut placed = Vec::with_capacity(files.len());
-        for file in files {
+        for (i, file) in files.iter().enumerate() {
             check_name(&file.name)?;
+            if files[..i].iter().any(|f| f.name == file.name) {
+                return Err(format!("file name {:?} is given twice", file.name));
+            }
             placed.push(Placed {
                 name: file.name.clone(),
                 offset,
@@ -76,90 +71,6 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
-}
-
-/// Splits the staged slot into the files of `layout` in `dir`, keeping the files they replace.
-pub(crate) fn install(staging: &Path, layout: &Layout, dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let mut slot = File::open(staging)?;
-    // The list goes first: a power loss halfway leaves enough to roll back.
-    let names: Vec<&str> = layout.files.iter().map(|f| f.name.as_str()).collect();
-    write_atomically(&dir.join(INSTALLED_LIST), names.join("\n").as_bytes())?;
-    for file in &layout.files {
-        let target = dir.join(&file.name);
-        let tmp = with_suffix(&target, ".tmp");
-        let mut out = File::create(&tmp)?;
-        slot.seek(SeekFrom::Start(file.offset))?;
-        let copied = io::copy(&mut (&mut slot).take(file.size), &mut out)?;
-        if copied != file.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{}: the staged slot is short", file.name),
-            ));
-        }
-        out.sync_all()?;
-        drop(out);
-        if target.exists() {
-            fs::rename(&target, with_suffix(&target, ".previous"))?;
-        }
-        fs::rename(&tmp, &target)?;
-    }
-    sync_dir(&dir.join(INSTALLED_LIST))
-}
-
-/// The new files are healthy: forget the previous ones.
-pub(crate) fn confirm(dir: &Path) -> io::Result<()> {
-    for name in installed(dir)? {
-        remove_if_present(&with_suffix(&dir.join(name), ".previous"))?;
-    }
-    finish(dir)
-}
-
-/// The new files are not healthy: put the previous ones back, remove the ones that are new.
-pub(crate) fn rollback(dir: &Path) -> io::Result<()> {
-    for name in installed(dir)? {
-        let target = dir.join(&name);
-        let previous = with_suffix(&target, ".previous");
-        if previous.exists() {
-            fs::rename(&previous, &target)?;
-        } else {
-            remove_if_present(&target)?;
-        }
-    }
-    finish(dir)
-}
-
-fn installed(dir: &Path) -> io::Result<Vec<String>> {
-    match fs::read_to_string(dir.join(INSTALLED_LIST)) {
-        // The list was written by `install` from checked names; check again all the same.
-        Ok(text) => Ok(text
-            .lines()
-            .filter(|n| check_name(n).is_ok())
-            .map(str::to_owned)
-            .collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
-fn finish(dir: &Path) -> io::Result<()> {
-    let list = dir.join(INSTALLED_LIST);
-    if list.exists() {
-        remove_if_present(&list)?;
-        sync_dir(&list)?;
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp: PathBuf = with_suffix(path, ".tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    sync_dir(path)
 }
 
 #[cfg(test)]
@@ -200,27 +111,7 @@ mod tests {
             assert!(Layout::new(&[file(name, 1)], 4).is_err(), "{name:?}");
         }
         assert!(Layout::new(&[file("app-1.2.bin", 1)], 4).is_ok());
-    }
-
-    #[test]
-    fn install_splits_the_slot_and_rollback_restores() {
-        let dir = tempfile::tempdir().unwrap();
-        let staging = dir.path().join("staging.img");
-        fs::write(&staging, b"aaaXbbbbbY").unwrap();
-        let out = dir.path().join("files");
-        fs::create_dir_all(&out).unwrap();
-        fs::write(out.join("b"), b"old").unwrap();
-        let layout = Layout::new(&[file("a", 3), file("b", 5)], 4).unwrap();
-        install(&staging, &layout, &out).unwrap();
-        assert_eq!(fs::read(out.join("a")).unwrap(), b"aaa");
-        assert_eq!(fs::read(out.join("b")).unwrap(), b"bbbbb");
-        rollback(&out).unwrap();
-        assert!(!out.join("a").exists());
-        assert_eq!(fs::read(out.join("b")).unwrap(), b"old");
-
-        install(&staging, &layout, &out).unwrap();
-        confirm(&out).unwrap();
-        assert!(!out.join("b.previous").exists());
-        assert!(!out.join(INSTALLED_LIST).exists());
+        let twice = Layout::new(&[file("a", 1), file("b", 1), file("a", 2)], 4);
+        assert!(twice.unwrap_err().contains("twice"));
     }
 }

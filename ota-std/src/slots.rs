@@ -7,8 +7,10 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::PathBuf;
 
+use ota_core::record::{Phase, Record};
 use ota_core::Task;
 
+use crate::journal::Journal;
 use crate::storage::{remove_if_present, sync_dir, with_suffix, Slot, Storage};
 use crate::writer::WriteJob;
 use crate::Error;
@@ -89,19 +91,60 @@ impl Slots {
         Ok(&mut self.modules[i].1)
     }
 
+    /// The activation journal, beside the record (one task at a time, like the record).
+    fn journal_path(&self) -> PathBuf {
+        with_suffix(&self.record_path, ".journal")
+    }
+
     /// Installs the staged image of `module`.
     pub(crate) fn activate(&mut self, module: &str, version: &str) -> Result<(), String> {
-        self.slot_of(module)?.activate(module, version)
+        let journal = self.journal_path();
+        self.slot_of(module)?.activate(module, version, &journal)
     }
 
     /// The new image of `module` is healthy: forget the previous one.
     pub(crate) fn confirm(&mut self, module: &str) -> Result<(), String> {
-        self.slot_of(module)?.confirm().map_err(|e| e.to_string())
+        let journal = self.journal_path();
+        self.slot_of(module)?
+            .confirm(&journal)
+            .map_err(|e| e.to_string())
     }
 
     /// The new image of `module` is not healthy: put the previous one back.
     pub(crate) fn rollback(&mut self, module: &str) -> Result<(), String> {
-        self.slot_of(module)?.rollback()
+        let journal = self.journal_path();
+        self.slot_of(module)?.rollback(&journal)
+    }
+
+    /// At boot, before any running version is read: an activation journal left behind by a
+    /// power loss is settled, so that every module's files and version file agree (see
+    /// `Storage::recover`). The core's saved `record` says whether it was rolling back, and
+    /// whether the task is over (no record of its activation): then the old files go too.
+    pub(crate) fn recover(&mut self, record: Option<&[u8]>) -> Result<(), Error> {
+        let path = self.journal_path();
+        let unsettled = |e: std::io::Error| {
+            Error::Io(format!(
+                "cannot settle the interrupted activation ({}): {e}",
+                path.display()
+            ))
+        };
+        let Some(journal) = Journal::load(&path).map_err(unsettled)? else {
+            return Ok(());
+        };
+        let phase = record
+            .and_then(|bytes| Record::decode(bytes).ok())
+            .filter(|r| r.image.module == journal.module)
+            .map(|r| r.phase);
+        let rolling_back = phase == Some(Phase::RollingBack);
+        let task_over = !matches!(phase, Some(Phase::Activating | Phase::RollingBack));
+        let storage = self
+            .slot_of(&journal.module)
+            .map_err(|e| unsettled(std::io::Error::other(e)))?;
+        let done = storage
+            .recover(&journal, &path, rolling_back, task_over)
+            .map_err(unsettled)?;
+        tracing::warn!("interrupted activation: {done}");
+        Ok(())
     }
 }
 
@@ -161,5 +204,55 @@ mod tests {
             main.join("staging.img").exists(),
             "the main module untouched"
         );
+    }
+
+    /// The boot after a power loss during the rollback of an unhealthy image: the core's
+    /// record says it was rolling back, so the old image comes back although the new one is
+    /// whole; a journal that is not one stops the start with an error naming it.
+    #[test]
+    fn a_boot_settles_the_journal_as_the_core_record_says() {
+        use ota_core::record::{ImageId, Phase, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        fs::write(p("firmware.img"), b"old").unwrap();
+        fs::write(p("version"), b"1\n").unwrap();
+        fs::write(p("staging.img"), b"new").unwrap();
+        let modules = vec![("default".into(), slot(dir.path()))];
+        let mut slots = Slots::new(modules.clone(), p("ota.record"));
+        slots.activate("default", "2").unwrap();
+        assert_eq!(fs::read(p("firmware.img")).unwrap(), b"new");
+        let task = ota_core::Task {
+            message_id: "1".into(),
+            version: "2".into(),
+            module: "default".into(),
+            size: 3,
+            digest: ota_core::ExpectedDigest::new(ota_core::DigestMethod::Md5, &[0; 16]).unwrap(),
+            channel: ota_core::Channel::Http {
+                url: "http://h/f".into(),
+            },
+            is_diff: false,
+            ext_data: None,
+            digestsign: None,
+            files: Vec::new(),
+        };
+        let mut record = Vec::new();
+        Record {
+            image: ImageId::of(&task),
+            previous_version: "1".into(),
+            phase: Phase::RollingBack,
+        }
+        .encode(&mut record);
+        Slots::new(modules.clone(), p("ota.record"))
+            .recover(Some(&record))
+            .unwrap();
+        assert_eq!(fs::read(p("firmware.img")).unwrap(), b"old");
+        assert_eq!(fs::read(p("version")).unwrap(), b"1\n");
+        assert!(!p("ota.record.journal").exists());
+
+        fs::write(p("ota.record.journal"), b"not a journal").unwrap();
+        let err = Slots::new(modules, p("ota.record"))
+            .recover(None)
+            .unwrap_err();
+        assert!(err.to_string().contains("ota.record.journal"), "{err}");
     }
 }

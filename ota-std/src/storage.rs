@@ -1,17 +1,20 @@
 //! One module's slot as files: the staging image written in place, activation by rename
 //! (keeping the previous image for a rollback) or by a command, the files of a multi-file
-//! task split into a directory at activation (see `multi_file`), and the running version from
-//! configuration or a version file.
+//! task split into a directory at activation (see `multi_file`), all under the activation
+//! journal (see `journal`), and the running version from configuration or a version file.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use ota_core::Task;
+use ota_core::{ExpectedDigest, Task};
 
-use crate::multi_file::{self, Layout};
+use crate::journal::{
+    copy_range, has_digest, keep_previous, sha256_of, write_atomically, Entry, Journal,
+};
+use crate::multi_file::Layout;
 use crate::writer::WriteJob;
 use crate::Error;
 
@@ -41,7 +44,8 @@ impl RunningVersion {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Activation {
     /// Rename the staged image over `target`; the old target is kept as `{target}.previous`
-    /// until the new image is confirmed, so a failed health check can put it back.
+    /// (a hard link) until the new image is confirmed, so a failed health check can put it
+    /// back. A journal beside the record makes the switch atomic across power losses.
     Rename {
         /// Path of the installed image.
         target: PathBuf,
@@ -81,6 +85,8 @@ pub(crate) struct Storage {
     slot_len: u64,
     /// The current task's files, when it has several.
     layout: Option<Layout>,
+    /// The digests the cloud gave: the image's, or each file's in layout order.
+    digests: Vec<ExpectedDigest>,
     /// Why the current task may not be written (an unsafe file name).
     refused: Option<String>,
 }
@@ -93,6 +99,7 @@ impl Storage {
             dirty: false,
             slot_len: 0,
             layout: None,
+            digests: Vec::new(),
             refused: None,
         }
     }
@@ -105,8 +112,10 @@ impl Storage {
         self.layout = None;
         self.slot_len = task.size;
         if task.files.is_empty() {
+            self.digests = vec![task.digest];
             return Ok(());
         }
+        self.digests = task.files.iter().map(|f| f.digest).collect();
         match Layout::new(&task.files, write_block) {
             Ok(layout) => {
                 self.slot_len = layout.end();
@@ -163,103 +172,299 @@ impl Storage {
         Ok(())
     }
 
-    /// Makes the staged image the installed one.
-    pub(crate) fn activate(&mut self, module: &str, version: &str) -> Result<(), String> {
+    /// Makes the staged image (or every file of a multi-file task) the installed one, all or
+    /// nothing, under the journal at `journal`: the new files are prepared beside their
+    /// targets (a staging file on another filesystem is copied into the target's directory),
+    /// the journal is saved, each old file is kept by a hard link, and one rename per file
+    /// installs the new one; then the version file. A failure puts the old files back.
+    pub(crate) fn activate(
+        &mut self,
+        module: &str,
+        version: &str,
+        journal: &Path,
+    ) -> Result<(), String> {
         self.staging = None; // the file moves away; the next task opens a new one
-        let fail = |what: &str, e: io::Error| format!("{what}: {e}");
-        let slot = &self.slot;
-        if let Some(layout) = &self.layout {
-            multi_file::install(&slot.staging, layout, &slot.files_dir)
-                .map_err(|e| fail("cannot install the files", e))?;
+        match Journal::load(journal) {
+            Ok(None) => {}
+            Ok(Some(_)) => return Err("an earlier activation is unfinished".into()),
+            Err(e) => return Err(format!("activation journal: {e}")),
         }
-        match &slot.activation {
-            Activation::Rename { target } => {
-                if self.layout.is_some() {
-                    remove_if_present(&slot.staging).map_err(|e| fail("staging", e))?;
-                } else {
-                    if target.exists() {
-                        fs::rename(target, with_suffix(target, ".previous"))
-                            .map_err(|e| fail("cannot keep the previous image", e))?;
-                    }
-                    fs::rename(&slot.staging, target)
-                        .map_err(|e| fail("cannot install the image", e))?;
-                    sync_dir(target).map_err(|e| fail("cannot sync", e))?;
-                }
-                if let RunningVersion::File(path) = &slot.running_version {
-                    install_version(path, version).map_err(|e| fail("version file", e))?;
-                }
-                Ok(())
+        let mut prepared = Vec::new();
+        if let Err(e) = self.prepare(&mut prepared) {
+            self.discard(&prepared);
+            return Err(format!("cannot prepare the new files: {e}"));
+        }
+        if !prepared.is_empty() {
+            let entries = prepared.iter().map(|(entry, _)| entry.clone()).collect();
+            let record = Journal {
+                module: module.to_owned(),
+                version: version.to_owned(),
+                previous: match &self.slot.running_version {
+                    RunningVersion::File(_) => self.slot.running_version.read().ok(),
+                    RunningVersion::Fixed(_) => None,
+                },
+                entries,
+            };
+            if let Err(e) = record.save(journal) {
+                self.discard(&prepared);
+                return Err(format!("cannot save the activation journal: {e}"));
             }
-            Activation::Command { activate, .. } => {
-                let files_dir = slot.files_dir.to_string_lossy();
-                let mut env = vec![
-                    ("OTA_IMAGE", slot.staging.to_string_lossy()),
-                    ("OTA_VERSION", version.into()),
-                    ("OTA_MODULE", module.into()),
-                ];
-                if self.layout.is_some() {
-                    env.push(("OTA_FILES_DIR", files_dir));
-                }
-                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-                run_command(activate, &env)
+            if let Err(e) = self.switch(&prepared, version) {
+                let undo = self.restore(&record, journal);
+                return Err(match undo {
+                    Ok(()) => format!("cannot install the new files (the old ones are back): {e}"),
+                    Err(u) => format!("cannot install the new files: {e}; nor restore: {u}"),
+                });
             }
+        }
+        let Activation::Command { activate, .. } = &self.slot.activation else {
+            return Ok(());
+        };
+        let files_dir = self.slot.files_dir.to_string_lossy();
+        let mut env = vec![
+            ("OTA_IMAGE", self.slot.staging.to_string_lossy()),
+            ("OTA_VERSION", version.into()),
+            ("OTA_MODULE", module.into()),
+        ];
+        if self.layout.is_some() {
+            env.push(("OTA_FILES_DIR", files_dir));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        let result = run_command(activate, &env);
+        if result.is_err() && !prepared.is_empty() {
+            if let Ok(Some(record)) = Journal::load(journal) {
+                let _ = self.restore(&record, journal);
+            }
+        }
+        result
+    }
+
+    /// Where the file of `entry` is installed.
+    fn target_of(&self, entry: &Entry) -> Option<PathBuf> {
+        match (&entry.file, &self.slot.activation) {
+            (Some(name), _) => Some(self.slot.files_dir.join(name)),
+            (None, Activation::Rename { target }) => Some(target.clone()),
+            (None, Activation::Command { .. }) => None,
         }
     }
 
-    /// The new image is healthy: forget the previous one.
-    pub(crate) fn confirm(&mut self) -> io::Result<()> {
-        multi_file::confirm(&self.slot.files_dir)?;
-        if let Activation::Rename { target } = &self.slot.activation {
-            remove_if_present(&with_suffix(target, ".previous"))?;
-            if let RunningVersion::File(path) = &self.slot.running_version {
-                remove_if_present(&with_suffix(path, ".previous"))?;
+    /// The new files beside their targets, each with its journal entry: the files of a
+    /// multi-file task copied out of the slot, or the staged image (linked, or copied when
+    /// it lies on another filesystem, where no rename reaches).
+    fn prepare(&self, out: &mut Vec<(Entry, PathBuf)>) -> io::Result<()> {
+        let slot = &self.slot;
+        let exists = |path: &Path| fs::symlink_metadata(path).is_ok();
+        if let Some(layout) = &self.layout {
+            fs::create_dir_all(&slot.files_dir)?;
+            let staged = File::open(&slot.staging)?;
+            if self.digests.len() != layout.files.len() {
+                return Err(io::Error::other("the task's files and digests differ"));
             }
-            sync_dir(target)?;
+            for (placed, digest) in layout.files.iter().zip(&self.digests) {
+                let target = slot.files_dir.join(&placed.name);
+                let tmp = with_suffix(&target, ".tmp");
+                copy_range(&staged, placed.offset, placed.size, &tmp)
+                    .inspect_err(|_| drop(remove_if_present(&tmp)))?;
+                let entry = Entry {
+                    file: Some(placed.name.clone()),
+                    digest: *digest,
+                    existed: exists(&target),
+                };
+                out.push((entry, tmp));
+                remove_if_present(&with_suffix(&target, ".previous"))?;
+            }
+            return Ok(());
+        }
+        let Activation::Rename { target } = &slot.activation else {
+            return Ok(()); // the command installs the image
+        };
+        // Beside the target as `{target}.tmp`: a second name of the staged file where one can
+        // be made, else (another filesystem, or one without hard links) a synced copy.
+        let staged = File::open(&slot.staging)?;
+        let tmp = with_suffix(target, ".tmp");
+        remove_if_present(&tmp)?; // a stale name of an older staged file
+        if fs::hard_link(&slot.staging, &tmp).is_err() {
+            let len = staged.metadata()?.len();
+            copy_range(&staged, 0, len, &tmp).inspect_err(|_| drop(remove_if_present(&tmp)))?;
+        }
+        // The task's digest (what the core verified); an image activated without a task in
+        // this run (never by the core) is identified by its own SHA-256.
+        let digest = match self.digests.first() {
+            Some(digest) => *digest,
+            None => sha256_of(&tmp)?,
+        };
+        let entry = Entry {
+            file: None,
+            digest,
+            existed: exists(target),
+        };
+        out.push((entry, tmp));
+        remove_if_present(&with_suffix(target, ".previous"))
+    }
+
+    /// Removes the temporary files of a failed preparation (the staging file stays).
+    fn discard(&self, prepared: &[(Entry, PathBuf)]) {
+        for (_, from) in prepared {
+            let _ = remove_if_present(from);
+        }
+    }
+
+    /// Keeps every old file by a hard link, renames every new one over it, then writes the
+    /// version file and drops the staging file.
+    fn switch(&self, prepared: &[(Entry, PathBuf)], version: &str) -> io::Result<()> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (entry, from) in prepared {
+            let target = self.target_of(entry).ok_or(io::ErrorKind::InvalidInput)?;
+            if entry.existed {
+                keep_previous(&target, &with_suffix(&target, ".previous"))?;
+            }
+            fs::rename(from, &target)?;
+            let dir = parent_of(&target).to_path_buf();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            File::open(dir)?.sync_all()?;
+        }
+        if let Activation::Rename { .. } = self.slot.activation {
+            if let RunningVersion::File(path) = &self.slot.running_version {
+                write_atomically(path, format!("{version}\n").as_bytes())?;
+            }
+            if fs::symlink_metadata(&self.slot.staging).is_ok() {
+                remove_if_present(&self.slot.staging)?;
+                sync_dir(&self.slot.staging)?;
+            }
         }
         Ok(())
     }
 
-    /// The new image is not healthy: put the previous one (and its version) back.
-    pub(crate) fn rollback(&mut self) -> Result<(), String> {
-        multi_file::rollback(&self.slot.files_dir)
-            .map_err(|e| format!("cannot restore the files: {e}"))?;
-        match &self.slot.activation {
-            Activation::Rename { target } => {
-                let restore = |path: &Path| -> io::Result<()> {
-                    let previous = with_suffix(path, ".previous");
-                    if previous.exists() {
-                        fs::rename(&previous, path)?;
-                        sync_dir(path)?;
-                    }
-                    Ok(())
-                };
-                restore(target).map_err(|e| format!("cannot restore the image: {e}"))?;
-                if let RunningVersion::File(path) = &self.slot.running_version {
-                    restore(path).map_err(|e| format!("cannot restore the version: {e}"))?;
-                }
-                Ok(())
+    /// Puts back every old file the journal names (and removes the new ones that replaced
+    /// nothing), restores the version file, then removes the journal. Safe to repeat after a
+    /// power loss at any point of itself or of the activation.
+    fn restore(&self, record: &Journal, journal: &Path) -> io::Result<()> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for entry in &record.entries {
+            let Some(target) = self.target_of(entry) else {
+                continue;
+            };
+            let previous = with_suffix(&target, ".previous");
+            if !entry.existed {
+                remove_if_present(&target)?;
+            } else if fs::symlink_metadata(&previous).is_ok() {
+                // Also when the rename never happened: both names are then the old file,
+                // and the rename does nothing but the removal below.
+                fs::rename(&previous, &target)?;
+                remove_if_present(&previous)?;
             }
+            remove_if_present(&with_suffix(&target, ".tmp"))?;
+            remove_if_present(&with_suffix(&previous, ".tmp"))?;
+            let dir = parent_of(&target).to_path_buf();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            File::open(dir)?.sync_all()?;
+        }
+        if let (Activation::Rename { .. }, RunningVersion::File(path), Some(previous)) = (
+            &self.slot.activation,
+            &self.slot.running_version,
+            &record.previous,
+        ) {
+            if self.slot.running_version.read().ok().as_ref() != Some(previous) {
+                write_atomically(path, format!("{previous}\n").as_bytes())?;
+            }
+        }
+        Journal::remove(journal)
+    }
+
+    /// Whether every file the journal names holds its new bytes.
+    fn is_installed(&self, record: &Journal) -> io::Result<bool> {
+        for entry in &record.entries {
+            let Some(target) = self.target_of(entry) else {
+                continue;
+            };
+            if !has_digest(&target, &entry.digest)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// At boot, with a journal left by a power loss: finishes the activation when every new
+    /// file is in place (the version file then names the new version; with `task_over`, the
+    /// old files are dropped too), otherwise (or when the core was `rolling_back`) restores
+    /// the old files and version. Returns what it did, for the log.
+    pub(crate) fn recover(
+        &mut self,
+        record: &Journal,
+        journal: &Path,
+        rolling_back: bool,
+        task_over: bool,
+    ) -> io::Result<String> {
+        if !rolling_back && self.is_installed(record)? {
+            if let (Activation::Rename { .. }, RunningVersion::File(path)) =
+                (&self.slot.activation, &self.slot.running_version)
+            {
+                if self.slot.running_version.read().ok().as_deref() != Some(&record.version) {
+                    write_atomically(path, format!("{}\n", record.version).as_bytes())?;
+                }
+            }
+            if task_over {
+                self.confirm(journal)?;
+            }
+            return Ok(format!(
+                "{} is installed: activation finished",
+                record.version
+            ));
+        }
+        self.restore(record, journal)?;
+        let previous = record.previous.as_deref().unwrap_or("the previous version");
+        Ok(format!(
+            "{} was not completely installed: {previous} restored",
+            record.version
+        ))
+    }
+
+    /// The new image is healthy: forget the previous one.
+    pub(crate) fn confirm(&mut self, journal: &Path) -> io::Result<()> {
+        let Some(record) = Journal::load(journal)? else {
+            return Ok(());
+        };
+        for entry in &record.entries {
+            if let Some(target) = self.target_of(entry) {
+                remove_if_present(&with_suffix(&target, ".previous"))?;
+            }
+        }
+        Journal::remove(journal)
+    }
+
+    /// The new image is not healthy: put the previous one (and its version) back.
+    pub(crate) fn rollback(&mut self, journal: &Path) -> Result<(), String> {
+        match Journal::load(journal) {
+            Ok(Some(record)) => self
+                .restore(&record, journal)
+                .map_err(|e| format!("cannot restore the previous files: {e}"))?,
+            Ok(None) => {}
+            Err(e) => return Err(format!("activation journal: {e}")),
+        }
+        match &self.slot.activation {
             Activation::Command {
                 rollback: Some(cmd),
                 ..
             } => run_command(cmd, &[]),
-            Activation::Command { rollback: None, .. } => Ok(()),
+            _ => Ok(()),
         }
     }
 }
 
-/// Keeps the old version as `{path}.previous`, then writes the new one atomically.
-fn install_version(path: &Path, version: &str) -> io::Result<()> {
-    if path.exists() {
-        fs::copy(path, with_suffix(path, ".previous"))?;
+/// The directory of `path`.
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
-    let tmp = with_suffix(path, ".tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(format!("{version}\n").as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    sync_dir(path)
 }
 
 pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
@@ -277,11 +482,7 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Makes a rename or removal in `path`'s directory durable.
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    File::open(parent_of(path))?.sync_all()
 }
 
 /// Runs `sh -c command`; `Ok` on exit status 0.
@@ -315,13 +516,19 @@ mod tests {
         }
     }
 
-    fn task(size: u64) -> Task {
+    fn sha256(data: &[u8]) -> ExpectedDigest {
+        use sha2::Digest;
+        ExpectedDigest::new(DigestMethod::Sha256, &sha2::Sha256::digest(data)).unwrap()
+    }
+
+    /// A task for the image `data`.
+    fn task(data: &[u8]) -> Task {
         Task {
             message_id: "1".into(),
             version: "2.0".into(),
             module: "default".into(),
-            size,
-            digest: ExpectedDigest::new(DigestMethod::Md5, &[0; 16]).unwrap(),
+            size: data.len() as u64,
+            digest: sha256(data),
             channel: Channel::Http {
                 url: "http://h/f".into(),
             },
@@ -337,7 +544,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("staging.bin"), [9u8; 10]).unwrap();
         let mut s = Storage::new(slot(dir.path()));
-        s.begin_task(&task(6), 4).unwrap();
+        s.begin_task(&task(b"abcdef"), 4).unwrap();
         s.write(3, b"def").unwrap();
         s.write(0, b"abc").unwrap();
         assert_eq!(fs::read(dir.path().join("staging.bin")).unwrap(), b"abcdef");
@@ -347,7 +554,7 @@ mod tests {
     fn a_task_with_an_unsafe_file_name_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Storage::new(slot(dir.path()));
-        let mut t = task(3);
+        let mut t = task(b"abc");
         t.files.push(ota_core::task::TaskFile {
             name: "../evil".into(),
             size: 3,
@@ -363,28 +570,203 @@ mod tests {
     fn activation_keeps_the_previous_image_until_confirmed_or_rolled_back() {
         let dir = tempfile::tempdir().unwrap();
         let p = |name: &str| dir.path().join(name);
+        let journal = p("ota.record.journal");
         fs::write(p("firmware.bin"), b"old").unwrap();
         fs::write(p("version"), b"1.0\n").unwrap();
         let mut s = Storage::new(slot(dir.path()));
-        s.begin_task(&task(3), 4).unwrap();
+        s.begin_task(&task(b"new"), 4).unwrap();
         s.write(0, b"new").unwrap();
-        s.activate("default", "2.0").unwrap();
+        s.activate("default", "2.0", &journal).unwrap();
         assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"new");
+        assert_eq!(fs::read(p("firmware.bin.previous")).unwrap(), b"old");
         assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "2.0");
-        s.rollback().unwrap();
+        assert!(
+            journal.exists(),
+            "the journal lasts until confirmed or rolled back"
+        );
+        assert!(!p("staging.bin").exists());
+        s.rollback(&journal).unwrap();
         assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"old");
         assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "1.0");
+        assert!(!journal.exists() && !p("firmware.bin.previous").exists());
 
         s.write(0, b"new").unwrap();
-        s.activate("default", "2.0").unwrap();
-        s.confirm().unwrap();
+        s.activate("default", "2.0", &journal).unwrap();
+        s.confirm(&journal).unwrap();
         assert!(!p("firmware.bin.previous").exists());
-        assert!(!p("version.previous").exists());
+        assert!(!journal.exists());
+    }
+
+    /// The state a power loss leaves after the image's rename and before the version file
+    /// (the case 3): the next boot finishes the activation instead of reporting a
+    /// rollback that never happened.
+    #[test]
+    fn a_boot_after_the_rename_finishes_the_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        let journal = p("ota.record.journal");
+        fs::write(p("firmware.bin"), b"old").unwrap();
+        fs::write(p("version"), b"1.0\n").unwrap();
+        let mut s = Storage::new(slot(dir.path()));
+        s.begin_task(&task(b"new"), 4).unwrap();
+        s.write(0, b"new").unwrap();
+        s.activate("default", "2.0", &journal).unwrap();
+        fs::write(p("version"), b"1.0\n").unwrap(); // as if the version file never changed
+        let record = Journal::load(&journal).unwrap().unwrap();
+        let done = Storage::new(slot(dir.path()))
+            .recover(&record, &journal, false, false)
+            .unwrap();
+        assert!(done.contains("finished"), "{done}");
+        assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "2.0");
+        assert!(
+            journal.exists(),
+            "kept for the health check's confirm or rollback"
+        );
+        // The core was rolling back when the power went: the old image comes back.
+        Storage::new(slot(dir.path()))
+            .recover(&record, &journal, true, false)
+            .unwrap();
+        assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"old");
+        assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "1.0");
+        assert!(!journal.exists());
+    }
+
+    /// Before the rename, the old image is both the target and its `.previous` link: the
+    /// boot restores it (once) and the version file still says the old version.
+    #[test]
+    fn a_boot_before_the_rename_restores_the_old_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        let journal = p("ota.record.journal");
+        fs::write(p("firmware.bin"), b"old").unwrap();
+        fs::write(p("version"), b"1.0\n").unwrap();
+        fs::write(p("staging.bin"), b"new").unwrap();
+        let record = Journal {
+            module: "default".into(),
+            version: "2.0".into(),
+            previous: Some("1.0".into()),
+            entries: vec![Entry {
+                file: None,
+                digest: sha256_of(&p("staging.bin")).unwrap(),
+                existed: true,
+            }],
+        };
+        record.save(&journal).unwrap();
+        fs::hard_link(p("firmware.bin"), p("firmware.bin.previous")).unwrap();
+        let done = Storage::new(slot(dir.path()))
+            .recover(&record, &journal, false, true)
+            .unwrap();
+        assert!(done.contains("1.0 restored"), "{done}");
+        assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"old");
+        assert!(!p("firmware.bin.previous").exists());
+        assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "1.0");
+        assert!(!journal.exists());
+    }
+
+    /// The case 2: staging on another filesystem than the target. The image is
+    /// copied into the target's directory first, and renamed from there.
+    #[test]
+    fn staging_on_another_filesystem_is_copied_beside_the_target() {
+        let (Ok(shm), dir) = (
+            tempfile::tempdir_in("/dev/shm"),
+            tempfile::tempdir().unwrap(),
+        ) else {
+            eprintln!("skipped: no /dev/shm for a second filesystem");
+            return;
+        };
+        let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&fs::metadata(p).unwrap());
+        if dev(shm.path()) == dev(dir.path()) {
+            eprintln!("skipped: /dev/shm is on the same filesystem as the temporary directory");
+            return;
+        }
+        let p = |name: &str| dir.path().join(name);
+        fs::write(p("firmware.bin"), b"old").unwrap();
+        fs::write(p("version"), b"1.0\n").unwrap();
+        let mut s = Storage::new(Slot {
+            staging: shm.path().join("staging.bin"),
+            ..slot(dir.path())
+        });
+        s.begin_task(&task(b"new"), 4).unwrap();
+        s.write(0, b"new").unwrap();
+        let journal = p("ota.record.journal");
+        s.activate("default", "2.0", &journal).unwrap();
+        assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"new");
+        assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "2.0");
+        assert!(!shm.path().join("staging.bin").exists());
+        assert!(!p("firmware.bin.tmp").exists());
+    }
+
+    /// A failure after the journal and the image's rename (here the version file's
+    /// directory is missing) puts the old image back: never no image, never a mix.
+    #[test]
+    fn a_failed_activation_leaves_the_old_image_and_no_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        fs::write(p("firmware.bin"), b"old").unwrap();
+        let mut s = Storage::new(Slot {
+            running_version: RunningVersion::File(p("gone/version")),
+            ..slot(dir.path())
+        });
+        s.begin_task(&task(b"new"), 4).unwrap();
+        s.write(0, b"new").unwrap();
+        let journal = p("ota.record.journal");
+        let err = s.activate("default", "2.0", &journal).unwrap_err();
+        assert!(err.contains("the old ones are back"), "{err}");
+        assert_eq!(fs::read(p("firmware.bin")).unwrap(), b"old");
+        assert!(!p("firmware.bin.previous").exists());
+        assert!(!journal.exists());
+    }
+
+    /// A multi-file task is installed whole or not at all: a power loss between two of its
+    /// renames brings every old file back and removes the new ones.
+    #[test]
+    fn multi_file_tasks_install_all_files_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        let files = p("files");
+        fs::create_dir_all(&files).unwrap();
+        fs::write(files.join("a"), b"old-a").unwrap();
+        fs::write(p("version"), b"1.0\n").unwrap();
+        let mut t = task(b"");
+        for (name, data) in [("a", &b"aaa"[..]), ("b", b"bbbbb")] {
+            t.files.push(ota_core::task::TaskFile {
+                name: name.into(),
+                size: data.len() as u64,
+                digest: sha256(data),
+                url: "http://h/f".into(),
+            });
+        }
+        let mut s = Storage::new(slot(dir.path()));
+        s.begin_task(&t, 4).unwrap();
+        s.write(0, b"aaaXbbbbb").unwrap();
+        let journal = p("ota.record.journal");
+        s.activate("default", "2.0", &journal).unwrap();
+        assert_eq!(fs::read(files.join("a")).unwrap(), b"aaa");
+        assert_eq!(fs::read(files.join("b")).unwrap(), b"bbbbb");
+        assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "2.0");
+        assert!(!p("staging.bin").exists(), "the slot was split");
+
+        // As if the power went after `a`'s rename, before `b`'s.
+        fs::rename(files.join("b"), files.join("b.tmp")).unwrap();
+        fs::write(p("version"), b"1.0\n").unwrap();
+        let record = Journal::load(&journal).unwrap().unwrap();
+        Storage::new(slot(dir.path()))
+            .recover(&record, &journal, false, false)
+            .unwrap();
+        assert_eq!(fs::read(files.join("a")).unwrap(), b"old-a");
+        let left: Vec<_> = fs::read_dir(&files)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["a"], "no new file, no leftover");
+        assert_eq!(RunningVersion::File(p("version")).read().unwrap(), "1.0");
+        assert!(!journal.exists());
     }
 
     #[test]
     fn command_activation_reports_the_exit_status() {
         let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("ota.record.journal");
         let mut s = Storage::new(Slot {
             activation: Activation::Command {
                 activate: "test \"$OTA_VERSION\" = 2.0".into(),
@@ -393,8 +775,8 @@ mod tests {
             running_version: RunningVersion::Fixed("1.0".into()),
             ..slot(dir.path())
         });
-        assert_eq!(s.activate("default", "2.0"), Ok(()));
-        assert!(s.activate("default", "3.0").is_err());
-        assert!(s.rollback().unwrap_err().contains("exit status: 3"));
+        assert_eq!(s.activate("default", "2.0", &journal), Ok(()));
+        assert!(s.activate("default", "3.0", &journal).is_err());
+        assert!(s.rollback(&journal).unwrap_err().contains("exit status: 3"));
     }
 }

@@ -419,3 +419,118 @@ fn exit_after_install_exits_with_the_failure_code() {
     assert_eq!(sim.progress_steps(&info).last(), Some(&-3));
     assert!(!dir.path().join("firmware.img").exists());
 }
+
+/// Every numeric option, flag or config-file key, is checked at start-up: an out-of-range
+/// value is one line naming the option, before any connection (the broker here is closed),
+/// never a panic, a hang or a wrapped value.
+#[test]
+fn every_numeric_option_out_of_range_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let base = [
+        "--product-key=a1TestPK001".to_owned(),
+        "--device-name=dev01".to_owned(),
+        "--device-secret=s".to_owned(),
+        format!("--endpoint=127.0.0.1:{port}"),
+        "--tls=false".to_owned(),
+        "--running-version=1.0.0".to_owned(),
+        format!("--staging={}", p("staging.img")),
+        format!("--record={}", p("ota.record")),
+        format!("--target={}", p("firmware.img")),
+    ];
+    let max64 = u64::MAX.to_string();
+    let cases: &[(&str, &str)] = &[
+        ("stall-timeout", &max64),
+        ("stall-timeout", "0"),
+        ("health-timeout", &max64),
+        ("health-timeout", "0"),
+        ("checkpoint-interval", &max64),
+        ("checkpoint-interval", "0"),
+        ("write-block", &max64),
+        ("write-block", "0"),
+        ("write-block", "1048577"),
+        ("write-buffers", "0"),
+        ("write-buffers", "17"),
+        ("write-buffers", &max64),
+        ("retry-attempts", "4294967295"),
+        ("url-refresh-attempts", "4294967295"),
+        ("mqtt-block-size", "0"),
+        ("mqtt-block-size", "65537"),
+        ("mqtt-block-size", "4294967295"),
+        ("mqtt-window", "0"),
+    ];
+    for (flag, value) in cases {
+        let output = Command::new(AGENT)
+            .args(&base)
+            .arg(format!("--{flag}={value}"))
+            .output()
+            .unwrap();
+        let stderr = one_line_error(&output);
+        let key = flag.replace('-', "_");
+        assert!(stderr.contains(&key), "--{flag}={value}: {stderr}");
+        assert!(
+            !stderr.contains("broker"),
+            "checked before connecting: {stderr}"
+        );
+    }
+    // Values clap cannot hold are its one-line usage errors.
+    for arg in [
+        "--mqtt-window=256",
+        "--stall-timeout=18446744073709551616",
+        "--retry-attempts=-1",
+    ] {
+        let output = Command::new(AGENT).args(&base).arg(arg).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{arg}");
+        one_line_error(&output);
+    }
+    // The same check for the config file, and for the endpoint's port.
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "stall_timeout = 9223372036854775807\n").unwrap();
+    let output = Command::new(AGENT)
+        .args(&base)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(one_line_error(&output).contains("stall_timeout"));
+    let mut port_0 = base.clone();
+    port_0[3] = "--endpoint=127.0.0.1:0".to_owned();
+    let output = Command::new(AGENT).args(&port_0).output().unwrap();
+    assert!(one_line_error(&output).contains("host:port"));
+}
+
+/// A verdict the agent finds at boot, before its session is up (here: the activation
+/// command left 1.0.0 running, so the boot after it reports the rollback), is published
+/// before `--exit-after-install` exits: the cloud hears the -1, and the exit code says 1.
+#[test]
+fn exit_after_install_publishes_a_verdict_found_at_boot() {
+    let sim = sim();
+    let info = sim.add_device().unwrap();
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", image(50_000)))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "activate_command = \"true\"\nwrite_block = 16384";
+    let config = common::write_config(&sim, &info, dir.path(), extra);
+    let child = agent(&config, &info.device_secret)
+        .arg("--exit-after-install")
+        .spawn()
+        .unwrap();
+    assert_eq!(exit_code(child), Some(1));
+    sim.wait_task_state(job, &info, TaskState::Failed, WAIT)
+        .unwrap();
+    let steps = sim.progress_steps(&info);
+    assert_eq!(steps.last(), Some(&-1), "{steps:?}");
+    let last = sim.progress(&info).pop().unwrap();
+    assert!(
+        last.desc
+            .as_deref()
+            .is_some_and(|d| d.contains("rolled back")),
+        "{last:?}"
+    );
+    assert!(!dir.path().join("ota.record").exists());
+}

@@ -167,7 +167,8 @@ fn client_of(sim: &Sim) -> (Client, rumqttc::Connection) {
     let client_id = creds.client_id.replace("_ss=1,", "");
     let mut options = MqttOptions::new(client_id, sim.mqtt_host(), sim.mqtt_port());
     options.set_credentials(creds.username, creds.password);
-    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    // Large enough for the oversized pushes of the tests (the simulator's broker takes 1 MiB).
+    options.set_max_packet_size(64 * 1024, 1 << 20);
     Client::new(options, 8)
 }
 

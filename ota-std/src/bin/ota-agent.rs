@@ -68,7 +68,8 @@ fn main() -> ExitCode {
 struct TaskEnd {
     /// The exit code: 0 on success, else the failure step's magnitude.
     code: Option<u8>,
-    /// This boot has connected, so its version report is out (the core informs on connect).
+    /// The session is up, so this boot's version report and any report held back while
+    /// offline are out (the core sends them on connect).
     connected: bool,
     /// This boot's health check passed and the image is confirmed.
     succeeded: bool,
@@ -135,22 +136,23 @@ fn stop_on_signals(stopper: Stopper) -> Result<(), ota_std::Error> {
 }
 
 /// With `--exit-after-install`: the run stops once the task succeeded (confirmed, and the
-/// new version reported, which the core does on connect: the health check may pass before
-/// the session is up) or failed (its code reported). Stopping waits for the broker to
-/// acknowledge those reports.
+/// new version reported) or failed (its code reported). The core publishes what it found
+/// while offline (a verdict at boot, a failure during an outage) when the session comes up,
+/// so the stop waits for a connection; stopping then waits for the broker to acknowledge
+/// those reports.
 fn note_task_end(event: &DeviceEvent, task_end: &Mutex<TaskEnd>, stopper: &Stopper) {
     let mut end = task_end.lock().unwrap_or_else(|e| e.into_inner());
     match event {
-        DeviceEvent::Started { .. } => end.connected = false,
+        DeviceEvent::Started { .. } | DeviceEvent::Disconnected { .. } => end.connected = false,
         DeviceEvent::Connected => end.connected = true,
         DeviceEvent::Succeeded { .. } => end.succeeded = true,
         DeviceEvent::Failed { code, .. } => end.code = Some(code.unsigned_abs().max(1)),
         _ => return,
     }
-    if end.code.is_none() && end.succeeded && end.connected {
+    if end.code.is_none() && end.succeeded {
         end.code = Some(0);
     }
-    if end.code.is_some() {
+    if end.code.is_some() && end.connected {
         stopper.stop();
     }
 }

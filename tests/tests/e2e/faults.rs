@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ota_sim::{DownloadRecord, Fault, JobId, JobSpec, PackageSpec, Sim, TaskState, Times};
 use ota_std::DeviceEvent;
-use ota_tests::{image, sim, TestDevice, WAIT};
+use ota_tests::{image, publish_as_cloud, sim, TestDevice, WAIT};
 
 const SIZE: usize = 300_000;
 
@@ -212,5 +212,46 @@ fn expired_url_mid_download_resumes_with_a_fresh_url() {
         "resumed where the cut left off, not from zero"
     );
     assert_eq!(records[2].content_length, 1, "only the missing byte again");
+    device.stop();
+}
+
+/// A push larger than 64 KiB (here 100 KiB, with an absurd version) reaches the core, which
+/// refuses it with one -1; the MQTT session is not dropped for its size.
+#[test]
+fn a_push_over_64_kib_gets_one_minus_1_and_the_session_stays_up() {
+    let sim = sim();
+    let info = sim.add_device().unwrap();
+    let device = TestDevice::start(&sim, &info, |_| {});
+    sim.wait_version(&info, "default", "1.0.0", WAIT).unwrap();
+    let version = "9".repeat(100 * 1024);
+    let push = format!(
+        r#"{{"code":"1000","data":{{"size":10,"version":"{version}","url":"http://127.0.0.1:9/f","md5":"{md5}"}},"id":8,"message":"success"}}"#,
+        md5 = "0".repeat(32)
+    );
+    let (pk, dn) = (&info.id.product_key, &info.id.device_name);
+    publish_as_cloud(&sim, &format!("/ota/device/upgrade/{pk}/{dn}"), push);
+    let mut dropped = Vec::new();
+    device.expect("the refusal", |e| {
+        if let DeviceEvent::Disconnected { reason } = e {
+            dropped.push(reason.clone());
+        }
+        matches!(e, DeviceEvent::TaskRejected { .. })
+    });
+    assert!(dropped.is_empty(), "session dropped: {dropped:?}");
+    sim.wait_progress(&info, 1, WAIT).unwrap();
+    assert_eq!(sim.progress_steps(&info), [-1]);
+    // The same session serves the next (real) task.
+    let data = image(10_000);
+    let package = sim.add_package(PackageSpec::new("2.0.0", data)).unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    sim.wait_task_state(job, &info, TaskState::Succeeded, WAIT)
+        .unwrap();
+    device.expect("success", |e| {
+        if let DeviceEvent::Disconnected { reason } = e {
+            dropped.push(reason.clone());
+        }
+        matches!(e, DeviceEvent::Succeeded { .. })
+    });
+    assert!(dropped.is_empty(), "session dropped: {dropped:?}");
     device.stop();
 }

@@ -136,3 +136,51 @@ fn a_file_name_that_leaves_the_directory_is_refused_before_any_write() {
     assert!(!device.path("files").exists());
     device.stop();
 }
+
+/// A task naming the same file twice never replaces the installed file: ota-std refuses its
+/// writes before any byte lands (whatever the core makes of the push), so the original file
+/// keeps its bytes and no `.previous` copy of it is left to be deleted.
+#[test]
+fn a_file_named_twice_never_destroys_the_installed_one() {
+    let sim = sim();
+    let info = sim.add_device().unwrap();
+    let data = image(30_000);
+    let package = sim
+        .add_package(PackageSpec::files("2.0.0", [("app.bin", data.clone())]))
+        .unwrap();
+    let url = sim.signed_file_url(package, 0, &info).unwrap();
+    let device = TestDevice::start(&sim, &info, |c| c.agent.request_task_on_connect = false);
+    let files = device.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("app.bin"), b"the original").unwrap();
+    sim.wait_version(&info, "default", "1.0.0", WAIT).unwrap();
+    let file = format!(
+        r#"{{"fileName":"app.bin","fileSize":{},"fileUrl":"{url}","fileMd5":"{}"}}"#,
+        data.len(),
+        md5_hex(&data)
+    );
+    let push = format!(
+        r#"{{"code":"1000","data":{{"version":"2.0.0","signMethod":"Md5","files":[{file},{file}]}},"id":7,"message":"success"}}"#
+    );
+    let (pk, dn) = (&info.id.product_key, &info.id.device_name);
+    publish_as_cloud(&sim, &format!("/ota/device/upgrade/{pk}/{dn}"), push);
+    let failed = device.expect("the refusal", |e| {
+        matches!(
+            e,
+            DeviceEvent::Failed { .. } | DeviceEvent::Succeeded { .. }
+        )
+    });
+    assert!(matches!(failed, DeviceEvent::Failed { .. }), "{failed:?}");
+    let mut steps = sim.progress_steps(&info);
+    while !steps.iter().any(|s| *s < 0) {
+        steps = sim.wait_progress(&info, steps.len() + 1, WAIT).unwrap();
+    }
+    assert_eq!(steps.iter().filter(|s| **s < 0).count(), 1, "{steps:?}");
+    assert_eq!(
+        std::fs::read(files.join("app.bin")).unwrap(),
+        b"the original"
+    );
+    assert!(!files.join("app.bin.previous").exists());
+    assert_eq!(device.version(), "1.0.0");
+    device.stop();
+}
