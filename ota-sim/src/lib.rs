@@ -62,6 +62,7 @@ mod fault_spec;
 mod faults;
 mod frames;
 mod front;
+pub mod gateway;
 mod http;
 mod jobs;
 mod lenient_json;
@@ -83,6 +84,7 @@ pub use auth::{verify_login, Credentials, LoginError, LoginSignMethod, SDK_TIMES
 pub use broker::BrokerConfig;
 pub use fault_spec::{FaultSpec, FAULT_GRAMMAR};
 pub use faults::{Fault, FaultId, Times};
+pub use gateway::{GatewayFault, GatewayFaultSpec, GATEWAY_FAULT_GRAMMAR, SUBDEVICE_PRODUCT_KEY};
 pub use http::DownloadRecord;
 pub use live::StateChange;
 pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};

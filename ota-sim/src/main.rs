@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve one package to simulated devices until interrupted.
-    #[command(after_help = ota_sim::FAULT_GRAMMAR)]
+    #[command(after_help = format!("{}\n{}", ota_sim::FAULT_GRAMMAR, ota_sim::GATEWAY_FAULT_GRAMMAR))]
     Serve(Box<ServeArgs>),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
@@ -103,7 +103,14 @@ struct ServeArgs {
     /// Inject a fault, e.g. dev0002:cut:100000 (repeatable; grammar below). /status reports
     /// each one: whether and when it fired.
     #[arg(long = "fault", value_name = "SPEC")]
-    faults: Vec<FaultSpec>,
+    faults: Vec<FaultArg>,
+    /// How many gateways to create (gw0001, ...), each with its own sub-devices.
+    #[arg(long, value_name = "G", default_value_t = 0)]
+    gateways: u32,
+    /// Sub-devices per gateway ({gateway}-node01, ...), listed in the info file with their
+    /// secrets; the gateway must add them to its topology and log them in (protocol §14).
+    #[arg(long, value_name = "S", default_value_t = 0, requires = "gateways")]
+    subdevices_per_gateway: u32,
     /// The PEM private key of --cert.
     #[arg(long, value_name = "PEM", requires_all = ["tls", "cert"])]
     key: Option<PathBuf>,
@@ -152,6 +159,37 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A `--fault`: of the firmware server and block replies, or of sub-device sessions.
+#[derive(Clone)]
+enum FaultArg {
+    Device(FaultSpec),
+    Gateway(ota_sim::GatewayFaultSpec),
+}
+
+impl std::str::FromStr for FaultArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<FaultArg, String> {
+        // Gateway faults are named login-CODE, topo-CODE, kick-CODE; no other fault is.
+        let names = ["login-", "topo-", "kick-"];
+        let gateway_fault = text
+            .split(':')
+            .any(|part| names.iter().any(|n| part.starts_with(n)));
+        match gateway_fault {
+            true => text.parse().map(FaultArg::Gateway),
+            false => text.parse().map(FaultArg::Device),
+        }
+    }
+}
+
+/// A gateway and its sub-devices, in the info file.
+#[derive(Serialize)]
+struct GatewayInfo {
+    #[serde(flatten)]
+    gateway: DeviceInfo,
+    subdevices: Vec<DeviceInfo>,
+}
+
 /// What a device or a test harness needs to talk to this simulator.
 #[derive(Serialize)]
 struct Info<'a> {
@@ -163,6 +201,8 @@ struct Info<'a> {
     download_protocol: DownloadProtocol,
     files: Vec<String>,
     devices: &'a [DeviceInfo],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gateways: Vec<GatewayInfo>,
     /// The package-signing public key (PEM) written for the devices, when signing.
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_key_file: Option<PathBuf>,
@@ -291,7 +331,34 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     spec.validate()
         .map_err(|e| usage(format!("bad package: {e}")))?;
     let device_names: Vec<String> = (1..=args.devices).map(|i| format!("dev{i:04}")).collect();
-    for spec in &args.faults {
+    if args.gateways > 999 || args.subdevices_per_gateway > 99 {
+        return Err(usage(
+            "--gateways is at most 999 and --subdevices-per-gateway at most 99".into(),
+        ));
+    }
+    let sub_names: Vec<String> = (1..=args.gateways)
+        .flat_map(|g| {
+            (1..=args.subdevices_per_gateway).map(move |s| format!("gw{g:04}-node{s:02}"))
+        })
+        .collect();
+    for spec in args.faults.iter().filter_map(|f| match f {
+        FaultArg::Gateway(spec) => Some(spec),
+        FaultArg::Device(_) => None,
+    }) {
+        if let Some(d) = spec.device.as_ref().filter(|d| !sub_names.contains(d)) {
+            return Err(usage(format!(
+                "--fault names sub-device {d}; there are {}",
+                match sub_names.first() {
+                    Some(first) => format!("{first}..{}", sub_names[sub_names.len() - 1]),
+                    None => "none (use --gateways and --subdevices-per-gateway)".into(),
+                }
+            )));
+        }
+    }
+    for spec in args.faults.iter().filter_map(|f| match f {
+        FaultArg::Device(spec) => Some(spec),
+        FaultArg::Gateway(_) => None,
+    }) {
         if let Some(d) = spec.device.as_ref().filter(|d| !device_names.contains(d)) {
             let known = format!("dev0001..dev{:04}", args.devices);
             return Err(usage(format!(
@@ -333,7 +400,30 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map(|_| sim.add_device())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure(1, e.to_string()))?;
-    for spec in &args.faults {
+    let mut gateways = Vec::new();
+    for _ in 0..args.gateways {
+        let gateway = sim.add_gateway().map_err(|e| Failure(1, e.to_string()))?;
+        let subdevices = (0..args.subdevices_per_gateway)
+            .map(|_| sim.add_subdevice(&gateway))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure(1, e.to_string()))?;
+        gateways.push(GatewayInfo {
+            gateway,
+            subdevices,
+        });
+    }
+    for fault in &args.faults {
+        let spec = match fault {
+            FaultArg::Device(spec) => spec,
+            FaultArg::Gateway(spec) => {
+                let device = spec
+                    .device
+                    .as_ref()
+                    .map(|d| ota_sim::DeviceId::new(ota_sim::SUBDEVICE_PRODUCT_KEY, d.clone()));
+                sim.set_gateway_fault(device.as_ref(), spec.fault, spec.times);
+                continue;
+            }
+        };
         let targets = devices
             .iter()
             .filter(|d| spec.device.as_ref().is_none_or(|n| *n == d.id.device_name));
@@ -366,6 +456,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         download_protocol: protocol,
         files: names,
         devices: &devices,
+        gateways,
         signing_key_file,
         mqtts_port: sim.mqtts_port(),
         https_base_url: sim.https_base_url(),
@@ -384,11 +475,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     });
     tracing::info!(
-        "ready: mqtt {}:{}, firmware {}, {} device(s)",
+        "ready: mqtt {}:{}, firmware {}, {} device(s), {} gateway(s) with {} sub-device(s) each",
         sim.mqtt_host(),
         sim.mqtt_port(),
         sim.http_base_url(),
-        devices.len()
+        devices.len(),
+        args.gateways,
+        args.subdevices_per_gateway
     );
     loop {
         std::thread::park();

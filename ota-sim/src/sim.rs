@@ -188,13 +188,18 @@ impl Sim {
     }
 
     /// Runs `f` on the world, then publishes what it queued and wakes waiters and the engine.
-    fn with_world<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
+    pub(crate) fn with_world<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
         let mut world = self.shared.lock();
         let result = f(&mut world);
         self.shared.flush(&mut world);
         drop(world);
         let _ = self.inputs.send(Input::Wake);
         result
+    }
+
+    /// ProductKey of the devices [`Sim::add_device`] makes.
+    pub fn product_key(&self) -> &str {
+        &self.product_key
     }
 
     /// Registers a device `devNNNN` under the configured product key with a random secret.

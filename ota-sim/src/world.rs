@@ -29,6 +29,8 @@ pub(crate) struct World {
     pub(crate) faults: FaultTable,
     pub(crate) downloads: Vec<DownloadRecord>,
     pub(crate) blocks: BlockServer,
+    /// Gateway topologies and sub-device sessions (docs/protocol.md §14).
+    pub(crate) gateways: crate::gateway::Gateways,
 }
 
 impl World {
@@ -36,6 +38,7 @@ impl World {
     pub(crate) fn status(&self) -> serde_json::Value {
         let mut status = self.engine.status();
         status["faults"] = self.faults.report();
+        status["gateways"] = self.gateways.report(&self.engine);
         status
     }
 
@@ -65,6 +68,7 @@ impl Shared {
                 faults: FaultTable::default(),
                 downloads: Vec::new(),
                 blocks: BlockServer::default(),
+                gateways: Default::default(),
             }),
             changed: Condvar::new(),
             signer,
@@ -86,11 +90,13 @@ impl Shared {
     /// messages leave in the order the state changed.
     pub(crate) fn flush(&self, world: &mut World) {
         let block_replies = world.blocks.take_outbound();
+        let session_replies = world.gateways.take_outbound();
         for out in world
             .engine
             .take_outbound()
             .into_iter()
             .chain(block_replies)
+            .chain(session_replies)
         {
             let payload =
                 crate::package_signing::spoil_signature(&mut world.faults, &out.topic, out.payload);
@@ -114,8 +120,15 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
         let now = Instant::now();
         let mut world = shared.lock();
         match input {
+            Ok(Input::Message { topic, payload }) if crate::gateway::Gateways::handles(&topic) => {
+                let World {
+                    engine, gateways, ..
+                } = &mut *world;
+                gateways.handle(engine, &topic, &payload, now);
+            }
             Ok(Input::Message { topic, payload }) => match messages::parse_uplink(&topic, &payload)
             {
+                Ok((device, _)) if !world.gateways.admit(&device) => {}
                 Ok((device, Uplink::Block(request))) => {
                     let World {
                         engine,
@@ -125,10 +138,23 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
                     } = &mut *world;
                     blocks.serve(engine, faults, &device, &request, now);
                 }
-                Ok((device, uplink)) => world.engine.handle_uplink(&device, uplink, now),
+                Ok((device, uplink)) => {
+                    let step = crate::gateway::progress_step(&uplink);
+                    let World {
+                        engine, gateways, ..
+                    } = &mut *world;
+                    engine.handle_uplink(&device, uplink, now);
+                    gateways.after_uplink(engine, &device, step);
+                }
                 Err(e) => tracing::warn!("ignored message on {topic}: {e}"),
             },
-            Ok(Input::Login(device)) => world.engine.handle_login(&device),
+            Ok(Input::Login(device)) => {
+                let World {
+                    engine, gateways, ..
+                } = &mut *world;
+                engine.handle_login(&device);
+                gateways.gateway_connected(engine, &device);
+            }
             Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
         }

@@ -6,6 +6,7 @@ mod cli_faults;
 mod device;
 mod download;
 mod external;
+mod gateway;
 mod jobs;
 mod login;
 mod modules;
