@@ -31,6 +31,9 @@ const MAX_ONLINE_PER_GATEWAY: usize = 2000;
 const MAX_TOPO_BATCH: usize = 30;
 const MAX_LOGIN_BATCH: usize = 50;
 
+/// Firmware requests of each sub-device shown in `/status` (the latest ones).
+const REPORTED_DOWNLOADS: usize = 20;
+
 /// The progress step at which `kick-CODE` ends the session, when the spec names none.
 const DEFAULT_KICK_STEP: i64 = 30;
 
@@ -611,7 +614,7 @@ impl Gateways {
 
     /// The `gateways` part of `/status`: each gateway's topology, with each sub-device's
     /// session and task states.
-    pub(crate) fn report(&self, engine: &Engine) -> Value {
+    pub(crate) fn report(&self, engine: &Engine, downloads: &[crate::DownloadRecord]) -> Value {
         let tasks = engine.task_views(None);
         let gateways: Vec<Value> = self
             .topology
@@ -628,8 +631,18 @@ impl Gateways {
                             .filter(|t| t.device == *sub)
                             .map(|t| json!({"job": t.job.0, "module": t.module, "state": t.state, "last_step": t.last_step}))
                             .collect();
+                        // The last requests of its firmware downloads (status and Range).
+                        let mut fetched: Vec<Value> = downloads
+                            .iter()
+                            .rev()
+                            .filter(|d| d.device.as_ref() == Some(sub))
+                            .take(REPORTED_DOWNLOADS)
+                            .map(|d| json!({"status": d.status, "range": d.range}))
+                            .collect();
+                        fetched.reverse();
                         json!({
                             "product_key": sub.product_key, "device_name": sub.device_name,
+                            "downloads": fetched,
                             "in_topology": topology.contains(sub),
                             "online": self.session_of(sub).is_some(),
                             "session_gateway": self.session_of(sub).map(|g| g.to_string()),
@@ -768,6 +781,24 @@ impl Sim {
     /// The gateway `sub` is logged in through, if it has a session.
     pub fn subdevice_session(&self, sub: impl AsRef<DeviceId>) -> Option<DeviceId> {
         self.with_world(|w| w.gateways.session_of(sub.as_ref()).cloned())
+    }
+
+    /// Puts `sub` into `gateway`'s topology, as the console does (no request needed).
+    pub fn add_to_topology(&self, gateway: impl AsRef<DeviceId>, sub: impl AsRef<DeviceId>) {
+        self.with_world(|w| {
+            let (gateway, sub) = (gateway.as_ref(), sub.as_ref());
+            w.gateways
+                .topology
+                .entry(gateway.clone())
+                .or_default()
+                .insert(sub.clone());
+            w.gateways
+                .subs
+                .entry(sub.clone())
+                .or_default()
+                .home
+                .get_or_insert(gateway.clone());
+        });
     }
 
     /// How many successful logins `sub` made.

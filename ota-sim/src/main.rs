@@ -111,6 +111,10 @@ struct ServeArgs {
     /// secrets; the gateway must add them to its topology and log them in (protocol §14).
     #[arg(long, value_name = "S", default_value_t = 0, requires = "gateways")]
     subdevices_per_gateway: u32,
+    /// Put every sub-device into its gateway's topology from the start, as if added in the
+    /// console (topo/get lists them; the gateway logs them in without topo/add).
+    #[arg(long, requires = "gateways")]
+    preset_topology: bool,
     /// The PEM private key of --cert.
     #[arg(long, value_name = "PEM", requires_all = ["tls", "cert"])]
     key: Option<PathBuf>,
@@ -359,7 +363,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         FaultArg::Device(spec) => Some(spec),
         FaultArg::Gateway(_) => None,
     }) {
-        if let Some(d) = spec.device.as_ref().filter(|d| !device_names.contains(d)) {
+        let known_name = |d: &String| device_names.contains(d) || sub_names.contains(d);
+        if let Some(d) = spec.device.as_ref().filter(|d| !known_name(d)) {
             let known = format!("dev0001..dev{:04}", args.devices);
             return Err(usage(format!(
                 "--fault names device {d}; there are {known}"
@@ -407,6 +412,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map(|_| sim.add_subdevice(&gateway))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Failure(1, e.to_string()))?;
+        if args.preset_topology {
+            for sub in &subdevices {
+                sim.add_to_topology(&gateway, sub);
+            }
+        }
         gateways.push(GatewayInfo {
             gateway,
             subdevices,
@@ -424,8 +434,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 continue;
             }
         };
+        let subdevices = gateways.iter().flat_map(|g| &g.subdevices);
         let targets = devices
             .iter()
+            .chain(subdevices)
             .filter(|d| spec.device.as_ref().is_none_or(|n| *n == d.id.device_name));
         for device in targets {
             for fault in &spec.faults {

@@ -38,7 +38,7 @@ impl World {
     pub(crate) fn status(&self) -> serde_json::Value {
         let mut status = self.engine.status();
         status["faults"] = self.faults.report();
-        status["gateways"] = self.gateways.report(&self.engine);
+        status["gateways"] = self.gateways.report(&self.engine, &self.downloads);
         status
     }
 

@@ -41,6 +41,7 @@
 mod config;
 mod device;
 pub mod file;
+pub mod gateway;
 mod http;
 pub mod login;
 mod mqtt;

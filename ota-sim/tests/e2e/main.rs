@@ -7,6 +7,7 @@ mod device;
 mod download;
 mod external;
 mod gateway;
+mod gateway_agent;
 mod jobs;
 mod login;
 mod modules;
