@@ -21,8 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one package to simulated devices until interrupted.
-    #[command(after_help = ota_sim::FAULT_GRAMMAR)]
+    /// Serve one package to simulated devices until interrupted. A flag given twice takes
+    /// its last value.
+    #[command(after_help = ota_sim::FAULT_GRAMMAR, args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
@@ -86,6 +87,14 @@ struct ServeArgs {
     /// Firmware server port (0 picks a free one).
     #[arg(long, value_name = "P", default_value_t = 8080)]
     http_port: u16,
+    /// Announce firmware URLs under this base instead of the listener's address, e.g.
+    /// http://fw.example.test for a device that ignores URL ports, behind a port forward from
+    /// 80 (or serve on port 80 itself: --http-port 80). A default port is never written out.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// The same for https URLs (with --tls), e.g. https://fw.example.test.
+    #[arg(long, value_name = "URL", requires = "tls")]
+    public_https_url: Option<String>,
     /// How long download URLs stay valid, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     url_ttl: u64,
@@ -190,6 +199,8 @@ struct Info<'a> {
     mqtt_host: &'a str,
     mqtt_port: u16,
     http_base_url: &'a str,
+    /// Where the firmware server listens (the URLs may name another host, --public-url).
+    http_listen: std::net::SocketAddr,
     version: &'a str,
     module: &'a str,
     download_protocol: DownloadProtocol,
@@ -387,6 +398,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let config = SimConfig {
         broker,
         http_port: args.http_port,
+        public_url: args.public_url.clone(),
+        public_https_url: args.public_https_url.clone(),
         url_ttl: Duration::from_secs(args.url_ttl),
         mqtts_port: args.mqtts_port,
         https_port: args.https_port,
@@ -433,6 +446,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         mqtt_host: sim.mqtt_host(),
         mqtt_port: sim.mqtt_port(),
         http_base_url: sim.http_base_url(),
+        http_listen: sim.http_listen_addr(),
         version: &args.version,
         module: &args.module,
         download_protocol: protocol,

@@ -12,6 +12,7 @@ mod modules;
 mod mqtt;
 mod mqtt_faults;
 mod multi_file;
+mod platform;
 mod push;
 mod sdk;
 mod tls;
