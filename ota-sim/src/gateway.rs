@@ -321,7 +321,8 @@ impl Gateways {
         Some(gateway)
     }
 
-    /// The gateway connected anew: the sessions of its previous connection are gone.
+    /// The gateway connected anew, or its connection ended: the sessions of its previous
+    /// connection are gone.
     pub(crate) fn gateway_connected(&mut self, engine: &mut Engine, gateway: &DeviceId) {
         let ended: Vec<DeviceId> = self
             .subs
@@ -602,7 +603,10 @@ impl Gateways {
         if let Some(previous) = previous.filter(|p| p != gateway) {
             self.notice(&previous, &sub, 427);
         }
-        engine.handle_login(&sub);
+        // Online while its session lasts, whatever the engine tracks for direct devices.
+        if let Some(d) = engine.devices.get_mut(&sub) {
+            d.online = true;
+        }
         tracing::info!("{sub} logged in through {gateway}");
         Ok(sub)
     }
@@ -614,7 +618,11 @@ impl Gateways {
 
     /// The `gateways` part of `/status`: each gateway's topology, with each sub-device's
     /// session and task states.
-    pub(crate) fn report(&self, engine: &Engine, downloads: &[crate::DownloadRecord]) -> Value {
+    pub(crate) fn report(
+        &self,
+        engine: &Engine,
+        downloads: &crate::history::History<crate::DownloadRecord>,
+    ) -> Value {
         let tasks = engine.task_views(None);
         let gateways: Vec<Value> = self
             .topology
@@ -632,14 +640,15 @@ impl Gateways {
                             .map(|t| json!({"job": t.job.0, "module": t.module, "state": t.state, "last_step": t.last_step}))
                             .collect();
                         // The last requests of its firmware downloads (status and Range).
-                        let mut fetched: Vec<Value> = downloads
+                        let fetched: Vec<&crate::DownloadRecord> = downloads
                             .iter()
-                            .rev()
                             .filter(|d| d.device.as_ref() == Some(sub))
-                            .take(REPORTED_DOWNLOADS)
+                            .collect();
+                        let fetched: Vec<Value> = fetched
+                            [fetched.len().saturating_sub(REPORTED_DOWNLOADS)..]
+                            .iter()
                             .map(|d| json!({"status": d.status, "range": d.range}))
                             .collect();
-                        fetched.reverse();
                         json!({
                             "product_key": sub.product_key, "device_name": sub.device_name,
                             "downloads": fetched,

@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ota_sim::{
     BrokerConfig, DeviceInfo, DownloadProtocol, FaultSpec, JobSpec, PackageSigner, PackageSpec,
-    SignMethod, Sim, SimConfig, SimTls,
+    SignMethod, Sim, SimConfig, SimTls, TlsKey, TlsOptions, TlsVersions,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -21,8 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one package to simulated devices until interrupted.
-    #[command(after_help = format!("{}\n{}", ota_sim::FAULT_GRAMMAR, ota_sim::GATEWAY_FAULT_GRAMMAR))]
+    /// Serve one package to simulated devices until interrupted. A flag given twice takes
+    /// its last value.
+    #[command(
+        after_help = format!("{}\n{}", ota_sim::FAULT_GRAMMAR, ota_sim::GATEWAY_FAULT_GRAMMAR),
+        args_override_self = true
+    )]
     Serve(Box<ServeArgs>),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
@@ -39,6 +43,21 @@ enum SignMethodArg {
 enum ProtocolArg {
     Http,
     Mqtt,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TlsKeyArg {
+    Rsa,
+    Ecdsa,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TlsVersionsArg {
+    #[value(name = "1.2")]
+    V12,
+    #[value(name = "1.3")]
+    V13,
+    Both,
 }
 
 #[derive(Args)]
@@ -71,6 +90,14 @@ struct ServeArgs {
     /// Firmware server port (0 picks a free one).
     #[arg(long, value_name = "P", default_value_t = 8080)]
     http_port: u16,
+    /// Announce firmware URLs under this base instead of the listener's address, e.g.
+    /// http://fw.example.test for a device that ignores URL ports, behind a port forward from
+    /// 80 (or serve on port 80 itself: --http-port 80). A default port is never written out.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// The same for https URLs (with --tls), e.g. https://fw.example.test.
+    #[arg(long, value_name = "URL", requires = "tls")]
+    public_https_url: Option<String>,
     /// How long download URLs stay valid, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     url_ttl: u64,
@@ -85,12 +112,29 @@ struct ServeArgs {
     /// info file, for the devices' --signing-key.
     #[arg(long, requires = "info_file")]
     sign: bool,
-    /// Also listen for MQTT over TLS and HTTPS, with a CA and server certificate made at start
-    /// for 127.0.0.1 and localhost (ECDSA P-256; TLS 1.3 and 1.2). The CA is written to
-    /// ota-sim-ca.pem beside the info file (or in the current directory) and named in the info
-    /// file as ca_pem_path. Devices that log in over TLS get https URLs, others http.
+    /// Also listen for MQTT over TLS and HTTPS, with a chain made at start as the platform's
+    /// is shaped: an RSA-2048 root, an intermediate and a leaf for 127.0.0.1, localhost and
+    /// --tls-name; TLS 1.3 and 1.2 with ECDHE-RSA and static-RSA key exchange, AES-GCM and
+    /// AES-CBC. The root is written to ota-sim-ca.pem beside the info file (or in the current
+    /// directory) and named in the info file as ca_pem_path. Devices that log in over TLS get
+    /// https URLs, others http.
     #[arg(long)]
     tls: bool,
+    /// Key type of the generated chain: rsa (root, intermediate, leaf) or ecdsa (P-256 root
+    /// and leaf, for TLS 1.3 clients without RSA).
+    #[arg(long, value_enum, default_value = "rsa", requires = "tls")]
+    tls_key: TlsKeyArg,
+    /// Extra host name or IP address of the generated leaf certificate (repeatable).
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    tls_names: Vec<String>,
+    /// TLS versions accepted.
+    #[arg(long, value_enum, default_value = "both", requires = "tls")]
+    tls_versions: TlsVersionsArg,
+    /// OpenSSL cipher list for TLS 1.2 instead of the default (e.g. AES128-SHA:AES128-SHA256
+    /// for legacy suites only); TLS 1.3 names in it (TLS_AES_128_GCM_SHA256) pick the TLS 1.3
+    /// suites.
+    #[arg(long, value_name = "LIST", requires = "tls")]
+    tls_ciphers: Option<String>,
     /// MQTT-over-TLS port (0 picks a free one).
     #[arg(long, value_name = "P", default_value_t = 8883, requires = "tls")]
     mqtts_port: u16,
@@ -200,6 +244,8 @@ struct Info<'a> {
     mqtt_host: &'a str,
     mqtt_port: u16,
     http_base_url: &'a str,
+    /// Where the firmware server listens (the URLs may name another host, --public-url).
+    http_listen: std::net::SocketAddr,
     version: &'a str,
     module: &'a str,
     download_protocol: DownloadProtocol,
@@ -217,6 +263,19 @@ struct Info<'a> {
     https_base_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_pem_path: Option<PathBuf>,
+    /// With --tls: what the listeners present and offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsInfo>,
+}
+
+/// The TLS choices, as the info file names them.
+#[derive(Serialize)]
+struct TlsInfo {
+    /// `rsa` or `ecdsa` for a generated chain, `files` for --cert/--key.
+    key: &'static str,
+    names: Vec<String>,
+    versions: TlsVersions,
+    ciphers: String,
 }
 
 /// A failure worth one line on stderr, with its exit code.
@@ -385,13 +444,42 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }),
         _ => args.tls.then_some(SimTls::Generated),
     };
+    let tls_options = TlsOptions {
+        key: match args.tls_key {
+            TlsKeyArg::Rsa => TlsKey::Rsa,
+            TlsKeyArg::Ecdsa => TlsKey::Ecdsa,
+        },
+        names: args.tls_names.clone(),
+        versions: match args.tls_versions {
+            TlsVersionsArg::V12 => TlsVersions::Tls12,
+            TlsVersionsArg::V13 => TlsVersions::Tls13,
+            TlsVersionsArg::Both => TlsVersions::Both,
+        },
+        ciphers: args.tls_ciphers.clone(),
+    };
+    let tls_info = tls.as_ref().map(|tls| TlsInfo {
+        key: match (tls, tls_options.key) {
+            (SimTls::Files { .. }, _) => "files",
+            (_, TlsKey::Rsa) => "rsa",
+            (_, TlsKey::Ecdsa) => "ecdsa",
+        },
+        names: tls_options.names.clone(),
+        versions: tls_options.versions,
+        ciphers: tls_options
+            .ciphers
+            .clone()
+            .unwrap_or_else(|| ota_sim::DEFAULT_CIPHERS.to_owned()),
+    });
     let config = SimConfig {
         broker,
         http_port: args.http_port,
+        public_url: args.public_url.clone(),
+        public_https_url: args.public_https_url.clone(),
         url_ttl: Duration::from_secs(args.url_ttl),
         mqtts_port: args.mqtts_port,
         https_port: args.https_port,
         tls,
+        tls_options,
         ..SimConfig::default()
     };
     let sim = Sim::start(config).map_err(|e| Failure(1, format!("cannot start: {e}")))?;
@@ -463,6 +551,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         mqtt_host: sim.mqtt_host(),
         mqtt_port: sim.mqtt_port(),
         http_base_url: sim.http_base_url(),
+        http_listen: sim.http_listen_addr(),
         version: &args.version,
         module: &args.module,
         download_protocol: protocol,
@@ -473,6 +562,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         mqtts_port: sim.mqtts_port(),
         https_base_url: sim.https_base_url(),
         ca_pem_path,
+        tls: tls_info,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;
     match &args.info_file {

@@ -14,9 +14,11 @@ mod modules;
 mod mqtt;
 mod mqtt_faults;
 mod multi_file;
+mod platform;
 mod push;
 mod sdk;
 mod tls;
+mod tls_suites;
 
 use ota_sim::{Sim, SimConfig};
 
