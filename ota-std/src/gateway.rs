@@ -11,7 +11,10 @@
 //! after a restart was accepted before and is not offered again: it counts towards the limit
 //! at once. Activation runs the sub-device's flasher with the verified image.
 
+mod file;
 mod subdevice;
+
+pub use file::{GatewayFile, SubdeviceFile};
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -156,6 +156,20 @@ fn listed<'a>(status: &'a Value, name: &str) -> &'a Value {
         .unwrap()
 }
 
+/// Waits until the cloud has the sub-device's task in `state` (the version report on its
+/// behalf may arrive just after the gateway's own event).
+fn wait_state(info: &Value, name: &str, state: &str) {
+    let deadline = Instant::now() + WAIT;
+    while task_state(info, name).0 != state {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never {state}: {:?}",
+            task_state(info, name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn task_state(info: &Value, name: &str) -> (String, Option<i64>) {
     let status = status(info);
     let task = &listed(&status, name)["tasks"][0];
@@ -183,7 +197,7 @@ fn one_gateway_updates_three_sub_devices_in_parallel() {
         let flashed = dir.path().join(format!("flashed/{name}-2.0.0.bin"));
         assert_eq!(std::fs::read(flashed).unwrap(), data, "{name}");
         // Reported on the sub-device's behalf: the cloud's task succeeded.
-        assert_eq!(task_state(&info, name).0, "SUCCEEDED");
+        wait_state(&info, name, "SUCCEEDED");
     }
     gateway.stop().unwrap();
 }
@@ -205,7 +219,7 @@ fn a_failing_flasher_fails_its_sub_device_alone() {
     assert!(seen.succeeded.contains("gw0001-node01") && seen.succeeded.contains("gw0001-node03"));
     // With a limit of 2, never more than 2 downloads at once.
     assert!(seen.most_at_once <= 2, "{seen:?}");
-    assert_eq!(task_state(&info, "gw0001-node02").0, "FAILED");
+    wait_state(&info, "gw0001-node02", "FAILED");
     // The cloud got -4 for node02 only.
     let status = status(&info);
     let steps = |name: &str| {
@@ -228,7 +242,7 @@ fn a_failing_flasher_fails_its_sub_device_alone() {
             .iter()
             .any(|s| s.as_i64() < Some(0)));
     }
-    assert_eq!(task_state(&info, "gw0001-node01").0, "SUCCEEDED");
+    wait_state(&info, "gw0001-node01", "SUCCEEDED");
     gateway.stop().unwrap();
 }
 
