@@ -64,6 +64,7 @@ mod auth;
 mod broker;
 mod crypto;
 pub mod demo;
+pub mod demo_gateway;
 mod fault_spec;
 mod faults;
 mod frames;

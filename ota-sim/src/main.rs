@@ -181,9 +181,21 @@ struct DemoArgs {
     /// Sign the package (secure upgrade); the second device is sent a wrong signature once.
     #[arg(long)]
     signed: bool,
+    /// Instead: one gateway (ota-std's gateway mode) updating its sub-devices at once.
+    #[arg(long, conflicts_with_all = ["devices", "faults", "signed"])]
+    gateway: bool,
+    /// With --gateway: how many sub-devices.
+    #[arg(long, value_name = "N", default_value_t = 6, requires = "gateway")]
+    subdevices: usize,
+    /// With --gateway: most sub-devices downloading at once.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "gateway")]
+    max_parallel: usize,
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
+    if args.gateway {
+        return demo_gateway(&args);
+    }
     if args.devices == 0 || args.size == 0 {
         return Err(Failure(2, "--devices and --size must be at least 1".into()));
     }
@@ -202,6 +214,32 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         return Err(Failure(
             1,
             format!("{failed} device(s) did not reach the target version"),
+        ));
+    }
+    Ok(())
+}
+
+fn demo_gateway(args: &DemoArgs) -> Result<(), Failure> {
+    if args.subdevices == 0 || args.max_parallel == 0 || args.size == 0 {
+        return Err(Failure(
+            2,
+            "--subdevices, --max-parallel and --size must be at least 1".into(),
+        ));
+    }
+    let options = ota_sim::demo_gateway::GatewayDemoOptions {
+        subdevices: args.subdevices,
+        max_parallel: args.max_parallel,
+        size: args.size,
+        rate: args.rate,
+        ..Default::default()
+    };
+    let report = ota_sim::demo_gateway::run(&options).map_err(|e| Failure(1, e))?;
+    print!("{}", ota_sim::demo_gateway::table(&report));
+    let failed = report.rows.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        return Err(Failure(
+            1,
+            format!("{failed} sub-device(s) did not reach the target version"),
         ));
     }
     Ok(())

@@ -328,3 +328,24 @@ fn a_gateway_restart_resumes_every_download_from_its_record() {
     }
     gateway.stop().unwrap();
 }
+
+#[test]
+fn the_gateway_demo_updates_every_sub_device_within_the_limit() {
+    let options = ota_sim::demo_gateway::GatewayDemoOptions {
+        subdevices: 3,
+        max_parallel: 2,
+        size: 300_000,
+        rate: 600_000,
+        live: false,
+        ..Default::default()
+    };
+    let report = ota_sim::demo_gateway::run(&options).unwrap();
+    assert!(report.rows.iter().all(|r| r.ok), "{report:?}");
+    assert_eq!(report.most_at_once, 2, "{report:?}");
+    let table = ota_sim::demo_gateway::table(&report);
+    assert!(
+        table.contains("gw0001-node03     1.0.0 -> 2.0.0"),
+        "{table}"
+    );
+    assert!(table.contains("at most 2 downloading at once"), "{table}");
+}
