@@ -349,3 +349,61 @@ fn the_gateway_demo_updates_every_sub_device_within_the_limit() {
     );
     assert!(table.contains("at most 2 downloading at once"), "{table}");
 }
+
+#[test]
+fn a_sub_device_that_still_runs_the_old_version_after_its_flash_is_reported_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, info, _) = start(dir.path(), 2, &[]);
+    let mut config = gateway_config(&info, dir.path(), COPY, 2);
+    // node02's bootloader kept the old image: it says it runs 1.0.0 after the flash.
+    config.subdevices[1].version_after_flash = Some("echo 1.0.0".into());
+    let gateway = GatewayHandle::spawn(config).unwrap();
+    let mut seen = Seen::default();
+    let mut rolled_back = false;
+    let deadline = Instant::now() + LONG;
+    while !(rolled_back && seen.succeeded.contains("gw0001-node01")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = gateway.events().recv_timeout(left).expect("events");
+        if let GatewayEvent::Subdevice {
+            name,
+            event: SubdeviceEvent::Agent(DeviceEvent::RolledBack { version }),
+            ..
+        } = &event
+        {
+            assert_eq!(
+                (name.as_str(), version.as_str()),
+                ("gw0001-node02", "1.0.0")
+            );
+            rolled_back = true;
+        }
+        seen.note(event);
+    }
+    assert!(!seen.succeeded.contains("gw0001-node02"), "{seen:?}");
+    wait_state(&info, "gw0001-node02", "FAILED");
+    wait_state(&info, "gw0001-node01", "SUCCEEDED");
+    gateway.stop().unwrap();
+}
+
+#[test]
+fn sub_devices_go_offline_with_their_gateways_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, info, _) = start(dir.path(), 1, &[]);
+    let config = gateway_config(&info, dir.path(), COPY, 1);
+    let gateway = GatewayHandle::spawn(config).unwrap();
+    let mut seen = Seen::default();
+    let gateway = wait(gateway, &mut seen, |s| !s.online.is_empty());
+    let online = |info: &Value| listed(&status(info), "gw0001-node01")["online"] == true;
+    let deadline = Instant::now() + WAIT;
+    while !online(&info) {
+        assert!(Instant::now() < deadline, "never online");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    gateway.stop().unwrap(); // the gateway's session ends
+    while online(&info) {
+        assert!(
+            Instant::now() < deadline,
+            "still online without its gateway"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -612,3 +612,72 @@ fn slot_of(config: &SubdeviceConfig) -> Slot {
         running_version: RunningVersion::File(config.dir.join("version")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(dir: &Path, version: SubdeviceVersion, flasher: &str) -> SubdeviceConfig {
+        SubdeviceConfig {
+            product_key: "a1SubPK0001".into(),
+            device_name: "node01".into(),
+            device_secret: "s".into(),
+            version,
+            dir: dir.to_owned(),
+            flasher: flasher.into(),
+            version_after_flash: None,
+        }
+    }
+
+    #[test]
+    fn the_running_version_comes_from_the_command_else_the_last_flash_else_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixed = sub(dir.path(), SubdeviceVersion::Fixed("1.0.0".into()), "true");
+        assert_eq!(running_version(&fixed).unwrap(), "1.0.0");
+        write_version(&dir.path().join("version"), "2.0.0").unwrap();
+        assert_eq!(running_version(&fixed).unwrap(), "2.0.0");
+        let command = "echo \"$OTA_SUBDEVICE-3.1\"; echo ignored";
+        let asked = sub(
+            dir.path(),
+            SubdeviceVersion::Command(command.into()),
+            "true",
+        );
+        assert_eq!(running_version(&asked).unwrap(), "node01-3.1");
+        let silent = sub(dir.path(), SubdeviceVersion::Command("true".into()), "true");
+        let err = running_version(&silent).unwrap_err().to_string();
+        assert!(
+            err.contains("node01") && err.contains("printed no version"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_flasher_gets_the_image_and_its_exit_code_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("staging.img"), b"image").unwrap();
+        let out = dir.path().join("out");
+        let flasher = format!(
+            "cat \"$OTA_IMAGE\" > {0}; echo \"$OTA_VERSION $OTA_SUBDEVICE $OTA_PRODUCT_KEY\" >> {0}",
+            out.display()
+        );
+        let mut config = sub(
+            dir.path(),
+            SubdeviceVersion::Fixed("1.0.0".into()),
+            &flasher,
+        );
+        flash(&config, "2.0.0").unwrap();
+        let written = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(written, "image2.0.0 node01 a1SubPK0001\n");
+        assert_eq!(running_version(&config).unwrap(), "2.0.0");
+        // What the sub-device says it runs after the flash is what is kept.
+        config.version_after_flash = Some("echo 1.9.9".into());
+        flash(&config, "2.0.0").unwrap();
+        assert_eq!(running_version(&config).unwrap(), "1.9.9");
+        config.flasher = "echo 'no answer on UART' >&2; exit 3".into();
+        let err = flash(&config, "2.0.0").unwrap_err();
+        assert!(
+            err.contains("no answer on UART") && err.contains('3'),
+            "{err}"
+        );
+    }
+}
