@@ -54,6 +54,12 @@
 //!   active (not CONFIRM) MQTT task of this device, or an unknown file id. A payload that is not
 //!   JSON gets no reply. Devices need a maximum incoming packet size above the block size
 //!   (rumqttc's default is 10 KiB).
+//! * Gateways ([`Sim::add_gateway`]) and their sub-devices ([`Sim::add_subdevice`]) follow
+//!   docs/protocol.md §14 (module [`gateway`]): topology add/get/delete and sub-device
+//!   login/logout with the sign checked; a sub-device is online while logged in through a
+//!   connected gateway, and its OTA messages (on its own topics, over the gateway's
+//!   connection) are refused with a 520 notice without a session. [`GatewayFault`]s reach
+//!   every error code.
 //! * The MQTT reply faults ([`Fault::DropReply`] and the others) act only on replies carrying
 //!   data; a held-back ([`Fault::ReorderReply`]) reply leaves right after the device's next
 //!   reply of any kind.
