@@ -265,3 +265,56 @@ fn a_failing_flash_reports_minus_4_for_that_sub_device_alone() {
     assert_eq!(sim.progress_steps(&subs[0]).last(), Some(&-4));
     assert!(sim.progress_steps(&subs[1]).iter().all(|s| *s > 0));
 }
+
+#[test]
+fn a_gateway_restart_resumes_the_download_from_the_sub_devices_record() {
+    let sim = ota_sim::Sim::start(SimConfig::default()).unwrap();
+    let gw = sim.add_gateway().unwrap();
+    let subs = vec![sim.add_subdevice(&gw).unwrap()];
+    let firmware = image(24 * SECTOR + 55);
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", firmware.clone()))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package).dynamic()).unwrap();
+    // Slow enough to stop the gateway between two checkpoints.
+    sim.set_fault(
+        &subs[0],
+        ota_sim::Fault::RateLimit(100_000),
+        ota_sim::Times::Always,
+    );
+    let flasher = RamFlasher::default();
+    flasher.nodes.lock().unwrap().push(Node {
+        version: "1.0.0".into(),
+        ..Node::default()
+    });
+    let (thread, stop) = spawn(&sim, gw.clone(), subs.clone(), flasher.clone());
+    let deadline = std::time::Instant::now() + WAIT;
+    // Past the second checkpoint: the record vouches for at least one interval.
+    let past = |n: &Node| n.record.is_some() && n.staging.len() as u64 >= 2 * CHECKPOINT + 1;
+    while !past(&flasher.nodes.lock().unwrap()[0]) {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint saved");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Power off: the gateway stops mid-download, the sub-device's record and staging stay.
+    let _ = stop.send(());
+    thread.join().unwrap();
+    let before = sim.downloads(&subs[0]).len();
+    let (thread, stop) = spawn(&sim, gw, subs.clone(), flasher.clone());
+    sim.wait_task_state(job, &subs[0], TaskState::Succeeded, WAIT)
+        .unwrap();
+    let _ = stop.send(());
+    thread.join().unwrap();
+    let downloads = sim.downloads(&subs[0]);
+    let resumed = downloads[before]
+        .range
+        .as_deref()
+        .expect("a ranged request");
+    let offset: u64 = resumed
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(offset >= CHECKPOINT, "resumed from {offset}: {downloads:?}");
+    let nodes = flasher.nodes.lock().unwrap();
+    assert_eq!(nodes[0].flashed.as_deref(), Some(&firmware[..]));
+}
