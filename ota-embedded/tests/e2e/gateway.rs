@@ -290,7 +290,7 @@ fn a_gateway_restart_resumes_the_download_from_the_sub_devices_record() {
     let (thread, stop) = spawn(&sim, gw.clone(), subs.clone(), flasher.clone());
     let deadline = std::time::Instant::now() + WAIT;
     // Past the second checkpoint: the record vouches for at least one interval.
-    let past = |n: &Node| n.record.is_some() && n.staging.len() as u64 >= 2 * CHECKPOINT + 1;
+    let past = |n: &Node| n.record.is_some() && n.staging.len() as u64 > 2 * CHECKPOINT;
     while !past(&flasher.nodes.lock().unwrap()[0]) {
         assert!(std::time::Instant::now() < deadline, "no checkpoint saved");
         std::thread::sleep(Duration::from_millis(5));
