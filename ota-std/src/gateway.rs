@@ -8,8 +8,9 @@
 //! topic: the session topics to the gateway, a sub-device's OTA topics to its agent. Every
 //! agent offers its tasks (`Confirmation::Ask`); an offer is accepted while fewer than
 //! `max_parallel` sub-devices download, and waits otherwise. A download resumed from a record
-//! after a restart was accepted before and is not offered again: it counts towards the limit
-//! at once. Activation runs the sub-device's flasher with the verified image.
+//! after a restart was accepted before and is not offered again (its agent resumes as soon as
+//! it is told it is online): such a sub-device's `Connected` waits for a free slot instead.
+//! Activation runs the sub-device's flasher with the verified image.
 
 mod file;
 mod subdevice;
@@ -288,6 +289,7 @@ pub fn run_gateway(
         observer,
         max_parallel: config.max_parallel,
         queue: VecDeque::new(),
+        deferred: VecDeque::new(),
         last_progress: vec![clock; config.subdevices.len()],
     };
     let result = run.run(&rx, &now);
@@ -322,6 +324,9 @@ struct Run<'a> {
     max_parallel: usize,
     /// Sub-devices whose offered task waits for a slot, oldest first.
     queue: VecDeque<usize>,
+    /// Logged-in sub-devices that would resume a download from their record, waiting for a
+    /// slot before their agent is told they are online.
+    deferred: VecDeque<usize>,
     last_progress: Vec<std::time::Instant>,
 }
 
@@ -426,11 +431,20 @@ impl Run<'_> {
                 }
                 GatewayAction::SubdeviceOnline { index } => {
                     self.emit(index, SubdeviceEvent::Online);
-                    self.feed_sub(now, index, GwInput::Online)?;
+                    if self.subs[index].resumes() && self.downloading() >= self.max_parallel {
+                        // Its download would resume at once: it waits for a slot too.
+                        self.deferred.push_back(index);
+                    } else {
+                        self.feed_sub(now, index, GwInput::Online)?;
+                    }
                 }
                 GatewayAction::SubdeviceOffline { index } => {
                     self.emit(index, SubdeviceEvent::Offline);
-                    self.feed_sub(now, index, GwInput::Offline)?;
+                    if let Some(at) = self.deferred.iter().position(|&i| i == index) {
+                        self.deferred.remove(at); // its agent was never told it is online
+                    } else {
+                        self.feed_sub(now, index, GwInput::Offline)?;
+                    }
                 }
                 GatewayAction::SubdeviceGaveUp { index, reason } => {
                     self.emit(index, SubdeviceEvent::GaveUp { reason });
@@ -481,15 +495,19 @@ impl Run<'_> {
         }
     }
 
+    /// Download slots taken: downloads, and resumes about to start.
     fn downloading(&self) -> usize {
-        self.subs
-            .iter()
-            .filter(|s| s.phase() == Phase::Downloading)
-            .count()
+        self.subs.iter().filter(|s| s.holds_slot(s.online)).count()
     }
 
-    /// Accepts waiting offers while download slots are free.
+    /// Starts deferred resumes, then accepts waiting offers, while download slots are free.
     fn schedule(&mut self, now: Instant) -> Result<(), Error> {
+        while self.downloading() < self.max_parallel {
+            let Some(index) = self.deferred.pop_front() else {
+                break;
+            };
+            self.feed_sub(now, index, GwInput::Online)?;
+        }
         while self.downloading() < self.max_parallel {
             let Some(index) = self.queue.pop_front() else {
                 return Ok(());

@@ -52,6 +52,8 @@ pub(super) struct Sub {
     results: VecDeque<Event<'static>>,
     pub(super) image_size: u64,
     reboot: bool,
+    /// A record is saved: an idle agent resumes its download once connected.
+    has_record: bool,
 }
 
 impl Sub {
@@ -76,6 +78,7 @@ impl Sub {
             config.dir.join("ota.record"),
         );
         let agent = boot(&config, &agent_config, &storage, now)?;
+        let has_record = storage.load_record()?.is_some();
         Ok(Sub {
             config,
             agent,
@@ -92,11 +95,27 @@ impl Sub {
             results: VecDeque::new(),
             image_size: 0,
             reboot: false,
+            has_record,
         })
     }
 
     pub(super) fn phase(&self) -> Phase {
         self.agent.phase()
+    }
+
+    /// Whether it takes a download slot: downloading, or about to resume one from its
+    /// record (idle with a record, once it is connected).
+    pub(super) fn holds_slot(&self, connected: bool) -> bool {
+        match self.agent.phase() {
+            Phase::Downloading => true,
+            Phase::Idle => self.has_record && connected,
+            _ => false,
+        }
+    }
+
+    /// Would resume a download from its record once connected.
+    pub(super) fn resumes(&self) -> bool {
+        self.agent.phase() == Phase::Idle && self.has_record
     }
 
     pub(super) fn running_version(&self) -> &str {
@@ -265,6 +284,12 @@ impl Sub {
         loop {
             while let Some(action) = self.agent.poll_action() {
                 progressed = true;
+                // A record saved (or cleared) says whether a download can resume.
+                let record_change = match &action {
+                    Action::SaveRecord { .. } => Some(true),
+                    Action::ClearRecord => Some(false),
+                    _ => None,
+                };
                 perform(
                     action,
                     &mut self.storage,
@@ -281,6 +306,11 @@ impl Sub {
                     &mut self.reboot,
                     &mut self.image_size,
                 );
+                if let Some(saved) = record_change {
+                    if self.results.back() == Some(&Event::RecordSaved) {
+                        self.has_record = saved;
+                    }
+                }
             }
             let Some(result) = self.results.pop_front() else {
                 break;
