@@ -41,6 +41,9 @@ impl Gateway {
         for topic in [
             format!("/sys/{pk}/{dn}/thing/topo/add_reply"),
             format!("/sys/{pk}/{dn}/thing/topo/get_reply"),
+            format!("/sys/{pk}/{dn}/thing/topo/delete_reply"),
+            format!("/ext/session/{pk}/{dn}/combine/batch_login_reply"),
+            format!("/ext/session/{pk}/{dn}/combine/batch_logout_reply"),
             format!("/ext/session/{pk}/{dn}/combine/login_reply"),
             format!("/ext/session/{pk}/{dn}/combine/logout_reply"),
             format!("/ext/error/{pk}/{dn}"),
@@ -375,5 +378,49 @@ fn serve_lists_gateways_and_sub_devices_and_takes_their_faults() {
             "gw0009-node01:kick-520",
         ],
         "gw0009-node01",
+    );
+}
+
+#[test]
+fn batch_login_batch_logout_and_topology_delete() {
+    let sim = sim();
+    let (gw_info, subs) = gateway_with(&sim, 3);
+    let mut gw = Gateway::online(&sim, &gw_info);
+    let all: Vec<Value> = subs
+        .iter()
+        .map(|s| entry(s, &s.device_secret, "signmethod"))
+        .collect();
+    assert_eq!(gw.request("add", json!(all))["code"], 200);
+    // Two good signs and one bad: the good ones are in, the reply names the failure.
+    let mut list: Vec<Value> = subs
+        .iter()
+        .map(|s| entry(s, &s.device_secret, "signMethod"))
+        .collect();
+    list[2] = entry(&subs[2], "wrong", "signMethod");
+    let reply = gw.request("batch_login", json!({ "deviceList": list }));
+    assert_eq!(reply["code"], 6287, "{reply}");
+    assert_eq!(reply["data"].as_array().unwrap().len(), 2, "{reply}");
+    assert!(sim.subdevice_session(&subs[0]).is_some() && sim.subdevice_session(&subs[1]).is_some());
+    assert_eq!(sim.subdevice_session(&subs[2]), None);
+    // More than 50 in one batch is a bad request.
+    let many: Vec<Value> = (0..51).map(|_| list[0].clone()).collect();
+    assert_eq!(
+        gw.request("batch_login", json!({ "deviceList": many }))["code"],
+        460
+    );
+    let names =
+        |s: &DeviceInfo| json!({"productKey": s.id.product_key, "deviceName": s.id.device_name});
+    let reply = gw.request("batch_logout", json!([names(&subs[0])]));
+    assert_eq!(reply["code"], 200, "{reply}");
+    assert_eq!(sim.subdevice_session(&subs[0]), None);
+    // Deleting a logged-in sub-device from the topology ends its session too.
+    let reply = gw.request("delete", json!([names(&subs[1])]));
+    assert_eq!(reply["code"], 200, "{reply}");
+    assert_eq!(sim.subdevice_session(&subs[1]), None);
+    assert_eq!(sim.topology(&gw_info).len(), 2);
+    assert_eq!(gw.login(&subs[1], &subs[1].device_secret)["code"], 6401);
+    assert_eq!(
+        gw.request("delete", json!([{"productKey": "x"}]))["code"],
+        460
     );
 }
