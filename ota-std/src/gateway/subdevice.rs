@@ -20,6 +20,9 @@ use crate::{DeviceEvent, Error};
 
 use super::{GwInput, SubdeviceConfig, SubdeviceVersion};
 
+/// Inputs kept while the flasher runs; further MQTT messages for the sub-device are dropped.
+const MAX_HELD: usize = 64;
+
 /// What the loop must do after a sub-device's actions ran.
 pub(super) struct Effects {
     pub(super) events: Vec<DeviceEvent>,
@@ -137,7 +140,10 @@ impl Sub {
     /// Feeds one input; while the flasher runs, inputs other than its result are held back.
     pub(super) fn handle(&mut self, now: Instant, input: GwInput) -> Result<Effects, Error> {
         if self.flashing && !matches!(input, GwInput::Flashed { .. }) {
-            self.held.push_back(input);
+            // Bounded: messages beyond it are dropped (the agent asks again after the flash).
+            if self.held.len() < MAX_HELD || !matches!(input, GwInput::Message { .. }) {
+                self.held.push_back(input);
+            }
             return Ok(self.no_effects());
         }
         let mut effects = self.no_effects();
