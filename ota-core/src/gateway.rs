@@ -700,4 +700,6 @@ fn reason_of(code: u32) -> String {
 }
 
 #[cfg(test)]
+mod power_loss;
+#[cfg(test)]
 mod tests;

@@ -77,6 +77,7 @@
 //!
 //! The traits use `async fn` without `Send` bounds: firmware executors run tasks on one core.
 #![allow(async_fn_in_trait)]
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
@@ -85,6 +86,7 @@ pub mod clock;
 pub mod connect;
 pub mod driver;
 pub mod flash;
+pub mod gateway;
 mod http;
 pub mod login;
 pub mod mqtt;
@@ -101,6 +103,7 @@ pub use clock::Clock;
 pub use connect::{Connect, ConnectError, Security, TcpConnector};
 pub use driver::{Application, Driver, Error, Exit, Parts, Settings};
 pub use flash::{FlashError, Slot};
+pub use gateway::{GatewayDriver, GatewayParts, SubdeviceFlasher};
 pub use login::{Login, SecureMode};
 pub use mqtt::{MqttClient, MqttError};
 pub use record::RecordStore;

@@ -327,7 +327,7 @@ fn wait_row(cell: &RowCell, timeout: Duration, done: impl Fn(&DemoRow) -> bool) 
 }
 
 /// A deterministic image.
-fn demo_image(len: usize) -> Vec<u8> {
+pub(crate) fn demo_image(len: usize) -> Vec<u8> {
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     (0..len)
         .map(|_| {

@@ -7,16 +7,19 @@
 
 use crate::messages::{download_reply_topic, get_reply_topic, upgrade_topic};
 use crate::mqtt_wire::{self, MAX_CONNECT, MAX_PACKET};
+use crate::world::Input;
 use crate::{DeviceId, Error};
+use openssl::ssl::{Ssl, SslAcceptor};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_openssl::SslStream;
 
 /// Packet id of the front's own SUBSCRIBE. Devices count theirs up from 1, so this one is
 /// not in use in the moment the subscription is made.
@@ -52,10 +55,12 @@ impl Transports {
 /// What a front forwards to.
 #[derive(Clone)]
 pub(crate) enum Upstream {
-    /// The embedded broker; CONNECTs are read on the way.
+    /// The embedded broker; CONNECTs are read on the way, and the engine is told when a
+    /// device's connection opens and ends.
     Mqtt {
         addr: SocketAddr,
         transports: Arc<Transports>,
+        events: Sender<Input>,
     },
     /// The firmware server; bytes pass untouched.
     Http(SocketAddr),
@@ -64,7 +69,7 @@ pub(crate) enum Upstream {
 /// One listening port.
 pub(crate) struct Front {
     pub(crate) listener: std::net::TcpListener,
-    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<Arc<SslAcceptor>>,
     pub(crate) upstream: Upstream,
 }
 
@@ -109,7 +114,7 @@ async fn accept_loop(front: Front) {
         tokio::spawn(async move {
             let result = match tls {
                 None => forward(tcp, false, &upstream).await,
-                Some(acceptor) => match acceptor.accept(tcp).await {
+                Some(acceptor) => match handshake(&acceptor, tcp).await {
                     Ok(stream) => forward(stream, true, &upstream).await,
                     Err(e) => Err(io::Error::other(format!("TLS handshake: {e}"))),
                 },
@@ -119,6 +124,18 @@ async fn accept_loop(front: Front) {
             }
         });
     }
+}
+
+/// Ends TLS on an accepted connection; a client that stalls mid-handshake is dropped.
+async fn handshake(acceptor: &SslAcceptor, tcp: TcpStream) -> io::Result<SslStream<TcpStream>> {
+    let ssl = Ssl::new(acceptor.context()).map_err(io::Error::other)?;
+    let mut stream = SslStream::new(ssl, tcp).map_err(io::Error::other)?;
+    let accept = std::pin::Pin::new(&mut stream).accept();
+    tokio::time::timeout(CONNECT_TIMEOUT, accept)
+        .await
+        .map_err(|_| io::Error::other("no handshake in time"))?
+        .map_err(io::Error::other)?;
+    Ok(stream)
 }
 
 async fn forward<S>(client: S, tls: bool, upstream: &Upstream) -> io::Result<()>
@@ -133,7 +150,11 @@ where
             tokio::io::copy_bidirectional(&mut client, &mut server).await?;
             Ok(())
         }
-        Upstream::Mqtt { addr, transports } => mqtt(client, tls, *addr, transports).await,
+        Upstream::Mqtt {
+            addr,
+            transports,
+            events,
+        } => mqtt(client, tls, *addr, transports, events).await,
     }
 }
 
@@ -152,7 +173,69 @@ fn unasked_filters(client_id: &str) -> Option<Vec<String>> {
     ])
 }
 
-async fn mqtt<S>(client: S, tls: bool, addr: SocketAddr, transports: &Transports) -> io::Result<()>
+/// Tells the engine a device's connection is open, and when it is dropped that it ended
+/// (however it ended: DISCONNECT, end of stream, keep-alive timeout, an error).
+struct Online {
+    device: DeviceId,
+    events: Sender<Input>,
+}
+
+impl Online {
+    fn new(device: DeviceId, events: &Sender<Input>) -> Online {
+        let _ = events.send(Input::Connected(device.clone()));
+        Online {
+            device,
+            events: events.clone(),
+        }
+    }
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        let _ = self.events.send(Input::Disconnected(self.device.clone()));
+    }
+}
+
+/// The device a client id `{pk}.{dn}|...|` or `{pk}&{dn}` names (docs/protocol.md §7).
+fn device_of(client_id: &str) -> Option<DeviceId> {
+    let base = client_id.split('|').next()?;
+    let (pk, dn) = base.split_once(['.', '&'])?;
+    (!pk.is_empty() && !dn.is_empty()).then(|| DeviceId::new(pk, dn))
+}
+
+/// Copies the client's bytes to the broker; ends when the client sent nothing for one and a
+/// half keep-alives (MQTT 3.1.1 §3.1.2.10), as the platform drops a silent connection.
+async fn uplink<R, W>(from_client: &mut R, to_broker: &mut W, keep_alive: u16) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = Duration::from_millis(u64::from(keep_alive) * 1500);
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let read = from_client.read(&mut buffer);
+        let n = match keep_alive {
+            0 => read.await?,
+            _ => tokio::time::timeout(limit, read)
+                .await
+                .map_err(|_| io::Error::other("keep-alive timeout"))??,
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        to_broker.write_all(&buffer[..n]).await?;
+        total += n as u64;
+    }
+}
+
+async fn mqtt<S>(
+    client: S,
+    tls: bool,
+    addr: SocketAddr,
+    transports: &Transports,
+    events: &Sender<Input>,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -177,7 +260,12 @@ where
     let Some(connack) = mqtt_wire::read_packet(&mut from_broker, MAX_PACKET).await? else {
         return Ok(());
     };
-    let unasked = unasked_filters(&client_id).filter(|_| mqtt_wire::connack_accepted(&connack));
+    let accepted = mqtt_wire::connack_accepted(&connack);
+    let _online = device_of(&client_id)
+        .filter(|_| accepted)
+        .map(|d| Online::new(d, events));
+    let keep_alive = mqtt_wire::connect_keep_alive(&connect).unwrap_or(0);
+    let unasked = unasked_filters(&client_id).filter(|_| accepted);
     if let Some(filters) = &unasked {
         // Before anything the device sends, so it is in place before the device's inform.
         let subscribe = mqtt_wire::subscribe(AUTO_SUBSCRIBE_ID, filters);
@@ -185,7 +273,7 @@ where
     }
     to_client.write_all(&connack).await?;
     to_client.flush().await?;
-    let up = tokio::io::copy(&mut from_client, &mut to_broker);
+    let up = uplink(&mut from_client, &mut to_broker, keep_alive);
     let down = async {
         if unasked.is_some() {
             loop {

@@ -18,17 +18,23 @@
 //!
 //! Behaviour worth knowing when testing a device against it:
 //! * With [`SimConfig::tls`] it also listens for MQTT over TLS ([`Sim::mqtts_port`]) and
-//!   HTTPS; devices trust [`Sim::ca_pem`]. Plain and TLS devices share the simulator: both
+//!   HTTPS; devices trust [`Sim::ca_pem`]. The generated chain is RSA-2048 (root, intermediate,
+//!   leaf) and TLS 1.2 offers static-RSA and ECDHE-RSA suites with AES-CBC and AES-GCM, as the
+//!   official SDKs need; [`TlsOptions`] chooses an ECDSA chain, the versions and the suites. Plain and TLS devices share the simulator: both
 //!   MQTT ports lead to one broker, and a device whose latest login came over TLS gets
 //!   `https` URLs, any other `http` ones.
 //! * A client id carrying `_ss=1` is subscribed by the simulator to its OTA downlink topics
 //!   (push, firmware/get reply, block reply), as the platform does for the official SDK,
 //!   which sends no SUBSCRIBE for them; the device never sees that SUBACK.
 //! * A refused login is a connection closed before CONNACK (rumqttd sends no refusal code).
-//! * A device counts as online once it logged in or sent anything; jobs push to online devices
-//!   at once, others when they next report their version (inform).
-//! * Progress step `0` fails a task like a negative one (the platform FAQ says so; devices must
-//!   start at `1`). Success comes only from an inform of the target version.
+//! * Through the embedded broker a device is online exactly while an MQTT connection of it is
+//!   open: from its accepted login until DISCONNECT, end of stream, or one and a half
+//!   keep-alives of silence. Through an external broker it counts as online once it sent
+//!   anything. Jobs push to online devices at once, others when they next report their
+//!   version (inform).
+//! * Progress step `0` counts as in progress (the official SDKs report it when a download
+//!   starts); a negative step fails the task. Success comes only from an inform of the target
+//!   version.
 //! * Through the embedded broker the cloud publishes at QoS 0 (a lost push is re-sent on the
 //!   next inform); through an external broker at QoS 1. Block replies of the MQTT channel go
 //!   the same way.
@@ -48,6 +54,12 @@
 //!   active (not CONFIRM) MQTT task of this device, or an unknown file id. A payload that is not
 //!   JSON gets no reply. Devices need a maximum incoming packet size above the block size
 //!   (rumqttc's default is 10 KiB).
+//! * Gateways ([`Sim::add_gateway`]) and their sub-devices ([`Sim::add_subdevice`]) follow
+//!   docs/protocol.md §14 (module [`gateway`]): topology add/get/delete and sub-device
+//!   login/logout with the sign checked; a sub-device is online while logged in through a
+//!   connected gateway, and its OTA messages (on its own topics, over the gateway's
+//!   connection) are refused with a 520 notice without a session. [`GatewayFault`]s reach
+//!   every error code.
 //! * The MQTT reply faults ([`Fault::DropReply`] and the others) act only on replies carrying
 //!   data; a held-back ([`Fault::ReorderReply`]) reply leaves right after the device's next
 //!   reply of any kind.
@@ -58,10 +70,13 @@ mod auth;
 mod broker;
 mod crypto;
 pub mod demo;
+pub mod demo_gateway;
 mod fault_spec;
 mod faults;
 mod frames;
 mod front;
+pub mod gateway;
+mod history;
 mod http;
 mod jobs;
 mod lenient_json;
@@ -83,7 +98,9 @@ pub use auth::{verify_login, Credentials, LoginError, LoginSignMethod, SDK_TIMES
 pub use broker::BrokerConfig;
 pub use fault_spec::{FaultSpec, FAULT_GRAMMAR};
 pub use faults::{Fault, FaultId, Times};
+pub use gateway::{GatewayFault, GatewayFaultSpec, GATEWAY_FAULT_GRAMMAR, SUBDEVICE_PRODUCT_KEY};
 pub use http::DownloadRecord;
+pub use jobs::PROGRESS_HISTORY;
 pub use live::StateChange;
 pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
 pub use model::*;
@@ -93,7 +110,7 @@ pub use package_signing::{signing_keys, PackageSigner};
 pub use sessions::SessionRecord;
 pub use signing::UrlError;
 pub use sim::Sim;
-pub use tls::SimTls;
+pub use tls::{SimTls, TlsKey, TlsOptions, TlsVersions, DEFAULT_CIPHERS};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -110,6 +127,9 @@ pub enum Error {
     /// A product key, device name, version or module breaks the platform's rules.
     #[error("invalid name {0:?}")]
     InvalidName(String),
+    /// A public URL is not `scheme://host[:port]`.
+    #[error("bad public URL {0}")]
+    InvalidUrl(String),
     /// The device is registered already.
     #[error("device {0} exists already")]
     DuplicateDevice(String),
@@ -161,12 +181,20 @@ pub struct SimConfig {
     pub bind: IpAddr,
     /// Firmware server port; 0 picks a free one.
     pub http_port: u16,
+    /// The base of the `http` URLs devices get, e.g. `http://fw.example.test` (a name that
+    /// leads to the firmware server, through a proxy or a port forward); default: the
+    /// listener's own address. A scheme's default port is never written out.
+    pub public_url: Option<String>,
+    /// The same for `https` URLs (with `tls`).
+    pub public_https_url: Option<String>,
     /// How long download URLs stay valid.
     pub url_ttl: Duration,
     /// ProductKey of devices made by [`Sim::add_device`].
     pub product_key: String,
     /// Also listen for MQTT over TLS and HTTPS, with this certificate (embedded broker only).
     pub tls: Option<SimTls>,
+    /// The generated chain's key type and names, and the TLS versions and ciphers offered.
+    pub tls_options: TlsOptions,
     /// MQTT-over-TLS port when `tls` is set; 0 picks a free one.
     pub mqtts_port: u16,
     /// HTTPS firmware server port when `tls` is set; 0 picks a free one.
@@ -179,9 +207,12 @@ impl Default for SimConfig {
             broker: BrokerConfig::Embedded { port: 0 },
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             http_port: 0,
+            public_url: None,
+            public_https_url: None,
             url_ttl: Duration::from_secs(30 * 60),
             product_key: "a1OtaSimPK1".to_owned(),
             tls: None,
+            tls_options: TlsOptions::default(),
             mqtts_port: 0,
             https_port: 0,
         }

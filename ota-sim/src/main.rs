@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ota_sim::{
     BrokerConfig, DeviceInfo, DownloadProtocol, FaultSpec, JobSpec, PackageSigner, PackageSpec,
-    SignMethod, Sim, SimConfig, SimTls,
+    SignMethod, Sim, SimConfig, SimTls, TlsKey, TlsOptions, TlsVersions,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -21,8 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one package to simulated devices until interrupted.
-    #[command(after_help = ota_sim::FAULT_GRAMMAR)]
+    /// Serve one package to simulated devices until interrupted. A flag given twice takes
+    /// its last value.
+    #[command(
+        after_help = format!("{}\n{}", ota_sim::FAULT_GRAMMAR, ota_sim::GATEWAY_FAULT_GRAMMAR),
+        args_override_self = true
+    )]
     Serve(Box<ServeArgs>),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
@@ -39,6 +43,21 @@ enum SignMethodArg {
 enum ProtocolArg {
     Http,
     Mqtt,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TlsKeyArg {
+    Rsa,
+    Ecdsa,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TlsVersionsArg {
+    #[value(name = "1.2")]
+    V12,
+    #[value(name = "1.3")]
+    V13,
+    Both,
 }
 
 #[derive(Args)]
@@ -71,6 +90,14 @@ struct ServeArgs {
     /// Firmware server port (0 picks a free one).
     #[arg(long, value_name = "P", default_value_t = 8080)]
     http_port: u16,
+    /// Announce firmware URLs under this base instead of the listener's address, e.g.
+    /// http://fw.example.test for a device that ignores URL ports, behind a port forward from
+    /// 80 (or serve on port 80 itself: --http-port 80). A default port is never written out.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// The same for https URLs (with --tls), e.g. https://fw.example.test.
+    #[arg(long, value_name = "URL", requires = "tls")]
+    public_https_url: Option<String>,
     /// How long download URLs stay valid, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     url_ttl: u64,
@@ -85,12 +112,29 @@ struct ServeArgs {
     /// info file, for the devices' --signing-key.
     #[arg(long, requires = "info_file")]
     sign: bool,
-    /// Also listen for MQTT over TLS and HTTPS, with a CA and server certificate made at start
-    /// for 127.0.0.1 and localhost (ECDSA P-256; TLS 1.3 and 1.2). The CA is written to
-    /// ota-sim-ca.pem beside the info file (or in the current directory) and named in the info
-    /// file as ca_pem_path. Devices that log in over TLS get https URLs, others http.
+    /// Also listen for MQTT over TLS and HTTPS, with a chain made at start as the platform's
+    /// is shaped: an RSA-2048 root, an intermediate and a leaf for 127.0.0.1, localhost and
+    /// --tls-name; TLS 1.3 and 1.2 with ECDHE-RSA and static-RSA key exchange, AES-GCM and
+    /// AES-CBC. The root is written to ota-sim-ca.pem beside the info file (or in the current
+    /// directory) and named in the info file as ca_pem_path. Devices that log in over TLS get
+    /// https URLs, others http.
     #[arg(long)]
     tls: bool,
+    /// Key type of the generated chain: rsa (root, intermediate, leaf) or ecdsa (P-256 root
+    /// and leaf, for TLS 1.3 clients without RSA).
+    #[arg(long, value_enum, default_value = "rsa", requires = "tls")]
+    tls_key: TlsKeyArg,
+    /// Extra host name or IP address of the generated leaf certificate (repeatable).
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    tls_names: Vec<String>,
+    /// TLS versions accepted.
+    #[arg(long, value_enum, default_value = "both", requires = "tls")]
+    tls_versions: TlsVersionsArg,
+    /// OpenSSL cipher list for TLS 1.2 instead of the default (e.g. AES128-SHA:AES128-SHA256
+    /// for legacy suites only); TLS 1.3 names in it (TLS_AES_128_GCM_SHA256) pick the TLS 1.3
+    /// suites.
+    #[arg(long, value_name = "LIST", requires = "tls")]
+    tls_ciphers: Option<String>,
     /// MQTT-over-TLS port (0 picks a free one).
     #[arg(long, value_name = "P", default_value_t = 8883, requires = "tls")]
     mqtts_port: u16,
@@ -103,7 +147,18 @@ struct ServeArgs {
     /// Inject a fault, e.g. dev0002:cut:100000 (repeatable; grammar below). /status reports
     /// each one: whether and when it fired.
     #[arg(long = "fault", value_name = "SPEC")]
-    faults: Vec<FaultSpec>,
+    faults: Vec<FaultArg>,
+    /// How many gateways to create (gw0001, ...), each with its own sub-devices.
+    #[arg(long, value_name = "G", default_value_t = 0)]
+    gateways: u32,
+    /// Sub-devices per gateway ({gateway}-node01, ...), listed in the info file with their
+    /// secrets; the gateway must add them to its topology and log them in (protocol §14).
+    #[arg(long, value_name = "S", default_value_t = 0, requires = "gateways")]
+    subdevices_per_gateway: u32,
+    /// Put every sub-device into its gateway's topology from the start, as if added in the
+    /// console (topo/get lists them; the gateway logs them in without topo/add).
+    #[arg(long, requires = "gateways")]
+    preset_topology: bool,
     /// The PEM private key of --cert.
     #[arg(long, value_name = "PEM", requires_all = ["tls", "cert"])]
     key: Option<PathBuf>,
@@ -126,9 +181,21 @@ struct DemoArgs {
     /// Sign the package (secure upgrade); the second device is sent a wrong signature once.
     #[arg(long)]
     signed: bool,
+    /// Instead: one gateway (ota-std's gateway mode) updating its sub-devices at once.
+    #[arg(long, conflicts_with_all = ["devices", "faults", "signed"])]
+    gateway: bool,
+    /// With --gateway: how many sub-devices.
+    #[arg(long, value_name = "N", default_value_t = 6, requires = "gateway")]
+    subdevices: usize,
+    /// With --gateway: most sub-devices downloading at once.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "gateway")]
+    max_parallel: usize,
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
+    if args.gateway {
+        return demo_gateway(&args);
+    }
     if args.devices == 0 || args.size == 0 {
         return Err(Failure(2, "--devices and --size must be at least 1".into()));
     }
@@ -152,17 +219,78 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn demo_gateway(args: &DemoArgs) -> Result<(), Failure> {
+    if args.subdevices == 0 || args.max_parallel == 0 || args.size == 0 {
+        return Err(Failure(
+            2,
+            "--subdevices, --max-parallel and --size must be at least 1".into(),
+        ));
+    }
+    let options = ota_sim::demo_gateway::GatewayDemoOptions {
+        subdevices: args.subdevices,
+        max_parallel: args.max_parallel,
+        size: args.size,
+        rate: args.rate,
+        ..Default::default()
+    };
+    let report = ota_sim::demo_gateway::run(&options).map_err(|e| Failure(1, e))?;
+    print!("{}", ota_sim::demo_gateway::table(&report));
+    let failed = report.rows.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        return Err(Failure(
+            1,
+            format!("{failed} sub-device(s) did not reach the target version"),
+        ));
+    }
+    Ok(())
+}
+
+/// A `--fault`: of the firmware server and block replies, or of sub-device sessions.
+#[derive(Clone)]
+enum FaultArg {
+    Device(FaultSpec),
+    Gateway(ota_sim::GatewayFaultSpec),
+}
+
+impl std::str::FromStr for FaultArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<FaultArg, String> {
+        // Gateway faults are named login-CODE, topo-CODE, kick-CODE; no other fault is.
+        let names = ["login-", "topo-", "kick-"];
+        let gateway_fault = text
+            .split(':')
+            .any(|part| names.iter().any(|n| part.starts_with(n)));
+        match gateway_fault {
+            true => text.parse().map(FaultArg::Gateway),
+            false => text.parse().map(FaultArg::Device),
+        }
+    }
+}
+
+/// A gateway and its sub-devices, in the info file.
+#[derive(Serialize)]
+struct GatewayInfo {
+    #[serde(flatten)]
+    gateway: DeviceInfo,
+    subdevices: Vec<DeviceInfo>,
+}
+
 /// What a device or a test harness needs to talk to this simulator.
 #[derive(Serialize)]
 struct Info<'a> {
     mqtt_host: &'a str,
     mqtt_port: u16,
     http_base_url: &'a str,
+    /// Where the firmware server listens (the URLs may name another host, --public-url).
+    http_listen: std::net::SocketAddr,
     version: &'a str,
     module: &'a str,
     download_protocol: DownloadProtocol,
     files: Vec<String>,
     devices: &'a [DeviceInfo],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gateways: Vec<GatewayInfo>,
     /// The package-signing public key (PEM) written for the devices, when signing.
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_key_file: Option<PathBuf>,
@@ -173,6 +301,19 @@ struct Info<'a> {
     https_base_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_pem_path: Option<PathBuf>,
+    /// With --tls: what the listeners present and offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsInfo>,
+}
+
+/// The TLS choices, as the info file names them.
+#[derive(Serialize)]
+struct TlsInfo {
+    /// `rsa` or `ecdsa` for a generated chain, `files` for --cert/--key.
+    key: &'static str,
+    names: Vec<String>,
+    versions: TlsVersions,
+    ciphers: String,
 }
 
 /// A failure worth one line on stderr, with its exit code.
@@ -291,8 +432,36 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     spec.validate()
         .map_err(|e| usage(format!("bad package: {e}")))?;
     let device_names: Vec<String> = (1..=args.devices).map(|i| format!("dev{i:04}")).collect();
-    for spec in &args.faults {
-        if let Some(d) = spec.device.as_ref().filter(|d| !device_names.contains(d)) {
+    if args.gateways > 999 || args.subdevices_per_gateway > 99 {
+        return Err(usage(
+            "--gateways is at most 999 and --subdevices-per-gateway at most 99".into(),
+        ));
+    }
+    let sub_names: Vec<String> = (1..=args.gateways)
+        .flat_map(|g| {
+            (1..=args.subdevices_per_gateway).map(move |s| format!("gw{g:04}-node{s:02}"))
+        })
+        .collect();
+    for spec in args.faults.iter().filter_map(|f| match f {
+        FaultArg::Gateway(spec) => Some(spec),
+        FaultArg::Device(_) => None,
+    }) {
+        if let Some(d) = spec.device.as_ref().filter(|d| !sub_names.contains(d)) {
+            return Err(usage(format!(
+                "--fault names sub-device {d}; there are {}",
+                match sub_names.first() {
+                    Some(first) => format!("{first}..{}", sub_names[sub_names.len() - 1]),
+                    None => "none (use --gateways and --subdevices-per-gateway)".into(),
+                }
+            )));
+        }
+    }
+    for spec in args.faults.iter().filter_map(|f| match f {
+        FaultArg::Device(spec) => Some(spec),
+        FaultArg::Gateway(_) => None,
+    }) {
+        let known_name = |d: &String| device_names.contains(d) || sub_names.contains(d);
+        if let Some(d) = spec.device.as_ref().filter(|d| !known_name(d)) {
             let known = format!("dev0001..dev{:04}", args.devices);
             return Err(usage(format!(
                 "--fault names device {d}; there are {known}"
@@ -313,13 +482,42 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }),
         _ => args.tls.then_some(SimTls::Generated),
     };
+    let tls_options = TlsOptions {
+        key: match args.tls_key {
+            TlsKeyArg::Rsa => TlsKey::Rsa,
+            TlsKeyArg::Ecdsa => TlsKey::Ecdsa,
+        },
+        names: args.tls_names.clone(),
+        versions: match args.tls_versions {
+            TlsVersionsArg::V12 => TlsVersions::Tls12,
+            TlsVersionsArg::V13 => TlsVersions::Tls13,
+            TlsVersionsArg::Both => TlsVersions::Both,
+        },
+        ciphers: args.tls_ciphers.clone(),
+    };
+    let tls_info = tls.as_ref().map(|tls| TlsInfo {
+        key: match (tls, tls_options.key) {
+            (SimTls::Files { .. }, _) => "files",
+            (_, TlsKey::Rsa) => "rsa",
+            (_, TlsKey::Ecdsa) => "ecdsa",
+        },
+        names: tls_options.names.clone(),
+        versions: tls_options.versions,
+        ciphers: tls_options
+            .ciphers
+            .clone()
+            .unwrap_or_else(|| ota_sim::DEFAULT_CIPHERS.to_owned()),
+    });
     let config = SimConfig {
         broker,
         http_port: args.http_port,
+        public_url: args.public_url.clone(),
+        public_https_url: args.public_https_url.clone(),
         url_ttl: Duration::from_secs(args.url_ttl),
         mqtts_port: args.mqtts_port,
         https_port: args.https_port,
         tls,
+        tls_options,
         ..SimConfig::default()
     };
     let sim = Sim::start(config).map_err(|e| Failure(1, format!("cannot start: {e}")))?;
@@ -333,9 +531,39 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map(|_| sim.add_device())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure(1, e.to_string()))?;
-    for spec in &args.faults {
+    let mut gateways = Vec::new();
+    for _ in 0..args.gateways {
+        let gateway = sim.add_gateway().map_err(|e| Failure(1, e.to_string()))?;
+        let subdevices = (0..args.subdevices_per_gateway)
+            .map(|_| sim.add_subdevice(&gateway))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure(1, e.to_string()))?;
+        if args.preset_topology {
+            for sub in &subdevices {
+                sim.add_to_topology(&gateway, sub);
+            }
+        }
+        gateways.push(GatewayInfo {
+            gateway,
+            subdevices,
+        });
+    }
+    for fault in &args.faults {
+        let spec = match fault {
+            FaultArg::Device(spec) => spec,
+            FaultArg::Gateway(spec) => {
+                let device = spec
+                    .device
+                    .as_ref()
+                    .map(|d| ota_sim::DeviceId::new(ota_sim::SUBDEVICE_PRODUCT_KEY, d.clone()));
+                sim.set_gateway_fault(device.as_ref(), spec.fault, spec.times);
+                continue;
+            }
+        };
+        let subdevices = gateways.iter().flat_map(|g| &g.subdevices);
         let targets = devices
             .iter()
+            .chain(subdevices)
             .filter(|d| spec.device.as_ref().is_none_or(|n| *n == d.id.device_name));
         for device in targets {
             for fault in &spec.faults {
@@ -361,15 +589,18 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         mqtt_host: sim.mqtt_host(),
         mqtt_port: sim.mqtt_port(),
         http_base_url: sim.http_base_url(),
+        http_listen: sim.http_listen_addr(),
         version: &args.version,
         module: &args.module,
         download_protocol: protocol,
         files: names,
         devices: &devices,
+        gateways,
         signing_key_file,
         mqtts_port: sim.mqtts_port(),
         https_base_url: sim.https_base_url(),
         ca_pem_path,
+        tls: tls_info,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;
     match &args.info_file {
@@ -384,11 +615,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     });
     tracing::info!(
-        "ready: mqtt {}:{}, firmware {}, {} device(s)",
+        "ready: mqtt {}:{}, firmware {}, {} device(s), {} gateway(s) with {} sub-device(s) each",
         sim.mqtt_host(),
         sim.mqtt_port(),
         sim.http_base_url(),
-        devices.len()
+        devices.len(),
+        args.gateways,
+        args.subdevices_per_gateway
     );
     loop {
         std::thread::park();

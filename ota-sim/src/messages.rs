@@ -10,13 +10,15 @@ use serde_json::Value;
 /// The module name meaning "the whole firmware".
 pub const DEFAULT_MODULE: &str = "default";
 
-/// MQTT filters the cloud subscribes to.
-pub(crate) const CLOUD_FILTERS: [&str; 5] = [
+/// MQTT filters the cloud subscribes to (the last two: gateway sessions, docs/protocol.md §14).
+pub(crate) const CLOUD_FILTERS: [&str; 7] = [
     "/ota/device/inform/+/+",
     "/ota/device/progress/+/+",
     "/ota/device/request/+/+",
     "/sys/+/+/thing/ota/firmware/get",
     "/sys/+/+/thing/file/download",
+    crate::gateway::SESSION_FILTERS[0],
+    crate::gateway::SESSION_FILTERS[1],
 ];
 
 /// A message from a device, parsed.

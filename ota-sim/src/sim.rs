@@ -26,6 +26,7 @@ pub struct Sim {
     mqtt_port: u16,
     mqtts_port: Option<u16>,
     http_base: String,
+    http_listen: SocketAddr,
     https_base: Option<String>,
     ca_pem: Option<String>,
     product_key: String,
@@ -62,8 +63,15 @@ impl Sim {
         let embedded = matches!(config.broker, BrokerConfig::Embedded { .. });
         let (http_listener, listeners) = Listeners::bind(&config, embedded)?;
         let http_addr = listeners.http_addr();
-        let http_base = format!("http://{http_addr}");
-        let https_base = listeners.https_base()?;
+        let http_base = match &config.public_url {
+            Some(url) => crate::listeners::public_base(url, "http")?,
+            None => crate::listeners::base_url("http", http_addr),
+        };
+        let https_base = match (&config.public_https_url, listeners.https_base()?) {
+            (Some(url), Some(_)) => Some(crate::listeners::public_base(url, "https")?),
+            (Some(url), None) => return Err(Error::InvalidUrl(format!("{url:?}: needs TLS"))),
+            (None, own) => own,
+        };
         let shared = Arc::new(Shared::new(http_base.clone(), config.url_ttl));
         shared.lock().engine.https_base = https_base.clone();
         let (inputs, rx) = mpsc::channel();
@@ -126,7 +134,7 @@ impl Sim {
         shared.set_publisher(publisher);
         let http_stop = spawn_http(http_listener, shared.clone())?;
         let (mqtts_port, ca_pem) = (listeners.mqtts_port()?, listeners.ca_pem());
-        let fronts = listeners.fronts(broker_addr);
+        let fronts = listeners.fronts(broker_addr, &inputs);
         let front_stop = match fronts.is_empty() {
             true => None,
             false => Some(front::spawn(fronts)?),
@@ -146,6 +154,7 @@ impl Sim {
             mqtt_port,
             mqtts_port,
             http_base,
+            http_listen: http_addr,
             https_base,
             ca_pem,
             product_key: config.product_key,
@@ -182,19 +191,31 @@ impl Sim {
         self.mqtt_port
     }
 
-    /// Base URL of the firmware server, e.g. `http://127.0.0.1:41234` (`/status` is below it).
+    /// Where the firmware server listens (its URLs may name another host:
+    /// [`SimConfig::public_url`](crate::SimConfig::public_url)).
+    pub fn http_listen_addr(&self) -> SocketAddr {
+        self.http_listen
+    }
+
+    /// Base URL of the firmware server as devices get it, e.g. `http://127.0.0.1:41234`
+    /// (`/status` is below it).
     pub fn http_base_url(&self) -> &str {
         &self.http_base
     }
 
     /// Runs `f` on the world, then publishes what it queued and wakes waiters and the engine.
-    fn with_world<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
+    pub(crate) fn with_world<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
         let mut world = self.shared.lock();
         let result = f(&mut world);
         self.shared.flush(&mut world);
         drop(world);
         let _ = self.inputs.send(Input::Wake);
         result
+    }
+
+    /// ProductKey of the devices [`Sim::add_device`] makes.
+    pub fn product_key(&self) -> &str {
+        &self.product_key
     }
 
     /// Registers a device `devNNNN` under the configured product key with a random secret.
@@ -336,14 +357,15 @@ impl Sim {
         self.shared.lock().engine.task_views(Some(job))
     }
 
-    /// Every progress message a device sent, in order.
+    /// The progress messages a device sent, in order: the last
+    /// [`PROGRESS_HISTORY`](crate::PROGRESS_HISTORY) of them.
     pub fn progress(&self, device: impl AsRef<DeviceId>) -> Vec<ProgressRecord> {
         let world = self.shared.lock();
         world
             .engine
             .devices
             .get(device.as_ref())
-            .map(|d| d.steps.clone())
+            .map(|d| d.steps.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -450,7 +472,7 @@ impl Sim {
         })
     }
 
-    /// Waits until the device sent at least `count` progress messages; returns their steps.
+    /// Waits until the device sent at least `count` progress messages; returns the steps kept.
     pub fn wait_progress(
         &self,
         device: impl AsRef<DeviceId>,
@@ -460,13 +482,13 @@ impl Sim {
         let device = device.as_ref();
         let wanted = format!("{count} progress steps from {device}");
         self.wait_for(timeout, wanted, |w| {
-            let steps: Vec<i64> = w
+            let (steps, dropped): (Vec<i64>, u64) = w
                 .engine
                 .devices
                 .get(device)
-                .map(|d| d.steps.iter().map(|s| s.step).collect())
+                .map(|d| (d.steps.iter().map(|s| s.step).collect(), d.steps.dropped()))
                 .unwrap_or_default();
-            if steps.len() >= count {
+            if steps.len() as u64 + dropped >= count as u64 {
                 Waited::Done(steps)
             } else {
                 Waited::Pending(format!("steps {steps:?}"))

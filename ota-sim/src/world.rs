@@ -4,20 +4,31 @@
 
 use crate::broker::Publisher;
 use crate::faults::FaultTable;
+use crate::history::History;
 use crate::http::{self, DownloadRecord};
 use crate::jobs::Engine;
 use crate::messages::{self, Uplink};
 use crate::mqtt_download::BlockServer;
 use crate::signing::UrlSigner;
 use crate::{DeviceId, Error};
+
+/// Firmware answers and block answers kept for tests and `/status`.
+pub(crate) const RECORDS_KEPT: usize = 20_000;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What the engine thread reacts to.
 pub(crate) enum Input {
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     Login(DeviceId),
+    /// A device's MQTT connection through a front was accepted.
+    Connected(DeviceId),
+    /// That connection ended.
+    Disconnected(DeviceId),
     Wake,
     Stop,
 }
@@ -27,8 +38,11 @@ pub(crate) enum Input {
 pub(crate) struct World {
     pub(crate) engine: Engine,
     pub(crate) faults: FaultTable,
-    pub(crate) downloads: Vec<DownloadRecord>,
+    /// The firmware server's latest answers (older ones are only counted).
+    pub(crate) downloads: History<DownloadRecord>,
     pub(crate) blocks: BlockServer,
+    /// Gateway topologies and sub-device sessions (docs/protocol.md §14).
+    pub(crate) gateways: crate::gateway::Gateways,
 }
 
 impl World {
@@ -36,13 +50,19 @@ impl World {
     pub(crate) fn status(&self) -> serde_json::Value {
         let mut status = self.engine.status();
         status["faults"] = self.faults.report();
+        status["gateways"] = self.gateways.report(&self.engine, &self.downloads);
         status
     }
 
     /// The earliest moment the engine or the block server has something to do.
     fn next_deadline(&self) -> Option<Instant> {
         let engine = self.engine.next_deadline();
-        engine.into_iter().chain(self.blocks.next_deadline()).min()
+        let log = self.engine.log.next_deadline();
+        engine
+            .into_iter()
+            .chain(self.blocks.next_deadline())
+            .chain(log)
+            .min()
     }
 }
 
@@ -63,8 +83,9 @@ impl Shared {
             world: Mutex::new(World {
                 engine: Engine::new(signer.clone(), http_base, url_ttl),
                 faults: FaultTable::default(),
-                downloads: Vec::new(),
+                downloads: History::new(RECORDS_KEPT),
                 blocks: BlockServer::default(),
+                gateways: Default::default(),
             }),
             changed: Condvar::new(),
             signer,
@@ -86,11 +107,13 @@ impl Shared {
     /// messages leave in the order the state changed.
     pub(crate) fn flush(&self, world: &mut World) {
         let block_replies = world.blocks.take_outbound();
+        let session_replies = world.gateways.take_outbound();
         for out in world
             .engine
             .take_outbound()
             .into_iter()
             .chain(block_replies)
+            .chain(session_replies)
         {
             let payload =
                 crate::package_signing::spoil_signature(&mut world.faults, &out.topic, out.payload);
@@ -114,8 +137,15 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
         let now = Instant::now();
         let mut world = shared.lock();
         match input {
+            Ok(Input::Message { topic, payload }) if crate::gateway::Gateways::handles(&topic) => {
+                let World {
+                    engine, gateways, ..
+                } = &mut *world;
+                gateways.handle(engine, &topic, &payload, now);
+            }
             Ok(Input::Message { topic, payload }) => match messages::parse_uplink(&topic, &payload)
             {
+                Ok((device, _)) if !world.gateways.admit(&device) => {}
                 Ok((device, Uplink::Block(request))) => {
                     let World {
                         engine,
@@ -125,20 +155,46 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
                     } = &mut *world;
                     blocks.serve(engine, faults, &device, &request, now);
                 }
-                Ok((device, uplink)) => world.engine.handle_uplink(&device, uplink, now),
+                Ok((device, uplink)) => {
+                    let step = crate::gateway::progress_step(&uplink);
+                    let World {
+                        engine, gateways, ..
+                    } = &mut *world;
+                    engine.handle_uplink(&device, uplink, now);
+                    gateways.after_uplink(engine, &device, step);
+                }
                 Err(e) => tracing::warn!("ignored message on {topic}: {e}"),
             },
-            Ok(Input::Login(device)) => world.engine.handle_login(&device),
+            Ok(Input::Login(device)) => {
+                let World {
+                    engine, gateways, ..
+                } = &mut *world;
+                engine.handle_login(&device);
+                // A new connection of a gateway holds none of its old sub-device sessions.
+                gateways.gateway_connected(engine, &device);
+            }
+            Ok(Input::Connected(device)) => world.engine.handle_connection(&device, true),
+            Ok(Input::Disconnected(device)) => {
+                let World {
+                    engine, gateways, ..
+                } = &mut *world;
+                engine.handle_connection(&device, false);
+                // Its sub-devices go offline with the gateway's connection (§14).
+                gateways.gateway_connected(engine, &device);
+            }
             Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
         }
         world.engine.handle_timeout(now);
         world.blocks.handle_timeout(now);
+        world.engine.log.flush(now);
         shared.flush(&mut world);
     }
 }
 
-/// Serves HTTP on its own thread with a single-threaded tokio runtime.
+/// Serves HTTP on its own thread with a single-threaded tokio runtime. Header names go out in
+/// title case (`Content-Length`, `Content-Range`), as OSS writes them: the official SDKs look
+/// for them with a case-sensitive match (docs/protocol.md §5).
 pub(crate) fn spawn_http(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
@@ -156,14 +212,31 @@ pub(crate) fn spawn_http(
                     Ok(l) => l,
                     Err(e) => return tracing::error!("firmware server: {e}"),
                 };
-                let serve = axum::serve(listener, http::router(shared))
-                    .tcp_nodelay(true)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    });
-                if let Err(e) = serve.await {
-                    tracing::error!("firmware server stopped: {e}");
-                }
+                let router = http::router(shared);
+                let serve = async {
+                    loop {
+                        let tcp = match listener.accept().await {
+                            Ok((tcp, _)) => tcp,
+                            Err(e) => {
+                                // Out of file descriptors and the like: wait, do not spin.
+                                tracing::warn!("firmware server accept: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                        tokio::spawn(async move {
+                            let connection = hyper::server::conn::http1::Builder::new()
+                                .title_case_headers(true)
+                                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                            if let Err(e) = connection.await {
+                                tracing::debug!("firmware connection: {e}");
+                            }
+                        });
+                    }
+                };
+                futures_util::future::select(std::pin::pin!(serve), stop_rx).await;
             });
         })?;
     Ok(stop_tx)

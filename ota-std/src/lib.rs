@@ -47,6 +47,7 @@
 mod config;
 mod device;
 pub mod file;
+pub mod gateway;
 mod http;
 mod journal;
 pub mod login;

@@ -7,20 +7,50 @@ use std::time::Instant;
 
 impl Engine {
     pub(crate) fn handle_login(&mut self, device: &DeviceId) {
-        if let Some(d) = self.devices.get_mut(device) {
+        self.saw_alive(device);
+    }
+
+    /// Marks a device online on a sign of life, unless its connections are tracked: then a
+    /// message that arrives after its connection ended must not bring it back.
+    pub(crate) fn saw_alive(&mut self, device: &DeviceId) {
+        if let Some(d) = self
+            .devices
+            .get_mut(device)
+            .filter(|_| !self.tracks_connections)
+        {
             d.online = true;
         }
     }
 
+    /// A connection of `device` opened or ended: it is online while one is open.
+    pub(crate) fn handle_connection(&mut self, device: &DeviceId, opened: bool) {
+        self.tracks_connections = true;
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        d.connections = match opened {
+            true => d.connections.saturating_add(1),
+            false => d.connections.saturating_sub(1),
+        };
+        d.online = d.connections > 0;
+        if !d.online {
+            tracing::info!("{device} is offline");
+        }
+    }
+
     pub(crate) fn handle_uplink(&mut self, device: &DeviceId, uplink: Uplink, now: Instant) {
+        let tracked = self.tracks_connections;
         let Some(dev) = self.devices.get_mut(device) else {
             tracing::warn!("message from unknown device {device} ignored");
             return;
         };
-        dev.online = true;
+        if !tracked {
+            dev.online = true;
+        }
         match uplink {
             Uplink::Inform { version, module } => self.inform(device, &module, version, now),
             Uplink::Progress { step, desc, module } => {
+                let desc = super::short_desc(desc);
                 dev.steps.push(ProgressRecord {
                     step,
                     desc: desc.clone(),
@@ -45,7 +75,11 @@ impl Engine {
             }
             Uplink::LegacyRequest { module } => match self.pushable_task(device, &module) {
                 Some(i) => self.push(i),
-                None => tracing::info!("{device} asked for a task; it has none"),
+                None => {
+                    if self.log.admit(device, "task requests", now) {
+                        tracing::info!("{device} asked for a task; it has none");
+                    }
+                }
             },
             // Served by the block server, which owns the MQTT faults (see `world`).
             Uplink::Block(_) => {}
@@ -59,7 +93,9 @@ impl Engine {
     }
 
     fn inform(&mut self, device: &DeviceId, module: &str, version: String, now: Instant) {
-        tracing::info!("{device} reports {module} version {version}");
+        if self.log.admit(device, "version reports", now) {
+            tracing::info!("{device} reports {module} version {version}");
+        }
         if let Some(d) = self.devices.get_mut(device) {
             d.versions.insert(module.to_owned(), version.clone());
         }
@@ -103,15 +139,19 @@ impl Engine {
         now: Instant,
     ) {
         let Some(i) = self.pushable_task(device, module) else {
-            tracing::info!("{device} progress {step} without a task");
+            if self.log.admit(device, "progress reports", now) {
+                tracing::info!("{device} progress {step} without a task");
+            }
             return;
         };
-        // The platform ends a task on step 0 as on a negative one (PROTOCOL.md §4).
-        if step <= 0 {
+        // A negative step ends the task; "0" (the official SDKs send it when a download
+        // starts) counts as in progress like any other first report (docs/protocol.md §4).
+        if step < 0 {
             let why = desc.unwrap_or_default();
             self.fail(i, format!("progress step {step}: {why}"), now);
             return;
         }
+        let changed = self.tasks[i].view.last_step != Some(step);
         self.tasks[i].view.last_step = Some(step);
         if self.tasks[i].view.state != TaskState::InProgress {
             let timeout = self
@@ -120,7 +160,7 @@ impl Engine {
                 .and_then(|j| j.spec.timeout);
             self.tasks[i].deadline = timeout.map(|t| now + t);
             self.set_state(i, TaskState::InProgress, None);
-        } else {
+        } else if changed {
             self.live.send(&self.tasks[i].view);
         }
     }

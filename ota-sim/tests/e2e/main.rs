@@ -6,15 +6,19 @@ mod cli_faults;
 mod device;
 mod download;
 mod external;
+mod gateway;
+mod gateway_agent;
 mod jobs;
 mod login;
 mod modules;
 mod mqtt;
 mod mqtt_faults;
 mod multi_file;
+mod platform;
 mod push;
 mod sdk;
 mod tls;
+mod tls_suites;
 
 use ota_sim::{Sim, SimConfig};
 
