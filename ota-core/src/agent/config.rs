@@ -82,6 +82,11 @@ pub struct Config {
     /// A power loss re-downloads at most this much (plus the blocks staged or in flight
     /// beyond it, `write_buffers - 1` at most). Rounded up to whole write blocks.
     pub checkpoint_interval: u64,
+    /// Before activation, read the whole image back from the slot and check its digest (and
+    /// the package signature, with a key) over those bytes: flash that lost or never took a
+    /// byte fails the task with `-4` instead of activating it. Costs one read of the image
+    /// (BENCHMARKS.md); on by default, since the image is worth more than that.
+    pub read_back: bool,
     /// Ask for a pending task after every connect (a record of an unfinished download
     /// always asks).
     pub request_task_on_connect: bool,
@@ -125,6 +130,7 @@ impl Config {
             write_block: 4096,
             write_buffers: 1,
             checkpoint_interval: 256 * 1024,
+            read_back: true,
             request_task_on_connect: true,
             task_request: TaskRequest::FirmwareGet,
             confirmation: Confirmation::Automatic,

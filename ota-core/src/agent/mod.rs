@@ -5,6 +5,7 @@ mod actions;
 mod blocks;
 mod config;
 mod download;
+mod reread;
 mod ring;
 #[cfg(feature = "signature")]
 mod signing;
@@ -31,6 +32,7 @@ use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, Failure
 pub(crate) use actions::QUEUE_CAPACITY;
 use actions::{Note, Outbox, Queued, Topic};
 use download::Download;
+use reread::Reread;
 use ring::Ring;
 
 /// What the device knows at start-up.
@@ -84,6 +86,14 @@ pub enum Event<'a> {
     WriteDone,
     /// The pending `Write` failed.
     WriteFailed,
+    /// The pending `Read` put `len` bytes into its buffer (fewer than asked: the staged data
+    /// ends there).
+    ReadDone {
+        /// Bytes read.
+        len: usize,
+    },
+    /// The pending `Read` failed (the staging area is gone or unreadable).
+    ReadFailed,
     /// The pending `SaveRecord` or `ClearRecord` is durable.
     RecordSaved,
     /// The pending `SaveRecord` or `ClearRecord` failed.
@@ -124,6 +134,11 @@ pub enum Phase {
 /// while a write is in flight: writes are counted by the staging ring).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Io {
+    /// A re-read of the slot for the download of this generation, of `len` bytes.
+    Read {
+        generation: u32,
+        len: usize,
+    },
     SaveRecord(RecordPurpose),
     ClearRecord,
     Activate,
@@ -290,7 +305,7 @@ impl Agent {
 
     /// The next action to perform, borrowing the agent until it is dropped.
     pub fn poll_action(&mut self) -> Option<Action<'_>> {
-        self.outbox.pop(&self.topics, self.ring.bytes())
+        self.outbox.pop(&self.topics, self.ring.bytes_mut())
     }
 
     /// When to call [`Agent::handle_timeout`]: `now` while actions are queued, `None`
@@ -406,6 +421,8 @@ impl Agent {
             Event::WriteDone | Event::WriteFailed => {
                 return self.on_write_result(event == Event::WriteDone)
             }
+            Event::ReadDone { len } => return self.on_read_result(Some(len)),
+            Event::ReadFailed => return self.on_read_result(None),
             Event::RecordSaved | Event::RecordSaveFailed => {
                 return self.on_record_result(event == Event::RecordSaved)
             }
@@ -530,7 +547,10 @@ impl Agent {
                 .as_ref()
                 .is_some_and(|r| r.image.module == task.module)
             {
+                // The interrupted download is of an image the cloud no longer wants: its
+                // record goes too, or it would outlive the task.
                 self.resume = None;
+                self.clear_record_wanted = true;
             }
             self.publish_inform_for(&task.module);
             return;
@@ -611,7 +631,10 @@ impl Agent {
                 // Step-only saves reuse the digest state of the recorded offset.
                 self.scratch.clear();
                 r.hasher.save_state(&mut self.scratch);
-                Download::resume(
+                // The staged prefix is trusted only once it is read back and hashes to the
+                // record's digest state again.
+                let reread = Reread::resume(&task, block, r.file, r.offset, r.hasher.clone());
+                let mut d = Download::resume(
                     task,
                     self.generation,
                     (r.file, r.offset),
@@ -619,7 +642,9 @@ impl Agent {
                     self.now,
                     (block, self.config.checkpoint_bytes()),
                 )
-                .with_step_floor(r.step)
+                .with_step_floor(r.step);
+                d.reread = Some(reread);
+                d
             }
             None => Download::new(task, self.generation, self.now),
         };

@@ -10,7 +10,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::world::{test_config, test_image, Cut, Fault, Health, MqttFault, Signing, Stop, World};
+use super::world::{
+    test_config, test_image, Cut, Damage, Fault, Health, MqttFault, Signing, Stop, World,
+};
 
 /// One thing that happens to the device or the cloud.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,12 @@ pub enum Op {
     Mqtt(MqttFault),
     /// The next health check fails.
     Unhealthy,
+    /// The next read of the slot fails.
+    FailNextRead,
+    /// The next power loss flips a bit of the slot (at this offset modulo the image).
+    FlipAtPowerLoss(u16),
+    /// The next power loss truncates the staging area (to this length modulo the image).
+    TruncateAtPowerLoss(u16),
 }
 
 /// A whole scenario.
@@ -75,6 +83,8 @@ impl Op {
                 true
             }
             Op::CutNextWrite(_) | Op::CutNextSave | Op::ExpireUrls => true,
+            // The resume reads the durable prefix back and starts again when it changed.
+            Op::FlipAtPowerLoss(_) | Op::TruncateAtPowerLoss(_) => true,
             Op::Fault(f) => !matches!(f, Fault::Corrupt(_) | Fault::Status(400..=402 | 405..=499)),
             Op::Mqtt(_) => true,
             _ => false,
@@ -163,6 +173,9 @@ impl Scenario {
                 17 => Op::AdvanceSecs(arg16),
                 18 => Op::ExpireUrls,
                 _ if arg % 4 == 0 => Op::ReplaceTaskMissigned(arg / 4),
+                _ if arg % 4 == 1 => Op::FlipAtPowerLoss(arg16),
+                _ if arg % 4 == 2 => Op::TruncateAtPowerLoss(arg16),
+                _ if arg & 4 == 0 => Op::FailNextRead,
                 _ => Op::Steps(arg.saturating_mul(4)),
             });
             if ops.len() >= 64 {
@@ -314,12 +327,20 @@ pub fn run(scenario: &Scenario) -> World {
             Op::DropTask => w.cloud_task = None,
             Op::Mqtt(f) => w.mqtt_faults.push_back(*f),
             Op::Unhealthy => w.health = Health::Unhealthy,
+            Op::FailNextRead => w.fail_read = Some(w.reads),
+            Op::FlipAtPowerLoss(at) => {
+                w.damage = Some(Damage::Flip(usize::from(*at) % w.image.len().max(1)))
+            }
+            Op::TruncateAtPowerLoss(len) => {
+                w.damage = Some(Damage::Truncate(usize::from(*len) % w.image.len().max(1)))
+            }
         }
     }
     // Heal and let the story finish.
     w.faults.clear();
     w.mqtt_faults.clear();
     (w.fail_write, w.fail_save, w.fail_activate, w.cut) = (None, None, false, None);
+    (w.fail_read, w.damage) = (None, None);
     if !w.online {
         w.connect();
     }

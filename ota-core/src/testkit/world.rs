@@ -155,6 +155,14 @@ pub struct World {
     pub decision: Decision,
     pub writes: usize,
     pub saves: usize,
+    /// Reads of the slot the agent asked for.
+    pub reads: usize,
+    /// The n-th read (0-based) fails.
+    pub fail_read: Option<usize>,
+    /// Armed: what the next power loss does to the slot.
+    pub damage: Option<Damage>,
+    /// `Some(len)`: the slot reads short from `len` on (until writes extend it).
+    pub slot_readable: Option<usize>,
     pub fetch_offsets: Vec<u64>,
     pub bytes_served: u64,
     pub online: bool,
@@ -286,6 +294,10 @@ impl World {
             decision: Decision::Accept,
             writes: 0,
             saves: 0,
+            reads: 0,
+            fail_read: None,
+            damage: None,
+            slot_readable: None,
             fetch_offsets: Vec::new(),
             bytes_served: 0,
             online: false,
@@ -609,6 +621,8 @@ impl World {
                 event,
                 Event::RecordSaved
                     | Event::RecordSaveFailed
+                    | Event::ReadDone { .. }
+                    | Event::ReadFailed
                     | Event::Activated
                     | Event::ActivationFailed
             ) {
@@ -697,8 +711,20 @@ impl World {
             self.agent.queued_actions() <= crate::agent::QUEUE_CAPACITY,
             "action queue unbounded"
         );
-        while let Some(action) = self.agent.poll_action() {
+        while let Some(mut action) = self.agent.poll_action() {
             self.transcript.push(describe(&action));
+            if let Action::Read { offset, buf } = &mut action {
+                // The slot is read right here, while the action lends its buffer.
+                let read = read_slot(&self.slot, self.slot_readable, *offset, buf);
+                self.reads += 1;
+                let failed = self.fail_read == Some(self.reads - 1);
+                self.begin_storage();
+                self.inbox.push_back(match failed {
+                    true => Event::ReadFailed,
+                    false => Event::ReadDone { len: read },
+                });
+                continue;
+            }
             let owned = Owned::from(&action);
             if let Some(stop) = self.perform(owned) {
                 // Power is gone: whatever else was queued never happens.
@@ -749,7 +775,7 @@ impl World {
                     "activation of an image that is not the task's"
                 );
                 if self.cut == Some(Cut::Activate) {
-                    return Some(Stop::PowerLost);
+                    return self.power_lost();
                 }
                 if self.fail_activate {
                     self.inbox.push_back(Event::ActivationFailed);
@@ -819,6 +845,13 @@ impl World {
         );
     }
 
+    /// A write up to `end` makes a truncated slot that long again (a file grows).
+    fn extend_readable(&mut self, end: usize) {
+        if let Some(readable) = self.slot_readable.as_mut() {
+            *readable = (*readable).max(end);
+        }
+    }
+
     /// The oldest write in flight reaches flash (or fails, or the power fails during it), and
     /// the agent hears of it: writes complete in the order they were issued.
     fn complete_write(&mut self) -> Option<Stop> {
@@ -830,13 +863,15 @@ impl World {
             if at == n {
                 let torn = torn.min(data.len());
                 self.slot[o..o + torn].copy_from_slice(&data[..torn]);
-                return Some(Stop::PowerLost);
+                self.extend_readable(o + torn);
+                return self.power_lost();
             }
         }
         let event = if self.fail_write == Some(n) {
             Event::WriteFailed
         } else {
             self.slot[o..o + data.len()].copy_from_slice(&data);
+            self.extend_readable(o + data.len());
             Event::WriteDone
         };
         self.agent.handle(self.now, event).unwrap();
@@ -961,7 +996,7 @@ impl World {
         let n = self.saves;
         self.saves += 1;
         if self.cut == Some(Cut::Save { n }) {
-            return Some(Stop::PowerLost);
+            return self.power_lost();
         }
         if self.fail_save == Some(n) {
             self.inbox.push_back(Event::RecordSaveFailed);
@@ -1213,6 +1248,52 @@ impl World {
     pub fn slot_image(&self) -> &[u8] {
         &self.slot[..self.image.len()]
     }
+
+    /// Drops the storage results not yet delivered (a test answers them itself).
+    pub fn inbox_clear(&mut self) {
+        self.inbox.clear();
+    }
+
+    /// What a power loss does to the slot, if it was armed to (a flipped byte, a truncation).
+    fn damage_slot(&mut self) {
+        match self.damage.take() {
+            Some(Damage::Flip(at)) => {
+                if let Some(byte) = self.slot.get_mut(at) {
+                    *byte ^= 0x20;
+                }
+            }
+            Some(Damage::Truncate(len)) => {
+                let len = len.min(self.slot.len());
+                self.slot[len..].fill(0);
+                self.slot_readable = Some(len);
+            }
+            None => {}
+        }
+    }
+
+    /// The power fails here: the armed damage hits the slot.
+    fn power_lost(&mut self) -> Option<Stop> {
+        self.damage_slot();
+        Some(Stop::PowerLost)
+    }
+}
+
+/// What a power loss may do to the staging slot besides the cut itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// One bit of the byte at this slot offset flips.
+    Flip(usize),
+    /// The staging area is cut to this length (a file truncated; 0: deleted).
+    Truncate(usize),
+}
+
+/// Reads the slot as a file would: short where a truncation left it short.
+fn read_slot(slot: &[u8], readable: Option<usize>, offset: u64, buf: &mut [u8]) -> usize {
+    let end = readable.unwrap_or(slot.len()).min(slot.len());
+    let from = usize::try_from(offset).unwrap_or(usize::MAX).min(end);
+    let n = buf.len().min(end - from);
+    buf[..n].copy_from_slice(&slot[from..from + n]);
+    n
 }
 
 /// An action copied out of the agent, so the world can act while mutating itself.
@@ -1280,6 +1361,8 @@ impl From<&Action<'_>> for Owned {
                 offset: *offset,
                 data: data.to_vec(),
             },
+            // Reads are performed in `drain`, while the action lends its buffer.
+            Action::Read { .. } => Owned::Nothing,
             Action::SaveRecord { record } => Owned::SaveRecord(record.to_vec()),
             Action::ClearRecord => Owned::ClearRecord,
             Action::Activate { version, .. } => Owned::Activate(version.to_string()),
@@ -1333,6 +1416,7 @@ fn describe(action: &Action) -> String {
         Action::Fetch { fetch, offset, .. } => format!("fetch {} @{offset}", fetch.0),
         Action::CancelFetch { fetch } => format!("cancel {}", fetch.0),
         Action::Write { offset, data } => format!("write @{offset} +{}", data.len()),
+        Action::Read { offset, buf } => format!("read @{offset} +{}", buf.len()),
         Action::SaveRecord { .. } => "save record".into(),
         Action::ClearRecord => "clear record".into(),
         Action::Activate { version, .. } => format!("activate {version}"),

@@ -7,6 +7,7 @@ mod multi_file;
 mod power_loss;
 mod progress;
 mod properties;
+mod reread;
 #[cfg(feature = "signature")]
 mod signing;
 mod write_ring;
