@@ -46,6 +46,8 @@ pub fn agent_ready(push: &str, write_block: usize) -> (Agent, FetchId) {
     let mut config = Config::new(DeviceIdentity::new("a1TestPK001", "dev01").expect("identity"));
     config.write_block = write_block;
     config.checkpoint_interval = 1024 * 1024;
+    // The chunk path alone; the read-back before activation is measured end to end (e2e).
+    config.read_back = false;
     let boot = Boot {
         running_version: "1.0.0",
         record: None,

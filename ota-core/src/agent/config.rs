@@ -102,6 +102,10 @@ pub struct Config {
     pub mqtt: MqttDownload,
     /// How long to wait for the answer to a task request.
     pub reply_timeout: Duration,
+    /// A task that would replace a download started less than this long ago waits until
+    /// then (the latest such task wins): a cloud switching tasks in a loop costs one GET per
+    /// interval, not one per push. The first task is never delayed.
+    pub task_switch_interval: Duration,
     /// A download that receives nothing for this long is restarted.
     pub stall_timeout: Duration,
     /// Report progress when it grew by this many percent (each report follows a record
@@ -152,6 +156,7 @@ impl Config {
             },
             reply_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
+            task_switch_interval: Duration::from_secs(10),
             progress_step: 5,
             progress_interval: Duration::from_secs(5),
             health_timeout: Duration::from_secs(120),

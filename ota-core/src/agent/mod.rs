@@ -203,6 +203,11 @@ pub struct Agent {
     /// A clear failed; retried at the next connect.
     stale_record: bool,
     resume: Option<ResumePoint>,
+    /// When the last download started: a new task within `Config::task_switch_interval` of
+    /// it waits, so that a cloud switching tasks in a loop cannot make a GET of each.
+    last_start: Option<Instant>,
+    /// A task waiting for the switch interval to pass (the latest replaces any earlier one).
+    parked: Option<(Task, Instant)>,
     /// Tasks for other modules, waiting for the current download to end (one per module).
     waiting: Vec<Task>,
     /// The task offered to the application, waiting for its decision.
@@ -256,6 +261,8 @@ impl Agent {
             clear_record_wanted: false,
             stale_record: false,
             resume: None,
+            last_start: None,
+            parked: None,
             waiting: Vec::new(),
             offered: None,
             unsent_reports: Vec::new(),
@@ -319,7 +326,7 @@ impl Agent {
                 d.deadline(self.config.stall_timeout, self.storage_busy(), self.online)
             }
             State::CheckingHealth { deadline, .. } => Some(*deadline),
-            _ => None,
+            _ => self.parked.as_ref().map(|(_, at)| *at),
         };
         deadline.map(|d| d.max(self.now))
     }
@@ -510,7 +517,7 @@ impl Agent {
         self.notify(Note::TaskRejected(rejection.reason.clone()));
         // Only an idle device reports: while another task runs, a -1 would be taken as
         // the verdict on that task.
-        if matches!(self.state, State::Idle) {
+        if matches!(self.state, State::Idle) && self.parked.is_none() {
             let module = rejection
                 .module
                 .unwrap_or_else(|| self.config.module.clone());
@@ -536,6 +543,17 @@ impl Agent {
                 self.waiting.push(task);
                 return;
             }
+            // Another module's task waits for its switch interval: this one comes after it.
+            State::Idle
+                if self
+                    .parked
+                    .as_ref()
+                    .is_some_and(|(p, _)| p.module != task.module) =>
+            {
+                self.waiting.retain(|t| t.module != task.module);
+                self.waiting.push(task);
+                return;
+            }
             State::Idle | State::Downloading(_) => {}
             // Busy activating or checking a new image: the cloud will ask again later.
             _ => return,
@@ -551,6 +569,13 @@ impl Agent {
                 // record goes too, or it would outlive the task.
                 self.resume = None;
                 self.clear_record_wanted = true;
+            }
+            if self
+                .parked
+                .as_ref()
+                .is_some_and(|(p, _)| p.module == task.module)
+            {
+                self.parked = None; // nothing to switch to any more
             }
             self.publish_inform_for(&task.module);
             return;
@@ -590,6 +615,14 @@ impl Agent {
     /// nothing (any more).
     fn on_no_task(&mut self, module: &str) {
         self.waiting.retain(|t| t.module != module);
+        if self
+            .parked
+            .as_ref()
+            .is_some_and(|(t, _)| t.module == module)
+        {
+            self.parked = None;
+            self.notify(Note::Canceled);
+        }
         if self.offered.as_ref().is_some_and(|t| t.module == module) {
             self.offered = None;
             self.notify(Note::Canceled);
@@ -621,6 +654,23 @@ impl Agent {
                 self.outbox.push(Queued::CancelFetch(fetch));
             }
         }
+        let resuming = self.resume.as_ref().is_some_and(|r| r.image.matches(&task));
+        let switch_at = self
+            .last_start
+            .map(|t| t + self.config.task_switch_interval);
+        if let Some(at) = switch_at.filter(|at| self.now < *at && !resuming) {
+            // A switch right after the last one waits: the old download stops now and its
+            // record goes (the cloud wants another image), the new one starts at `at`.
+            if matches!(self.state, State::Downloading(_)) {
+                self.ring.discard_unissued();
+                self.state = State::Idle;
+                self.clear_record_wanted = true;
+            }
+            self.parked = Some((task, at));
+            return;
+        }
+        self.parked = None;
+        self.last_start = Some(self.now);
         self.generation = self.generation.wrapping_add(1);
         self.clear_record_wanted = false;
         let resume = self.resume.take().filter(|r| r.image.matches(&task));
@@ -802,6 +852,11 @@ impl Agent {
             State::Downloading(_) => self.on_download_timeout(),
             _ => {}
         }
+        if self.parked.as_ref().is_some_and(|(_, at)| *at <= now) {
+            if let Some((task, _)) = self.parked.take() {
+                self.start_download(task);
+            }
+        }
     }
 
     // ---- boot ---------------------------------------------------------------------------
@@ -899,7 +954,7 @@ impl Agent {
         if self.io.is_some() {
             return;
         }
-        if matches!(self.state, State::Idle) && !self.waiting.is_empty() {
+        if matches!(self.state, State::Idle) && !self.waiting.is_empty() && self.parked.is_none() {
             // The previous module's task is over: the next one in line starts.
             let task = self.waiting.remove(0);
             self.on_task(task);

@@ -10,4 +10,5 @@ mod properties;
 mod reread;
 #[cfg(feature = "signature")]
 mod signing;
+mod switching;
 mod write_ring;
