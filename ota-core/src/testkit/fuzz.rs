@@ -131,3 +131,9 @@ pub fn mqtt_frame(data: &[u8]) {
 pub fn agent(data: &[u8]) {
     super::ops::run(&super::ops::Scenario::from_bytes(data));
 }
+
+/// [`agent`] for a long fuzzing run: the signatures signed in earlier runs are kept in
+/// `signatures` and the transcript is not written.
+pub fn agent_reusing(signatures: &mut super::world::Signatures, data: &[u8]) {
+    super::ops::run_reusing(&super::ops::Scenario::from_bytes(data), signatures);
+}

@@ -129,3 +129,28 @@ fn a_push_beyond_the_size_limit_gets_one_minus_1_and_the_next_task_installs() {
     w.run_through_reboots();
     assert_eq!(w.running, "2.0.0");
 }
+
+/// The fuzzer's "record left behind after success": a download interrupted by a power cut,
+/// then the cloud's task is the version already running. The interrupted download's record
+/// goes with it (it used to stay, and every boot asked for a task that did not exist).
+#[test]
+fn a_resume_point_for_an_image_the_cloud_no_longer_wants_is_cleared() {
+    let mut w = world();
+    w.cut = Some(Cut::Save { n: 3 });
+    w.connect();
+    assert_eq!(w.run(), Stop::PowerLost);
+    assert!(w.record.is_some());
+    // The cloud now targets what runs: a push of it, held by the broker across the restart.
+    w.reboot();
+    let md5 = md5_hex(b"running");
+    let push = format!(
+        r#"{{"code":"1000","data":{{"size":7,"version":"1.0.0","url":"https://fw.example/1.0.0.bin?gen=9","md5":"{md5}"}},"id":5}}"#
+    );
+    w.deliver("/ota/device/upgrade/a1TestPK001/dev01", push.as_bytes());
+    w.cloud_task = None;
+    w.connect();
+    w.run_through_reboots();
+    assert_eq!(w.running, "1.0.0");
+    assert_eq!(w.record, None, "the interrupted download's record is gone");
+    assert_eq!(fetches(&w), 1, "nothing downloaded after the restart");
+}
