@@ -18,8 +18,9 @@ use crate::probe::{Call, Probe};
 /// Room for the saved record ("a few hundred bytes at most", DESIGN.md); never grown.
 const RECORD_CAPACITY: usize = 1024;
 
-/// Storage answers and deadlines one input may lead to before it counts as a livelock.
-const STEPS_PER_INPUT: usize = 64;
+/// Storage answers and deadlines one input may lead to before it counts as a livelock: a few,
+/// plus one read per block of the image for the read-back that follows the last write.
+const STEPS_PER_INPUT: usize = 64 + IMAGE_SIZE.div_ceil(crate::WRITE_BLOCK);
 
 /// What the run saw, for the checks at the end.
 #[derive(Default)]

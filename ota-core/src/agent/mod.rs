@@ -207,7 +207,8 @@ pub struct Agent {
     /// it waits, so that a cloud switching tasks in a loop cannot make a GET of each.
     last_start: Option<Instant>,
     /// A task waiting for the switch interval to pass (the latest replaces any earlier one).
-    parked: Option<(Task, Instant)>,
+    /// Boxed: a `Task` is large, and the agent stays small on a microcontroller's heap.
+    parked: Option<Box<(Task, Instant)>>,
     /// Tasks for other modules, waiting for the current download to end (one per module).
     waiting: Vec<Task>,
     /// The task offered to the application, waiting for its decision.
@@ -326,7 +327,7 @@ impl Agent {
                 d.deadline(self.config.stall_timeout, self.storage_busy(), self.online)
             }
             State::CheckingHealth { deadline, .. } => Some(*deadline),
-            _ => self.parked.as_ref().map(|(_, at)| *at),
+            _ => self.parked.as_deref().map(|(_, at)| *at),
         };
         deadline.map(|d| d.max(self.now))
     }
@@ -547,7 +548,7 @@ impl Agent {
             State::Idle
                 if self
                     .parked
-                    .as_ref()
+                    .as_deref()
                     .is_some_and(|(p, _)| p.module != task.module) =>
             {
                 self.waiting.retain(|t| t.module != task.module);
@@ -572,7 +573,7 @@ impl Agent {
             }
             if self
                 .parked
-                .as_ref()
+                .as_deref()
                 .is_some_and(|(p, _)| p.module == task.module)
             {
                 self.parked = None; // nothing to switch to any more
@@ -617,7 +618,7 @@ impl Agent {
         self.waiting.retain(|t| t.module != module);
         if self
             .parked
-            .as_ref()
+            .as_deref()
             .is_some_and(|(t, _)| t.module == module)
         {
             self.parked = None;
@@ -666,7 +667,7 @@ impl Agent {
                 self.state = State::Idle;
                 self.clear_record_wanted = true;
             }
-            self.parked = Some((task, at));
+            self.parked = Some(Box::new((task, at)));
             return;
         }
         self.parked = None;
@@ -852,8 +853,9 @@ impl Agent {
             State::Downloading(_) => self.on_download_timeout(),
             _ => {}
         }
-        if self.parked.as_ref().is_some_and(|(_, at)| *at <= now) {
-            if let Some((task, _)) = self.parked.take() {
+        if self.parked.as_deref().is_some_and(|(_, at)| *at <= now) {
+            if let Some(parked) = self.parked.take() {
+                let (task, _) = *parked;
                 self.start_download(task);
             }
         }

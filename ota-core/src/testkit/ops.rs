@@ -342,8 +342,9 @@ fn run_with(scenario: &Scenario, signatures: Signatures, transcript: bool) -> Wo
                     *seed
                 };
                 let signing = w.signing;
-                // Only a build with the verifier holds the test key that signs.
-                w.signing = if seed % 2 == 0 && cfg!(feature = "signature") {
+                // Only a build with the verifier holds the test key that signs, and only a
+                // device with the key tells a signature over another digest from garbage.
+                w.signing = if seed % 2 == 0 && scenario.signs() {
                     Signing::OverOtherDigest
                 } else {
                     Signing::Garbage
