@@ -82,7 +82,7 @@ fn body_chunks_flow_without_allocating() {
 fn download_counting_allocations(buffers: usize) {
     ALLOCATIONS.store(0, Ordering::SeqCst);
     let image = IMAGE.get_or_init(|| (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect());
-    let md5: String = md5::Md5::digest(&image)
+    let md5: String = md5::Md5::digest(image)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

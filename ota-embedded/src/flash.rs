@@ -202,7 +202,10 @@ mod tests {
         const READ_SIZE: usize = 4;
 
         async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-            assert!(offset % 4 == 0 && bytes.len() % 4 == 0, "unaligned read");
+            assert!(
+                offset.is_multiple_of(4) && bytes.len().is_multiple_of(4),
+                "unaligned read"
+            );
             self.0.read(offset, bytes).await
         }
 

@@ -184,7 +184,7 @@ fn crash_sweep_cut_before_every_flash_operation_of_an_upgrade() {
     }
     eprintln!(
         "ota-embedded crash sweep: {} cut points, 0 bad ({ops} before every erase, write and read of an upgrade, {resumed} of them resumed after reading the prefix back; {second_points} more in the recovery from byte {}, its prefix re-read included)",
-        u32::from(ops) + second_points,
+        ops + second_points,
         deepest.0
     );
 }
