@@ -201,7 +201,8 @@ fn every_cut_point_with_a_damaged_staging_area_installs_the_right_image() {
         // Most cuts leave a durable prefix for the damage to hit; each of those restarted.
         assert!(restarts > cut_points / 2, "{restarts} of {cut_points}");
         std::eprintln!(
-            "power-loss sweep with a damaged staging area (mqtt: {mqtt}): {cut_points} cut points, {restarts} restarts from byte 0, 0 bad"
+            "power-loss sweep with a damaged staging area (mqtt: {mqtt}): {} cut points x 3 damages = {cut_points} runs, {restarts} restarted from byte 0, 0 bad",
+            cut_points / 3
         );
     }
 }
