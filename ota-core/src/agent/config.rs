@@ -183,8 +183,17 @@ impl Config {
         if self.write_buffers == 0 || self.write_buffers > MAX_WRITE_BUFFERS {
             return Err(Error::InvalidConfig("write_buffers must be 1 to 16"));
         }
-        if self.checkpoint_interval == 0 {
-            return Err(Error::InvalidConfig("checkpoint_interval must be > 0"));
+        // Rounded up to whole blocks (`checkpoint_bytes`): that must not overflow.
+        let block = self.write_block as u64;
+        if self.checkpoint_interval == 0
+            || self
+                .checkpoint_interval
+                .checked_next_multiple_of(block)
+                .is_none()
+        {
+            return Err(Error::InvalidConfig(
+                "checkpoint_interval must be > 0 and fit in u64 once rounded up to write blocks",
+            ));
         }
         if self.progress_step == 0 || self.progress_step > 100 {
             return Err(Error::InvalidConfig("progress_step must be 1..=100"));
