@@ -154,3 +154,51 @@ fn a_resume_point_for_an_image_the_cloud_no_longer_wants_is_cleared() {
     assert_eq!(w.record, None, "the interrupted download's record is gone");
     assert_eq!(fetches(&w), 1, "nothing downloaded after the restart");
 }
+
+/// A waiting switch the cloud then calls off (its task is now the running version) starts
+/// nothing, and the stopped download leaves no record.
+#[test]
+fn a_parked_switch_to_the_running_version_is_dropped() {
+    let mut w = world();
+    w.connect();
+    w.run_until(|w| fetches(w) == 1);
+    w.image = test_image(9_000, 9);
+    w.version = String::from("3.9");
+    w.offer_md5_task();
+    w.push_task();
+    w.run_until(|w| w.record.is_none());
+    w.version = String::from("1.0.0");
+    w.image = test_image(7, 7);
+    w.offer_md5_task();
+    w.push_task();
+    w.run_through_reboots();
+    assert_eq!(fetches(&w), 1);
+    assert_eq!(w.running, "1.0.0");
+    assert_eq!(w.record, None);
+}
+
+/// Another module's task that comes while a switch waits goes after it, not over it.
+#[test]
+fn another_modules_task_waits_behind_a_parked_switch() {
+    let mut w = world();
+    w.config.extra_modules = alloc::vec![(String::from("MCU"), String::from("1.0"))];
+    w.restart_agent();
+    w.connect();
+    w.run_until(|w| fetches(w) == 1);
+    w.image = test_image(9_000, 9);
+    w.version = String::from("3.9");
+    w.offer_md5_task();
+    w.push_task();
+    w.run_until(|w| w.record.is_none());
+    w.module = Some(String::from("MCU"));
+    w.image = test_image(5_000, 5);
+    w.version = String::from("2.5");
+    w.offer_md5_task();
+    w.push_task();
+    w.run_until(|w| fetches(w) == 2);
+    assert_eq!(
+        w.agent.target_version(),
+        Some("3.9"),
+        "the parked switch starts first"
+    );
+}
