@@ -64,7 +64,9 @@ pub(super) struct Download {
     /// The MQTT-channel side of the download (`None` for HTTP).
     pub(super) blocks: Option<Blocks>,
     /// A re-read of the slot under way: nothing else of the download moves meanwhile.
-    pub(super) reread: Option<Reread>,
+    /// Boxed: rare, and a digest state would make every download (and the stack frames that
+    /// move one) bigger.
+    pub(super) reread: Option<alloc::boxed::Box<Reread>>,
     last_activity: Instant,
     notified: u8,
     notified_at: Instant,
@@ -466,7 +468,8 @@ impl Agent {
         }
         if self.config.read_back {
             // What is activated is what reads back from the slot, not what streamed past.
-            d.reread = Some(Reread::read_back(&d.task, self.ring.block() as u64));
+            let reread = Reread::read_back(&d.task, self.ring.block() as u64);
+            d.reread = Some(alloc::boxed::Box::new(reread));
             self.advance_reread();
             return;
         }

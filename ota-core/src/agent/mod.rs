@@ -694,7 +694,7 @@ impl Agent {
                     (block, self.config.checkpoint_bytes()),
                 )
                 .with_step_floor(r.step);
-                d.reread = Some(reread);
+                d.reread = Some(Box::new(reread));
                 d
             }
             None => Download::new(task, self.generation, self.now),
