@@ -41,11 +41,18 @@ pub fn push_for(image: &[u8], method: Method) -> String {
     )
 }
 
-/// An agent that has accepted the task and has its fetch open, ready for body bytes.
+/// An agent that has accepted the task and has its fetch open, ready for body bytes. Without
+/// the read-back before activation: the chunk path alone (benches/reread.rs measures it).
 pub fn agent_ready(push: &str, write_block: usize) -> (Agent, FetchId) {
+    agent_ready_with(push, write_block, false)
+}
+
+/// [`agent_ready`] with `Config::read_back` as given.
+pub fn agent_ready_with(push: &str, write_block: usize, read_back: bool) -> (Agent, FetchId) {
     let mut config = Config::new(DeviceIdentity::new("a1TestPK001", "dev01").expect("identity"));
     config.write_block = write_block;
     config.checkpoint_interval = 1024 * 1024;
+    config.read_back = read_back;
     let boot = Boot {
         running_version: "1.0.0",
         record: None,

@@ -1,7 +1,8 @@
 //! MD5 and SHA-256 over the image, with a mid-state that can be saved and restored.
 //!
 //! Saving the mid-state with the durable offset is what lets a download resume after a
-//! power loss without re-reading flash and without trusting arrival order.
+//! power loss without trusting arrival order; re-reading the staged prefix and comparing
+//! its state with the saved one is what lets it trust the bytes on flash.
 
 use alloc::vec::Vec;
 use md5::digest::common::hazmat::SerializableState;
@@ -58,6 +59,16 @@ impl Hasher {
         match self.clone() {
             Hasher::Md5(h) => h.finalize().as_slice() == expected.bytes(),
             Hasher::Sha256(h) => h.finalize().as_slice() == expected.bytes(),
+        }
+    }
+
+    /// True when both digests have taken exactly the same bytes so far (as far as the digest
+    /// can tell): the resume check compares a re-read prefix with the record's mid-state.
+    pub fn same_state(&self, other: &Hasher) -> bool {
+        match (self, other) {
+            (Hasher::Md5(a), Hasher::Md5(b)) => a.serialize() == b.serialize(),
+            (Hasher::Sha256(a), Hasher::Sha256(b)) => a.serialize() == b.serialize(),
+            _ => false,
         }
     }
 
@@ -124,6 +135,24 @@ mod tests {
             resumed.update(&data[cut..]);
             proptest::prop_assert!(resumed.matches(&expected(method, &data)));
         }
+    }
+
+    #[test]
+    fn states_compare_equal_only_over_the_same_bytes() {
+        let over = |method, data: &[u8]| {
+            let mut h = Hasher::new(method);
+            h.update(data);
+            h
+        };
+        let a = over(DigestMethod::Md5, &[7; 100]);
+        assert!(a.same_state(&over(DigestMethod::Md5, &[7; 100])));
+        assert!(!a.same_state(&over(DigestMethod::Md5, &[7; 99])));
+        let mut flipped = [7; 100];
+        flipped[3] = 8;
+        assert!(!a.same_state(&over(DigestMethod::Md5, &flipped)));
+        assert!(!a.same_state(&over(DigestMethod::Sha256, &[7; 100])));
+        let b = over(DigestMethod::Sha256, &[1; 64]);
+        assert!(b.same_state(&over(DigestMethod::Sha256, &[1; 64])));
     }
 
     #[test]

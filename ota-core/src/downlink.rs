@@ -28,7 +28,18 @@ pub struct TaskRules {
     pub max_image_size: u64,
     /// Largest downlink message parsed; longer ones are rejected unread.
     pub max_message_len: usize,
+    /// File names of a multi-file task that would collide with the adapter's own files
+    /// beside the installed ones: a name starting with one of these is refused...
+    pub reserved_prefixes: &'static [&'static str],
+    /// ...and so is a name ending with one of these.
+    pub reserved_suffixes: &'static [&'static str],
 }
+
+/// Names ota-std keeps beside installed files: `.ota-installed` (and any `.ota*` of its own),
+/// `NAME.previous` (the image kept for a rollback) and `NAME.tmp` (a file being written).
+pub const RESERVED_PREFIXES: &[&str] = &[".ota"];
+/// See [`RESERVED_PREFIXES`].
+pub const RESERVED_SUFFIXES: &[&str] = &[".previous", ".tmp"];
 
 impl Default for TaskRules {
     fn default() -> Self {
@@ -36,6 +47,8 @@ impl Default for TaskRules {
             allow_http: false,
             max_image_size: 1000 * 1024 * 1024,
             max_message_len: 16 * 1024,
+            reserved_prefixes: RESERVED_PREFIXES,
+            reserved_suffixes: RESERVED_SUFFIXES,
         }
     }
 }
@@ -336,6 +349,28 @@ fn build_multi_file_task(
                 ))
             }
         };
+        if let Some(j) = parsed.iter().position(|f: &TaskFile| f.name == name) {
+            return Err(text!(
+                "file ",
+                i,
+                ": fileName \"",
+                name,
+                "\" is also file ",
+                j,
+                "'s: installing both would destroy one"
+            ));
+        }
+        let reserved = rules.reserved_prefixes.iter().any(|p| name.starts_with(p))
+            || rules.reserved_suffixes.iter().any(|s| name.ends_with(s));
+        if reserved {
+            return Err(text!(
+                "file ",
+                i,
+                ": fileName \"",
+                name,
+                "\" is reserved for the agent's own files"
+            ));
+        }
         let size = match file.get("fileSize").and_then(unsigned) {
             Some(n) if n > 0 => n,
             _ => {

@@ -33,6 +33,9 @@ pub enum Error {
     /// A record-save result while no save was requested.
     #[error("record result while no record save is pending")]
     UnexpectedRecordResult,
+    /// A read result while no read was requested, or longer than the read asked for.
+    #[error("read result while no read is pending, or longer than asked")]
+    UnexpectedReadResult,
     /// An activation result while no activation was requested.
     #[error("activation result while no activation is pending")]
     UnexpectedActivationResult,

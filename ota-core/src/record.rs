@@ -114,6 +114,10 @@ pub enum RecordError {
     /// Structurally invalid despite a good checksum.
     #[error("record fields are invalid")]
     Invalid,
+    /// The staged bytes the record vouches for were read back and do not hash to its digest
+    /// state (changed, truncated or gone): the download starts again from byte 0.
+    #[error("the staged bytes no longer match the record")]
+    StagingMismatch,
 }
 
 impl Record {

@@ -77,6 +77,57 @@ fn agent_corpus_reaches_the_signature_verifier() {
     );
 }
 
+/// The fuzzer's "record left behind after success" (issue #18, 22 bytes): a download of
+/// 3.247 interrupted by a power cut while 3.108 runs, then the cloud's task becomes 3.108
+/// itself. It replays here with every invariant checked by `run` (no record left behind);
+/// since task switches wait out `Config::task_switch_interval` the same bytes take another
+/// path, so the exact sequence is kept as a unit test too (`agent::tests::switching`).
+#[test]
+fn agent_corpus_record_left_after_switching_to_the_running_version() {
+    use ota_core::testkit::ops::{run, Op, Scenario};
+    let data = fs::read(corpus("agent").join("record-left-after-switch-to-running-version"))
+        .expect("corpus entry");
+    let scenario = Scenario::from_bytes(&data);
+    assert_eq!(
+        scenario.ops,
+        [
+            Op::ReplaceTask(108),
+            Op::Steps(108),
+            Op::ReplaceTask(108),
+            Op::CutNextWrite(859),
+            Op::ReplaceTaskMissigned(27),
+            Op::ReplaceTask(247),
+            Op::Steps(10),
+            Op::ReplaceTask(108),
+        ],
+        "the scenario still decodes as it was found"
+    );
+    let w = run(&scenario);
+    assert_eq!(w.record, None);
+}
+
+/// Agent entries reach the re-reads of issue #18: a power loss that flips a staged byte (the
+/// resume re-hash finds it and the download starts again from byte 0), and a multi-file task
+/// whose staging area a power loss truncated (read back before activation).
+#[test]
+fn agent_corpus_reaches_the_resume_rehash_and_the_read_back() {
+    use ota_core::testkit::ops::{run, Scenario};
+    let read = |name: &str| fs::read(corpus("agent").join(name)).expect("corpus entry");
+    let w = run(&Scenario::from_bytes(&read("rehash-flip-at-power-loss")));
+    assert!(
+        w.notes
+            .iter()
+            .any(|n| n.contains("RecordDiscarded(StagingMismatch)")),
+        "{:?}",
+        w.notes
+    );
+    assert_eq!(w.running, "2.0.0", "{:?}", w.outcomes);
+    let scenario = Scenario::from_bytes(&read("truncated-staging-multi-file-read-back"));
+    assert!(scenario.multi_file);
+    let w = run(&scenario);
+    assert!(w.reads > 0 && w.transcript.iter().any(|l| l.starts_with("activate")));
+}
+
 /// Writes the seed corpus for the targets whose inputs are binary (records, scenarios).
 /// `cargo test -p ota-core --features fuzzing --test fuzz_corpus -- --ignored`
 #[test]

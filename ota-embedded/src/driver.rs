@@ -423,6 +423,14 @@ where
                         };
                         let _ = results.push_back(event);
                     }
+                    Action::Read { offset, buf } => {
+                        // NOR never reads short: the whole buffer, or a failure.
+                        let event = match self.slot.read_any(offset, buf).await {
+                            Ok(()) => Event::ReadDone { len: buf.len() },
+                            Err(_) => Event::ReadFailed,
+                        };
+                        let _ = results.push_back(event);
+                    }
                     Action::SaveRecord { record } => {
                         let event = match self.records.save(record).await {
                             Ok(()) => Event::RecordSaved,

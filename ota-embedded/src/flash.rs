@@ -131,6 +131,25 @@ impl<F: NorFlash> Slot<F> {
             .map_err(FlashError::from_flash)
     }
 
+    /// Reads `buf.len()` bytes at `offset` (aligned to `READ_SIZE`, as every block offset
+    /// is), whatever the length: a tail shorter than the read unit goes through a unit on the
+    /// stack. This is how the agent re-reads the image (`Action::Read`).
+    pub async fn read_any(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FlashError> {
+        let unit = F::READ_SIZE.max(1);
+        if unit > MAX_WRITE_UNIT || !offset.is_multiple_of(unit as u64) {
+            return Err(FlashError::Misaligned);
+        }
+        let whole = buf.len() - buf.len() % unit;
+        self.read(offset, &mut buf[..whole]).await?;
+        let tail = &mut buf[whole..];
+        if !tail.is_empty() {
+            let mut last = [0xFF; MAX_WRITE_UNIT];
+            self.read(offset + whole as u64, &mut last[..unit]).await?;
+            tail.copy_from_slice(&last[..tail.len()]);
+        }
+        Ok(())
+    }
+
     /// The flash, e.g. to hand it to the bootloader after an update.
     pub fn into_inner(self) -> F {
         self.flash
@@ -141,6 +160,7 @@ impl<F: NorFlash> Slot<F> {
 mod tests {
     use super::*;
     use crate::testflash::{block_on, RamFlash};
+    use std::vec::Vec;
 
     type Flash = RamFlash<16, 1024>;
 
@@ -169,6 +189,61 @@ mod tests {
         assert_eq!(&flash.bytes[1024..1029], &[1, 2, 3, 4, 5]);
         assert!(flash.bytes[1029..2048].iter().all(|&b| b == 0xFF));
         assert_eq!(flash.writes, 1, "only the padded tail unit");
+    }
+
+    /// The RAM flash with a 4-byte read unit (as some internal flashes have).
+    struct Read4(Flash);
+
+    impl embedded_storage_async::nor_flash::ErrorType for Read4 {
+        type Error = crate::testflash::TestFlashError;
+    }
+
+    impl embedded_storage_async::nor_flash::ReadNorFlash for Read4 {
+        const READ_SIZE: usize = 4;
+
+        async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+            assert!(
+                offset.is_multiple_of(4) && bytes.len().is_multiple_of(4),
+                "unaligned read"
+            );
+            self.0.read(offset, bytes).await
+        }
+
+        fn capacity(&self) -> usize {
+            self.0.capacity()
+        }
+    }
+
+    impl NorFlash for Read4 {
+        const WRITE_SIZE: usize = 16;
+        const ERASE_SIZE: usize = 1024;
+
+        async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+            self.0.erase(from, to).await
+        }
+
+        async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+            self.0.write(offset, bytes).await
+        }
+    }
+
+    #[test]
+    fn any_length_reads_back_including_a_tail_shorter_than_the_read_unit() {
+        let mut slot = Slot::new(Read4(Flash::new(4096)), 0, 4096).unwrap();
+        let image: Vec<u8> = (0..1027u32).map(|i| i as u8).collect();
+        block_on(slot.write(0, &image)).unwrap();
+        let mut back = [0; 1027];
+        block_on(slot.read_any(0, &mut back)).unwrap();
+        assert_eq!(back[..], image[..]);
+        let mut beyond = [0; 8];
+        assert_eq!(
+            block_on(slot.read_any(4092, &mut beyond)),
+            Err(FlashError::OutOfBounds)
+        );
+        assert_eq!(
+            block_on(slot.read_any(2, &mut beyond)),
+            Err(FlashError::Misaligned)
+        );
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub trait SubdeviceFlasher {
     /// Writes `data` at `offset` of sub-device `index`'s staging area.
     async fn write(&mut self, index: usize, offset: u64, data: &[u8]) -> Result<(), Self::Error>;
 
+    /// Reads `buf.len()` bytes at `offset` of sub-device `index`'s staging area; the bytes
+    /// read, fewer where the staged data ends. The agent re-reads what it is about to trust:
+    /// a resumed download's prefix, and the image before it is flashed (`Config::read_back`).
+    async fn read(
+        &mut self,
+        index: usize,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Self::Error>;
+
     /// Reads sub-device `index`'s saved record into `buf`; its length, or `None` without one.
     async fn load_record(
         &mut self,
@@ -504,6 +514,13 @@ where
                         let event = match self.flasher.write(index, offset, data).await {
                             Ok(()) => Event::WriteDone,
                             Err(_) => Event::WriteFailed,
+                        };
+                        let _ = results.push_back(event);
+                    }
+                    Action::Read { offset, buf } => {
+                        let event = match self.flasher.read(index, offset, buf).await {
+                            Ok(len) => Event::ReadDone { len },
+                            Err(_) => Event::ReadFailed,
                         };
                         let _ = results.push_back(event);
                     }

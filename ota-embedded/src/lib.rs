@@ -13,6 +13,7 @@
 //! | fetch from an offset | reqwless's HTTP framing (`Range: bytes=N-`, sized or chunked bodies) over a stream of a [`Connect`]or |
 //! | the streams | [`TcpConnector`] (any `embedded-nal-async` stack), `tls::TlsConnector` (feature `tls`: TLS 1.3, see the `tls` module), or your own [`Connect`] |
 //! | write a block | [`Slot`] on an `embedded-storage-async` `NorFlash` (erase, write, pad; see [`flash`] for the block rule) |
+//! | read the slot back (a resumed prefix, the image before activation) | [`Slot::read_any`] into the agent's idle staging block |
 //! | save / clear the record | [`RecordStore`]: two alternating copies with sequence numbers and a CRC |
 //! | activate, confirm, roll back, reboot | a [`Bootloader`] (embassy-boot's `FirmwareState` fits) |
 //! | time | a [`Clock`] (milliseconds, sleep until an instant) |

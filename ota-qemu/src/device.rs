@@ -18,8 +18,9 @@ use crate::probe::{Call, Probe};
 /// Room for the saved record ("a few hundred bytes at most", DESIGN.md); never grown.
 const RECORD_CAPACITY: usize = 1024;
 
-/// Storage answers and deadlines one input may lead to before it counts as a livelock.
-const STEPS_PER_INPUT: usize = 64;
+/// Storage answers and deadlines one input may lead to before it counts as a livelock: a few,
+/// plus one read per block of the image for the read-back that follows the last write.
+const STEPS_PER_INPUT: usize = 64 + IMAGE_SIZE.div_ceil(crate::WRITE_BLOCK);
 
 /// What the run saw, for the checks at the end.
 #[derive(Default)]
@@ -33,6 +34,8 @@ pub struct Transcript {
     pub progress_reports: u32,
     pub fetches: u32,
     pub writes: u32,
+    /// Blocks read back before activation.
+    pub reads: u32,
     pub records_saved: u32,
     pub records_cleared: u32,
     pub task_received: bool,
@@ -48,6 +51,8 @@ pub struct Transcript {
 #[derive(Clone, Copy)]
 enum Answer {
     WriteDone,
+    /// Bytes read back into the agent's buffer.
+    ReadDone(usize),
     RecordSaved,
     Activated,
 }
@@ -160,14 +165,13 @@ impl Device {
         for _ in 0..STEPS_PER_INPUT {
             let now = self.now;
             if let Some(answer) = self.drain(agent) {
-                let event = match answer {
-                    Answer::WriteDone => Event::WriteDone,
-                    Answer::RecordSaved => Event::RecordSaved,
-                    Answer::Activated => Event::Activated,
+                let (call, event) = match answer {
+                    Answer::WriteDone => (Call::StorageDone, Event::WriteDone),
+                    Answer::ReadDone(len) => (Call::ReadDone, Event::ReadDone { len }),
+                    Answer::RecordSaved => (Call::StorageDone, Event::RecordSaved),
+                    Answer::Activated => (Call::StorageDone, Event::Activated),
                 };
-                let result = self
-                    .probe
-                    .call(Call::StorageDone, || agent.handle(now, event));
+                let result = self.probe.call(call, || agent.handle(now, event));
                 check!(result.is_ok(), "{:?} refused: {:?}", event, result);
                 continue;
             }
@@ -227,6 +231,17 @@ impl Device {
                 self.next_write += data.len() as u64;
                 self.log.writes += 1;
                 return Some(Answer::WriteDone);
+            }
+            Action::Read { offset, buf } => {
+                // The read-back before activation (`Config::read_back`): the slot is RAM here,
+                // as memory-mapped flash would be.
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let Some(source) = self.slot.get(start..start.saturating_add(buf.len())) else {
+                    crate::fail(format_args!("read beyond the slot at {offset}"));
+                };
+                buf.copy_from_slice(source);
+                self.log.reads += 1;
+                return Some(Answer::ReadDone(buf.len()));
             }
             Action::SaveRecord { record } => {
                 check!(

@@ -20,6 +20,8 @@ pub enum Call {
     Body,
     /// `handle(WriteDone | RecordSaved | Activated)`: a storage answer.
     StorageDone,
+    /// `handle(ReadDone)`: a block of the slot read back (hashed) before activation.
+    ReadDone,
     /// `handle(HttpEnd)`.
     HttpEnd,
     /// `handle(HealthVerdict)`.
@@ -32,7 +34,7 @@ pub enum Call {
     Baseline,
 }
 
-pub const CALLS: usize = 11;
+pub const CALLS: usize = 12;
 
 pub const ALL: [Call; CALLS] = [
     Call::Boot,
@@ -41,6 +43,7 @@ pub const ALL: [Call; CALLS] = [
     Call::HttpResponse,
     Call::Body,
     Call::StorageDone,
+    Call::ReadDone,
     Call::HttpEnd,
     Call::HealthVerdict,
     Call::PollAction,
@@ -55,6 +58,7 @@ pub const NAMES: [&str; CALLS] = [
     "HttpResponse",
     "handle_body",
     "storage answer",
+    "read-back answer",
     "HttpEnd",
     "HealthVerdict",
     "poll_action",

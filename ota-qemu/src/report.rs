@@ -157,11 +157,13 @@ pub fn print(f: &Figures, device: &Device) {
         f.heap_peak.saturating_sub(agent_struct)
     );
 
-    let download = total(&f.download).net_instructions(r);
+    // The read-back before activation is its own figure; the body path is the rest.
+    let read_back = f.download[Call::ReadDone as usize].net_instructions(r);
+    let download = total(&f.download).net_instructions(r) - read_back;
     let bare = f.bare.net_instructions(r);
     let staged = f.staged.net_instructions(r);
     hprintln!(
-        "instructions: first boot+connect+push {}, download {}, reboot+confirm {}; bare MD5 {}, \
+        "instructions: first boot+connect+push {}, download (read-back apart) {}, reboot+confirm {}; bare MD5 {}, \
          MD5 + staging copy {}",
         total(&f.connect_push).net_instructions(r),
         download,
@@ -193,6 +195,17 @@ pub fn print(f: &Figures, device: &Device) {
         per_kib(body),
         per_kib(staged),
         per_kib(bare)
+    );
+    let read_ratio = ratio_milli(read_back, bare);
+    hprintln!(
+        "read-back before activation (Config::read_back, on by default): {} instructions in {} \
+         reads, {} per KiB of image = {}.{:03} x bare MD5 (the resume re-hash runs the same \
+         path per KiB of prefix)",
+        read_back,
+        log.reads,
+        per_kib(read_back),
+        read_ratio / 1000,
+        read_ratio % 1000
     );
     let over_staged = ratio_milli(download, staged);
     hprintln!(

@@ -119,6 +119,10 @@ pub struct Settings {
     /// Accept plain http:// download URLs (only for local simulators).
     #[arg(long, value_name = "BOOL")]
     pub allow_http: Option<bool>,
+    /// Read the whole staged image back and check its digest (and signature) before
+    /// activation (default true; false saves one read of the image).
+    #[arg(long, value_name = "BOOL")]
+    pub read_back: Option<bool>,
     /// The product's package-signing public key (PEM, or `n: HEX` and `e: HEX` lines as
     /// the console shows them): only tasks whose digestsign verifies are installed.
     #[arg(long, value_name = "FILE")]
@@ -180,6 +184,7 @@ impl Settings {
             stall_timeout,
             allow_http,
             signing_key,
+            read_back,
         )
     }
 
@@ -283,6 +288,9 @@ impl Settings {
             agent.mqtt.window = n;
         }
         agent.rules.allow_http = self.allow_http.unwrap_or(false);
+        if let Some(read_back) = self.read_back {
+            agent.read_back = read_back;
+        }
         if let Some(path) = &self.signing_key {
             agent.package_key = Some(crate::signing_key::load_signing_key(path)?);
         }
@@ -401,6 +409,17 @@ mod tests {
             mcu.slot.running_version,
             RunningVersion::File("/tmp/x/mcu/version".into())
         );
+    }
+
+    #[test]
+    fn read_back_is_on_unless_turned_off() {
+        assert!(minimal().into_device_config().unwrap().agent.read_back);
+        let off = Settings {
+            read_back: Some(false),
+            ..Settings::default()
+        };
+        let config = off.or(minimal()).into_device_config().unwrap();
+        assert!(!config.agent.read_back);
     }
 
     #[test]

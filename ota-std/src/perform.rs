@@ -68,6 +68,16 @@ impl Io<'_> {
                 };
                 self.results.push_back(write_event(result));
             }
+            Action::Read { offset, buf } => {
+                let event = match self.storage.read_staged(offset, buf) {
+                    Ok(len) => Event::ReadDone { len },
+                    Err(e) => {
+                        tracing::warn!("cannot read the staged image at byte {offset}: {e}");
+                        Event::ReadFailed
+                    }
+                };
+                self.results.push_back(event);
+            }
             Action::SaveRecord { record } => {
                 let result = self.storage.save_record(record);
                 self.record_result(result);

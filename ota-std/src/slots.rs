@@ -53,6 +53,11 @@ impl Slots {
         self.modules[self.current].1.prepare_write(offset, len)
     }
 
+    /// Reads the current task's staging file (see [`Storage::read_staged`]).
+    pub(crate) fn read_staged(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.modules[self.current].1.read_staged(offset, buf)
+    }
+
     /// The saved record, if there is one.
     pub(crate) fn load_record(&self) -> Result<Option<Vec<u8>>, Error> {
         match fs::read(&self.record_path) {

@@ -172,6 +172,25 @@ impl Storage {
         Ok(())
     }
 
+    /// Reads the staging file at `offset` into `buf` as far as it goes (fewer bytes: the
+    /// file is shorter). The core re-reads what it is about to trust: the staged prefix of a
+    /// resumed download, and the whole image before activation (`read_back`). Opened by
+    /// path, so the bytes are those of the file that activation will install.
+    pub(crate) fn read_staged(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let file = File::open(&self.slot.staging)?;
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read_at(&mut buf[len..], offset + len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(len)
+    }
+
     /// Makes the staged image (or every file of a multi-file task) the installed one, all or
     /// nothing, under the journal at `journal`: the new files are prepared beside their
     /// targets (a staging file on another filesystem is copied into the target's directory),

@@ -86,6 +86,7 @@ fn help_documents_every_option() {
         "--exit-after-install",
         "--once",
         "--signing-key",
+        "--read-back",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
     }

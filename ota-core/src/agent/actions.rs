@@ -19,7 +19,7 @@ use crate::uplink::FailureCode;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FetchId(pub u32);
 
-/// One thing for the adapter to do. Every storage action (`Write`, `SaveRecord`,
+/// One thing for the adapter to do. Every storage action (`Write`, `Read`, `SaveRecord`,
 /// `ClearRecord`, `Activate`) is answered by exactly one result event. Up to
 /// `Config::write_buffers` `Write`s may be outstanding at once, answered in the order they
 /// were asked; any other storage action is outstanding alone, asked only once every write
@@ -65,6 +65,17 @@ pub enum Action<'a> {
         offset: u64,
         /// Bytes (a whole block, or the image's tail).
         data: &'a [u8],
+    },
+    /// Read the staging slot at `offset` into `buf`, before the next input (the borrow ends
+    /// with the action); answer `ReadDone { len }` with the bytes read, fewer than
+    /// `buf.len()` where the staged data ends (a short file), or `ReadFailed`. The agent
+    /// re-reads what it is about to trust: the staged prefix of a resumed download, and the
+    /// whole image before activation when `Config::read_back` is set.
+    Read {
+        /// Offset in the slot (as in `Write`).
+        offset: u64,
+        /// Where the bytes go: a staging block, idle while the agent reads.
+        buf: &'a mut [u8],
     },
     /// Replace the saved record atomically; answer `RecordSaved` or `RecordSaveFailed`.
     SaveRecord {
@@ -240,6 +251,12 @@ pub(crate) enum Queued {
         at: usize,
         len: usize,
     },
+    Read {
+        offset: u64,
+        /// Where the block starts in the staging ring.
+        at: usize,
+        len: usize,
+    },
     SaveRecord(Range<usize>),
     ClearRecord,
     Activate {
@@ -307,7 +324,7 @@ impl Outbox {
     pub(crate) fn pop<'a>(
         &'a mut self,
         topics: &'a Topics,
-        staging: &'a [u8],
+        staging: &'a mut [u8],
     ) -> Option<Action<'a>> {
         self.current = self.queue.pop_front();
         let arena = &self.arena[..];
@@ -333,6 +350,10 @@ impl Outbox {
             Queued::Write { offset, at, len } => Action::Write {
                 offset: *offset,
                 data: &staging[*at..*at + *len],
+            },
+            Queued::Read { offset, at, len } => Action::Read {
+                offset: *offset,
+                buf: &mut staging[*at..*at + *len],
             },
             Queued::SaveRecord(r) => Action::SaveRecord {
                 record: &arena[r.clone()],

@@ -82,6 +82,11 @@ pub struct Config {
     /// A power loss re-downloads at most this much (plus the blocks staged or in flight
     /// beyond it, `write_buffers - 1` at most). Rounded up to whole write blocks.
     pub checkpoint_interval: u64,
+    /// Before activation, read the whole image back from the slot and check its digest (and
+    /// the package signature, with a key) over those bytes: flash that lost or never took a
+    /// byte fails the task with `-4` instead of activating it. Costs one read of the image
+    /// (BENCHMARKS.md); on by default, since the image is worth more than that.
+    pub read_back: bool,
     /// Ask for a pending task after every connect (a record of an unfinished download
     /// always asks).
     pub request_task_on_connect: bool,
@@ -97,6 +102,10 @@ pub struct Config {
     pub mqtt: MqttDownload,
     /// How long to wait for the answer to a task request.
     pub reply_timeout: Duration,
+    /// A task that would replace a download started less than this long ago waits until
+    /// then (the latest such task wins): a cloud switching tasks in a loop costs one GET per
+    /// interval, not one per push. The first task is never delayed.
+    pub task_switch_interval: Duration,
     /// A download that receives nothing for this long is restarted.
     pub stall_timeout: Duration,
     /// Report progress when it grew by this many percent (each report follows a record
@@ -125,6 +134,7 @@ impl Config {
             write_block: 4096,
             write_buffers: 1,
             checkpoint_interval: 256 * 1024,
+            read_back: true,
             request_task_on_connect: true,
             task_request: TaskRequest::FirmwareGet,
             confirmation: Confirmation::Automatic,
@@ -146,6 +156,7 @@ impl Config {
             },
             reply_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
+            task_switch_interval: Duration::from_secs(10),
             progress_step: 5,
             progress_interval: Duration::from_secs(5),
             health_timeout: Duration::from_secs(120),
@@ -172,8 +183,17 @@ impl Config {
         if self.write_buffers == 0 || self.write_buffers > MAX_WRITE_BUFFERS {
             return Err(Error::InvalidConfig("write_buffers must be 1 to 16"));
         }
-        if self.checkpoint_interval == 0 {
-            return Err(Error::InvalidConfig("checkpoint_interval must be > 0"));
+        // Rounded up to whole blocks (`checkpoint_bytes`): that must not overflow.
+        let block = self.write_block as u64;
+        if self.checkpoint_interval == 0
+            || self
+                .checkpoint_interval
+                .checked_next_multiple_of(block)
+                .is_none()
+        {
+            return Err(Error::InvalidConfig(
+                "checkpoint_interval must be > 0 and fit in u64 once rounded up to write blocks",
+            ));
         }
         if self.progress_step == 0 || self.progress_step > 100 {
             return Err(Error::InvalidConfig("progress_step must be 1..=100"));

@@ -6,6 +6,7 @@ use core::time::Duration;
 
 use super::actions::{FetchId, Note, Queued, Topic};
 use super::blocks::Blocks;
+use super::reread::Reread;
 use super::ring::Ring;
 use super::{Agent, Io, RecordPurpose, State};
 use crate::digest::Hasher;
@@ -62,6 +63,10 @@ pub(super) struct Download {
     skip: u64,
     /// The MQTT-channel side of the download (`None` for HTTP).
     pub(super) blocks: Option<Blocks>,
+    /// A re-read of the slot under way: nothing else of the download moves meanwhile.
+    /// Boxed: rare, and a digest state would make every download (and the stack frames that
+    /// move one) bigger.
+    pub(super) reread: Option<alloc::boxed::Box<Reread>>,
     last_activity: Instant,
     notified: u8,
     notified_at: Instant,
@@ -144,6 +149,7 @@ impl Download {
             refreshes: 0,
             skip: 0,
             blocks,
+            reread: None,
             last_activity: now,
             notified: 0,
             notified_at: now,
@@ -325,6 +331,9 @@ impl Agent {
     /// Called when no record, clear or activation is pending: seals a full block, issues
     /// every sealed block, then starts the one next step the download allows.
     pub(super) fn advance_download(&mut self) {
+        if self.advance_reread() {
+            return;
+        }
         self.stage_arrived_blocks();
         let State::Downloading(d) = &mut self.state else {
             return;
@@ -457,6 +466,22 @@ impl Agent {
             self.advance_download();
             return;
         }
+        if self.config.read_back {
+            // What is activated is what reads back from the slot, not what streamed past.
+            let reread = Reread::read_back(&d.task, self.ring.block() as u64);
+            d.reread = Some(alloc::boxed::Box::new(reread));
+            self.advance_reread();
+            return;
+        }
+        self.activate_verified();
+    }
+
+    /// Every file verified (and read back when configured): the activation record, then the
+    /// activation.
+    pub(super) fn activate_verified(&mut self) {
+        let State::Downloading(d) = &mut self.state else {
+            return;
+        };
         d.notified = 100;
         let size = d.task.size;
         self.notify(Note::Progress {

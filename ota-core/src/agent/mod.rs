@@ -5,6 +5,7 @@ mod actions;
 mod blocks;
 mod config;
 mod download;
+mod reread;
 mod ring;
 #[cfg(feature = "signature")]
 mod signing;
@@ -31,6 +32,7 @@ use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, Failure
 pub(crate) use actions::QUEUE_CAPACITY;
 use actions::{Note, Outbox, Queued, Topic};
 use download::Download;
+use reread::Reread;
 use ring::Ring;
 
 /// What the device knows at start-up.
@@ -84,6 +86,14 @@ pub enum Event<'a> {
     WriteDone,
     /// The pending `Write` failed.
     WriteFailed,
+    /// The pending `Read` put `len` bytes into its buffer (fewer than asked: the staged data
+    /// ends there).
+    ReadDone {
+        /// Bytes read.
+        len: usize,
+    },
+    /// The pending `Read` failed (the staging area is gone or unreadable).
+    ReadFailed,
     /// The pending `SaveRecord` or `ClearRecord` is durable.
     RecordSaved,
     /// The pending `SaveRecord` or `ClearRecord` failed.
@@ -124,6 +134,11 @@ pub enum Phase {
 /// while a write is in flight: writes are counted by the staging ring).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Io {
+    /// A re-read of the slot for the download of this generation, of `len` bytes.
+    Read {
+        generation: u32,
+        len: usize,
+    },
     SaveRecord(RecordPurpose),
     ClearRecord,
     Activate,
@@ -188,6 +203,12 @@ pub struct Agent {
     /// A clear failed; retried at the next connect.
     stale_record: bool,
     resume: Option<ResumePoint>,
+    /// When the last download started: a new task within `Config::task_switch_interval` of
+    /// it waits, so that a cloud switching tasks in a loop cannot make a GET of each.
+    last_start: Option<Instant>,
+    /// A task waiting for the switch interval to pass (the latest replaces any earlier one).
+    /// Boxed: a `Task` is large, and the agent stays small on a microcontroller's heap.
+    parked: Option<Box<(Task, Instant)>>,
     /// Tasks for other modules, waiting for the current download to end (one per module).
     waiting: Vec<Task>,
     /// The task offered to the application, waiting for its decision.
@@ -241,6 +262,8 @@ impl Agent {
             clear_record_wanted: false,
             stale_record: false,
             resume: None,
+            last_start: None,
+            parked: None,
             waiting: Vec::new(),
             offered: None,
             unsent_reports: Vec::new(),
@@ -290,7 +313,7 @@ impl Agent {
 
     /// The next action to perform, borrowing the agent until it is dropped.
     pub fn poll_action(&mut self) -> Option<Action<'_>> {
-        self.outbox.pop(&self.topics, self.ring.bytes())
+        self.outbox.pop(&self.topics, self.ring.bytes_mut())
     }
 
     /// When to call [`Agent::handle_timeout`]: `now` while actions are queued, `None`
@@ -304,7 +327,7 @@ impl Agent {
                 d.deadline(self.config.stall_timeout, self.storage_busy(), self.online)
             }
             State::CheckingHealth { deadline, .. } => Some(*deadline),
-            _ => None,
+            _ => self.parked.as_deref().map(|(_, at)| *at),
         };
         deadline.map(|d| d.max(self.now))
     }
@@ -406,6 +429,8 @@ impl Agent {
             Event::WriteDone | Event::WriteFailed => {
                 return self.on_write_result(event == Event::WriteDone)
             }
+            Event::ReadDone { len } => return self.on_read_result(Some(len)),
+            Event::ReadFailed => return self.on_read_result(None),
             Event::RecordSaved | Event::RecordSaveFailed => {
                 return self.on_record_result(event == Event::RecordSaved)
             }
@@ -493,7 +518,7 @@ impl Agent {
         self.notify(Note::TaskRejected(rejection.reason.clone()));
         // Only an idle device reports: while another task runs, a -1 would be taken as
         // the verdict on that task.
-        if matches!(self.state, State::Idle) {
+        if matches!(self.state, State::Idle) && self.parked.is_none() {
             let module = rejection
                 .module
                 .unwrap_or_else(|| self.config.module.clone());
@@ -519,6 +544,17 @@ impl Agent {
                 self.waiting.push(task);
                 return;
             }
+            // Another module's task waits for its switch interval: this one comes after it.
+            State::Idle
+                if self
+                    .parked
+                    .as_deref()
+                    .is_some_and(|(p, _)| p.module != task.module) =>
+            {
+                self.waiting.retain(|t| t.module != task.module);
+                self.waiting.push(task);
+                return;
+            }
             State::Idle | State::Downloading(_) => {}
             // Busy activating or checking a new image: the cloud will ask again later.
             _ => return,
@@ -530,7 +566,17 @@ impl Agent {
                 .as_ref()
                 .is_some_and(|r| r.image.module == task.module)
             {
+                // The interrupted download is of an image the cloud no longer wants: its
+                // record goes too, or it would outlive the task.
                 self.resume = None;
+                self.clear_record_wanted = true;
+            }
+            if self
+                .parked
+                .as_deref()
+                .is_some_and(|(p, _)| p.module == task.module)
+            {
+                self.parked = None; // nothing to switch to any more
             }
             self.publish_inform_for(&task.module);
             return;
@@ -570,6 +616,14 @@ impl Agent {
     /// nothing (any more).
     fn on_no_task(&mut self, module: &str) {
         self.waiting.retain(|t| t.module != module);
+        if self
+            .parked
+            .as_deref()
+            .is_some_and(|(t, _)| t.module == module)
+        {
+            self.parked = None;
+            self.notify(Note::Canceled);
+        }
         if self.offered.as_ref().is_some_and(|t| t.module == module) {
             self.offered = None;
             self.notify(Note::Canceled);
@@ -601,6 +655,23 @@ impl Agent {
                 self.outbox.push(Queued::CancelFetch(fetch));
             }
         }
+        let resuming = self.resume.as_ref().is_some_and(|r| r.image.matches(&task));
+        let switch_at = self
+            .last_start
+            .map(|t| t + self.config.task_switch_interval);
+        if let Some(at) = switch_at.filter(|at| self.now < *at && !resuming) {
+            // A switch right after the last one waits: the old download stops now and its
+            // record goes (the cloud wants another image), the new one starts at `at`.
+            if matches!(self.state, State::Downloading(_)) {
+                self.ring.discard_unissued();
+                self.state = State::Idle;
+                self.clear_record_wanted = true;
+            }
+            self.parked = Some(Box::new((task, at)));
+            return;
+        }
+        self.parked = None;
+        self.last_start = Some(self.now);
         self.generation = self.generation.wrapping_add(1);
         self.clear_record_wanted = false;
         let resume = self.resume.take().filter(|r| r.image.matches(&task));
@@ -611,7 +682,10 @@ impl Agent {
                 // Step-only saves reuse the digest state of the recorded offset.
                 self.scratch.clear();
                 r.hasher.save_state(&mut self.scratch);
-                Download::resume(
+                // The staged prefix is trusted only once it is read back and hashes to the
+                // record's digest state again.
+                let reread = Reread::resume(&task, block, r.file, r.offset, r.hasher.clone());
+                let mut d = Download::resume(
                     task,
                     self.generation,
                     (r.file, r.offset),
@@ -619,7 +693,9 @@ impl Agent {
                     self.now,
                     (block, self.config.checkpoint_bytes()),
                 )
-                .with_step_floor(r.step)
+                .with_step_floor(r.step);
+                d.reread = Some(Box::new(reread));
+                d
             }
             None => Download::new(task, self.generation, self.now),
         };
@@ -777,6 +853,12 @@ impl Agent {
             State::Downloading(_) => self.on_download_timeout(),
             _ => {}
         }
+        if self.parked.as_deref().is_some_and(|(_, at)| *at <= now) {
+            if let Some(parked) = self.parked.take() {
+                let (task, _) = *parked;
+                self.start_download(task);
+            }
+        }
     }
 
     // ---- boot ---------------------------------------------------------------------------
@@ -874,7 +956,7 @@ impl Agent {
         if self.io.is_some() {
             return;
         }
-        if matches!(self.state, State::Idle) && !self.waiting.is_empty() {
+        if matches!(self.state, State::Idle) && !self.waiting.is_empty() && self.parked.is_none() {
             // The previous module's task is over: the next one in line starts.
             let task = self.waiting.remove(0);
             self.on_task(task);

@@ -152,7 +152,19 @@ impl Ring {
         self.filled = 0;
     }
 
-    /// The bytes of an issued write (what `Action::Write` lends).
+    /// Where a read of up to one block may land: the filling block, when nothing is staged,
+    /// sealed or in flight (a re-read happens only between downloads' bytes).
+    pub(super) fn idle_block(&self) -> Option<usize> {
+        let idle = self.filled == 0 && self.sealed.is_empty() && self.in_flight.is_empty();
+        idle.then(|| self.head * self.block)
+    }
+
+    /// The ring's bytes: what `Action::Write` lends, and where `Action::Read` lands.
+    pub(super) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    /// The bytes of a block, as a read left them.
     pub(super) fn bytes(&self) -> &[u8] {
         &self.bytes
     }

@@ -11,6 +11,7 @@ fn rules() -> TaskRules {
         allow_http: false,
         max_image_size: 100 * 1024 * 1024,
         max_message_len: 16 * 1024,
+        ..TaskRules::default()
     }
 }
 
@@ -304,6 +305,22 @@ fn multi_file_tasks_are_parsed_and_checked() {
         (task(&file("..", 1), ""), "outside"),
         (task(&file(r"a\\b", 1), ""), "outside"),
         (task(&file(r"a\u0001b", 1), ""), "outside"),
+        (
+            task(
+                &[file("a.bin", 1), file("b", 2), file("a.bin", 3)].join(","),
+                "",
+            ),
+            "file 2: filename \"a.bin\" is also file 0's",
+        ),
+        (
+            task(&file(".ota-installed", 1), ""),
+            "\".ota-installed\" is reserved",
+        ),
+        (
+            task(&file("app.previous", 1), ""),
+            "\"app.previous\" is reserved",
+        ),
+        (task(&file("app.tmp", 1), ""), "\"app.tmp\" is reserved"),
     ];
     for (payload, word) in cases {
         let r = parse_push(payload.as_bytes(), &rules()).unwrap_err();

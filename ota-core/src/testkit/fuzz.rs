@@ -12,10 +12,23 @@ fn rules() -> TaskRules {
         allow_http: true,
         max_image_size: 64 * 1024 * 1024,
         max_message_len: 16 * 1024,
+        ..TaskRules::default()
     }
 }
 
 fn check_task(task: &Task, rules: &TaskRules) {
+    // A multi-file task never names a file twice, nor one of the adapter's own.
+    for (i, file) in task.files.iter().enumerate() {
+        assert!(task.files[..i].iter().all(|f| f.name != file.name));
+        assert!(!rules
+            .reserved_prefixes
+            .iter()
+            .any(|p| file.name.starts_with(p)));
+        assert!(!rules
+            .reserved_suffixes
+            .iter()
+            .any(|s| file.name.ends_with(s)));
+    }
     assert!(task.size > 0 && task.size <= rules.max_image_size);
     assert!(is_valid_version(&task.version));
     assert!(is_valid_module(&task.module));
@@ -117,4 +130,10 @@ pub fn mqtt_frame(data: &[u8]) {
 /// The agent driven by an arbitrary scenario in the simulated world, every invariant checked.
 pub fn agent(data: &[u8]) {
     super::ops::run(&super::ops::Scenario::from_bytes(data));
+}
+
+/// [`agent`] for a long fuzzing run: the signatures signed in earlier runs are kept in
+/// `signatures` and the transcript is not written.
+pub fn agent_reusing(signatures: &mut super::world::Signatures, data: &[u8]) {
+    super::ops::run_reusing(&super::ops::Scenario::from_bytes(data), signatures);
 }

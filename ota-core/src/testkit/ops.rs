@@ -10,7 +10,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::world::{test_config, test_image, Cut, Fault, Health, MqttFault, Signing, Stop, World};
+use super::world::{
+    test_config, test_image, Cut, Damage, Fault, Health, MqttFault, Signatures, Signing, Stop,
+    World,
+};
 
 /// One thing that happens to the device or the cloud.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +48,12 @@ pub enum Op {
     Mqtt(MqttFault),
     /// The next health check fails.
     Unhealthy,
+    /// The next read of the slot fails.
+    FailNextRead,
+    /// The next power loss flips a bit of the slot (at this offset modulo the image).
+    FlipAtPowerLoss(u16),
+    /// The next power loss truncates the staging area (to this length modulo the image).
+    TruncateAtPowerLoss(u16),
 }
 
 /// A whole scenario.
@@ -75,6 +84,8 @@ impl Op {
                 true
             }
             Op::CutNextWrite(_) | Op::CutNextSave | Op::ExpireUrls => true,
+            // The resume reads the durable prefix back and starts again when it changed.
+            Op::FlipAtPowerLoss(_) | Op::TruncateAtPowerLoss(_) => true,
             Op::Fault(f) => !matches!(f, Fault::Corrupt(_) | Fault::Status(400..=402 | 405..=499)),
             Op::Mqtt(_) => true,
             _ => false,
@@ -122,12 +133,22 @@ impl Scenario {
         let mut next = move || it.next();
         let len_hi = next().unwrap_or(0);
         let len_lo = next().unwrap_or(64);
-        let image_len = 1 + (usize::from(len_hi) << 8 | usize::from(len_lo)) % 24_000;
+        let len = usize::from(len_hi) << 8 | usize::from(len_lo);
         let flags = next().unwrap_or(0);
+        let signed = flags & 0x80 == 0x80;
+        // Images of a few KiB: a dozen write blocks and a few checkpoints already reach
+        // every path, and each byte costs hashing three times (download, records checked
+        // against the slot, read-back). A signed scenario's images come from a few sizes
+        // around the block, window and checkpoint edges: each new digest costs an RSA
+        // signature, which a fuzzing run then finds in its cache.
+        let image_len = if signed {
+            SIGNED_LENGTHS[len % SIGNED_LENGTHS.len()]
+        } else {
+            1 + len % MAX_IMAGE_LEN
+        };
         let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
         let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
         let multi_file = flags & 0x40 == 0x40;
-        let signed = flags & 0x80 == 0x80;
         let write_buffers = 1 + usize::from(flags >> 5 & 1) + usize::from(flags >> 4 & 1);
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
@@ -163,6 +184,9 @@ impl Scenario {
                 17 => Op::AdvanceSecs(arg16),
                 18 => Op::ExpireUrls,
                 _ if arg % 4 == 0 => Op::ReplaceTaskMissigned(arg / 4),
+                _ if arg % 4 == 1 => Op::FlipAtPowerLoss(arg16),
+                _ if arg % 4 == 2 => Op::TruncateAtPowerLoss(arg16),
+                _ if arg & 4 == 0 => Op::FailNextRead,
                 _ => Op::Steps(arg.saturating_mul(4)),
             });
             if ops.len() >= 64 {
@@ -182,6 +206,17 @@ impl Scenario {
         }
     }
 }
+
+/// Largest image of a scenario (see `Scenario::from_bytes`).
+const MAX_IMAGE_LEN: usize = 6_000;
+
+/// Image sizes of signed scenarios (see `Scenario::from_bytes`).
+const SIGNED_LENGTHS: [usize; 12] = [
+    1, 511, 512, 513, 700, 2047, 2048, 2049, 3001, 4096, 5000, 5999,
+];
+
+/// Seeds of replaced images in signed scenarios: few, for the same reason.
+const SIGNED_SEEDS: u8 = 4;
 
 fn fault(arg: u8, image_len: usize) -> Fault {
     let at = usize::from(arg) * 131 % image_len.max(1);
@@ -215,6 +250,17 @@ const GARBAGE: [&str; 4] = [
 
 /// Runs the scenario; panics when an invariant breaks. Returns the finished world.
 pub fn run(scenario: &Scenario) -> World {
+    run_with(scenario, Signatures::default(), true)
+}
+
+/// The fuzz target's run: no transcript, and the signatures of earlier runs reused (an RSA
+/// signature costs more than the whole run otherwise).
+pub fn run_reusing(scenario: &Scenario, signatures: &mut Signatures) {
+    let w = run_with(scenario, core::mem::take(signatures), false);
+    *signatures = w.signatures;
+}
+
+fn run_with(scenario: &Scenario, signatures: Signatures, transcript: bool) -> World {
     let mut config = test_config();
     config.write_block = 512;
     config.checkpoint_interval = 2048;
@@ -222,6 +268,7 @@ pub fn run(scenario: &Scenario) -> World {
     config.mqtt.window = scenario.mqtt_window.unwrap_or(1);
     config.write_buffers = scenario.write_buffers;
     let mut w = World::new(config, test_image(scenario.image_len, 1));
+    (w.signatures, w.keep_transcript) = (signatures, transcript);
     w.chunk_sizes = scenario.chunk_sizes.clone();
     w.lazy_storage = scenario.lazy_storage;
     w.mqtt_channel = scenario.mqtt_window.is_some();
@@ -278,15 +325,26 @@ pub fn run(scenario: &Scenario) -> World {
             }
             Op::PushSameTask => w.push_task(),
             Op::ReplaceTask(seed) => {
+                let seed = &if scenario.signed {
+                    seed % SIGNED_SEEDS
+                } else {
+                    *seed
+                };
                 w.image = test_image(scenario.image_len / 2 + usize::from(*seed) + 1, *seed);
                 w.version = alloc::format!("3.{seed}");
                 offer(&mut w);
                 w.push_task();
             }
             Op::ReplaceTaskMissigned(seed) => {
+                let seed = &if scenario.signed {
+                    seed % SIGNED_SEEDS
+                } else {
+                    *seed
+                };
                 let signing = w.signing;
-                // Only a build with the verifier holds the test key that signs.
-                w.signing = if seed % 2 == 0 && cfg!(feature = "signature") {
+                // Only a build with the verifier holds the test key that signs, and only a
+                // device with the key tells a signature over another digest from garbage.
+                w.signing = if seed % 2 == 0 && scenario.signs() {
                     Signing::OverOtherDigest
                 } else {
                     Signing::Garbage
@@ -314,12 +372,20 @@ pub fn run(scenario: &Scenario) -> World {
             Op::DropTask => w.cloud_task = None,
             Op::Mqtt(f) => w.mqtt_faults.push_back(*f),
             Op::Unhealthy => w.health = Health::Unhealthy,
+            Op::FailNextRead => w.fail_read = Some(w.reads),
+            Op::FlipAtPowerLoss(at) => {
+                w.damage = Some(Damage::Flip(usize::from(*at) % w.image.len().max(1)))
+            }
+            Op::TruncateAtPowerLoss(len) => {
+                w.damage = Some(Damage::Truncate(usize::from(*len) % w.image.len().max(1)))
+            }
         }
     }
     // Heal and let the story finish.
     w.faults.clear();
     w.mqtt_faults.clear();
     (w.fail_write, w.fail_save, w.fail_activate, w.cut) = (None, None, false, None);
+    (w.fail_read, w.damage) = (None, None);
     if !w.online {
         w.connect();
     }

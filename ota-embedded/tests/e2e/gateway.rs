@@ -60,6 +60,20 @@ impl SubdeviceFlasher for RamFlasher {
         Ok(())
     }
 
+    async fn read(
+        &mut self,
+        index: usize,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Self::Error> {
+        let nodes = self.nodes.lock().unwrap();
+        let staging = &nodes[index].staging;
+        let start = (offset as usize).min(staging.len());
+        let len = buf.len().min(staging.len() - start);
+        buf[..len].copy_from_slice(&staging[start..start + len]);
+        Ok(len)
+    }
+
     async fn load_record(
         &mut self,
         index: usize,

@@ -3,6 +3,7 @@
 //! reboot, health check and confirmation; a power cut mid-download; an expired URL.
 
 mod gateway;
+mod integrity;
 #[cfg(feature = "signature")]
 mod signing;
 mod support;
@@ -46,7 +47,7 @@ pub fn assert_installed(device: &Device, firmware: &[u8]) {
     assert_eq!(state.rollbacks, 0);
     drop(state);
     // The record is cleared after the confirmation.
-    let mut records = RecordStore::new(device.records.clone(), 0).unwrap();
+    let mut records = RecordStore::new(device.records.detached(), 0).unwrap();
     let record = block_on(records.load()).unwrap().map(<[u8]>::to_vec);
     assert_eq!(record, None);
 }

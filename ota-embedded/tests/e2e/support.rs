@@ -162,6 +162,20 @@ pub struct FlashState {
     pub cut_at_write: Option<u32>,
     /// Offset of the write that was cut, once it fired.
     pub cut_fired_at: Option<u32>,
+    /// After the write with this number (1-based), one bit at this offset is lost (a cell
+    /// that did not hold its charge): the read-back before activation must catch it.
+    pub lose_bit_after_write: Option<(u32, usize)>,
+    /// Reads of this flash (the agent re-reads the slot before trusting it).
+    pub reads: u32,
+}
+
+/// The power of one device, shared by its slot and record flashes: every erase, write and
+/// read counts as an operation, and the power can be cut just before the operations numbered
+/// in `cuts` (1-based), which then never happen.
+#[derive(Default, Debug)]
+pub struct Power {
+    pub ops: u32,
+    pub cuts: Vec<u32>,
 }
 
 /// NOR flash in RAM shared across "reboots": writes only clear bits, erase sets `0xFF`,
@@ -171,6 +185,7 @@ pub struct FlashState {
 pub struct RamFlash {
     pub state: Arc<Mutex<FlashState>>,
     pub power_cut: Arc<tokio::sync::Notify>,
+    pub power: Arc<Mutex<Power>>,
 }
 
 impl RamFlash {
@@ -181,11 +196,34 @@ impl RamFlash {
                 ..FlashState::default()
             })),
             power_cut: Arc::new(tokio::sync::Notify::new()),
+            power: Arc::default(),
         }
+    }
+
+    /// Counts one erase, write or read; true when the power goes right before it.
+    fn cut_before_this_op(&self) -> bool {
+        let mut power = self.power.lock().unwrap();
+        power.ops += 1;
+        power.cuts.contains(&power.ops)
+    }
+
+    async fn lose_power(&self) {
+        self.power_cut.notify_one();
+        std::future::pending::<()>().await;
     }
 
     pub fn bytes(&self) -> Vec<u8> {
         self.state.lock().unwrap().bytes.clone()
+    }
+
+    /// The same flash for the test's own reads: on a power supply of its own, so that they
+    /// neither count as the device's operations nor meet its power cuts.
+    pub fn detached(&self) -> RamFlash {
+        RamFlash {
+            state: Arc::clone(&self.state),
+            power_cut: Arc::new(tokio::sync::Notify::new()),
+            power: Arc::default(),
+        }
     }
 }
 
@@ -197,7 +235,11 @@ impl ReadNorFlash for RamFlash {
     const READ_SIZE: usize = 1;
 
     async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        let state = self.state.lock().unwrap();
+        if self.cut_before_this_op() {
+            self.lose_power().await;
+        }
+        let mut state = self.state.lock().unwrap();
+        state.reads += 1;
         let at = offset as usize;
         let src = state
             .bytes
@@ -217,6 +259,9 @@ impl NorFlash for RamFlash {
     const ERASE_SIZE: usize = SECTOR;
 
     async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        if self.cut_before_this_op() {
+            self.lose_power().await;
+        }
         let mut state = self.state.lock().unwrap();
         let (from, to) = (from as usize, to as usize);
         if from % SECTOR != 0 || to % SECTOR != 0 || from > to {
@@ -231,6 +276,9 @@ impl NorFlash for RamFlash {
     }
 
     async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        if self.cut_before_this_op() {
+            self.lose_power().await;
+        }
         let cut = {
             let mut state = self.state.lock().unwrap();
             let at = offset as usize;
@@ -253,6 +301,12 @@ impl NorFlash for RamFlash {
             }
             if cut {
                 state.cut_fired_at = Some(offset);
+            }
+            if let Some((_, at)) = state
+                .lose_bit_after_write
+                .filter(|(n, _)| *n == state.writes)
+            {
+                state.bytes[at] ^= 0x10;
             }
             cut
         };
@@ -373,6 +427,11 @@ impl Device {
 
     pub fn new(sim: &Sim, info: DeviceInfo) -> (Device, mpsc::Receiver<()>) {
         let (booted_tx, booted_rx) = mpsc::channel();
+        // One power supply: a cut stops the slot and the record flash alike.
+        let slot = RamFlash::new(SLOT_SIZE);
+        let mut records = RamFlash::new(2 * SECTOR);
+        records.power = Arc::clone(&slot.power);
+        records.power_cut = Arc::clone(&slot.power_cut);
         let device = Device {
             info,
             mqtt_host: sim.mqtt_host().to_owned(),
@@ -380,8 +439,8 @@ impl Device {
             ca: None,
             download_ca: None,
             wall: Wall::System,
-            slot: RamFlash::new(SLOT_SIZE),
-            records: RamFlash::new(2 * SECTOR),
+            slot: slot.clone(),
+            records,
             boot: FakeBoot {
                 state: Arc::default(),
                 booted_tx,
@@ -486,7 +545,12 @@ impl Device {
                 ..Settings::default()
             },
         };
-        let mut driver = match Driver::new(self.config(), version, parts).await {
+        // The power can go while the record is read at boot, too.
+        let built = tokio::select! {
+            built = Driver::new(self.config(), version, parts) => built,
+            _ = self.slot.power_cut.notified() => return SessionEnd::PowerCut,
+        };
+        let mut driver = match built {
             Ok(driver) => driver,
             Err(e) => return SessionEnd::Refused(e),
         };

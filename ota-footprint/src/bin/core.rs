@@ -38,7 +38,7 @@ pub extern "C" fn _start() -> ! {
         now += 1;
         let at = Instant::from_millis(now);
         // Inputs from "hardware": black_box keeps the optimiser from knowing them.
-        let _ = match black_box(now % 8) {
+        let _ = match black_box(now % 9) {
             0 => agent.handle(at, Event::Connected),
             1 => agent.handle(
                 at,
@@ -62,11 +62,20 @@ pub extern "C" fn _start() -> ! {
             4 => agent.handle(at, Event::WriteDone),
             5 => agent.handle(at, Event::RecordSaved),
             6 => agent.handle(at, Event::HttpEnd { fetch: FetchId(1) }),
+            7 => agent.handle(
+                at,
+                Event::ReadDone {
+                    len: black_box(512),
+                },
+            ),
             _ => agent.handle_timeout(at),
         };
         while let Some(action) = agent.poll_action() {
-            if let Action::Write { data, .. } = action {
-                body[0] = data.first().copied().unwrap_or(0);
+            let mut action = action;
+            match &mut action {
+                Action::Write { data, .. } => body[0] = data.first().copied().unwrap_or(0),
+                Action::Read { buf, .. } => buf.fill(body[1]),
+                _ => {}
             }
             black_box(&action);
         }

@@ -407,6 +407,19 @@ fn perform(
             };
             results.push_back(event);
         }
+        Action::Read { offset, buf } => {
+            let event = match storage.read_staged(offset, buf) {
+                Ok(len) => Event::ReadDone { len },
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: cannot read the staged image at byte {offset}: {e}",
+                        ctx.config.device_name
+                    );
+                    Event::ReadFailed
+                }
+            };
+            results.push_back(event);
+        }
         Action::SaveRecord { record } => {
             results.push_back(record_event(storage.save_record(record)))
         }

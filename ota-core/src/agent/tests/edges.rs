@@ -356,10 +356,12 @@ fn http_contract_violations_are_errors() {
 fn invalid_configurations_and_versions_are_refused() {
     let base = test_config();
     type Mutation = fn(&mut Config);
-    let cases: [(&str, Mutation); 9] = [
+    let cases: [(&str, Mutation); 10] = [
         ("module", |c| c.module = "a/b".into()),
         ("write_block", |c| c.write_block = 0),
         ("checkpoint", |c| c.checkpoint_interval = 0),
+        // Rounded up to whole blocks it would overflow (it used to panic mid-download).
+        ("checkpoint overflow", |c| c.checkpoint_interval = u64::MAX),
         ("progress", |c| c.progress_step = 0),
         ("timeouts", |c| c.stall_timeout = Duration::ZERO),
         ("back-off", |c| c.retry.base_delay = Duration::ZERO),

@@ -70,7 +70,7 @@ fn transcript_of_a_small_upgrade() {
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
     let md5 = md5_hex(&w.image);
-    let expected: [String; 23] = [
+    let expected: [String; 26] = [
         "sub /ota/device/upgrade/a1TestPK001/dev01".into(),
         "sub /sys/a1TestPK001/dev01/thing/ota/firmware/get_reply".into(),
         "sub /sys/a1TestPK001/dev01/thing/file/download_reply".into(),
@@ -91,6 +91,10 @@ fn transcript_of_a_small_upgrade() {
         "save record".into(),
         r#"pub progress {"id":"4","params":{"step":"81","desc":"downloading"}}"#.into(),
         "write @2048 +452".into(),
+        // What is activated is what reads back from the slot (`Config::read_back`).
+        "read @0 +1024".into(),
+        "read @1024 +1024".into(),
+        "read @2048 +452".into(),
         "notify progress 100".into(),
         "save record".into(),
         // 100 once the activation record is saved.

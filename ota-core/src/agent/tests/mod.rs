@@ -7,6 +7,8 @@ mod multi_file;
 mod power_loss;
 mod progress;
 mod properties;
+mod reread;
 #[cfg(feature = "signature")]
 mod signing;
+mod switching;
 mod write_ring;

@@ -121,3 +121,50 @@ fn the_next_file_starts_even_when_the_connection_stays_open() {
     assert_eq!(w.run(), Stop::Reboot);
     assert_eq!(w.slot_image(), &w.image[..]);
 }
+
+/// A task naming one file twice, or naming the adapter's own files, is refused with one -1
+/// that names the file, before a byte is fetched or written.
+#[test]
+fn duplicate_and_reserved_file_names_are_refused_before_a_byte_is_written() {
+    let md5 = md5_hex(&test_image(10, 1));
+    for (names, named) in [
+        (
+            ["a.bin", "b.bin", "a.bin"],
+            "\\\"a.bin\\\" is also file 0's",
+        ),
+        (
+            ["a.bin", ".ota-installed", "c"],
+            "\\\".ota-installed\\\" is reserved",
+        ),
+        (
+            ["a.bin", "b", "a.bin.previous"],
+            "\\\"a.bin.previous\\\" is reserved",
+        ),
+        (["x.tmp", "b", "c"], "\\\"x.tmp\\\" is reserved"),
+    ] {
+        let mut w = World::new(test_config(), Vec::new());
+        w.connect();
+        w.run();
+        let files: Vec<String> = names
+            .iter()
+            .map(|n| {
+                alloc::format!(
+                    r#"{{"fileName":"{n}","fileSize":10,"fileUrl":"https://fw.example/{n}?gen=0","fileMd5":"{md5}"}}"#
+                )
+            })
+            .collect();
+        w.push_raw(&alloc::format!(
+            r#"{{"code":"1000","data":{{"version":"2.0.0","signMethod":"Md5","files":[{}]}},"id":1}}"#,
+            files.join(",")
+        ));
+        w.run();
+        assert_eq!(w.progress, vec![-1], "{names:?}");
+        let report = w
+            .transcript
+            .iter()
+            .find(|l| l.starts_with("pub progress"))
+            .unwrap();
+        assert!(report.contains(named), "{report}");
+        assert!(w.fetch_offsets.is_empty() && w.writes == 0, "{names:?}");
+    }
+}
