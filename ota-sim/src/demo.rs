@@ -67,6 +67,10 @@ pub struct DemoRow {
     pub fault: Option<(&'static str, bool)>,
     /// On the target version, installed image verified.
     pub ok: bool,
+    /// What the simulator saw of a device that did not finish: its task (state, pushes),
+    /// whether it was online and what version it reported, e.g. "task QUEUED, 0 pushes,
+    /// offline, reported 1.0.0".
+    pub cloud: String,
 }
 
 /// A device's row, with a signal for every change.
@@ -146,8 +150,9 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
     let verified = sim
         .wait_task_state(verification, first, TaskState::Succeeded, left())
         .is_ok();
-    // Whether the cloud counts each device as upgraded.
+    // Whether the cloud counts each device as upgraded, and its job.
     let mut upgraded = vec![verified];
+    let mut jobs = vec![Some(verification)];
     if verified && devices.len() > 1 {
         let others: Vec<&DeviceInfo> = devices[1..].iter().map(|d| &d.info).collect();
         let batch = JobSpec::batch(package)
@@ -157,12 +162,14 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
         for d in &devices[1..] {
             let waited = sim.wait_task_state(job, &d.info, TaskState::Succeeded, left());
             upgraded.push(waited.is_ok());
+            jobs.push(Some(job));
         }
     }
     upgraded.resize(devices.len(), false);
+    jobs.resize(devices.len(), None);
 
     let mut rows = Vec::new();
-    for (d, upgraded) in devices.into_iter().zip(upgraded) {
+    for ((d, upgraded), job) in devices.into_iter().zip(upgraded).zip(jobs) {
         // The cloud counts the version report; the device confirms just after its health
         // check, so wait for that word too.
         let confirmed = upgraded && wait_row(&d.row, left(), |r| r.to == TARGET);
@@ -182,9 +189,40 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
             row.fault = Some((kind, fired));
             row.ok &= fired;
         }
+        if !row.ok {
+            row.cloud = cloud_view(&sim, job, &d.info);
+        }
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Why a device did not finish, as the simulator saw it.
+fn cloud_view(sim: &Sim, job: Option<crate::JobId>, info: &DeviceInfo) -> String {
+    let online = match sim.is_online(info) {
+        true => "online",
+        false => "offline",
+    };
+    let version = sim.device_version(info, crate::DEFAULT_MODULE);
+    let reported = version.map_or("never reported a version".to_owned(), |v| {
+        format!("reported {v}")
+    });
+    let task = job.and_then(|j| sim.task(j, info));
+    match task {
+        Some(t) => {
+            let state = serde_json::to_value(t.state).unwrap_or_default();
+            let reason = t.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            format!(
+                "task {}{reason}, {} push(es), {online}, {reported}",
+                state.as_str().unwrap_or("?"),
+                t.pushes
+            )
+        }
+        None if job.is_none() => {
+            format!("no job reached it (verification failed), {online}, {reported}")
+        }
+        None => format!("no task, {online}, {reported}"),
+    }
 }
 
 /// The fault of device `i` (1-based among the batch devices): the last one gets a corrupt
@@ -358,6 +396,9 @@ pub fn table(rows: &[DemoRow]) -> String {
         if let Some((kind, fired)) = r.fault {
             let note = if fired { "" } else { " did not fire" };
             result.push_str(&format!(" [{kind}{note}]"));
+        }
+        if !r.cloud.is_empty() {
+            result.push_str(&format!(" - simulator: {}", r.cloud));
         }
         let versions = format!(
             "{} -> {}",

@@ -361,3 +361,45 @@ fn a_progress_storm_keeps_memory_status_and_log_bounded() {
     drop(tcp);
     drop(server);
 }
+
+/// The time service (docs/protocol.md §13) for a plain MQTT client: the reply echoes
+/// `deviceSendTime` as sent (string or number) and carries the server's receive and send
+/// times in ms, between the request and the reply by the wall clock.
+#[test]
+fn ntp_requests_are_answered_with_the_servers_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _lines, info) = serve_fw(dir.path(), &[]);
+    let d = &info["devices"][0];
+    let id = DeviceId::new(
+        d["product_key"].as_str().unwrap(),
+        d["device_name"].as_str().unwrap(),
+    );
+    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    let host = info["mqtt_host"].as_str().unwrap();
+    let port = info["mqtt_port"].as_u64().unwrap() as u16;
+    let mut dev = Device::connect(host, port, &id, &creds).unwrap();
+    let base = format!("/ext/ntp/{}/{}", id.product_key, id.device_name);
+    dev.subscribe_to(&format!("{base}/response"));
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    for request in [
+        r#"{"deviceSendTime":"1571724098000"}"#,
+        r#"{"deviceSendTime":42}"#,
+    ] {
+        let before = unix_ms();
+        dev.publish_raw(&format!("{base}/request"), request.as_bytes());
+        let (topic, reply) = dev.recv(WAIT).expect("an NTP reply");
+        let after = unix_ms();
+        assert_eq!(topic, format!("{base}/response"));
+        let sent: Value = serde_json::from_str(request).unwrap();
+        assert_eq!(reply["deviceSendTime"], sent["deviceSendTime"]);
+        let ms = |k: &str| reply[k].as_str().unwrap().parse::<u64>().unwrap();
+        let (recv, send) = (ms("serverRecvTime"), ms("serverSendTime"));
+        assert!(before <= recv && recv <= send && send <= after, "{reply}");
+    }
+    drop(server);
+}
