@@ -33,6 +33,9 @@ pub struct DemoOptions {
     /// Sign the package with a fresh key (the secure upgrade); one device (the second) gets
     /// a wrong signature once.
     pub signed: bool,
+    /// Devices use MQTT over TLS and HTTPS (no plain http), trusting only the simulator's
+    /// generated root (the platform-shaped RSA chain).
+    pub tls: bool,
 }
 
 impl Default for DemoOptions {
@@ -44,6 +47,7 @@ impl Default for DemoOptions {
             rate: 4 * 1024 * 1024,
             timeout: Duration::from_secs(120),
             signed: false,
+            tls: false,
         }
     }
 }
@@ -94,7 +98,11 @@ const TARGET: &str = "2.0.0";
 /// Runs the demo; the rows say how each device fared. `Err` when the demo itself could not
 /// run (ports, files).
 pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
-    let sim = Sim::start(SimConfig::default()).map_err(|e| format!("cannot start: {e}"))?;
+    let config = SimConfig {
+        tls: options.tls.then_some(crate::SimTls::Generated),
+        ..SimConfig::default()
+    };
+    let sim = Sim::start(config).map_err(|e| format!("cannot start: {e}"))?;
     let image = demo_image(options.size);
     let mut spec = PackageSpec::new(TARGET, image.clone()).needs_verification();
     let mut device_key = None;
@@ -258,12 +266,18 @@ fn start(
 ) -> Result<Running, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     std::fs::write(dir.path().join("version"), "1.0.0\n").map_err(|e| e.to_string())?;
+    // Over TLS: the MQTT-TLS port, and https URLs (the simulator hands them to devices that
+    // logged in over TLS), both checked against the generated root alone.
+    let (port, ca) = match (sim.mqtts_port(), sim.ca_pem()) {
+        (Some(port), Some(ca)) => (port, Some(ca)),
+        _ => (sim.mqtt_port(), None),
+    };
     let mut config = DeviceConfig::new(
         &info.id.product_key,
         &info.id.device_name,
         &info.device_secret,
         sim.mqtt_host(),
-        sim.mqtt_port(),
+        port,
         dir.path(),
     )
     .map_err(|e| e.to_string())?;
@@ -272,7 +286,11 @@ fn start(
         base_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(1),
     };
-    config.agent.rules.allow_http = true; // the simulator serves plain http
+    config.agent.rules.allow_http = ca.is_none(); // plain http only without TLS
+    if let Some(ca) = ca {
+        config.mqtt_tls = Some(ota_std::Trust::CaPem(ca.clone().into_bytes()));
+        config.https_trust = ota_std::Trust::CaPem(ca.into_bytes());
+    }
     config.agent.checkpoint_interval = 256 * 1024;
     config.agent.retry = quick(6);
     config.agent.url_refresh = quick(4);

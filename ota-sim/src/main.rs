@@ -212,6 +212,10 @@ struct DemoArgs {
     /// Sign the package (secure upgrade); the second device is sent a wrong signature once.
     #[arg(long)]
     signed: bool,
+    /// Devices connect over MQTT-TLS and download over HTTPS, trusting only the simulator's
+    /// generated RSA root (the chain `serve --tls` presents).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
@@ -224,6 +228,7 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         size: args.size,
         rate: args.rate,
         signed: args.signed,
+        tls: args.tls,
         ..ota_sim::demo::DemoOptions::default()
     };
     let rows = ota_sim::demo::run(&options).map_err(|e| Failure(1, e))?;
