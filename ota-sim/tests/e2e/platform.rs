@@ -403,3 +403,50 @@ fn ntp_requests_are_answered_with_the_servers_times() {
     }
     drop(server);
 }
+
+/// A device whose connection ended gets no push: a job created while it is offline leaves
+/// its task QUEUED with no push, and it is pushed when the device is back and reports.
+#[test]
+fn an_offline_device_gets_no_push_until_it_is_back() {
+    use ota_sim::{JobSpec, PackageSpec, TaskState};
+    let sim = crate::sim();
+    let info = sim.add_device().unwrap();
+    // A raw session, so that dropping it closes the socket at once.
+    let creds = info.credentials();
+    let mut tcp = TcpStream::connect((sim.mqtt_host(), sim.mqtt_port())).unwrap();
+    tcp.write_all(&connect_packet(
+        &creds.client_id,
+        &creds.username,
+        &creds.password,
+    ))
+    .unwrap();
+    let mut connack = [0u8; 4];
+    tcp.read_exact(&mut connack).unwrap();
+    let (pk, dn) = (&info.id.product_key, &info.id.device_name);
+    let inform = r#"{"id":"1","params":{"version":"1.0.0"}}"#;
+    tcp.write_all(&publish_packet(
+        &format!("/ota/device/inform/{pk}/{dn}"),
+        inform.as_bytes(),
+    ))
+    .unwrap();
+    sim.wait_version(&info, ota_sim::DEFAULT_MODULE, "1.0.0", WAIT)
+        .unwrap();
+    assert!(sim.is_online(&info));
+    drop(tcp);
+    let start = Instant::now();
+    while sim.is_online(&info) {
+        assert!(start.elapsed() < WAIT, "still online");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", firmware(1_000)))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    let task = sim.task(job, &info).unwrap();
+    assert_eq!((task.state, task.pushes), (TaskState::Queued, 0));
+    let mut dev = Device::online(&sim, &info);
+    dev.inform("1.0.0");
+    assert_eq!(dev.expect_push()["data"]["version"], "2.0.0");
+    let task = sim.task(job, &info).unwrap();
+    assert_eq!((task.state, task.pushes), (TaskState::Notified, 1));
+}
