@@ -28,6 +28,12 @@ const AUTO_SUBSCRIBE_ID: u16 = 0xffff;
 /// How long a new connection may take to send its CONNECT (rumqttd allows as long).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Logins passed on to the broker at once. rumqttd accepts about one connection per
+/// millisecond (it sleeps between accepts); a burst of thousands of devices overflows its
+/// accept queue, and the connections left in it are reset, which devices see as a login
+/// closed before CONNACK. Queued here instead, they wait and go through.
+pub(crate) const MAX_LOGINS: usize = 128;
+
 /// Client ids remembered at most; CONNECTs the broker never checked (it refused them
 /// before the login check) would otherwise pile up.
 const MAX_NOTED: usize = 10_000;
@@ -61,6 +67,8 @@ pub(crate) enum Upstream {
         addr: SocketAddr,
         transports: Arc<Transports>,
         events: Sender<Input>,
+        /// Logins on their way to the broker (see [`MAX_LOGINS`]).
+        logins: Arc<tokio::sync::Semaphore>,
     },
     /// The firmware server; bytes pass untouched.
     Http(SocketAddr),
@@ -154,7 +162,8 @@ where
             addr,
             transports,
             events,
-        } => mqtt(client, tls, *addr, transports, events).await,
+            logins,
+        } => mqtt(client, tls, *addr, transports, events, logins).await,
     }
 }
 
@@ -235,6 +244,7 @@ async fn mqtt<S>(
     addr: SocketAddr,
     transports: &Transports,
     events: &Sender<Input>,
+    logins: &tokio::sync::Semaphore,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -249,6 +259,7 @@ where
     };
     let client_id = mqtt_wire::connect_client_id(&connect)
         .ok_or_else(|| io::Error::other("the first packet is not a CONNECT"))?;
+    let login = logins.acquire().await.map_err(io::Error::other)?;
     // Noted before the broker sees the CONNECT, so its login check finds it.
     transports.note(&client_id, tls);
     let broker = TcpStream::connect(addr).await?;
@@ -260,6 +271,7 @@ where
     let Some(connack) = mqtt_wire::read_packet(&mut from_broker, MAX_PACKET).await? else {
         return Ok(());
     };
+    drop(login);
     let accepted = mqtt_wire::connack_accepted(&connack);
     let _online = device_of(&client_id)
         .filter(|_| accepted)
