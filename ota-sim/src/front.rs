@@ -87,6 +87,12 @@ pub(crate) fn spawn(fronts: Vec<Front>) -> Result<tokio::sync::oneshot::Sender<(
     for f in &fronts {
         f.listener.set_nonblocking(true)?;
     }
+    let total = crate::limits::session_budget();
+    let budget = Arc::new(Budget {
+        slots: Arc::new(tokio::sync::Semaphore::new(total)),
+        total,
+        refused: Default::default(),
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -95,14 +101,45 @@ pub(crate) fn spawn(fronts: Vec<Front>) -> Result<tokio::sync::oneshot::Sender<(
         .name("ota-sim-front".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let loops = futures_util::future::join_all(fronts.into_iter().map(accept_loop));
+                let loops = futures_util::future::join_all(
+                    fronts.into_iter().map(|f| accept_loop(f, budget.clone())),
+                );
                 futures_util::future::select(pin!(loops), stop_rx).await;
             });
         })?;
     Ok(stop_tx)
 }
 
-async fn accept_loop(front: Front) {
+/// The connections all fronts may hold at once (see `limits::session_budget`), and when
+/// the last refusal was logged with how many followed it.
+struct Budget {
+    slots: Arc<tokio::sync::Semaphore>,
+    total: usize,
+    refused: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Budget {
+    /// Logs a refused connection, at most once a second with the count since.
+    fn refuse(&self) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.1 += 1;
+        let now = std::time::Instant::now();
+        if refused
+            .0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                "{} connection(s) refused: all {} connections the open-file limit allows are \
+                 open (ulimit -n)",
+                refused.1,
+                self.total
+            );
+            *refused = (Some(now), 0);
+        }
+    }
+}
+
+async fn accept_loop(front: Front, budget: Arc<Budget>) {
     let listener = match tokio::net::TcpListener::from_std(front.listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!("listener: {e}"),
@@ -117,9 +154,15 @@ async fn accept_loop(front: Front) {
                 continue;
             }
         };
+        let Ok(slot) = budget.slots.clone().try_acquire_owned() else {
+            drop(tcp);
+            budget.refuse();
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (tls, upstream) = (front.tls.clone(), front.upstream.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let result = match tls {
                 None => forward(tcp, false, &upstream).await,
                 Some(acceptor) => match handshake(&acceptor, tcp).await {

@@ -33,6 +33,19 @@ pub fn raise_open_files(wanted: u64) -> Option<u64> {
     now
 }
 
+/// Descriptors kept for everything but the fronts' sessions (the firmware server's plain
+/// connections, files, the broker's own).
+const RESERVED: u64 = 1024;
+
+/// How many connections the fronts may hold at once without running the process out of
+/// descriptors (three each). Past it a new connection is closed at once: out of descriptors,
+/// rumqttd's accept loop would spin and log without end.
+pub(crate) fn session_budget() -> usize {
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let budget = soft.saturating_sub(RESERVED) / 3;
+    usize::try_from(budget).unwrap_or(usize::MAX).max(16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -279,8 +279,10 @@ async fn device(
     creds.client_id =
         format!("{pk}.{dn}|timestamp={SDK_TIMESTAMP},_ss=1,securemode=3,signmethod=hmacsha256|");
     let permit = connects.acquire().await.map_err(|e| e.to_string())?;
-    let mut tcp = TcpStream::connect((host, port))
+    let connecting = TcpStream::connect((host, port));
+    let mut tcp = tokio::time::timeout(Duration::from_secs(30), connecting)
         .await
+        .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     tcp.write_all(&connect_packet(&creds, 600))
@@ -406,8 +408,10 @@ async fn fetch(url: &str) -> Result<Vec<u8>, String> {
         true => authority.to_owned(),
         false => format!("{authority}:80"),
     };
-    let mut tcp = TcpStream::connect(&addr)
+    let connecting = TcpStream::connect(&addr);
+    let mut tcp = tokio::time::timeout(Duration::from_secs(30), connecting)
         .await
+        .map_err(|_| format!("HTTP connect {addr} timed out"))?
         .map_err(|e| format!("HTTP connect {addr}: {e}"))?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nRange: bytes=0-\r\nConnection: close\r\n\r\n"
