@@ -98,7 +98,8 @@ pub(crate) fn start_embedded(
     });
     let config = rumqttd::Config {
         router: RouterConfig {
-            max_connections: 10_000,
+            // 10,000 devices and the cloud's own link; slots are allocated up front.
+            max_connections: 20_000,
             max_outgoing_packet_count: 200,
             max_segment_size: 1 << 20,
             max_segment_count: 10,

@@ -28,6 +28,12 @@ const AUTO_SUBSCRIBE_ID: u16 = 0xffff;
 /// How long a new connection may take to send its CONNECT (rumqttd allows as long).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Logins passed on to the broker at once. rumqttd accepts about one connection per
+/// millisecond (it sleeps between accepts); a burst of thousands of devices overflows its
+/// accept queue, and the connections left in it are reset, which devices see as a login
+/// closed before CONNACK. Queued here instead, they wait and go through.
+pub(crate) const MAX_LOGINS: usize = 128;
+
 /// Client ids remembered at most; CONNECTs the broker never checked (it refused them
 /// before the login check) would otherwise pile up.
 const MAX_NOTED: usize = 10_000;
@@ -61,6 +67,8 @@ pub(crate) enum Upstream {
         addr: SocketAddr,
         transports: Arc<Transports>,
         events: Sender<Input>,
+        /// Logins on their way to the broker (see [`MAX_LOGINS`]).
+        logins: Arc<tokio::sync::Semaphore>,
     },
     /// The firmware server; bytes pass untouched.
     Http(SocketAddr),
@@ -79,6 +87,12 @@ pub(crate) fn spawn(fronts: Vec<Front>) -> Result<tokio::sync::oneshot::Sender<(
     for f in &fronts {
         f.listener.set_nonblocking(true)?;
     }
+    let total = crate::limits::session_budget();
+    let budget = Arc::new(Budget {
+        slots: Arc::new(tokio::sync::Semaphore::new(total)),
+        total,
+        refused: Default::default(),
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -87,14 +101,45 @@ pub(crate) fn spawn(fronts: Vec<Front>) -> Result<tokio::sync::oneshot::Sender<(
         .name("ota-sim-front".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let loops = futures_util::future::join_all(fronts.into_iter().map(accept_loop));
+                let loops = futures_util::future::join_all(
+                    fronts.into_iter().map(|f| accept_loop(f, budget.clone())),
+                );
                 futures_util::future::select(pin!(loops), stop_rx).await;
             });
         })?;
     Ok(stop_tx)
 }
 
-async fn accept_loop(front: Front) {
+/// The connections all fronts may hold at once (see `limits::session_budget`), and when
+/// the last refusal was logged with how many followed it.
+struct Budget {
+    slots: Arc<tokio::sync::Semaphore>,
+    total: usize,
+    refused: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Budget {
+    /// Logs a refused connection, at most once a second with the count since.
+    fn refuse(&self) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.1 += 1;
+        let now = std::time::Instant::now();
+        if refused
+            .0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                "{} connection(s) refused: all {} connections the open-file limit allows are \
+                 open (ulimit -n)",
+                refused.1,
+                self.total
+            );
+            *refused = (Some(now), 0);
+        }
+    }
+}
+
+async fn accept_loop(front: Front, budget: Arc<Budget>) {
     let listener = match tokio::net::TcpListener::from_std(front.listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!("listener: {e}"),
@@ -109,9 +154,15 @@ async fn accept_loop(front: Front) {
                 continue;
             }
         };
+        let Ok(slot) = budget.slots.clone().try_acquire_owned() else {
+            drop(tcp);
+            budget.refuse();
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (tls, upstream) = (front.tls.clone(), front.upstream.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let result = match tls {
                 None => forward(tcp, false, &upstream).await,
                 Some(acceptor) => match handshake(&acceptor, tcp).await {
@@ -154,7 +205,8 @@ where
             addr,
             transports,
             events,
-        } => mqtt(client, tls, *addr, transports, events).await,
+            logins,
+        } => mqtt(client, tls, *addr, transports, events, logins).await,
     }
 }
 
@@ -235,6 +287,7 @@ async fn mqtt<S>(
     addr: SocketAddr,
     transports: &Transports,
     events: &Sender<Input>,
+    logins: &tokio::sync::Semaphore,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -249,6 +302,7 @@ where
     };
     let client_id = mqtt_wire::connect_client_id(&connect)
         .ok_or_else(|| io::Error::other("the first packet is not a CONNECT"))?;
+    let login = logins.acquire().await.map_err(io::Error::other)?;
     // Noted before the broker sees the CONNECT, so its login check finds it.
     transports.note(&client_id, tls);
     let broker = TcpStream::connect(addr).await?;
@@ -260,6 +314,7 @@ where
     let Some(connack) = mqtt_wire::read_packet(&mut from_broker, MAX_PACKET).await? else {
         return Ok(());
     };
+    drop(login);
     let accepted = mqtt_wire::connack_accepted(&connack);
     let _online = device_of(&client_id)
         .filter(|_| accepted)

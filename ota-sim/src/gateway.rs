@@ -377,6 +377,7 @@ impl Gateways {
     pub(crate) fn handle(
         &mut self,
         engine: &mut Engine,
+        secret_of: &dyn Fn(&DeviceId) -> Option<String>,
         topic: &str,
         payload: &[u8],
         now: Instant,
@@ -410,7 +411,7 @@ impl Gateways {
                 self.reply(&gateway, reply_topic, &id, 200, Value::Array(list));
             }
             "add" => {
-                let (code, data) = self.topo_add(engine, &gateway, &params);
+                let (code, data) = self.topo_add(engine, secret_of, &gateway, &params);
                 self.reply(&gateway, reply_topic, &id, code, data);
             }
             "delete" => {
@@ -418,7 +419,7 @@ impl Gateways {
                 self.reply(&gateway, reply_topic, &id, code, data);
             }
             "login" => {
-                let (code, data) = match self.login(engine, &gateway, &params, now) {
+                let (code, data) = match self.login(engine, secret_of, &gateway, &params, now) {
                     Ok(sub) => (200, device_json(&sub)),
                     Err((code, sub)) => (code, sub.as_ref().map_or(json!({}), device_json)),
                 };
@@ -431,7 +432,7 @@ impl Gateways {
                         let mut ok = Vec::new();
                         let mut first_error = None;
                         for entry in list {
-                            match self.login(engine, &gateway, entry, now) {
+                            match self.login(engine, secret_of, &gateway, entry, now) {
                                 Ok(sub) => ok.push(device_json(&sub)),
                                 Err((code, _)) => {
                                     first_error.get_or_insert(code);
@@ -471,7 +472,13 @@ impl Gateways {
         }
     }
 
-    fn topo_add(&mut self, engine: &Engine, gateway: &DeviceId, params: &Value) -> (u32, Value) {
+    fn topo_add(
+        &mut self,
+        engine: &Engine,
+        secret_of: &dyn Fn(&DeviceId) -> Option<String>,
+        gateway: &DeviceId,
+        params: &Value,
+    ) -> (u32, Value) {
         let Some(list) = params
             .as_array()
             .filter(|l| !l.is_empty() && l.len() <= MAX_TOPO_BATCH)
@@ -492,7 +499,7 @@ impl Gateways {
             if sub == *gateway {
                 return (6402, json!([]));
             }
-            let Some(secret) = engine.devices.get(&sub).map(|d| d.secret.clone()) else {
+            let Some(secret) = engine.devices.get(&sub).and_then(|_| secret_of(&sub)) else {
                 return (6100, json!([]));
             };
             if let Err(code) = check_sign(entry, &secret) {
@@ -550,6 +557,7 @@ impl Gateways {
     fn login(
         &mut self,
         engine: &mut Engine,
+        secret_of: &dyn Fn(&DeviceId) -> Option<String>,
         gateway: &DeviceId,
         params: &Value,
         now: Instant,
@@ -571,7 +579,7 @@ impl Gateways {
         let secret = engine
             .devices
             .get(&sub)
-            .map(|d| d.secret.clone())
+            .and_then(|_| secret_of(&sub))
             .ok_or_else(|| fail(6100))?;
         if !self.topology.get(gateway).is_some_and(|t| t.contains(&sub)) {
             return Err(fail(6401));

@@ -47,7 +47,6 @@ pub(crate) fn short_desc(desc: Option<String>) -> Option<String> {
 }
 
 pub(crate) struct Device {
-    pub(crate) secret: String,
     pub(crate) online: bool,
     /// Open MQTT connections through the simulator's own ports.
     pub(crate) connections: u32,
@@ -131,7 +130,7 @@ impl Engine {
         }
     }
 
-    pub(crate) fn add_device(&mut self, id: DeviceId, secret: String) -> Result<(), Error> {
+    pub(crate) fn add_device(&mut self, id: DeviceId) -> Result<(), Error> {
         // Topic wildcards and separators, and the `&`/`|` that delimit the login fields.
         let bad = |s: &str| s.is_empty() || s.contains(['/', '+', '#', '\0', '&', '|']);
         if bad(&id.product_key) || bad(&id.device_name) {
@@ -141,7 +140,6 @@ impl Engine {
             return Err(Error::DuplicateDevice(id.to_string()));
         }
         let device = Device {
-            secret,
             online: false,
             connections: 0,
             versions: BTreeMap::new(),

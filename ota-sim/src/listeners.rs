@@ -150,6 +150,7 @@ impl Listeners {
                 addr,
                 transports: self.transports.clone(),
                 events: events.clone(),
+                logins: Arc::new(tokio::sync::Semaphore::new(crate::front::MAX_LOGINS)),
             };
             let ports = [(self.mqtt, None), (self.mqtts, acceptor.clone())];
             for (listener, tls) in ports {

@@ -31,6 +31,51 @@ enum Command {
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
     Demo(DemoArgs),
+    /// Drive a running `serve` with its devices at once, as light raw-MQTT devices in this
+    /// process (one session and one HTTP Range fetch each); print time, throughput and the
+    /// simulator's memory.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The info file of the running `ota-sim serve` (its devices are used).
+    #[arg(long, value_name = "PATH")]
+    info_file: PathBuf,
+    /// Drive only the first N devices of the info file.
+    #[arg(long, value_name = "N")]
+    devices: Option<usize>,
+    /// Connections opened at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Downloads at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    fetch_concurrency: usize,
+    /// Seconds a device waits for its push.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    push_timeout: u64,
+    /// Keep at most N sessions open at once (a device done closes its session); default:
+    /// all devices' sessions open together until the last one is done.
+    #[arg(long, value_name = "N")]
+    at_once: Option<usize>,
+}
+
+fn load(args: LoadArgs) -> Result<(), Failure> {
+    let options = ota_sim::load::LoadOptions {
+        info_file: args.info_file,
+        devices: args.devices,
+        connect_concurrency: args.connect_concurrency,
+        fetch_concurrency: args.fetch_concurrency,
+        push_timeout: Duration::from_secs(args.push_timeout),
+        at_once: args.at_once,
+    };
+    let report = ota_sim::load::run(&options).map_err(|e| Failure(1, e))?;
+    print!("{}", report.summary());
+    if report.succeeded < report.devices {
+        let failed = report.devices - report.succeeded;
+        return Err(Failure(1, format!("{failed} device(s) did not finish")));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -190,6 +235,10 @@ struct DemoArgs {
     /// With --gateway: most sub-devices downloading at once.
     #[arg(long, value_name = "N", default_value_t = 3, requires = "gateway")]
     max_parallel: usize,
+    /// Devices connect over MQTT-TLS and download over HTTPS, trusting only the simulator's
+    /// generated RSA root (the chain `serve --tls` presents).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
@@ -205,6 +254,7 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         size: args.size,
         rate: args.rate,
         signed: args.signed,
+        tls: args.tls,
         ..ota_sim::demo::DemoOptions::default()
     };
     let rows = ota_sim::demo::run(&options).map_err(|e| Failure(1, e))?;
@@ -279,6 +329,8 @@ struct GatewayInfo {
 /// What a device or a test harness needs to talk to this simulator.
 #[derive(Serialize)]
 struct Info<'a> {
+    /// The simulator's process id (its memory can be read in /proc).
+    pid: u32,
     mqtt_host: &'a str,
     mqtt_port: u16,
     http_base_url: &'a str,
@@ -330,7 +382,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = match e.kind() {
                 clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    "missing subcommand (serve, demo)".to_owned()
+                    "missing subcommand (serve, demo, load)".to_owned()
                 }
                 _ => {
                     // clap's message is the first paragraph; the rest is usage.
@@ -349,6 +401,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Demo(args) => demo(args),
+        Command::Load(args) => load(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -469,6 +522,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     }
     init_logging();
+    // Three descriptors per device session (see ota_sim::raise_open_files), and some spare.
+    ota_sim::raise_open_files(u64::from(args.devices) * 3 + 1024);
     let broker = match &args.broker_url {
         Some(url) => BrokerConfig::External { url: url.clone() },
         None => BrokerConfig::Embedded {
@@ -586,6 +641,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         _ => None,
     };
     let info = Info {
+        pid: std::process::id(),
         mqtt_host: sim.mqtt_host(),
         mqtt_port: sim.mqtt_port(),
         http_base_url: sim.http_base_url(),

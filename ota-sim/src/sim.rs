@@ -82,25 +82,18 @@ impl Sim {
                 let transports = listeners.transports.clone();
                 let check = Box::new(move |client_id: &str, user: &str, pass: &str| {
                     let over_tls = transports.take_tls(client_id);
-                    let result = verify_login(client_id, user, pass, |d| {
-                        let shared = check_shared.upgrade()?;
-                        let world = shared.lock();
-                        world.engine.devices.get(d).map(|d| d.secret.clone())
-                    });
+                    // The broker's threads never wait for the world lock: under load the
+                    // engine holds it, and a login that waits too long is dropped.
+                    let result =
+                        verify_login(client_id, user, pass, |d| check_shared.upgrade()?.secret(d));
                     match result {
                         Ok(device) => {
                             tracing::info!(
                                 "{device} logged in{}",
                                 if over_tls { " over TLS" } else { "" }
                             );
-                            if let Some(shared) = check_shared.upgrade() {
-                                let tls_devices = &mut shared.lock().engine.over_tls;
-                                match over_tls {
-                                    true => tls_devices.insert(device.clone()),
-                                    false => tls_devices.remove(&device),
-                                };
-                            }
-                            let _ = logins.send(Input::Login(device));
+                            // Before the CONNACK, so before anything the device sends.
+                            let _ = logins.send(Input::Login(device, over_tls));
                             true
                         }
                         Err(e) => {
@@ -227,7 +220,8 @@ impl Sim {
 
     /// Registers a device with a chosen identity and secret.
     pub fn add_device_with(&self, id: DeviceId, secret: &str) -> Result<DeviceInfo, Error> {
-        self.with_world(|w| w.engine.add_device(id.clone(), secret.to_owned()))?;
+        self.with_world(|w| w.engine.add_device(id.clone()))?;
+        self.shared.add_secret(&id, secret);
         Ok(DeviceInfo {
             id,
             device_secret: secret.to_owned(),
@@ -372,6 +366,16 @@ impl Sim {
     /// The steps of [`Sim::progress`].
     pub fn progress_steps(&self, device: impl AsRef<DeviceId>) -> Vec<i64> {
         self.progress(device).iter().map(|p| p.step).collect()
+    }
+
+    /// Whether the device counts as online (see the crate docs).
+    pub fn is_online(&self, device: impl AsRef<DeviceId>) -> bool {
+        let world = self.shared.lock();
+        world
+            .engine
+            .devices
+            .get(device.as_ref())
+            .is_some_and(|d| d.online)
     }
 
     /// The version a device last reported for a module.

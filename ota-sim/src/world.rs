@@ -24,7 +24,8 @@ pub(crate) enum Input {
         topic: String,
         payload: Vec<u8>,
     },
-    Login(DeviceId),
+    /// A login checked out; whether it came over TLS.
+    Login(DeviceId, bool),
     /// A device's MQTT connection through a front was accepted.
     Connected(DeviceId),
     /// That connection ended.
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Condvar,
     pub(crate) signer: UrlSigner,
     publisher: OnceLock<Publisher>,
+    /// Device secrets, apart from the world so login checks never wait for the engine.
+    secrets: std::sync::RwLock<std::collections::HashMap<DeviceId, String>>,
 }
 
 impl Shared {
@@ -90,7 +93,20 @@ impl Shared {
             changed: Condvar::new(),
             signer,
             publisher: OnceLock::new(),
+            secrets: Default::default(),
         }
+    }
+
+    /// The secret of a registered device.
+    pub(crate) fn secret(&self, device: &DeviceId) -> Option<String> {
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        secrets.get(device).cloned()
+    }
+
+    /// Registers a device's secret for login checks.
+    pub(crate) fn add_secret(&self, device: &DeviceId, secret: &str) {
+        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        secrets.insert(device.clone(), secret.to_owned());
     }
 
     /// Sets how cloud messages leave; messages queued before are dropped with a warning.
@@ -141,7 +157,8 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
                 let World {
                     engine, gateways, ..
                 } = &mut *world;
-                gateways.handle(engine, &topic, &payload, now);
+                let secret_of = |device: &DeviceId| shared.secret(device);
+                gateways.handle(engine, &secret_of, &topic, &payload, now);
             }
             Ok(Input::Message { topic, payload }) => match messages::parse_uplink(&topic, &payload)
             {
@@ -165,11 +182,11 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
                 }
                 Err(e) => tracing::warn!("ignored message on {topic}: {e}"),
             },
-            Ok(Input::Login(device)) => {
+            Ok(Input::Login(device, tls)) => {
                 let World {
                     engine, gateways, ..
                 } = &mut *world;
-                engine.handle_login(&device);
+                engine.handle_login(&device, tls);
                 // A new connection of a gateway holds none of its old sub-device sessions.
                 gateways.gateway_connected(engine, &device);
             }

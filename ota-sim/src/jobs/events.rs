@@ -3,10 +3,15 @@
 use super::{Engine, Outbound};
 use crate::messages::{self, Uplink};
 use crate::model::*;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 impl Engine {
-    pub(crate) fn handle_login(&mut self, device: &DeviceId) {
+    /// A login checked out; its URLs are `https` when it came over TLS.
+    pub(crate) fn handle_login(&mut self, device: &DeviceId, tls: bool) {
+        match tls {
+            true => self.over_tls.insert(device.clone()),
+            false => self.over_tls.remove(device),
+        };
         self.saw_alive(device);
     }
 
@@ -83,6 +88,22 @@ impl Engine {
             },
             // Served by the block server, which owns the MQTT faults (see `world`).
             Uplink::Block(_) => {}
+            Uplink::Ntp { device_send_time } => {
+                let ms = |t: SystemTime| {
+                    t.duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                };
+                // `now` is when the engine took the request; the wall clock at that moment.
+                let received = ms(SystemTime::now()
+                    .checked_sub(now.elapsed())
+                    .unwrap_or(UNIX_EPOCH));
+                let payload =
+                    messages::ntp_payload(&device_send_time, received, ms(SystemTime::now()));
+                self.outbound.push(Outbound {
+                    topic: messages::ntp_response_topic(device),
+                    payload: payload.into_bytes(),
+                });
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 mod blocks;
 mod cli;
 mod cli_faults;
+mod demo_tls;
 mod device;
 mod download;
 mod external;

@@ -361,3 +361,92 @@ fn a_progress_storm_keeps_memory_status_and_log_bounded() {
     drop(tcp);
     drop(server);
 }
+
+/// The time service (docs/protocol.md §13) for a plain MQTT client: the reply echoes
+/// `deviceSendTime` as sent (string or number) and carries the server's receive and send
+/// times in ms, between the request and the reply by the wall clock.
+#[test]
+fn ntp_requests_are_answered_with_the_servers_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _lines, info) = serve_fw(dir.path(), &[]);
+    let d = &info["devices"][0];
+    let id = DeviceId::new(
+        d["product_key"].as_str().unwrap(),
+        d["device_name"].as_str().unwrap(),
+    );
+    let creds = Credentials::new(&id, d["device_secret"].as_str().unwrap());
+    let host = info["mqtt_host"].as_str().unwrap();
+    let port = info["mqtt_port"].as_u64().unwrap() as u16;
+    let mut dev = Device::connect(host, port, &id, &creds).unwrap();
+    let base = format!("/ext/ntp/{}/{}", id.product_key, id.device_name);
+    dev.subscribe_to(&format!("{base}/response"));
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    for request in [
+        r#"{"deviceSendTime":"1571724098000"}"#,
+        r#"{"deviceSendTime":42}"#,
+    ] {
+        let before = unix_ms();
+        dev.publish_raw(&format!("{base}/request"), request.as_bytes());
+        let (topic, reply) = dev.recv(WAIT).expect("an NTP reply");
+        let after = unix_ms();
+        assert_eq!(topic, format!("{base}/response"));
+        let sent: Value = serde_json::from_str(request).unwrap();
+        assert_eq!(reply["deviceSendTime"], sent["deviceSendTime"]);
+        let ms = |k: &str| reply[k].as_str().unwrap().parse::<u64>().unwrap();
+        let (recv, send) = (ms("serverRecvTime"), ms("serverSendTime"));
+        assert!(before <= recv && recv <= send && send <= after, "{reply}");
+    }
+    drop(server);
+}
+
+/// A device whose connection ended gets no push: a job created while it is offline leaves
+/// its task QUEUED with no push, and it is pushed when the device is back and reports.
+#[test]
+fn an_offline_device_gets_no_push_until_it_is_back() {
+    use ota_sim::{JobSpec, PackageSpec, TaskState};
+    let sim = crate::sim();
+    let info = sim.add_device().unwrap();
+    // A raw session, so that dropping it closes the socket at once.
+    let creds = info.credentials();
+    let mut tcp = TcpStream::connect((sim.mqtt_host(), sim.mqtt_port())).unwrap();
+    tcp.write_all(&connect_packet(
+        &creds.client_id,
+        &creds.username,
+        &creds.password,
+    ))
+    .unwrap();
+    let mut connack = [0u8; 4];
+    tcp.read_exact(&mut connack).unwrap();
+    let (pk, dn) = (&info.id.product_key, &info.id.device_name);
+    let inform = r#"{"id":"1","params":{"version":"1.0.0"}}"#;
+    tcp.write_all(&publish_packet(
+        &format!("/ota/device/inform/{pk}/{dn}"),
+        inform.as_bytes(),
+    ))
+    .unwrap();
+    sim.wait_version(&info, ota_sim::DEFAULT_MODULE, "1.0.0", WAIT)
+        .unwrap();
+    assert!(sim.is_online(&info));
+    drop(tcp);
+    let start = Instant::now();
+    while sim.is_online(&info) {
+        assert!(start.elapsed() < WAIT, "still online");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let package = sim
+        .add_package(PackageSpec::new("2.0.0", firmware(1_000)))
+        .unwrap();
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    let task = sim.task(job, &info).unwrap();
+    assert_eq!((task.state, task.pushes), (TaskState::Queued, 0));
+    let mut dev = Device::online(&sim, &info);
+    dev.inform("1.0.0");
+    assert_eq!(dev.expect_push()["data"]["version"], "2.0.0");
+    let task = sim.task(job, &info).unwrap();
+    assert_eq!((task.state, task.pushes), (TaskState::Notified, 1));
+}
