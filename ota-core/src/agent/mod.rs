@@ -828,6 +828,7 @@ impl Agent {
             let module = self.outbox.stash(image.module.as_bytes());
             self.outbox.push(Queued::Confirm(module));
             self.clear_record_wanted = true;
+            self.publish_inform_for(&image.module);
             self.notify(Note::Succeeded(image.version));
             return;
         }
@@ -1056,6 +1057,11 @@ impl Agent {
             return;
         };
         if !self.online {
+            return;
+        }
+        if matches!(&self.state, State::CheckingHealth { image, .. } if image.module == module) {
+            // The cloud marks the task succeeded on this report alone: it waits for the
+            // health verdict, so that a rollback is never preceded by a success.
             return;
         }
         let version = String::from(version);

@@ -173,7 +173,7 @@ pub struct World {
     pub online: bool,
     pub reply_to_requests: bool,
     inbox: VecDeque<Event<'static>>,
-    messages: VecDeque<(String, Vec<u8>)>,
+    pub(crate) messages: VecDeque<(String, Vec<u8>)>,
     http: Option<HttpStream>,
     pending_body: Option<(FetchId, Vec<u8>)>,
     pub steps: usize,
