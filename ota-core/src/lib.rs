@@ -77,6 +77,7 @@ pub mod error;
 pub mod identity;
 pub mod mqtt_frame;
 pub mod record;
+pub mod roots;
 pub mod signature;
 pub mod task;
 pub mod time;

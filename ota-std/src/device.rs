@@ -68,13 +68,13 @@ pub fn run_until_reboot(
     let (tx, rx) = mpsc::channel();
     stopper.install(tx.clone());
     let http = Http::new(
-        config.https_trust.ureq_config()?,
+        config.https_trust.ureq_config(config.tls_backend)?,
         config.agent.stall_timeout,
         config.read_buffer,
         tx.clone(),
     )?;
     let tls = match &config.mqtt_tls {
-        Some(trust) => Some(trust.rustls_config()?),
+        Some(trust) => Some(crate::tls::mqtt_tls(trust, config.tls_backend)?),
         None => None,
     };
     let mqtt = Mqtt::start(

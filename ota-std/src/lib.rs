@@ -55,7 +55,7 @@ mod writer;
 pub use config::{DeviceConfig, Health, ModuleConfig, Reboot};
 pub use device::run_until_reboot;
 pub use storage::{Activation, RunningVersion, Slot};
-pub use tls::Trust;
+pub use tls::{TlsBackend, Trust};
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};

@@ -22,7 +22,7 @@ pub(crate) struct MqttSettings {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) login: Login,
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) tls: Option<TlsConfiguration>,
     pub(crate) keep_alive: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
@@ -93,9 +93,7 @@ impl Mqtt {
             .set_max_packet_size(settings.max_incoming, MAX_OUTGOING)
             .set_clean_session(true);
         if let Some(tls) = &settings.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
+            options.set_transport(Transport::tls_with_config(tls.clone()));
         }
         let (client, mut connection) = Client::new(options, 64);
         // Without TCP_NODELAY every QoS 1 round trip waits on Nagle and delayed ACKs.
