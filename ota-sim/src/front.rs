@@ -8,6 +8,7 @@
 use crate::messages::{download_reply_topic, get_reply_topic, upgrade_topic};
 use crate::mqtt_wire::{self, MAX_CONNECT, MAX_PACKET};
 use crate::{DeviceId, Error};
+use openssl::ssl::{Ssl, SslAcceptor};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_openssl::SslStream;
 
 /// Packet id of the front's own SUBSCRIBE. Devices count theirs up from 1, so this one is
 /// not in use in the moment the subscription is made.
@@ -64,7 +65,7 @@ pub(crate) enum Upstream {
 /// One listening port.
 pub(crate) struct Front {
     pub(crate) listener: std::net::TcpListener,
-    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<Arc<SslAcceptor>>,
     pub(crate) upstream: Upstream,
 }
 
@@ -109,7 +110,7 @@ async fn accept_loop(front: Front) {
         tokio::spawn(async move {
             let result = match tls {
                 None => forward(tcp, false, &upstream).await,
-                Some(acceptor) => match acceptor.accept(tcp).await {
+                Some(acceptor) => match handshake(&acceptor, tcp).await {
                     Ok(stream) => forward(stream, true, &upstream).await,
                     Err(e) => Err(io::Error::other(format!("TLS handshake: {e}"))),
                 },
@@ -119,6 +120,18 @@ async fn accept_loop(front: Front) {
             }
         });
     }
+}
+
+/// Ends TLS on an accepted connection; a client that stalls mid-handshake is dropped.
+async fn handshake(acceptor: &SslAcceptor, tcp: TcpStream) -> io::Result<SslStream<TcpStream>> {
+    let ssl = Ssl::new(acceptor.context()).map_err(io::Error::other)?;
+    let mut stream = SslStream::new(ssl, tcp).map_err(io::Error::other)?;
+    let accept = std::pin::Pin::new(&mut stream).accept();
+    tokio::time::timeout(CONNECT_TIMEOUT, accept)
+        .await
+        .map_err(|_| io::Error::other("no handshake in time"))?
+        .map_err(io::Error::other)?;
+    Ok(stream)
 }
 
 async fn forward<S>(client: S, tls: bool, upstream: &Upstream) -> io::Result<()>

@@ -18,7 +18,9 @@
 //!
 //! Behaviour worth knowing when testing a device against it:
 //! * With [`SimConfig::tls`] it also listens for MQTT over TLS ([`Sim::mqtts_port`]) and
-//!   HTTPS; devices trust [`Sim::ca_pem`]. Plain and TLS devices share the simulator: both
+//!   HTTPS; devices trust [`Sim::ca_pem`]. The generated chain is RSA-2048 (root, intermediate,
+//!   leaf) and TLS 1.2 offers static-RSA and ECDHE-RSA suites with AES-CBC and AES-GCM, as the
+//!   official SDKs need; [`TlsOptions`] chooses an ECDSA chain, the versions and the suites. Plain and TLS devices share the simulator: both
 //!   MQTT ports lead to one broker, and a device whose latest login came over TLS gets
 //!   `https` URLs, any other `http` ones.
 //! * A client id carrying `_ss=1` is subscribed by the simulator to its OTA downlink topics
@@ -93,7 +95,7 @@ pub use package_signing::{signing_keys, PackageSigner};
 pub use sessions::SessionRecord;
 pub use signing::UrlError;
 pub use sim::Sim;
-pub use tls::SimTls;
+pub use tls::{SimTls, TlsKey, TlsOptions, TlsVersions, DEFAULT_CIPHERS};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -167,6 +169,8 @@ pub struct SimConfig {
     pub product_key: String,
     /// Also listen for MQTT over TLS and HTTPS, with this certificate (embedded broker only).
     pub tls: Option<SimTls>,
+    /// The generated chain's key type and names, and the TLS versions and ciphers offered.
+    pub tls_options: TlsOptions,
     /// MQTT-over-TLS port when `tls` is set; 0 picks a free one.
     pub mqtts_port: u16,
     /// HTTPS firmware server port when `tls` is set; 0 picks a free one.
@@ -182,6 +186,7 @@ impl Default for SimConfig {
             url_ttl: Duration::from_secs(30 * 60),
             product_key: "a1OtaSimPK1".to_owned(),
             tls: None,
+            tls_options: TlsOptions::default(),
             mqtts_port: 0,
             https_port: 0,
         }

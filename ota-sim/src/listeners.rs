@@ -32,7 +32,11 @@ impl Listeners {
         config: &SimConfig,
         embedded: bool,
     ) -> Result<(TcpListener, Listeners), Error> {
-        let identity = config.tls.as_ref().map(Identity::new).transpose()?;
+        let identity = config
+            .tls
+            .as_ref()
+            .map(|tls| Identity::new(tls, &config.tls_options))
+            .transpose()?;
         if identity.is_some() && !embedded {
             return Err(Error::Tls("TLS needs the embedded broker".into()));
         }
@@ -94,7 +98,7 @@ impl Listeners {
 
     /// The fronts to run, once the broker listens at `broker` (embedded only).
     pub(crate) fn fronts(self, broker: Option<SocketAddr>) -> Vec<Front> {
-        let acceptor = self.identity.map(|i| i.acceptor);
+        let acceptor = self.identity.map(|i| Arc::new(i.acceptor));
         let mut fronts = Vec::new();
         if let Some(addr) = broker {
             let mqtt = Upstream::Mqtt {

@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ota_sim::{
     BrokerConfig, DeviceInfo, DownloadProtocol, FaultSpec, JobSpec, PackageSigner, PackageSpec,
-    SignMethod, Sim, SimConfig, SimTls,
+    SignMethod, Sim, SimConfig, SimTls, TlsKey, TlsOptions, TlsVersions,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -39,6 +39,21 @@ enum SignMethodArg {
 enum ProtocolArg {
     Http,
     Mqtt,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TlsKeyArg {
+    Rsa,
+    Ecdsa,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TlsVersionsArg {
+    #[value(name = "1.2")]
+    V12,
+    #[value(name = "1.3")]
+    V13,
+    Both,
 }
 
 #[derive(Args)]
@@ -85,12 +100,29 @@ struct ServeArgs {
     /// info file, for the devices' --signing-key.
     #[arg(long, requires = "info_file")]
     sign: bool,
-    /// Also listen for MQTT over TLS and HTTPS, with a CA and server certificate made at start
-    /// for 127.0.0.1 and localhost (ECDSA P-256; TLS 1.3 and 1.2). The CA is written to
-    /// ota-sim-ca.pem beside the info file (or in the current directory) and named in the info
-    /// file as ca_pem_path. Devices that log in over TLS get https URLs, others http.
+    /// Also listen for MQTT over TLS and HTTPS, with a chain made at start as the platform's
+    /// is shaped: an RSA-2048 root, an intermediate and a leaf for 127.0.0.1, localhost and
+    /// --tls-name; TLS 1.3 and 1.2 with ECDHE-RSA and static-RSA key exchange, AES-GCM and
+    /// AES-CBC. The root is written to ota-sim-ca.pem beside the info file (or in the current
+    /// directory) and named in the info file as ca_pem_path. Devices that log in over TLS get
+    /// https URLs, others http.
     #[arg(long)]
     tls: bool,
+    /// Key type of the generated chain: rsa (root, intermediate, leaf) or ecdsa (P-256 root
+    /// and leaf, for TLS 1.3 clients without RSA).
+    #[arg(long, value_enum, default_value = "rsa", requires = "tls")]
+    tls_key: TlsKeyArg,
+    /// Extra host name or IP address of the generated leaf certificate (repeatable).
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    tls_names: Vec<String>,
+    /// TLS versions accepted.
+    #[arg(long, value_enum, default_value = "both", requires = "tls")]
+    tls_versions: TlsVersionsArg,
+    /// OpenSSL cipher list for TLS 1.2 instead of the default (e.g. AES128-SHA:AES128-SHA256
+    /// for legacy suites only); TLS 1.3 names in it (TLS_AES_128_GCM_SHA256) pick the TLS 1.3
+    /// suites.
+    #[arg(long, value_name = "LIST", requires = "tls")]
+    tls_ciphers: Option<String>,
     /// MQTT-over-TLS port (0 picks a free one).
     #[arg(long, value_name = "P", default_value_t = 8883, requires = "tls")]
     mqtts_port: u16,
@@ -173,6 +205,19 @@ struct Info<'a> {
     https_base_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_pem_path: Option<PathBuf>,
+    /// With --tls: what the listeners present and offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsInfo>,
+}
+
+/// The TLS choices, as the info file names them.
+#[derive(Serialize)]
+struct TlsInfo {
+    /// `rsa` or `ecdsa` for a generated chain, `files` for --cert/--key.
+    key: &'static str,
+    names: Vec<String>,
+    versions: TlsVersions,
+    ciphers: String,
 }
 
 /// A failure worth one line on stderr, with its exit code.
@@ -313,6 +358,32 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }),
         _ => args.tls.then_some(SimTls::Generated),
     };
+    let tls_options = TlsOptions {
+        key: match args.tls_key {
+            TlsKeyArg::Rsa => TlsKey::Rsa,
+            TlsKeyArg::Ecdsa => TlsKey::Ecdsa,
+        },
+        names: args.tls_names.clone(),
+        versions: match args.tls_versions {
+            TlsVersionsArg::V12 => TlsVersions::Tls12,
+            TlsVersionsArg::V13 => TlsVersions::Tls13,
+            TlsVersionsArg::Both => TlsVersions::Both,
+        },
+        ciphers: args.tls_ciphers.clone(),
+    };
+    let tls_info = tls.as_ref().map(|tls| TlsInfo {
+        key: match (tls, tls_options.key) {
+            (SimTls::Files { .. }, _) => "files",
+            (_, TlsKey::Rsa) => "rsa",
+            (_, TlsKey::Ecdsa) => "ecdsa",
+        },
+        names: tls_options.names.clone(),
+        versions: tls_options.versions,
+        ciphers: tls_options
+            .ciphers
+            .clone()
+            .unwrap_or_else(|| ota_sim::DEFAULT_CIPHERS.to_owned()),
+    });
     let config = SimConfig {
         broker,
         http_port: args.http_port,
@@ -320,6 +391,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         mqtts_port: args.mqtts_port,
         https_port: args.https_port,
         tls,
+        tls_options,
         ..SimConfig::default()
     };
     let sim = Sim::start(config).map_err(|e| Failure(1, format!("cannot start: {e}")))?;
@@ -370,6 +442,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         mqtts_port: sim.mqtts_port(),
         https_base_url: sim.https_base_url(),
         ca_pem_path,
+        tls: tls_info,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Failure(1, e.to_string()))?;
     match &args.info_file {

@@ -7,7 +7,7 @@ use ota_embedded::{
     Connect, ConnectError, MqttClient, MqttError, MqttTransport, Security, TcpConnector,
     TlsConnector,
 };
-use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, SimTls, TaskState};
+use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, SimTls, TaskState, TlsKey, TlsOptions};
 
 use crate::support::{
     der_of_pem, image, Device, LoopbackDns, SessionEnd, TokioClock, TokioStack, Wall, SECTOR, WAIT,
@@ -15,9 +15,15 @@ use crate::support::{
 use crate::transport::{login, run};
 use crate::{assert_installed, assert_monotone_progress, finish_upgrade, NEW, OLD};
 
+/// The ECDSA chain: this TLS client speaks TLS 1.3 with P-256 only (the simulator's default
+/// chain is RSA, as the platform's).
 fn tls_sim() -> Sim {
     Sim::start(SimConfig {
         tls: Some(SimTls::Generated),
+        tls_options: TlsOptions {
+            key: TlsKey::Ecdsa,
+            ..TlsOptions::default()
+        },
         ..SimConfig::default()
     })
     .unwrap()

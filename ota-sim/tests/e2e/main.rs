@@ -15,6 +15,7 @@ mod multi_file;
 mod push;
 mod sdk;
 mod tls;
+mod tls_suites;
 
 use ota_sim::{Sim, SimConfig};
 

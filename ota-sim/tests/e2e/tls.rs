@@ -1,7 +1,7 @@
-//! The TLS listeners as a small TLS 1.3-only client sees them: the generated chain is ECDSA
-//! P-256, MQTT over TLS reaches the broker's login, HTTPS reaches the firmware server.
+//! The TLS listeners as a small TLS 1.3-only client sees them: `TlsKey::Ecdsa` makes an ECDSA
+//! P-256 chain, MQTT over TLS reaches the broker's login, HTTPS reaches the firmware server.
 
-use ota_sim::{Sim, SimConfig, SimTls};
+use ota_sim::{Sim, SimConfig, SimTls, TlsKey, TlsOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
@@ -11,6 +11,10 @@ use std::sync::Arc;
 fn tls_sim() -> Sim {
     let config = SimConfig {
         tls: Some(SimTls::Generated),
+        tls_options: TlsOptions {
+            key: TlsKey::Ecdsa,
+            ..TlsOptions::default()
+        },
         ..SimConfig::default()
     };
     Sim::start(config).unwrap()
