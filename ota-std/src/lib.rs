@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod check;
 mod config;
 mod device;
 pub mod file;
@@ -50,6 +51,7 @@ pub mod signing_key;
 mod slots;
 mod storage;
 mod tls;
+pub mod tls_session;
 mod writer;
 
 pub use config::{DeviceConfig, Health, ModuleConfig, Reboot};
