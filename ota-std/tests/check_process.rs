@@ -5,13 +5,11 @@
 
 #![cfg(feature = "openssl")]
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 
 use ota_sim::{DeviceInfo, PackageSpec, Sim, SimConfig, SimTls, TlsKey, TlsOptions, TlsVersions};
 
-use common::AGENT;
+const AGENT: &str = env!("CARGO_BIN_EXE_ota-agent");
 
 /// A simulator whose TLS listeners present `key` and offer `versions` and `ciphers`.
 fn sim_with(key: TlsKey, versions: TlsVersions, ciphers: Option<&str>) -> Sim {
