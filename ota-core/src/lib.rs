@@ -76,6 +76,7 @@ pub mod downlink;
 pub mod error;
 pub mod identity;
 pub mod mqtt_frame;
+pub mod ntp;
 pub mod record;
 pub mod roots;
 pub mod signature;
