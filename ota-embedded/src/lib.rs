@@ -77,6 +77,7 @@
 //!
 //! The traits use `async fn` without `Send` bounds: firmware executors run tasks on one core.
 #![allow(async_fn_in_trait)]
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
@@ -89,6 +90,7 @@ mod http;
 pub mod login;
 pub mod mqtt;
 pub mod record;
+mod time_sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
@@ -97,7 +99,7 @@ pub mod transport;
 mod testflash;
 
 pub use boot::Bootloader;
-pub use clock::Clock;
+pub use clock::{Clock, SyncedClock};
 pub use connect::{Connect, ConnectError, Security, TcpConnector};
 pub use driver::{Application, Driver, Error, Exit, Parts, Settings};
 pub use flash::{FlashError, Slot};
