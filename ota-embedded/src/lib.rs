@@ -1,8 +1,9 @@
 #![no_std]
 // Plain-only builds have no unsafe code at all; the `tls` feature lends its record buffers to
-// successive sessions in one small module (`tls::lend`, which says why).
-#![cfg_attr(not(feature = "tls"), forbid(unsafe_code))]
-#![cfg_attr(feature = "tls", deny(unsafe_code))]
+// successive sessions in one small module (`tls::lend`, which says why), and the `mbedtls`
+// feature installs mbedTLS's wall-clock hook (one call, `mbedtls::install_wall_clock`).
+#![cfg_attr(not(any(feature = "tls", feature = "mbedtls")), forbid(unsafe_code))]
+#![cfg_attr(any(feature = "tls", feature = "mbedtls"), deny(unsafe_code))]
 #![deny(missing_docs)]
 //! The `#![no_std]` async adapter of [`ota_core`]: a [`Driver`] that owns the agent and
 //! serves its actions on embedded peripherals.
@@ -88,6 +89,8 @@ pub mod driver;
 pub mod flash;
 mod http;
 pub mod login;
+#[cfg(feature = "mbedtls")]
+pub mod mbedtls;
 pub mod mqtt;
 pub mod record;
 mod time_sync;

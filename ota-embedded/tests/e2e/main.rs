@@ -2,6 +2,8 @@
 //! implementations: MQTT login and push, HTTP download into a RAM NOR flash, activation,
 //! reboot, health check and confirmation; a power cut mid-download; an expired URL.
 
+#[cfg(feature = "mbedtls")]
+mod mbedtls;
 #[cfg(feature = "signature")]
 mod signing;
 mod support;
