@@ -115,6 +115,10 @@ fn pem_block(der: &[u8], out: &mut Vec<u8>) {
 /// because mbedTLS's clock hook is one C function for the whole library.
 static UNIX_SECONDS: AtomicU32 = AtomicU32::new(0);
 
+/// What the hook says before any time is known (2026-01-01): any time will do, the date
+/// flags are not used then.
+const STAND_IN_SECONDS: u32 = 1_767_225_600;
+
 struct WallClock;
 
 impl sys::hook::wall_clock::MbedtlsWallClock for WallClock {
@@ -226,11 +230,20 @@ impl<'a, T: TcpConnect, D: Dns, C: Clock> Connect for MbedtlsConnector<'a, T, D,
         name.push(0);
         let name = CStr::from_bytes_with_nul(&name)
             .map_err(|_| ConnectError::Handshake("TLS: host name holds a NUL byte"))?;
-        // Seconds fit u32 until 2106. An unknown time leaves the hook as it is: the date
-        // flags are ignored below either way.
+        // Seconds fit u32 until 2106. mbedTLS aborts the verification when its clock hook
+        // has no time, so before the time is known the hook gets a stand-in (the date flags
+        // it raises are ignored below); a time once known is never replaced by it.
         let now = self.clock.unix_time().and_then(|s| u32::try_from(s).ok());
-        if let Some(secs) = now {
-            UNIX_SECONDS.store(secs, Ordering::Relaxed);
+        match now {
+            Some(secs) => UNIX_SECONDS.store(secs, Ordering::Relaxed),
+            None => {
+                let _ = UNIX_SECONDS.compare_exchange(
+                    0,
+                    STAND_IN_SECONDS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
         }
         let mut config = ClientSessionConfig::new();
         config.ca_chain = Some(self.cas.0.clone());

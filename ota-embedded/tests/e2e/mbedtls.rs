@@ -176,7 +176,119 @@ fn a_download_from_a_server_of_another_ca_is_refused_and_nothing_is_written() {
     assert!(!device.boot.state.lock().unwrap().updated);
 }
 
-/// A CA (DER) and a server certificate for localhost it signed, valid only in 2020.
+/// Answers every time request on the simulator's broker as the platform does (docs/protocol.md
+/// §13), from another MQTT client; sends each request's payload to the receiver.
+fn answer_time_requests(sim: &Sim) -> std::sync::mpsc::Receiver<String> {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let other = sim.add_device().unwrap();
+    let creds = other.credentials();
+    // Without `_ss=1`: this client gets only what it subscribes to.
+    let client_id = creds.client_id.replace("_ss=1,", "");
+    let mut options = MqttOptions::new(client_id, sim.mqtt_host(), sim.mqtt_port());
+    options.set_credentials(creds.username, creds.password);
+    let (client, mut connection) = Client::new(options, 8);
+    client
+        .subscribe("/ext/ntp/+/+/request", QoS::AtMostOnce)
+        .unwrap();
+    let (requests, received) = std::sync::mpsc::channel();
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = subscribed_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let request = String::from_utf8_lossy(&p.payload).into_owned();
+                    let sent = request
+                        .split("\"deviceSendTime\":\"")
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis();
+                    let reply = format!(
+                        r#"{{"deviceSendTime":"{sent}","serverRecvTime":"{now}","serverSendTime":"{now}"}}"#
+                    );
+                    let topic = p.topic.replace("/request", "/response");
+                    if client
+                        .publish(topic, QoS::AtMostOnce, false, reply)
+                        .is_err()
+                        || requests.send(request).is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    subscribed
+        .recv_timeout(WAIT)
+        .expect("the responder subscribed");
+    received
+}
+
+#[test]
+fn the_platform_time_learnt_after_connecting_makes_the_download_check_dates() {
+    // Every certificate expired in 2020. The device does not know the date: its MQTT session
+    // connects (dates unchecked), asks the time, and its HTTPS download, a later connection,
+    // is then refused as expired, with nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, files) = expired_chain(dir.path());
+    let sim = Sim::start(SimConfig {
+        tls: Some(files),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let time_requests = answer_time_requests(&sim);
+    let info = sim.add_device().unwrap();
+    let package = sim
+        .add_package(PackageSpec::new(NEW, image(4 * SECTOR)))
+        .unwrap();
+    let (mut device, _booted) = Device::new_tls(&sim, info);
+    device.ca = Some(ca);
+    device.mqtt_host = "localhost".into();
+    device.tls_lib = TlsLib::Mbedtls { tls12_only: false };
+    device.wall = Wall::Unknown;
+    device.ask_time = true;
+
+    let (session, stop) = device.boot(OLD);
+    let request = time_requests
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("no time request; device log {:?}", device.log()));
+    assert!(request.starts_with(r#"{"deviceSendTime":""#), "{request}");
+    // The task comes once the reply (sent before the request was handed over) has crossed
+    // the loopback broker; the push then finds the clock set.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let job = sim.create_job(JobSpec::batch(package)).unwrap();
+    sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
+        .unwrap();
+    let _ = stop.send(());
+    assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
+
+    let log = device.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("failed") && l.contains("expired")),
+        "{log:?}"
+    );
+    assert!(
+        device.slot.bytes().iter().all(|&b| b == 0xFF),
+        "slot untouched"
+    );
+    assert!(
+        sim.downloads(&device.info).is_empty(),
+        "no request got through"
+    );
+}
+
+/// A CA (DER) and a server certificate for localhost and 127.0.0.1 it signed, valid only in
+/// 2020.
 fn expired_chain(dir: &std::path::Path) -> (Vec<u8>, SimTls) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -186,7 +298,8 @@ fn expired_chain(dir: &std::path::Path) -> (Vec<u8>, SimTls) {
     let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut server = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let mut server = rcgen::CertificateParams::new(names).unwrap();
     server.not_before = rcgen::date_time_ymd(2020, 1, 1);
     server.not_after = rcgen::date_time_ymd(2020, 12, 31);
     let cert = server.signed_by(&key, &issuer).unwrap();
