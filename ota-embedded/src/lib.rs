@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | subscribe, publish | an [`MqttTransport`]: [`MqttClient`] (MQTT 3.1.1 over a [`Connect`]or) or your own |
 //! | fetch from an offset | reqwless's HTTP framing (`Range: bytes=N-`, sized or chunked bodies) over a stream of a [`Connect`]or |
-//! | the streams | [`TcpConnector`] (any `embedded-nal-async` stack), `tls::TlsConnector` (feature `tls`: TLS 1.3, see the `tls` module), or your own [`Connect`] |
+//! | the streams | [`TcpConnector`] (any `embedded-nal-async` stack), `mbedtls::MbedtlsConnector` (feature `mbedtls`: TLS 1.2/1.3 with RSA chains, what the platform speaks), `tls::TlsConnector` (feature `tls`: TLS 1.3 with ECDSA only), or your own [`Connect`] |
 //! | write a block | [`Slot`] on an `embedded-storage-async` `NorFlash` (erase, write, pad; see [`flash`] for the block rule) |
 //! | save / clear the record | [`RecordStore`]: two alternating copies with sequence numbers and a CRC |
 //! | activate, confirm, roll back, reboot | a [`Bootloader`] (embassy-boot's `FirmwareState` fits) |
