@@ -98,7 +98,8 @@ pub(crate) fn start_embedded(
     });
     let config = rumqttd::Config {
         router: RouterConfig {
-            max_connections: 10_000,
+            // 10,000 devices and the cloud's own link; slots are allocated up front.
+            max_connections: 20_000,
             max_outgoing_packet_count: 200,
             max_segment_size: 1 << 20,
             max_segment_count: 10,
@@ -142,6 +143,10 @@ fn wait_listening(addr: SocketAddr) -> Result<(), Error> {
     Ok(())
 }
 
+/// Hands what devices publish to the engine. When the link's buffer fills up (200 messages,
+/// e.g. a thousand devices reporting at once), rumqttd stops forwarding to it and says so with
+/// `Unschedule`: the link must ask to be scheduled again once it took the buffer, or the cloud
+/// never hears from any device again.
 fn forward_link(mut rx: LinkRx, inbound: Sender<Input>) {
     loop {
         match rx.recv() {
@@ -149,6 +154,12 @@ fn forward_link(mut rx: LinkRx, inbound: Sender<Input>) {
                 let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
                 let payload = f.publish.payload.to_vec();
                 if inbound.send(Input::Message { topic, payload }).is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if let Err(e) = rx.ready() {
+                    tracing::error!("broker link closed: {e}");
                     return;
                 }
             }

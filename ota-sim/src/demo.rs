@@ -33,6 +33,9 @@ pub struct DemoOptions {
     /// Sign the package with a fresh key (the secure upgrade); one device (the second) gets
     /// a wrong signature once.
     pub signed: bool,
+    /// Devices use MQTT over TLS and HTTPS (no plain http), trusting only the simulator's
+    /// generated root (the platform-shaped RSA chain).
+    pub tls: bool,
 }
 
 impl Default for DemoOptions {
@@ -44,6 +47,7 @@ impl Default for DemoOptions {
             rate: 4 * 1024 * 1024,
             timeout: Duration::from_secs(120),
             signed: false,
+            tls: false,
         }
     }
 }
@@ -67,6 +71,10 @@ pub struct DemoRow {
     pub fault: Option<(&'static str, bool)>,
     /// On the target version, installed image verified.
     pub ok: bool,
+    /// What the simulator saw of a device that did not finish: its task (state, pushes),
+    /// whether it was online and what version it reported, e.g. "task QUEUED, 0 pushes,
+    /// offline, reported 1.0.0".
+    pub cloud: String,
 }
 
 /// A device's row, with a signal for every change.
@@ -90,7 +98,11 @@ const TARGET: &str = "2.0.0";
 /// Runs the demo; the rows say how each device fared. `Err` when the demo itself could not
 /// run (ports, files).
 pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
-    let sim = Sim::start(SimConfig::default()).map_err(|e| format!("cannot start: {e}"))?;
+    let config = SimConfig {
+        tls: options.tls.then_some(crate::SimTls::Generated),
+        ..SimConfig::default()
+    };
+    let sim = Sim::start(config).map_err(|e| format!("cannot start: {e}"))?;
     let image = demo_image(options.size);
     let mut spec = PackageSpec::new(TARGET, image.clone()).needs_verification();
     let mut device_key = None;
@@ -146,8 +158,9 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
     let verified = sim
         .wait_task_state(verification, first, TaskState::Succeeded, left())
         .is_ok();
-    // Whether the cloud counts each device as upgraded.
+    // Whether the cloud counts each device as upgraded, and its job.
     let mut upgraded = vec![verified];
+    let mut jobs = vec![Some(verification)];
     if verified && devices.len() > 1 {
         let others: Vec<&DeviceInfo> = devices[1..].iter().map(|d| &d.info).collect();
         let batch = JobSpec::batch(package)
@@ -157,12 +170,14 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
         for d in &devices[1..] {
             let waited = sim.wait_task_state(job, &d.info, TaskState::Succeeded, left());
             upgraded.push(waited.is_ok());
+            jobs.push(Some(job));
         }
     }
     upgraded.resize(devices.len(), false);
+    jobs.resize(devices.len(), None);
 
     let mut rows = Vec::new();
-    for (d, upgraded) in devices.into_iter().zip(upgraded) {
+    for ((d, upgraded), job) in devices.into_iter().zip(upgraded).zip(jobs) {
         // The cloud counts the version report; the device confirms just after its health
         // check, so wait for that word too.
         let confirmed = upgraded && wait_row(&d.row, left(), |r| r.to == TARGET);
@@ -182,9 +197,40 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
             row.fault = Some((kind, fired));
             row.ok &= fired;
         }
+        if !row.ok {
+            row.cloud = cloud_view(&sim, job, &d.info);
+        }
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Why a device did not finish, as the simulator saw it.
+fn cloud_view(sim: &Sim, job: Option<crate::JobId>, info: &DeviceInfo) -> String {
+    let online = match sim.is_online(info) {
+        true => "online",
+        false => "offline",
+    };
+    let version = sim.device_version(info, crate::DEFAULT_MODULE);
+    let reported = version.map_or("never reported a version".to_owned(), |v| {
+        format!("reported {v}")
+    });
+    let task = job.and_then(|j| sim.task(j, info));
+    match task {
+        Some(t) => {
+            let state = serde_json::to_value(t.state).unwrap_or_default();
+            let reason = t.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            format!(
+                "task {}{reason}, {} push(es), {online}, {reported}",
+                state.as_str().unwrap_or("?"),
+                t.pushes
+            )
+        }
+        None if job.is_none() => {
+            format!("no job reached it (verification failed), {online}, {reported}")
+        }
+        None => format!("no task, {online}, {reported}"),
+    }
 }
 
 /// The fault of device `i` (1-based among the batch devices): the last one gets a corrupt
@@ -220,12 +266,18 @@ fn start(
 ) -> Result<Running, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     std::fs::write(dir.path().join("version"), "1.0.0\n").map_err(|e| e.to_string())?;
+    // Over TLS: the MQTT-TLS port, and https URLs (the simulator hands them to devices that
+    // logged in over TLS), both checked against the generated root alone.
+    let (port, ca) = match (sim.mqtts_port(), sim.ca_pem()) {
+        (Some(port), Some(ca)) => (port, Some(ca)),
+        _ => (sim.mqtt_port(), None),
+    };
     let mut config = DeviceConfig::new(
         &info.id.product_key,
         &info.id.device_name,
         &info.device_secret,
         sim.mqtt_host(),
-        sim.mqtt_port(),
+        port,
         dir.path(),
     )
     .map_err(|e| e.to_string())?;
@@ -234,7 +286,11 @@ fn start(
         base_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(1),
     };
-    config.agent.rules.allow_http = true; // the simulator serves plain http
+    config.agent.rules.allow_http = ca.is_none(); // plain http only without TLS
+    if let Some(ca) = ca {
+        config.mqtt_tls = Some(ota_std::Trust::CaPem(ca.clone().into_bytes()));
+        config.https_trust = ota_std::Trust::CaPem(ca.into_bytes());
+    }
     config.agent.checkpoint_interval = 256 * 1024;
     config.agent.retry = quick(6);
     config.agent.url_refresh = quick(4);
@@ -358,6 +414,9 @@ pub fn table(rows: &[DemoRow]) -> String {
         if let Some((kind, fired)) = r.fault {
             let note = if fired { "" } else { " did not fire" };
             result.push_str(&format!(" [{kind}{note}]"));
+        }
+        if !r.cloud.is_empty() {
+            result.push_str(&format!(" - simulator: {}", r.cloud));
         }
         let versions = format!(
             "{} -> {}",

@@ -21,8 +21,9 @@ pub enum Fault {
     /// response is longer).
     CutAfter(u64),
     /// The URL expires mid-download: close the connection after this many body bytes (like
-    /// [`Fault::CutAfter`]), then answer the device's next request with `403 AccessDenied`,
-    /// as for an expired URL (the device must ask for a fresh one).
+    /// [`Fault::CutAfter`]); from then on that URL (and any issued before it) is answered
+    /// `403 AccessDenied`, as an expired OSS URL is, until the device asks for a fresh one
+    /// (firmware/get or the legacy request) and uses it.
     ExpireAfter(u64),
     /// Answer a ranged request with `200` and the whole file.
     IgnoreRange,
@@ -103,8 +104,6 @@ struct Entry {
     active: bool,
     times: Times,
     fired: Arc<Counter>,
-    /// [`Fault::ExpireAfter`]: how many 403s followed its cuts so far.
-    expired_answers: u32,
 }
 
 /// All faults ever set; cleared ones stay so their counters remain readable.
@@ -123,6 +122,14 @@ pub(crate) struct Armed<T> {
 impl<T> Armed<T> {
     pub(crate) fn fire(&self) {
         self.fired.bump();
+    }
+
+    /// The same fault with its value changed.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Armed<U> {
+        Armed {
+            value: f(self.value),
+            fired: self.fired,
+        }
     }
 }
 
@@ -147,7 +154,6 @@ impl FaultTable {
             active: true,
             times,
             fired: Arc::default(),
-            expired_answers: 0,
         });
         FaultId(self.entries.len() as u32 - 1)
     }
@@ -187,24 +193,6 @@ impl FaultTable {
             })
             .collect();
         serde_json::Value::Array(entries)
-    }
-
-    /// Whether the device's URL expired by a [`Fault::ExpireAfter`] that cut a response for
-    /// `file` and has not been answered with a 403 yet; counts the answer.
-    pub(crate) fn take_expired(&mut self, device: &DeviceId, file: &str) -> bool {
-        let entry = self.entries.iter_mut().find(|e| {
-            e.device == *device
-                && matches!(e.fault, Fault::ExpireAfter(_))
-                && e.file.as_deref().is_none_or(|f| f == file)
-                && e.fired.count.load(Ordering::SeqCst) > e.expired_answers
-        });
-        match entry {
-            Some(e) => {
-                e.expired_answers += 1;
-                true
-            }
-            None => false,
-        }
     }
 
     /// Takes one use of the first active fault of `device` for `file` that `pick` accepts.

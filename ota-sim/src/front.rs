@@ -7,15 +7,17 @@
 
 use crate::messages::{download_reply_topic, get_reply_topic, upgrade_topic};
 use crate::mqtt_wire::{self, MAX_CONNECT, MAX_PACKET};
+use crate::world::Input;
 use crate::{DeviceId, Error};
 use openssl::ssl::{Ssl, SslAcceptor};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
@@ -25,6 +27,12 @@ const AUTO_SUBSCRIBE_ID: u16 = 0xffff;
 
 /// How long a new connection may take to send its CONNECT (rumqttd allows as long).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Logins passed on to the broker at once. rumqttd accepts about one connection per
+/// millisecond (it sleeps between accepts); a burst of thousands of devices overflows its
+/// accept queue, and the connections left in it are reset, which devices see as a login
+/// closed before CONNACK. Queued here instead, they wait and go through.
+pub(crate) const MAX_LOGINS: usize = 128;
 
 /// Client ids remembered at most; CONNECTs the broker never checked (it refused them
 /// before the login check) would otherwise pile up.
@@ -53,10 +61,14 @@ impl Transports {
 /// What a front forwards to.
 #[derive(Clone)]
 pub(crate) enum Upstream {
-    /// The embedded broker; CONNECTs are read on the way.
+    /// The embedded broker; CONNECTs are read on the way, and the engine is told when a
+    /// device's connection opens and ends.
     Mqtt {
         addr: SocketAddr,
         transports: Arc<Transports>,
+        events: Sender<Input>,
+        /// Logins on their way to the broker (see [`MAX_LOGINS`]).
+        logins: Arc<tokio::sync::Semaphore>,
     },
     /// The firmware server; bytes pass untouched.
     Http(SocketAddr),
@@ -75,6 +87,12 @@ pub(crate) fn spawn(fronts: Vec<Front>) -> Result<tokio::sync::oneshot::Sender<(
     for f in &fronts {
         f.listener.set_nonblocking(true)?;
     }
+    let total = crate::limits::session_budget();
+    let budget = Arc::new(Budget {
+        slots: Arc::new(tokio::sync::Semaphore::new(total)),
+        total,
+        refused: Default::default(),
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -83,14 +101,45 @@ pub(crate) fn spawn(fronts: Vec<Front>) -> Result<tokio::sync::oneshot::Sender<(
         .name("ota-sim-front".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let loops = futures_util::future::join_all(fronts.into_iter().map(accept_loop));
+                let loops = futures_util::future::join_all(
+                    fronts.into_iter().map(|f| accept_loop(f, budget.clone())),
+                );
                 futures_util::future::select(pin!(loops), stop_rx).await;
             });
         })?;
     Ok(stop_tx)
 }
 
-async fn accept_loop(front: Front) {
+/// The connections all fronts may hold at once (see `limits::session_budget`), and when
+/// the last refusal was logged with how many followed it.
+struct Budget {
+    slots: Arc<tokio::sync::Semaphore>,
+    total: usize,
+    refused: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Budget {
+    /// Logs a refused connection, at most once a second with the count since.
+    fn refuse(&self) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.1 += 1;
+        let now = std::time::Instant::now();
+        if refused
+            .0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                "{} connection(s) refused: all {} connections the open-file limit allows are \
+                 open (ulimit -n)",
+                refused.1,
+                self.total
+            );
+            *refused = (Some(now), 0);
+        }
+    }
+}
+
+async fn accept_loop(front: Front, budget: Arc<Budget>) {
     let listener = match tokio::net::TcpListener::from_std(front.listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!("listener: {e}"),
@@ -105,9 +154,15 @@ async fn accept_loop(front: Front) {
                 continue;
             }
         };
+        let Ok(slot) = budget.slots.clone().try_acquire_owned() else {
+            drop(tcp);
+            budget.refuse();
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (tls, upstream) = (front.tls.clone(), front.upstream.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let result = match tls {
                 None => forward(tcp, false, &upstream).await,
                 Some(acceptor) => match handshake(&acceptor, tcp).await {
@@ -146,7 +201,12 @@ where
             tokio::io::copy_bidirectional(&mut client, &mut server).await?;
             Ok(())
         }
-        Upstream::Mqtt { addr, transports } => mqtt(client, tls, *addr, transports).await,
+        Upstream::Mqtt {
+            addr,
+            transports,
+            events,
+            logins,
+        } => mqtt(client, tls, *addr, transports, events, logins).await,
     }
 }
 
@@ -165,7 +225,70 @@ fn unasked_filters(client_id: &str) -> Option<Vec<String>> {
     ])
 }
 
-async fn mqtt<S>(client: S, tls: bool, addr: SocketAddr, transports: &Transports) -> io::Result<()>
+/// Tells the engine a device's connection is open, and when it is dropped that it ended
+/// (however it ended: DISCONNECT, end of stream, keep-alive timeout, an error).
+struct Online {
+    device: DeviceId,
+    events: Sender<Input>,
+}
+
+impl Online {
+    fn new(device: DeviceId, events: &Sender<Input>) -> Online {
+        let _ = events.send(Input::Connected(device.clone()));
+        Online {
+            device,
+            events: events.clone(),
+        }
+    }
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        let _ = self.events.send(Input::Disconnected(self.device.clone()));
+    }
+}
+
+/// The device a client id `{pk}.{dn}|...|` or `{pk}&{dn}` names (docs/protocol.md §7).
+fn device_of(client_id: &str) -> Option<DeviceId> {
+    let base = client_id.split('|').next()?;
+    let (pk, dn) = base.split_once(['.', '&'])?;
+    (!pk.is_empty() && !dn.is_empty()).then(|| DeviceId::new(pk, dn))
+}
+
+/// Copies the client's bytes to the broker; ends when the client sent nothing for one and a
+/// half keep-alives (MQTT 3.1.1 §3.1.2.10), as the platform drops a silent connection.
+async fn uplink<R, W>(from_client: &mut R, to_broker: &mut W, keep_alive: u16) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = Duration::from_millis(u64::from(keep_alive) * 1500);
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let read = from_client.read(&mut buffer);
+        let n = match keep_alive {
+            0 => read.await?,
+            _ => tokio::time::timeout(limit, read)
+                .await
+                .map_err(|_| io::Error::other("keep-alive timeout"))??,
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        to_broker.write_all(&buffer[..n]).await?;
+        total += n as u64;
+    }
+}
+
+async fn mqtt<S>(
+    client: S,
+    tls: bool,
+    addr: SocketAddr,
+    transports: &Transports,
+    events: &Sender<Input>,
+    logins: &tokio::sync::Semaphore,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -179,6 +302,7 @@ where
     };
     let client_id = mqtt_wire::connect_client_id(&connect)
         .ok_or_else(|| io::Error::other("the first packet is not a CONNECT"))?;
+    let login = logins.acquire().await.map_err(io::Error::other)?;
     // Noted before the broker sees the CONNECT, so its login check finds it.
     transports.note(&client_id, tls);
     let broker = TcpStream::connect(addr).await?;
@@ -190,7 +314,13 @@ where
     let Some(connack) = mqtt_wire::read_packet(&mut from_broker, MAX_PACKET).await? else {
         return Ok(());
     };
-    let unasked = unasked_filters(&client_id).filter(|_| mqtt_wire::connack_accepted(&connack));
+    drop(login);
+    let accepted = mqtt_wire::connack_accepted(&connack);
+    let _online = device_of(&client_id)
+        .filter(|_| accepted)
+        .map(|d| Online::new(d, events));
+    let keep_alive = mqtt_wire::connect_keep_alive(&connect).unwrap_or(0);
+    let unasked = unasked_filters(&client_id).filter(|_| accepted);
     if let Some(filters) = &unasked {
         // Before anything the device sends, so it is in place before the device's inform.
         let subscribe = mqtt_wire::subscribe(AUTO_SUBSCRIBE_ID, filters);
@@ -198,7 +328,7 @@ where
     }
     to_client.write_all(&connack).await?;
     to_client.flush().await?;
-    let up = tokio::io::copy(&mut from_client, &mut to_broker);
+    let up = uplink(&mut from_client, &mut to_broker, keep_alive);
     let down = async {
         if unasked.is_some() {
             loop {

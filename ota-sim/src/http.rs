@@ -113,7 +113,16 @@ async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMa
                 (Some(pk), Some(dn)) => Some(DeviceId::new(pk, dn)),
                 _ => None,
             };
-            shared.lock().downloads.push(DownloadRecord {
+            let mut world = shared.lock();
+            let now = std::time::Instant::now();
+            let log = match &device {
+                Some(d) => world.engine.log.admit(d, "refused downloads", now),
+                None => true,
+            };
+            if log {
+                tracing::info!("download refused: {e}");
+            }
+            world.downloads.push(DownloadRecord {
                 device,
                 refused: Some(e.code().to_owned()),
                 status: 403,
@@ -121,12 +130,13 @@ async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMa
                 content_length: 0,
                 file: None,
             });
+            drop(world);
             shared.changed.notify_all();
-            tracing::info!("download refused: {e}");
             return xml_error(403, e.code(), &e.to_string());
         }
     };
-    let (response, record) = answer(&shared, uri.path(), device, range);
+    let expires = query.expires.as_deref().and_then(|e| e.parse().ok());
+    let (response, record) = answer(&shared, uri.path(), device, expires.unwrap_or(0), range);
     shared.lock().downloads.push(record);
     shared.changed.notify_all();
     response
@@ -137,6 +147,7 @@ fn answer(
     shared: &Shared,
     path: &str,
     device: DeviceId,
+    expires: u64,
     range: Option<String>,
 ) -> (Response, DownloadRecord) {
     let mut world = shared.lock();
@@ -160,11 +171,13 @@ fn answer(
         );
     };
     record.file = Some(file.clone());
-    if world.faults.take_expired(&device, &file) {
+    if world.engine.is_revoked(&device, path, expires) {
         record.status = 403;
         record.refused = Some(UrlError::Expired.code().to_owned());
-        let message = "Injected fault: the URL expired during the download";
-        return (xml_error(403, UrlError::Expired.code(), message), record);
+        return (
+            xml_error(403, UrlError::Expired.code(), "Request has expired"),
+            record,
+        );
     }
     let status_fault = world.faults.take(&device, &file, |f| match f {
         Fault::Status(c) => Some(*c),
@@ -208,11 +221,17 @@ fn answer(
         },
     };
     let len = end - start;
+    let cut = world.faults.take(&device, &file, |f| match f {
+        Fault::CutAfter(n) if *n < len => Some((*n, false)),
+        Fault::ExpireAfter(n) if *n < len => Some((*n, true)),
+        _ => None,
+    });
+    if cut.as_ref().is_some_and(|c| c.value.1) {
+        // The URL dies with this response: every later request with it is refused.
+        world.engine.revoke(&device, path, expires);
+    }
     let plan = BodyPlan {
-        cut_after: world.faults.take(&device, &file, |f| match f {
-            Fault::CutAfter(n) | Fault::ExpireAfter(n) if *n < len => Some(*n),
-            _ => None,
-        }),
+        cut_after: cut.map(|c| c.map(|(n, _)| n)),
         stall: world.faults.take(&device, &file, |f| match f {
             Fault::Stall { after, duration } if *after < len => Some((*after, *duration)),
             _ => None,

@@ -3,6 +3,7 @@
 //! messages it wants sent out, so the lock around it is the only synchronisation needed.
 
 use crate::crypto::{md5_hex, sha256_hex};
+use crate::history::{History, LogLimiter};
 use crate::messages;
 use crate::model::*;
 use crate::package::*;
@@ -25,11 +26,33 @@ pub(crate) struct Outbound {
     pub(crate) payload: Vec<u8>,
 }
 
+/// Progress reports kept per device; older ones are only counted.
+pub const PROGRESS_HISTORY: usize = 200;
+
+/// Bytes of a progress `desc` kept.
+const MAX_DESC: usize = 256;
+
+/// `desc` cut to [`MAX_DESC`] bytes (at a character boundary).
+pub(crate) fn short_desc(desc: Option<String>) -> Option<String> {
+    desc.map(|mut d| {
+        if d.len() > MAX_DESC {
+            let mut end = MAX_DESC;
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d.truncate(end);
+        }
+        d
+    })
+}
+
 pub(crate) struct Device {
-    pub(crate) secret: String,
     pub(crate) online: bool,
+    /// Open MQTT connections through the simulator's own ports.
+    pub(crate) connections: u32,
     pub(crate) versions: BTreeMap<String, String>,
-    pub(crate) steps: Vec<ProgressRecord>,
+    /// The latest progress reports: a ring of [`PROGRESS_HISTORY`].
+    pub(crate) steps: History<ProgressRecord>,
 }
 
 /// One file of a package; a single-file package has one, named after its version.
@@ -72,10 +95,18 @@ pub(crate) struct Engine {
     /// Devices whose latest login came over TLS: their URLs are `https`.
     pub(crate) over_tls: std::collections::BTreeSet<DeviceId>,
     pub(crate) url_ttl: Duration,
+    /// Whether devices' connections are seen opening and ending (the embedded broker's
+    /// ports): then a device is online exactly while it has one.
+    pub(crate) tracks_connections: bool,
+    /// URLs that expired for good (`--fault expire`): per device and file path, the latest
+    /// `Expires` that is dead. URLs issued later expire after it, so they differ.
+    pub(crate) revoked: BTreeMap<(DeviceId, String), u64>,
     last_message_id: u64,
     outbound: Vec<Outbound>,
     /// Watchers of task changes (the live view).
     pub(crate) live: crate::live::LiveFeed,
+    /// Coalesces log lines about one device under a storm.
+    pub(crate) log: LogLimiter,
 }
 
 impl Engine {
@@ -90,13 +121,16 @@ impl Engine {
             https_base: None,
             over_tls: Default::default(),
             url_ttl,
+            tracks_connections: false,
+            revoked: BTreeMap::new(),
             last_message_id: 0,
             outbound: Vec::new(),
             live: Default::default(),
+            log: LogLimiter::default(),
         }
     }
 
-    pub(crate) fn add_device(&mut self, id: DeviceId, secret: String) -> Result<(), Error> {
+    pub(crate) fn add_device(&mut self, id: DeviceId) -> Result<(), Error> {
         // Topic wildcards and separators, and the `&`/`|` that delimit the login fields.
         let bad = |s: &str| s.is_empty() || s.contains(['/', '+', '#', '\0', '&', '|']);
         if bad(&id.product_key) || bad(&id.device_name) {
@@ -106,10 +140,10 @@ impl Engine {
             return Err(Error::DuplicateDevice(id.to_string()));
         }
         let device = Device {
-            secret,
             online: false,
+            connections: 0,
             versions: BTreeMap::new(),
-            steps: Vec::new(),
+            steps: History::new(PROGRESS_HISTORY),
         };
         self.devices.insert(id, device);
         Ok(())

@@ -27,10 +27,14 @@
 //!   (push, firmware/get reply, block reply), as the platform does for the official SDK,
 //!   which sends no SUBSCRIBE for them; the device never sees that SUBACK.
 //! * A refused login is a connection closed before CONNACK (rumqttd sends no refusal code).
-//! * A device counts as online once it logged in or sent anything; jobs push to online devices
-//!   at once, others when they next report their version (inform).
-//! * Progress step `0` fails a task like a negative one (the platform FAQ says so; devices must
-//!   start at `1`). Success comes only from an inform of the target version.
+//! * Through the embedded broker a device is online exactly while an MQTT connection of it is
+//!   open: from its accepted login until DISCONNECT, end of stream, or one and a half
+//!   keep-alives of silence. Through an external broker it counts as online once it sent
+//!   anything. Jobs push to online devices at once, others when they next report their
+//!   version (inform).
+//! * Progress step `0` counts as in progress (the official SDKs report it when a download
+//!   starts); a negative step fails the task. Success comes only from an inform of the target
+//!   version.
 //! * Through the embedded broker the cloud publishes at QoS 0 (a lost push is re-sent on the
 //!   next inform); through an external broker at QoS 1. Block replies of the MQTT channel go
 //!   the same way.
@@ -64,11 +68,14 @@ mod fault_spec;
 mod faults;
 mod frames;
 mod front;
+mod history;
 mod http;
 mod jobs;
 mod lenient_json;
+mod limits;
 mod listeners;
 mod live;
+pub mod load;
 mod messages;
 mod model;
 mod mqtt_download;
@@ -86,6 +93,8 @@ pub use broker::BrokerConfig;
 pub use fault_spec::{FaultSpec, FAULT_GRAMMAR};
 pub use faults::{Fault, FaultId, Times};
 pub use http::DownloadRecord;
+pub use jobs::PROGRESS_HISTORY;
+pub use limits::raise_open_files;
 pub use live::StateChange;
 pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
 pub use model::*;
@@ -112,6 +121,9 @@ pub enum Error {
     /// A product key, device name, version or module breaks the platform's rules.
     #[error("invalid name {0:?}")]
     InvalidName(String),
+    /// A public URL is not `scheme://host[:port]`.
+    #[error("bad public URL {0}")]
+    InvalidUrl(String),
     /// The device is registered already.
     #[error("device {0} exists already")]
     DuplicateDevice(String),
@@ -163,6 +175,12 @@ pub struct SimConfig {
     pub bind: IpAddr,
     /// Firmware server port; 0 picks a free one.
     pub http_port: u16,
+    /// The base of the `http` URLs devices get, e.g. `http://fw.example.test` (a name that
+    /// leads to the firmware server, through a proxy or a port forward); default: the
+    /// listener's own address. A scheme's default port is never written out.
+    pub public_url: Option<String>,
+    /// The same for `https` URLs (with `tls`).
+    pub public_https_url: Option<String>,
     /// How long download URLs stay valid.
     pub url_ttl: Duration,
     /// ProductKey of devices made by [`Sim::add_device`].
@@ -183,6 +201,8 @@ impl Default for SimConfig {
             broker: BrokerConfig::Embedded { port: 0 },
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             http_port: 0,
+            public_url: None,
+            public_https_url: None,
             url_ttl: Duration::from_secs(30 * 60),
             product_key: "a1OtaSimPK1".to_owned(),
             tls: None,

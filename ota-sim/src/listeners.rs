@@ -19,6 +19,47 @@ pub(crate) struct Listeners {
     pub(crate) transports: Arc<Transports>,
 }
 
+/// `scheme://host[:port]` without the scheme's default port, as platform URLs are written:
+/// some devices take everything between `://` and the first `/` as the host name.
+pub(crate) fn base_url(scheme: &str, addr: SocketAddr) -> String {
+    let default = match scheme {
+        "https" => 443,
+        _ => 80,
+    };
+    match addr.port() == default {
+        true if addr.is_ipv6() => format!("{scheme}://[{}]", addr.ip()),
+        true => format!("{scheme}://{}", addr.ip()),
+        false => format!("{scheme}://{addr}"),
+    }
+}
+
+/// Checks a `--public-url`-style base: `scheme://host[:port]`, nothing after; returns it
+/// without a trailing `/` and without the scheme's default port.
+pub(crate) fn public_base(url: &str, scheme: &str) -> Result<String, Error> {
+    let bad = |why: &str| Error::InvalidUrl(format!("{url:?}: {why}"));
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| bad(&format!("want {scheme}://host[:port]")))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(bad("want a host and an optional port, no path"));
+    }
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if let Some(p) = port {
+        p.parse::<u16>().map_err(|_| bad("bad port"))?;
+    }
+    let trimmed = match port.map(|p| format!(":{p}")) {
+        Some(p) if p == default => host,
+        _ => authority,
+    };
+    Ok(format!("{scheme}://{trimmed}"))
+}
+
 fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, Error> {
     TcpListener::bind(SocketAddr::new(ip, port))
         .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("port {port}: {e}"))))
@@ -69,7 +110,7 @@ impl Listeners {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
-        Ok(addr.map(|a| format!("https://{a}")))
+        Ok(addr.map(|a| base_url("https", a)))
     }
 
     /// The plain MQTT address (embedded broker only).
@@ -97,13 +138,19 @@ impl Listeners {
     }
 
     /// The fronts to run, once the broker listens at `broker` (embedded only).
-    pub(crate) fn fronts(self, broker: Option<SocketAddr>) -> Vec<Front> {
+    pub(crate) fn fronts(
+        self,
+        broker: Option<SocketAddr>,
+        events: &std::sync::mpsc::Sender<crate::world::Input>,
+    ) -> Vec<Front> {
         let acceptor = self.identity.map(|i| Arc::new(i.acceptor));
         let mut fronts = Vec::new();
         if let Some(addr) = broker {
             let mqtt = Upstream::Mqtt {
                 addr,
                 transports: self.transports.clone(),
+                events: events.clone(),
+                logins: Arc::new(tokio::sync::Semaphore::new(crate::front::MAX_LOGINS)),
             };
             let ports = [(self.mqtt, None), (self.mqtts, acceptor.clone())];
             for (listener, tls) in ports {
@@ -125,5 +172,46 @@ impl Listeners {
             });
         }
         fronts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ports_are_left_out() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(base_url("http", at("127.0.0.1:80")), "http://127.0.0.1");
+        assert_eq!(
+            base_url("http", at("127.0.0.1:443")),
+            "http://127.0.0.1:443"
+        );
+        assert_eq!(base_url("https", at("127.0.0.1:443")), "https://127.0.0.1");
+        assert_eq!(base_url("https", at("[::1]:443")), "https://[::1]");
+        assert_eq!(
+            base_url("http", at("10.0.0.1:8080")),
+            "http://10.0.0.1:8080"
+        );
+        assert_eq!(
+            public_base("http://fw.test/", "http").unwrap(),
+            "http://fw.test"
+        );
+        assert_eq!(
+            public_base("http://fw.test:80", "http").unwrap(),
+            "http://fw.test"
+        );
+        assert_eq!(
+            public_base("https://fw:8443", "https").unwrap(),
+            "https://fw:8443"
+        );
+        assert_eq!(
+            public_base("https://[::1]:443", "https").unwrap(),
+            "https://[::1]"
+        );
+        assert!(public_base("https://fw.test", "http").is_err());
+        assert!(public_base("http://fw.test/path", "http").is_err());
+        assert!(public_base("http://fw.test:x", "http").is_err());
+        assert!(public_base("http://", "http").is_err());
     }
 }

@@ -21,12 +21,58 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one package to simulated devices until interrupted.
-    #[command(after_help = ota_sim::FAULT_GRAMMAR)]
+    /// Serve one package to simulated devices until interrupted. A flag given twice takes
+    /// its last value.
+    #[command(after_help = ota_sim::FAULT_GRAMMAR, args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
     /// package, a batch job, reboots into the new version, a final table.
     Demo(DemoArgs),
+    /// Drive a running `serve` with its devices at once, as light raw-MQTT devices in this
+    /// process (one session and one HTTP Range fetch each); print time, throughput and the
+    /// simulator's memory.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The info file of the running `ota-sim serve` (its devices are used).
+    #[arg(long, value_name = "PATH")]
+    info_file: PathBuf,
+    /// Drive only the first N devices of the info file.
+    #[arg(long, value_name = "N")]
+    devices: Option<usize>,
+    /// Connections opened at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Downloads at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    fetch_concurrency: usize,
+    /// Seconds a device waits for its push.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    push_timeout: u64,
+    /// Keep at most N sessions open at once (a device done closes its session); default:
+    /// all devices' sessions open together until the last one is done.
+    #[arg(long, value_name = "N")]
+    at_once: Option<usize>,
+}
+
+fn load(args: LoadArgs) -> Result<(), Failure> {
+    let options = ota_sim::load::LoadOptions {
+        info_file: args.info_file,
+        devices: args.devices,
+        connect_concurrency: args.connect_concurrency,
+        fetch_concurrency: args.fetch_concurrency,
+        push_timeout: Duration::from_secs(args.push_timeout),
+        at_once: args.at_once,
+    };
+    let report = ota_sim::load::run(&options).map_err(|e| Failure(1, e))?;
+    print!("{}", report.summary());
+    if report.succeeded < report.devices {
+        let failed = report.devices - report.succeeded;
+        return Err(Failure(1, format!("{failed} device(s) did not finish")));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +132,14 @@ struct ServeArgs {
     /// Firmware server port (0 picks a free one).
     #[arg(long, value_name = "P", default_value_t = 8080)]
     http_port: u16,
+    /// Announce firmware URLs under this base instead of the listener's address, e.g.
+    /// http://fw.example.test for a device that ignores URL ports, behind a port forward from
+    /// 80 (or serve on port 80 itself: --http-port 80). A default port is never written out.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// The same for https URLs (with --tls), e.g. https://fw.example.test.
+    #[arg(long, value_name = "URL", requires = "tls")]
+    public_https_url: Option<String>,
     /// How long download URLs stay valid, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     url_ttl: u64,
@@ -158,6 +212,10 @@ struct DemoArgs {
     /// Sign the package (secure upgrade); the second device is sent a wrong signature once.
     #[arg(long)]
     signed: bool,
+    /// Devices connect over MQTT-TLS and download over HTTPS, trusting only the simulator's
+    /// generated RSA root (the chain `serve --tls` presents).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
@@ -170,6 +228,7 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         size: args.size,
         rate: args.rate,
         signed: args.signed,
+        tls: args.tls,
         ..ota_sim::demo::DemoOptions::default()
     };
     let rows = ota_sim::demo::run(&options).map_err(|e| Failure(1, e))?;
@@ -187,9 +246,13 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
 /// What a device or a test harness needs to talk to this simulator.
 #[derive(Serialize)]
 struct Info<'a> {
+    /// The simulator's process id (its memory can be read in /proc).
+    pid: u32,
     mqtt_host: &'a str,
     mqtt_port: u16,
     http_base_url: &'a str,
+    /// Where the firmware server listens (the URLs may name another host, --public-url).
+    http_listen: std::net::SocketAddr,
     version: &'a str,
     module: &'a str,
     download_protocol: DownloadProtocol,
@@ -234,7 +297,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = match e.kind() {
                 clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    "missing subcommand (serve, demo)".to_owned()
+                    "missing subcommand (serve, demo, load)".to_owned()
                 }
                 _ => {
                     // clap's message is the first paragraph; the rest is usage.
@@ -253,6 +316,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Demo(args) => demo(args),
+        Command::Load(args) => load(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -345,6 +409,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     }
     init_logging();
+    // Three descriptors per device session (see ota_sim::raise_open_files), and some spare.
+    ota_sim::raise_open_files(u64::from(args.devices) * 3 + 1024);
     let broker = match &args.broker_url {
         Some(url) => BrokerConfig::External { url: url.clone() },
         None => BrokerConfig::Embedded {
@@ -387,6 +453,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let config = SimConfig {
         broker,
         http_port: args.http_port,
+        public_url: args.public_url.clone(),
+        public_https_url: args.public_https_url.clone(),
         url_ttl: Duration::from_secs(args.url_ttl),
         mqtts_port: args.mqtts_port,
         https_port: args.https_port,
@@ -430,9 +498,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         _ => None,
     };
     let info = Info {
+        pid: std::process::id(),
         mqtt_host: sim.mqtt_host(),
         mqtt_port: sim.mqtt_port(),
         http_base_url: sim.http_base_url(),
+        http_listen: sim.http_listen_addr(),
         version: &args.version,
         module: &args.module,
         download_protocol: protocol,

@@ -11,7 +11,8 @@ use serde_json::Value;
 pub const DEFAULT_MODULE: &str = "default";
 
 /// MQTT filters the cloud subscribes to.
-pub(crate) const CLOUD_FILTERS: [&str; 5] = [
+pub(crate) const CLOUD_FILTERS: [&str; 6] = [
+    "/ext/ntp/+/+/request",
     "/ota/device/inform/+/+",
     "/ota/device/progress/+/+",
     "/ota/device/request/+/+",
@@ -36,6 +37,8 @@ pub(crate) enum Uplink {
     LegacyRequest { module: String },
     /// MQTT-channel request for one block (PROTOCOL.md §6).
     Block(BlockRequest),
+    /// A request for the time (docs/protocol.md §13); `deviceSendTime` as the device sent it.
+    Ntp { device_send_time: Value },
 }
 
 /// Why a device message was ignored.
@@ -56,6 +59,7 @@ pub(crate) fn parse_uplink(topic: &str, payload: &[u8]) -> Result<(DeviceId, Upl
         ["", "ota", "device", kind, pk, dn] => (*kind, *pk, *dn),
         ["", "sys", pk, dn, "thing", "ota", "firmware", "get"] => ("get", *pk, *dn),
         ["", "sys", pk, dn, "thing", "file", "download"] => ("download", *pk, *dn),
+        ["", "ext", "ntp", pk, dn, "request"] => ("ntp", *pk, *dn),
         _ => return Err(ParseError::Topic),
     };
     if pk.is_empty() || dn.is_empty() {
@@ -93,6 +97,13 @@ pub(crate) fn parse_uplink(topic: &str, payload: &[u8]) -> Result<(DeviceId, Upl
         },
         "request" => Uplink::LegacyRequest { module },
         "download" => Uplink::Block(BlockRequest::parse(&json)),
+        "ntp" => Uplink::Ntp {
+            device_send_time: json
+                .get("deviceSendTime")
+                .filter(|t| text(Some(t)).is_some_and(|t| t.trim().parse::<u64>().is_ok()))
+                .cloned()
+                .ok_or(ParseError::Field("deviceSendTime"))?,
+        },
         _ => return Err(ParseError::Topic),
     };
     Ok((DeviceId::new(pk, dn), uplink))
@@ -224,6 +235,24 @@ pub(crate) fn get_reply_payload(id: &Value, data: Option<&TaskData>) -> String {
     serde_json::to_string(&reply).unwrap_or_default()
 }
 
+/// The NTP reply: `deviceSendTime` as the device sent it, the server's times in ms as strings.
+pub(crate) fn ntp_payload(device_send_time: &Value, received_ms: u64, sent_ms: u64) -> String {
+    let reply = serde_json::json!({
+        "deviceSendTime": device_send_time,
+        "serverRecvTime": received_ms.to_string(),
+        "serverSendTime": sent_ms.to_string(),
+    });
+    reply.to_string()
+}
+
+/// Topic of NTP replies to `device`.
+pub(crate) fn ntp_response_topic(device: &DeviceId) -> String {
+    format!(
+        "/ext/ntp/{}/{}/response",
+        device.product_key, device.device_name
+    )
+}
+
 /// Topic of pushes to `device`.
 pub(crate) fn upgrade_topic(device: &DeviceId) -> String {
     format!(
@@ -288,6 +317,34 @@ mod tests {
             assert_eq!(dev, DeviceId::new("pk", "dn"));
             assert_eq!(got, expected, "{}", case["bytes"]);
         }
+    }
+
+    #[test]
+    fn ntp_requests_keep_the_device_time_as_sent() {
+        let t = "/ext/ntp/pk/dn/request";
+        let (dev, got) = parse_uplink(t, br#"{"deviceSendTime":"1571724098000"}"#).unwrap();
+        assert_eq!(dev, DeviceId::new("pk", "dn"));
+        assert_eq!(
+            got,
+            Uplink::Ntp {
+                device_send_time: Value::String("1571724098000".into())
+            }
+        );
+        let (_, got) = parse_uplink(t, br#"{"deviceSendTime":1571724098000}"#).unwrap();
+        assert_eq!(
+            got,
+            Uplink::Ntp {
+                device_send_time: Value::from(1571724098000u64)
+            }
+        );
+        assert!(parse_uplink(t, b"{}").is_err());
+        assert!(parse_uplink(t, br#"{"deviceSendTime":"soon"}"#).is_err());
+        assert!(parse_uplink("/ext/ntp/pk/dn/response", b"{}").is_err());
+        let reply = ntp_payload(&Value::String("5".into()), 7, 8);
+        assert_eq!(
+            reply,
+            r#"{"deviceSendTime":"5","serverRecvTime":"7","serverSendTime":"8"}"#
+        );
     }
 
     #[test]

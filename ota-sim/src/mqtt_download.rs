@@ -5,6 +5,7 @@
 
 use crate::faults::{Armed, Fault, FaultTable};
 use crate::frames::{self, Header, HeaderData};
+use crate::history::History;
 use crate::jobs::{BlockRefusal, Engine, Outbound};
 use crate::messages::{download_reply_topic, text};
 use crate::DeviceId;
@@ -109,9 +110,9 @@ struct Delayed {
 }
 
 /// The block server's state: what it answered, and replies it holds back.
-#[derive(Default)]
 pub(crate) struct BlockServer {
-    pub(crate) records: Vec<BlockRecord>,
+    /// The latest answers (older ones are only counted).
+    pub(crate) records: History<BlockRecord>,
     held: BTreeMap<DeviceId, Held>,
     delayed: Vec<Delayed>,
     outbound: Vec<Outbound>,
@@ -127,6 +128,17 @@ struct Served {
 
 /// A refusal, with the file's length when the file was found.
 type Refused = (BlockRefusal, Option<(String, u64)>);
+
+impl Default for BlockServer {
+    fn default() -> BlockServer {
+        BlockServer {
+            records: History::new(crate::world::RECORDS_KEPT),
+            held: BTreeMap::new(),
+            delayed: Vec::new(),
+            outbound: Vec::new(),
+        }
+    }
+}
 
 impl BlockServer {
     /// Answers one request from `device`, applying its MQTT faults.
@@ -152,7 +164,9 @@ impl BlockServer {
         let served = match check(engine, device, req) {
             Ok(served) => served,
             Err((BlockRefusal(code, message), file)) => {
-                tracing::info!("{device} block request refused: {code} {message}");
+                if engine.log.admit(device, "refused block requests", now) {
+                    tracing::info!("{device} block request refused: {code} {message}");
+                }
                 let header = Header {
                     code,
                     data: HeaderData {

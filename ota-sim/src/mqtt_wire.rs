@@ -79,6 +79,18 @@ pub(crate) fn connect_client_id(packet: &[u8]) -> Option<String> {
     String::from_utf8(id.to_vec()).ok()
 }
 
+/// The keep-alive of a CONNECT packet in seconds (0: none), or `None` when it is not one.
+pub(crate) fn connect_keep_alive(packet: &[u8]) -> Option<u16> {
+    if kind(packet) != CONNECT {
+        return None;
+    }
+    let b = body(packet);
+    let name_len = usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
+    // Protocol name, level, flags, then the keep-alive.
+    let at = 2 + name_len + 2;
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
 /// Whether a CONNACK accepts the connection (return code 0).
 pub(crate) fn connack_accepted(packet: &[u8]) -> bool {
     kind(packet) == CONNACK && body(packet).get(1) == Some(&0)
@@ -152,12 +164,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(connect_client_id(&first).as_deref(), Some(id));
+        assert_eq!(connect_keep_alive(&first), Some(60));
         let second = read_packet(&mut reader, MAX_CONNECT)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(second, [0x82, 9, 0, 7, 0, 4, b'/', b'a', b'/', b'b', 1]);
         assert_eq!(connect_client_id(&second), None);
+        assert_eq!(connect_keep_alive(&second), None);
         assert!(read_packet(&mut reader, MAX_CONNECT)
             .await
             .unwrap()

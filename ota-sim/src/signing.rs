@@ -75,9 +75,18 @@ impl UrlSigner {
         hex_lower(&hmac_sha256(&self.key, text.as_bytes()))
     }
 
-    /// The full URL for `path` (starting with `/`) issued to `device`, valid for `ttl`.
-    pub(crate) fn sign(&self, base: &str, path: &str, device: &DeviceId, ttl: Duration) -> String {
-        let expires = (unix_now() + ttl).as_secs().to_string();
+    /// The full URL for `path` (starting with `/`) issued to `device`, valid for `ttl` but
+    /// expiring no earlier than `min_expires` (unix seconds): a URL issued after an earlier
+    /// one was revoked must differ from it.
+    pub(crate) fn sign(
+        &self,
+        base: &str,
+        path: &str,
+        device: &DeviceId,
+        ttl: Duration,
+        min_expires: u64,
+    ) -> String {
+        let expires = (unix_now() + ttl).as_secs().max(min_expires).to_string();
         let (pk, dn) = (&device.product_key, &device.device_name);
         let sig = self.signature(path, pk, dn, &expires);
         format!(
@@ -170,7 +179,7 @@ mod tests {
     fn signed_url_verifies_and_names_its_device() {
         let s = UrlSigner::new();
         let dev = DeviceId::new("a1PK", "dev@1:x");
-        let url = s.sign("http://h", "/fw/1/a.bin", &dev, Duration::from_secs(60));
+        let url = s.sign("http://h", "/fw/1/a.bin", &dev, Duration::from_secs(60), 0);
         let (path, query) = split(&url);
         assert_eq!(s.verify(path, &SignedQuery::parse(query)), Ok(dev));
     }
@@ -179,7 +188,7 @@ mod tests {
     fn altered_or_foreign_urls_do_not_match() {
         let s = UrlSigner::new();
         let dev = DeviceId::new("a1PK", "dev1");
-        let url = s.sign("http://h", "/fw/1/a.bin", &dev, Duration::from_secs(60));
+        let url = s.sign("http://h", "/fw/1/a.bin", &dev, Duration::from_secs(60), 0);
         let (path, query) = split(&url);
         let other_dev = query.replace("dn=dev1", "dn=dev2");
         assert_eq!(
@@ -204,7 +213,7 @@ mod tests {
     fn zero_ttl_is_already_expired() {
         let s = UrlSigner::new();
         let dev = DeviceId::new("a1PK", "dev1");
-        let url = s.sign("http://h", "/fw/1/a.bin", &dev, Duration::ZERO);
+        let url = s.sign("http://h", "/fw/1/a.bin", &dev, Duration::ZERO, 0);
         let (path, query) = split(&url);
         assert_eq!(
             s.verify(path, &SignedQuery::parse(query)),

@@ -26,6 +26,7 @@ pub struct Sim {
     mqtt_port: u16,
     mqtts_port: Option<u16>,
     http_base: String,
+    http_listen: SocketAddr,
     https_base: Option<String>,
     ca_pem: Option<String>,
     product_key: String,
@@ -62,8 +63,15 @@ impl Sim {
         let embedded = matches!(config.broker, BrokerConfig::Embedded { .. });
         let (http_listener, listeners) = Listeners::bind(&config, embedded)?;
         let http_addr = listeners.http_addr();
-        let http_base = format!("http://{http_addr}");
-        let https_base = listeners.https_base()?;
+        let http_base = match &config.public_url {
+            Some(url) => crate::listeners::public_base(url, "http")?,
+            None => crate::listeners::base_url("http", http_addr),
+        };
+        let https_base = match (&config.public_https_url, listeners.https_base()?) {
+            (Some(url), Some(_)) => Some(crate::listeners::public_base(url, "https")?),
+            (Some(url), None) => return Err(Error::InvalidUrl(format!("{url:?}: needs TLS"))),
+            (None, own) => own,
+        };
         let shared = Arc::new(Shared::new(http_base.clone(), config.url_ttl));
         shared.lock().engine.https_base = https_base.clone();
         let (inputs, rx) = mpsc::channel();
@@ -74,25 +82,18 @@ impl Sim {
                 let transports = listeners.transports.clone();
                 let check = Box::new(move |client_id: &str, user: &str, pass: &str| {
                     let over_tls = transports.take_tls(client_id);
-                    let result = verify_login(client_id, user, pass, |d| {
-                        let shared = check_shared.upgrade()?;
-                        let world = shared.lock();
-                        world.engine.devices.get(d).map(|d| d.secret.clone())
-                    });
+                    // The broker's threads never wait for the world lock: under load the
+                    // engine holds it, and a login that waits too long is dropped.
+                    let result =
+                        verify_login(client_id, user, pass, |d| check_shared.upgrade()?.secret(d));
                     match result {
                         Ok(device) => {
                             tracing::info!(
                                 "{device} logged in{}",
                                 if over_tls { " over TLS" } else { "" }
                             );
-                            if let Some(shared) = check_shared.upgrade() {
-                                let tls_devices = &mut shared.lock().engine.over_tls;
-                                match over_tls {
-                                    true => tls_devices.insert(device.clone()),
-                                    false => tls_devices.remove(&device),
-                                };
-                            }
-                            let _ = logins.send(Input::Login(device));
+                            // Before the CONNACK, so before anything the device sends.
+                            let _ = logins.send(Input::Login(device, over_tls));
                             true
                         }
                         Err(e) => {
@@ -126,7 +127,7 @@ impl Sim {
         shared.set_publisher(publisher);
         let http_stop = spawn_http(http_listener, shared.clone())?;
         let (mqtts_port, ca_pem) = (listeners.mqtts_port()?, listeners.ca_pem());
-        let fronts = listeners.fronts(broker_addr);
+        let fronts = listeners.fronts(broker_addr, &inputs);
         let front_stop = match fronts.is_empty() {
             true => None,
             false => Some(front::spawn(fronts)?),
@@ -146,6 +147,7 @@ impl Sim {
             mqtt_port,
             mqtts_port,
             http_base,
+            http_listen: http_addr,
             https_base,
             ca_pem,
             product_key: config.product_key,
@@ -182,7 +184,14 @@ impl Sim {
         self.mqtt_port
     }
 
-    /// Base URL of the firmware server, e.g. `http://127.0.0.1:41234` (`/status` is below it).
+    /// Where the firmware server listens (its URLs may name another host:
+    /// [`SimConfig::public_url`](crate::SimConfig::public_url)).
+    pub fn http_listen_addr(&self) -> SocketAddr {
+        self.http_listen
+    }
+
+    /// Base URL of the firmware server as devices get it, e.g. `http://127.0.0.1:41234`
+    /// (`/status` is below it).
     pub fn http_base_url(&self) -> &str {
         &self.http_base
     }
@@ -206,7 +215,8 @@ impl Sim {
 
     /// Registers a device with a chosen identity and secret.
     pub fn add_device_with(&self, id: DeviceId, secret: &str) -> Result<DeviceInfo, Error> {
-        self.with_world(|w| w.engine.add_device(id.clone(), secret.to_owned()))?;
+        self.with_world(|w| w.engine.add_device(id.clone()))?;
+        self.shared.add_secret(&id, secret);
         Ok(DeviceInfo {
             id,
             device_secret: secret.to_owned(),
@@ -336,20 +346,31 @@ impl Sim {
         self.shared.lock().engine.task_views(Some(job))
     }
 
-    /// Every progress message a device sent, in order.
+    /// The progress messages a device sent, in order: the last
+    /// [`PROGRESS_HISTORY`](crate::PROGRESS_HISTORY) of them.
     pub fn progress(&self, device: impl AsRef<DeviceId>) -> Vec<ProgressRecord> {
         let world = self.shared.lock();
         world
             .engine
             .devices
             .get(device.as_ref())
-            .map(|d| d.steps.clone())
+            .map(|d| d.steps.iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// The steps of [`Sim::progress`].
     pub fn progress_steps(&self, device: impl AsRef<DeviceId>) -> Vec<i64> {
         self.progress(device).iter().map(|p| p.step).collect()
+    }
+
+    /// Whether the device counts as online (see the crate docs).
+    pub fn is_online(&self, device: impl AsRef<DeviceId>) -> bool {
+        let world = self.shared.lock();
+        world
+            .engine
+            .devices
+            .get(device.as_ref())
+            .is_some_and(|d| d.online)
     }
 
     /// The version a device last reported for a module.
@@ -450,7 +471,7 @@ impl Sim {
         })
     }
 
-    /// Waits until the device sent at least `count` progress messages; returns their steps.
+    /// Waits until the device sent at least `count` progress messages; returns the steps kept.
     pub fn wait_progress(
         &self,
         device: impl AsRef<DeviceId>,
@@ -460,13 +481,13 @@ impl Sim {
         let device = device.as_ref();
         let wanted = format!("{count} progress steps from {device}");
         self.wait_for(timeout, wanted, |w| {
-            let steps: Vec<i64> = w
+            let (steps, dropped): (Vec<i64>, u64) = w
                 .engine
                 .devices
                 .get(device)
-                .map(|d| d.steps.iter().map(|s| s.step).collect())
+                .map(|d| (d.steps.iter().map(|s| s.step).collect(), d.steps.dropped()))
                 .unwrap_or_default();
-            if steps.len() >= count {
+            if steps.len() as u64 + dropped >= count as u64 {
                 Waited::Done(steps)
             } else {
                 Waited::Pending(format!("steps {steps:?}"))

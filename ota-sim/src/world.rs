@@ -4,20 +4,32 @@
 
 use crate::broker::Publisher;
 use crate::faults::FaultTable;
+use crate::history::History;
 use crate::http::{self, DownloadRecord};
 use crate::jobs::Engine;
 use crate::messages::{self, Uplink};
 use crate::mqtt_download::BlockServer;
 use crate::signing::UrlSigner;
 use crate::{DeviceId, Error};
+
+/// Firmware answers and block answers kept for tests and `/status`.
+pub(crate) const RECORDS_KEPT: usize = 20_000;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What the engine thread reacts to.
 pub(crate) enum Input {
-    Message { topic: String, payload: Vec<u8> },
-    Login(DeviceId),
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// A login checked out; whether it came over TLS.
+    Login(DeviceId, bool),
+    /// A device's MQTT connection through a front was accepted.
+    Connected(DeviceId),
+    /// That connection ended.
+    Disconnected(DeviceId),
     Wake,
     Stop,
 }
@@ -27,7 +39,8 @@ pub(crate) enum Input {
 pub(crate) struct World {
     pub(crate) engine: Engine,
     pub(crate) faults: FaultTable,
-    pub(crate) downloads: Vec<DownloadRecord>,
+    /// The firmware server's latest answers (older ones are only counted).
+    pub(crate) downloads: History<DownloadRecord>,
     pub(crate) blocks: BlockServer,
 }
 
@@ -42,7 +55,12 @@ impl World {
     /// The earliest moment the engine or the block server has something to do.
     fn next_deadline(&self) -> Option<Instant> {
         let engine = self.engine.next_deadline();
-        engine.into_iter().chain(self.blocks.next_deadline()).min()
+        let log = self.engine.log.next_deadline();
+        engine
+            .into_iter()
+            .chain(self.blocks.next_deadline())
+            .chain(log)
+            .min()
     }
 }
 
@@ -53,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Condvar,
     pub(crate) signer: UrlSigner,
     publisher: OnceLock<Publisher>,
+    /// Device secrets, apart from the world so login checks never wait for the engine.
+    secrets: std::sync::RwLock<std::collections::HashMap<DeviceId, String>>,
 }
 
 impl Shared {
@@ -63,13 +83,26 @@ impl Shared {
             world: Mutex::new(World {
                 engine: Engine::new(signer.clone(), http_base, url_ttl),
                 faults: FaultTable::default(),
-                downloads: Vec::new(),
+                downloads: History::new(RECORDS_KEPT),
                 blocks: BlockServer::default(),
             }),
             changed: Condvar::new(),
             signer,
             publisher: OnceLock::new(),
+            secrets: Default::default(),
         }
+    }
+
+    /// The secret of a registered device.
+    pub(crate) fn secret(&self, device: &DeviceId) -> Option<String> {
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        secrets.get(device).cloned()
+    }
+
+    /// Registers a device's secret for login checks.
+    pub(crate) fn add_secret(&self, device: &DeviceId, secret: &str) {
+        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        secrets.insert(device.clone(), secret.to_owned());
     }
 
     /// Sets how cloud messages leave; messages queued before are dropped with a warning.
@@ -128,17 +161,22 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
                 Ok((device, uplink)) => world.engine.handle_uplink(&device, uplink, now),
                 Err(e) => tracing::warn!("ignored message on {topic}: {e}"),
             },
-            Ok(Input::Login(device)) => world.engine.handle_login(&device),
+            Ok(Input::Login(device, tls)) => world.engine.handle_login(&device, tls),
+            Ok(Input::Connected(device)) => world.engine.handle_connection(&device, true),
+            Ok(Input::Disconnected(device)) => world.engine.handle_connection(&device, false),
             Ok(Input::Wake) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
         }
         world.engine.handle_timeout(now);
         world.blocks.handle_timeout(now);
+        world.engine.log.flush(now);
         shared.flush(&mut world);
     }
 }
 
-/// Serves HTTP on its own thread with a single-threaded tokio runtime.
+/// Serves HTTP on its own thread with a single-threaded tokio runtime. Header names go out in
+/// title case (`Content-Length`, `Content-Range`), as OSS writes them: the official SDKs look
+/// for them with a case-sensitive match (docs/protocol.md §5).
 pub(crate) fn spawn_http(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
@@ -156,14 +194,31 @@ pub(crate) fn spawn_http(
                     Ok(l) => l,
                     Err(e) => return tracing::error!("firmware server: {e}"),
                 };
-                let serve = axum::serve(listener, http::router(shared))
-                    .tcp_nodelay(true)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    });
-                if let Err(e) = serve.await {
-                    tracing::error!("firmware server stopped: {e}");
-                }
+                let router = http::router(shared);
+                let serve = async {
+                    loop {
+                        let tcp = match listener.accept().await {
+                            Ok((tcp, _)) => tcp,
+                            Err(e) => {
+                                // Out of file descriptors and the like: wait, do not spin.
+                                tracing::warn!("firmware server accept: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                        tokio::spawn(async move {
+                            let connection = hyper::server::conn::http1::Builder::new()
+                                .title_case_headers(true)
+                                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                            if let Err(e) = connection.await {
+                                tracing::debug!("firmware connection: {e}");
+                            }
+                        });
+                    }
+                };
+                futures_util::future::select(std::pin::pin!(serve), stop_rx).await;
             });
         })?;
     Ok(stop_tx)

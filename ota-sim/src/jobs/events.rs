@@ -3,24 +3,59 @@
 use super::{Engine, Outbound};
 use crate::messages::{self, Uplink};
 use crate::model::*;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 impl Engine {
-    pub(crate) fn handle_login(&mut self, device: &DeviceId) {
-        if let Some(d) = self.devices.get_mut(device) {
+    /// A login checked out; its URLs are `https` when it came over TLS.
+    pub(crate) fn handle_login(&mut self, device: &DeviceId, tls: bool) {
+        match tls {
+            true => self.over_tls.insert(device.clone()),
+            false => self.over_tls.remove(device),
+        };
+        self.saw_alive(device);
+    }
+
+    /// Marks a device online on a sign of life, unless its connections are tracked: then a
+    /// message that arrives after its connection ended must not bring it back.
+    pub(crate) fn saw_alive(&mut self, device: &DeviceId) {
+        if let Some(d) = self
+            .devices
+            .get_mut(device)
+            .filter(|_| !self.tracks_connections)
+        {
             d.online = true;
         }
     }
 
+    /// A connection of `device` opened or ended: it is online while one is open.
+    pub(crate) fn handle_connection(&mut self, device: &DeviceId, opened: bool) {
+        self.tracks_connections = true;
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        d.connections = match opened {
+            true => d.connections.saturating_add(1),
+            false => d.connections.saturating_sub(1),
+        };
+        d.online = d.connections > 0;
+        if !d.online {
+            tracing::info!("{device} is offline");
+        }
+    }
+
     pub(crate) fn handle_uplink(&mut self, device: &DeviceId, uplink: Uplink, now: Instant) {
+        let tracked = self.tracks_connections;
         let Some(dev) = self.devices.get_mut(device) else {
             tracing::warn!("message from unknown device {device} ignored");
             return;
         };
-        dev.online = true;
+        if !tracked {
+            dev.online = true;
+        }
         match uplink {
             Uplink::Inform { version, module } => self.inform(device, &module, version, now),
             Uplink::Progress { step, desc, module } => {
+                let desc = super::short_desc(desc);
                 dev.steps.push(ProgressRecord {
                     step,
                     desc: desc.clone(),
@@ -45,10 +80,30 @@ impl Engine {
             }
             Uplink::LegacyRequest { module } => match self.pushable_task(device, &module) {
                 Some(i) => self.push(i),
-                None => tracing::info!("{device} asked for a task; it has none"),
+                None => {
+                    if self.log.admit(device, "task requests", now) {
+                        tracing::info!("{device} asked for a task; it has none");
+                    }
+                }
             },
             // Served by the block server, which owns the MQTT faults (see `world`).
             Uplink::Block(_) => {}
+            Uplink::Ntp { device_send_time } => {
+                let ms = |t: SystemTime| {
+                    t.duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                };
+                // `now` is when the engine took the request; the wall clock at that moment.
+                let received = ms(SystemTime::now()
+                    .checked_sub(now.elapsed())
+                    .unwrap_or(UNIX_EPOCH));
+                let payload =
+                    messages::ntp_payload(&device_send_time, received, ms(SystemTime::now()));
+                self.outbound.push(Outbound {
+                    topic: messages::ntp_response_topic(device),
+                    payload: payload.into_bytes(),
+                });
+            }
         }
     }
 
@@ -59,7 +114,9 @@ impl Engine {
     }
 
     fn inform(&mut self, device: &DeviceId, module: &str, version: String, now: Instant) {
-        tracing::info!("{device} reports {module} version {version}");
+        if self.log.admit(device, "version reports", now) {
+            tracing::info!("{device} reports {module} version {version}");
+        }
         if let Some(d) = self.devices.get_mut(device) {
             d.versions.insert(module.to_owned(), version.clone());
         }
@@ -103,15 +160,19 @@ impl Engine {
         now: Instant,
     ) {
         let Some(i) = self.pushable_task(device, module) else {
-            tracing::info!("{device} progress {step} without a task");
+            if self.log.admit(device, "progress reports", now) {
+                tracing::info!("{device} progress {step} without a task");
+            }
             return;
         };
-        // The platform ends a task on step 0 as on a negative one (PROTOCOL.md §4).
-        if step <= 0 {
+        // A negative step ends the task; "0" (the official SDKs send it when a download
+        // starts) counts as in progress like any other first report (docs/protocol.md §4).
+        if step < 0 {
             let why = desc.unwrap_or_default();
             self.fail(i, format!("progress step {step}: {why}"), now);
             return;
         }
+        let changed = self.tasks[i].view.last_step != Some(step);
         self.tasks[i].view.last_step = Some(step);
         if self.tasks[i].view.state != TaskState::InProgress {
             let timeout = self
@@ -120,7 +181,7 @@ impl Engine {
                 .and_then(|j| j.spec.timeout);
             self.tasks[i].deadline = timeout.map(|t| now + t);
             self.set_state(i, TaskState::InProgress, None);
-        } else {
+        } else if changed {
             self.live.send(&self.tasks[i].view);
         }
     }

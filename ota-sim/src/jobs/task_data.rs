@@ -54,7 +54,28 @@ impl Engine {
             Some(https) if self.over_tls.contains(device) => https,
             _ => &self.http_base,
         };
-        Ok(self.signer.sign(base, &path, device, self.url_ttl))
+        let dead = self.revoked.get(&(device.clone(), path.clone())).copied();
+        let min_expires = dead.map_or(0, |e| e + 1);
+        Ok(self
+            .signer
+            .sign(base, &path, device, self.url_ttl, min_expires))
+    }
+
+    /// Kills the URL of `device` for `path` that expires at `expires`, and every one issued
+    /// before it, until the device is handed a fresh one.
+    pub(crate) fn revoke(&mut self, device: &DeviceId, path: &str, expires: u64) {
+        let dead = self
+            .revoked
+            .entry((device.clone(), path.to_owned()))
+            .or_insert(0);
+        *dead = (*dead).max(expires);
+    }
+
+    /// Whether that URL was revoked.
+    pub(crate) fn is_revoked(&self, device: &DeviceId, path: &str, expires: u64) -> bool {
+        self.revoked
+            .get(&(device.clone(), path.to_owned()))
+            .is_some_and(|&dead| expires <= dead)
     }
 
     /// The stream id of task `idx`.
@@ -120,11 +141,10 @@ impl Engine {
         file_id: u64,
     ) -> Result<StreamFile, BlockRefusal> {
         const NO_STREAM: BlockRefusal = BlockRefusal(404, "stream not found");
-        let dev = self
-            .devices
-            .get_mut(device)
-            .ok_or(BlockRefusal(403, "unknown device"))?;
-        dev.online = true;
+        if !self.devices.contains_key(device) {
+            return Err(BlockRefusal(403, "unknown device"));
+        }
+        self.saw_alive(device);
         let idx = stream_id
             .checked_sub(STREAM_BASE)
             .and_then(|i| usize::try_from(i).ok())

@@ -28,6 +28,7 @@ impl Engine {
         let devices: Vec<_> = self.devices.iter().map(|(id, d)| serde_json::json!({
             "product_key": id.product_key, "device_name": id.device_name, "online": d.online,
             "versions": d.versions, "progress": d.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+            "progress_dropped": d.steps.dropped(),
         })).collect();
         let jobs: Vec<_> = self
             .jobs

@@ -82,6 +82,15 @@ pub fn wait_lines<const N: usize>(
 /// Kills the server when the test ends, however it ends.
 pub struct Server(Child);
 
+impl Server {
+    /// The server's resident memory in KiB (VmRSS), on Linux.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();

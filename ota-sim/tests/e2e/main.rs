@@ -3,6 +3,7 @@
 mod blocks;
 mod cli;
 mod cli_faults;
+mod demo_tls;
 mod device;
 mod download;
 mod external;
@@ -12,6 +13,7 @@ mod modules;
 mod mqtt;
 mod mqtt_faults;
 mod multi_file;
+mod platform;
 mod push;
 mod sdk;
 mod tls;

@@ -11,7 +11,7 @@ fn options(devices: usize, faults: bool) -> DemoOptions {
         size: 512 * 1024,
         rate: 0,
         timeout: Duration::from_secs(60),
-        signed: false,
+        ..DemoOptions::default()
     }
 }
 
