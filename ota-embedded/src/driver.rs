@@ -16,6 +16,7 @@ use crate::flash::{FlashError, Slot};
 use crate::http::{self, BodySink, Ending, Flow, Head, BODY_CHUNK_LEN, HEADER_BUF_LEN};
 use crate::login::Login;
 use crate::record::RecordStore;
+use crate::time_sync::TimeSync;
 use crate::transport::MqttTransport;
 
 /// Longest download URL (signed OSS URLs reach 1,500+ bytes). Two are kept: the one being
@@ -45,6 +46,10 @@ pub struct Settings {
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
+    /// Ask the platform for the time after every connect (docs/protocol.md §13) and set the
+    /// clock from the reply ([`Clock::set_unix_time`]), so later TLS connections check
+    /// certificate dates. Off for a broker without the time topic, or a firmware with SNTP.
+    pub ask_time: bool,
     /// The product's package-signing key (PROTOCOL.md §11): its RSA-2048 modulus `n`,
     /// big-endian (256 bytes, exponent 65537), e.g. `include_bytes!` of the console's `n`.
     /// With it only tasks whose `digestsign` verifies are activated; a key that is not
@@ -60,6 +65,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(10),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
+            ask_time: true,
             #[cfg(feature = "signature")]
             signing_key: None,
         }
@@ -114,6 +120,7 @@ struct Core<M, S, R, B, C, A> {
     health: Option<heapless::String<MAX_VERSION_LEN>>,
     reboot: bool,
     fault: Option<Error>,
+    time: TimeSync,
 }
 
 /// The OTA driver. See the crate docs for the memory it holds and how to run it.
@@ -183,6 +190,7 @@ where
         let cap = &mut config.rules.max_image_size;
         *cap = (*cap).min(parts.slot.capacity());
         let now = parts.clock.now();
+        let time = TimeSync::new(&config.identity);
         let record = parts.records.load().await.map_err(Error::Flash)?;
         let boot = Boot {
             running_version,
@@ -208,6 +216,7 @@ where
                 health: None,
                 reboot: false,
                 fault: None,
+                time,
             },
             http: parts.http,
             url: heapless::String::new(),
@@ -272,6 +281,10 @@ where
             let deadline = earliest(core.agent.poll_timeout(), Some(wake));
             if core.online {
                 match until(&core.clock, deadline, core.mqtt.receive()).await {
+                    Some(Ok(message)) if core.time.is_reply(message.topic) => {
+                        // A bad or stale reply leaves the clock as it was.
+                        let _ = core.time.handle(message.payload, &core.clock);
+                    }
                     Some(Ok(message)) => {
                         let event = Event::Message {
                             topic: message.topic,
@@ -340,6 +353,10 @@ where
         let now = self.clock.now();
         self.next_ping = now + self.settings.keep_alive / 2;
         self.agent.handle(now, Event::Connected)?;
+        if self.settings.ask_time && self.time.ask(&mut self.mqtt, now).await.is_err() {
+            self.lost().await?;
+            return Ok(false);
+        }
         Ok(true)
     }
 
@@ -568,6 +585,9 @@ where
         if self.online {
             let polled = select(self.mqtt.receive(), core::future::ready(())).await;
             match polled {
+                Either::First(Ok(message)) if self.time.is_reply(message.topic) => {
+                    let _ = self.time.handle(message.payload, &self.clock);
+                }
                 Either::First(Ok(message)) => {
                     let event = Event::Message {
                         topic: message.topic,

@@ -1,8 +1,9 @@
 #![no_std]
 // Plain-only builds have no unsafe code at all; the `tls` feature lends its record buffers to
-// successive sessions in one small module (`tls::lend`, which says why).
-#![cfg_attr(not(feature = "tls"), forbid(unsafe_code))]
-#![cfg_attr(feature = "tls", deny(unsafe_code))]
+// successive sessions in one small module (`tls::lend`, which says why), and the `mbedtls`
+// feature installs mbedTLS's wall-clock hook (one call, `mbedtls::install_wall_clock`).
+#![cfg_attr(not(any(feature = "tls", feature = "mbedtls")), forbid(unsafe_code))]
+#![cfg_attr(any(feature = "tls", feature = "mbedtls"), deny(unsafe_code))]
 #![deny(missing_docs)]
 //! The `#![no_std]` async adapter of [`ota_core`]: a [`Driver`] that owns the agent and
 //! serves its actions on embedded peripherals.
@@ -11,7 +12,7 @@
 //! | --- | --- |
 //! | subscribe, publish | an [`MqttTransport`]: [`MqttClient`] (MQTT 3.1.1 over a [`Connect`]or) or your own |
 //! | fetch from an offset | reqwless's HTTP framing (`Range: bytes=N-`, sized or chunked bodies) over a stream of a [`Connect`]or |
-//! | the streams | [`TcpConnector`] (any `embedded-nal-async` stack), `tls::TlsConnector` (feature `tls`: TLS 1.3, see the `tls` module), or your own [`Connect`] |
+//! | the streams | [`TcpConnector`] (any `embedded-nal-async` stack), `mbedtls::MbedtlsConnector` (feature `mbedtls`: TLS 1.2/1.3 with RSA chains, what the platform speaks), `tls::TlsConnector` (feature `tls`: TLS 1.3 with ECDSA only), or your own [`Connect`] |
 //! | write a block | [`Slot`] on an `embedded-storage-async` `NorFlash` (erase, write, pad; see [`flash`] for the block rule) |
 //! | read the slot back (a resumed prefix, the image before activation) | [`Slot::read_any`] into the agent's idle staging block |
 //! | save / clear the record | [`RecordStore`]: two alternating copies with sequence numbers and a CRC |
@@ -90,8 +91,11 @@ pub mod flash;
 pub mod gateway;
 mod http;
 pub mod login;
+#[cfg(feature = "mbedtls")]
+pub mod mbedtls;
 pub mod mqtt;
 pub mod record;
+mod time_sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
@@ -100,7 +104,7 @@ pub mod transport;
 mod testflash;
 
 pub use boot::Bootloader;
-pub use clock::Clock;
+pub use clock::{Clock, SyncedClock};
 pub use connect::{Connect, ConnectError, Security, TcpConnector};
 pub use driver::{Application, Driver, Error, Exit, Parts, Settings};
 pub use flash::{FlashError, Slot};

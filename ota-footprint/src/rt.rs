@@ -11,8 +11,12 @@ use embedded_alloc::LlffHeap as Heap;
 #[global_allocator]
 static HEAP: Heap = Heap::empty();
 
-/// Heap arena for ota-core (agent state, staging block, action arena, parsed tasks).
+/// Heap arena for ota-core (agent state, staging block, action arena, parsed tasks), and
+/// with mbedTLS its C heap too (two sessions' record buffers and handshake state).
+#[cfg(not(feature = "mbedtls"))]
 pub const HEAP_SIZE: usize = 24 * 1024;
+#[cfg(feature = "mbedtls")]
+pub const HEAP_SIZE: usize = 24 * 1024 + 2 * 64 * 1024;
 
 #[panic_handler]
 fn panic(_: &PanicInfo) -> ! {

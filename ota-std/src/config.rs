@@ -7,7 +7,7 @@ use ota_core::{Config, DeviceIdentity};
 
 use crate::login::Login;
 use crate::storage::{Activation, RunningVersion, Slot};
-use crate::tls::Trust;
+use crate::tls::{TlsBackend, Trust};
 use crate::Error;
 
 /// How the device restarts after an activation or a rollback.
@@ -76,6 +76,8 @@ pub struct DeviceConfig {
     pub mqtt_tls: Option<Trust>,
     /// Trust for `https://` downloads.
     pub https_trust: Trust,
+    /// The TLS library of MQTT and HTTPS.
+    pub tls_backend: TlsBackend,
     /// Where the running version comes from.
     pub running_version: RunningVersion,
     /// The staging image file, written in place.
@@ -136,7 +138,8 @@ impl DeviceConfig {
             broker_host: broker_host.to_owned(),
             broker_port,
             mqtt_tls: None,
-            https_trust: Trust::WebPkiRoots,
+            https_trust: Trust::Builtin,
+            tls_backend: TlsBackend::Rustls,
             running_version: RunningVersion::File(dir.join("version")),
             staging: dir.join("staging.img"),
             record: dir.join("ota.record"),

@@ -71,13 +71,13 @@ pub fn run_until_reboot(
     let (tx, rx) = mpsc::channel();
     stopper.install(tx.clone());
     let http = Http::new(
-        config.https_trust.ureq_config()?,
+        config.https_trust.ureq_config(config.tls_backend)?,
         config.agent.stall_timeout,
         config.read_buffer,
         tx.clone(),
     )?;
     let tls = match &config.mqtt_tls {
-        Some(trust) => Some(trust.rustls_config()?),
+        Some(trust) => Some(crate::tls::mqtt_tls(trust, config.tls_backend)?),
         None => None,
     };
     let mqtt = Mqtt::start(
@@ -142,7 +142,7 @@ pub fn run_until_reboot(
 /// drops the whole session on a larger packet, so the bound is far above any real push: an
 /// oversized one reaches the core, which refuses it with one `-1` (docs/protocol.md §4),
 /// while the bound still caps what one packet may allocate.
-fn max_incoming_packet(block_size: u32) -> usize {
+pub(crate) fn max_incoming_packet(block_size: u32) -> usize {
     let block = usize::try_from(block_size).unwrap_or(usize::MAX);
     block.saturating_add(1024).max(MAX_PUSH)
 }

@@ -10,7 +10,10 @@ use serde::Deserialize;
 use crate::login::{instance_endpoint, region_endpoint};
 use ota_core::TaskRequest;
 
-use crate::{Activation, DeviceConfig, Error, Health, ModuleConfig, Reboot, RunningVersion, Trust};
+use crate::{
+    Activation, DeviceConfig, Error, Health, ModuleConfig, Reboot, RunningVersion, TlsBackend,
+    Trust,
+};
 
 /// Settings of the agent. In the TOML file the keys are the flag names with `_` for `-`.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
@@ -42,9 +45,17 @@ pub struct Settings {
     /// MQTT over TLS (default true; false only for local brokers such as ota-sim).
     #[arg(long, value_name = "BOOL")]
     pub tls: Option<bool>,
-    /// CA certificates (PEM) to trust for MQTT and HTTPS instead of the built-in roots.
+    /// CA certificates (PEM) to trust for MQTT and HTTPS instead of the built-in roots
+    /// (the platform's five and the Mozilla roots).
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust in addition to the built-in roots.
+    #[arg(long, value_name = "FILE", conflicts_with = "ca_file")]
+    pub extra_ca_file: Option<PathBuf>,
+    /// TLS library: rustls (TLS 1.2/1.3, ECDHE with AES-GCM or ChaCha20) or openssl (also
+    /// TLS 1.2 AES-CBC and static-RSA suites, which some endpoints may offer alone).
+    #[arg(long, value_name = "LIB")]
+    pub tls_backend: Option<TlsBackend>,
     /// The running version.
     #[arg(long, value_name = "VERSION")]
     pub running_version: Option<String>,
@@ -160,6 +171,8 @@ impl Settings {
             instance,
             tls,
             ca_file,
+            extra_ca_file,
+            tls_backend,
             running_version,
             version_file,
             module,
@@ -209,11 +222,23 @@ impl Settings {
         let record = self.record.ok_or_else(|| missing("record"))?;
         let dir = staging.parent().unwrap_or(Path::new("."));
         let mut config = DeviceConfig::new(&pk, &dn, &secret, &host, port, dir)?;
-        let trust = match &self.ca_file {
-            Some(path) => Trust::CaPem(std::fs::read(path).map_err(|e| {
-                Error::Config(format!("cannot read CA file {}: {e}", path.display()))
-            })?),
-            None => Trust::WebPkiRoots,
+        config.tls_backend = self.tls_backend.unwrap_or_default();
+        config.tls_backend.check_available()?;
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::Config(format!("cannot read CA file {}: {e}", path.display())))
+        };
+        let trust = match (&self.ca_file, &self.extra_ca_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "give ca_file (replaces the built-in roots) or extra_ca_file (adds to \
+                     them), not both"
+                        .into(),
+                ))
+            }
+            (Some(path), None) => Trust::CaPem(read(path)?),
+            (None, Some(path)) => Trust::BuiltinAnd(read(path)?),
+            (None, None) => Trust::Builtin,
         };
         config.mqtt_tls = self.tls.unwrap_or(true).then(|| trust.clone());
         config.https_trust = trust;
@@ -373,7 +398,7 @@ mod tests {
             "a1TestPK001.iot-as-mqtt.cn-shanghai.aliyuncs.com"
         );
         assert_eq!(config.broker_port, 1883);
-        assert_eq!(config.mqtt_tls, Some(Trust::WebPkiRoots));
+        assert_eq!(config.mqtt_tls, Some(Trust::Builtin));
         assert!(!config.agent.rules.allow_http);
         assert_eq!(config.reboot, Reboot::InProcess);
     }
@@ -431,5 +456,35 @@ mod tests {
         );
         let err = toml::from_str::<Settings>("colour = 1").unwrap_err();
         assert!(err.message().contains("colour"), "{}", err.message());
+    }
+
+    #[test]
+    fn ca_files_replace_or_add_to_the_builtin_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, b"pem").unwrap();
+        let replace = Settings {
+            ca_file: Some(ca.clone()),
+            ..Settings::default()
+        };
+        let config = replace.or(minimal()).into_device_config().unwrap();
+        assert_eq!(config.https_trust, Trust::CaPem(b"pem".to_vec()));
+        let add = Settings {
+            extra_ca_file: Some(ca.clone()),
+            tls_backend: Some(TlsBackend::Openssl),
+            ..Settings::default()
+        };
+        let config = add.or(minimal()).into_device_config().unwrap();
+        assert_eq!(config.mqtt_tls, Some(Trust::BuiltinAnd(b"pem".to_vec())));
+        assert_eq!(config.tls_backend, TlsBackend::Openssl);
+        let both = Settings {
+            ca_file: Some(ca.clone()),
+            extra_ca_file: Some(ca),
+            ..Settings::default()
+        };
+        let err = both.or(minimal()).into_device_config().unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let backend: Settings = toml::from_str("tls_backend = \"openssl\"").unwrap();
+        assert_eq!(backend.tls_backend, Some(TlsBackend::Openssl));
     }
 }

@@ -244,7 +244,10 @@ pub fn run_gateway(
     let mut subs = Vec::with_capacity(config.subdevices.len());
     for (index, sub) in config.subdevices.iter().enumerate() {
         let agent_config = config.agent_config(sub)?;
-        let tls = config.gateway.https_trust.ureq_config()?;
+        let tls = config
+            .gateway
+            .https_trust
+            .ureq_config(config.gateway.tls_backend)?;
         subs.push(Sub::new(
             index,
             sub.clone(),
@@ -264,7 +267,7 @@ pub fn run_gateway(
         });
     }
     let tls = match &config.gateway.mqtt_tls {
-        Some(trust) => Some(trust.rustls_config()?),
+        Some(trust) => Some(crate::tls::mqtt_tls(trust, config.gateway.tls_backend)?),
         None => None,
     };
     let g = &config.gateway;
@@ -278,7 +281,7 @@ pub fn run_gateway(
             reconnect_min: g.reconnect_min,
             reconnect_max: g.reconnect_max,
             fail_fast: g.fail_fast,
-            max_incoming: 64 * 1024,
+            max_incoming: crate::device::max_incoming_packet(g.agent.mqtt.block_size),
         },
         mqtt_inputs,
     )?;

@@ -173,7 +173,7 @@ impl Reader {
         let response = match request.call() {
             Ok(r) => r,
             Err(e) => {
-                self.send(HttpInput::Failed(e.to_string()));
+                self.send(HttpInput::Failed(describe(url, &e)));
                 return;
             }
         };
@@ -223,6 +223,20 @@ impl Reader {
             }
         }
     }
+}
+
+/// Why a request failed; a TLS handshake rustls cannot complete says what the server offers.
+fn describe(url: &str, e: &ureq::Error) -> String {
+    if let ureq::Error::Rustls(tls) = e {
+        if let Ok(uri) = url.parse::<ureq::http::Uri>() {
+            let host = uri.host().unwrap_or_default();
+            let port = uri.port_u16().unwrap_or(443);
+            if let Some(line) = crate::tls_session::explain(tls, host, port) {
+                return format!("TLS failed: {line}");
+            }
+        }
+    }
+    e.to_string()
 }
 
 /// Longest a filled buffer waits for more bytes before it is handed over.

@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod check;
 mod config;
 mod device;
 pub mod file;
@@ -58,12 +59,13 @@ pub mod signing_key;
 mod slots;
 mod storage;
 mod tls;
+pub mod tls_session;
 mod writer;
 
 pub use config::{DeviceConfig, Health, ModuleConfig, Reboot};
 pub use device::run_until_reboot;
 pub use storage::{Activation, RunningVersion, Slot};
-pub use tls::Trust;
+pub use tls::{TlsBackend, Trust};
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};

@@ -22,7 +22,7 @@ pub(crate) struct MqttSettings {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) login: Login,
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) tls: Option<TlsConfiguration>,
     pub(crate) keep_alive: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
@@ -93,9 +93,7 @@ impl Mqtt {
             .set_max_packet_size(settings.max_incoming, MAX_OUTGOING)
             .set_clean_session(true);
         if let Some(tls) = &settings.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
+            options.set_transport(Transport::tls_with_config(tls.clone()));
         }
         let (client, mut connection) = Client::new(options, 64);
         // Without TCP_NODELAY every QoS 1 round trip waits on Nagle and delayed ACKs.
@@ -110,7 +108,6 @@ impl Mqtt {
         let acks = unacked.clone();
         let closed = Arc::new(Closed::default());
         let closed_guard = ClosedOnDrop(closed.clone());
-        let endpoint = format!("{}:{}", settings.host, settings.port);
         std::thread::Builder::new()
             .name("ota-mqtt".into())
             .spawn(move || {
@@ -151,7 +148,8 @@ impl Mqtt {
                         Ok(_) => continue,
                         Err(e) => {
                             if !connected_once && settings.fail_fast {
-                                let _ = inputs.send(Input::MqttFatal(describe(&endpoint, &e)));
+                                let line = describe(&settings.host, settings.port, &e);
+                                let _ = inputs.send(Input::MqttFatal(line));
                                 return;
                             }
                             if online {
@@ -267,8 +265,23 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     exp + exp / 4 * (nanos % 1000) / 1000
 }
 
+/// The rustls error inside a failed TLS connection, wherever rumqttc put it.
+fn rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
+    let io = match e {
+        ConnectionError::Tls(rumqttc::TlsError::TLS(tls)) => return Some(tls),
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) | ConnectionError::Io(io) => io,
+        _ => return None,
+    };
+    io.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
 /// One line saying why the first connection failed.
-fn describe(endpoint: &str, e: &ConnectionError) -> String {
+fn describe(host: &str, port: u16, e: &ConnectionError) -> String {
+    let endpoint = format!("{host}:{port}");
+    if let Some(line) = rustls_error(e).and_then(|tls| crate::tls_session::explain(tls, host, port))
+    {
+        return format!("TLS with the broker failed: {line}");
+    }
     match e {
         ConnectionError::ConnectionRefused(code) => format!(
             "the broker {endpoint} refused the login ({code:?}): check the product key, \

@@ -4,6 +4,8 @@
 
 mod gateway;
 mod integrity;
+#[cfg(feature = "mbedtls")]
+mod mbedtls;
 #[cfg(feature = "signature")]
 mod signing;
 mod support;

@@ -112,19 +112,67 @@ impl Clock for TokioClock {
     }
 }
 
+/// The host's RNG for mbedTLS (rand_core 0.10).
+#[cfg(feature = "mbedtls")]
+pub struct OsRng;
+
+#[cfg(feature = "mbedtls")]
+impl rand_core_010::TryRng for OsRng {
+    type Error = core::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        getrandom::fill(dst).expect("the host has randomness");
+        Ok(())
+    }
+}
+
+#[cfg(feature = "mbedtls")]
+impl rand_core_010::TryCryptoRng for OsRng {}
+
+/// The process's one mbedTLS instance (mbedtls-rs allows one at a time), shared by every
+/// test, as a firmware shares one between its two connectors.
+#[cfg(feature = "mbedtls")]
+pub fn mbedtls() -> ota_embedded::mbedtls::TlsReference<'static> {
+    use ota_embedded::mbedtls::Tls;
+    static TLS: std::sync::OnceLock<Tls<'static>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| Tls::new(Box::leak(Box::new(OsRng))).expect("one mbedTLS instance"))
+        .reference()
+}
+
+/// Which TLS client the device uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsLib {
+    /// embedded-tls (TLS 1.3, ECDSA P-256).
+    EmbeddedTls,
+    /// mbedTLS, TLS 1.2 and 1.3, or TLS 1.2 only.
+    Mbedtls { tls12_only: bool },
+}
+
 /// The TLS record buffers of one connector.
 pub fn record_buffers() -> (Vec<u8>, Vec<u8>) {
     (vec![0; RECORD_RX_LEN], vec![0; RECORD_TX_LEN])
 }
 
 /// A TLS connector over tokio trusting `cas`, with the host's RNG.
-pub fn tls_connector<'a>(
+pub fn tls_connector<'a, C: Clock>(
     stack: &'a TokioStack,
     dns: &'a LoopbackDns,
     cas: &'a [&'a [u8]],
-    clock: &'a TokioClock,
+    clock: C,
     (rx, tx): &'a mut (Vec<u8>, Vec<u8>),
-) -> TlsConnector<'a, TokioStack, LoopbackDns, rand_core_06::OsRng, &'a TokioClock> {
+) -> TlsConnector<'a, TokioStack, LoopbackDns, rand_core_06::OsRng, C> {
     TlsConnector::new(
         TcpConnector::new(stack, dns),
         cas,
@@ -407,6 +455,11 @@ pub struct Device {
     /// The downloads trust this CA instead, when set.
     pub download_ca: Option<Vec<u8>>,
     pub wall: Wall,
+    /// The TLS client.
+    pub tls_lib: TlsLib,
+    /// Ask the platform's time after connecting (`Settings::ask_time`), into a
+    /// `SyncedClock` over the device's clock.
+    pub ask_time: bool,
     pub slot: RamFlash,
     pub records: RamFlash,
     pub boot: FakeBoot,
@@ -439,6 +492,8 @@ impl Device {
             ca: None,
             download_ca: None,
             wall: Wall::System,
+            tls_lib: TlsLib::EmbeddedTls,
+            ask_time: false,
             slot: slot.clone(),
             records,
             boot: FakeBoot {
@@ -489,21 +544,40 @@ impl Device {
 
     async fn session(&self, version: &str, stop: tokio::sync::oneshot::Receiver<()>) -> SessionEnd {
         let (stack, dns) = (TokioStack, LoopbackDns);
-        let clock = TokioClock::new(self.wall);
+        let clock = ota_embedded::SyncedClock::new(TokioClock::new(self.wall));
+        let clock = &clock;
+        #[cfg(feature = "mbedtls")]
+        if let (Some(ca), TlsLib::Mbedtls { tls12_only }) = (&self.ca, self.tls_lib) {
+            use ota_embedded::mbedtls::{CaChain, MbedtlsConnector, TlsVersion};
+            let cas = CaChain::new(&[ca]).unwrap();
+            let download_cas = CaChain::new(&[self.download_ca.as_deref().unwrap_or(ca)]).unwrap();
+            let connector = |cas| {
+                let c =
+                    MbedtlsConnector::new(TcpConnector::new(&stack, &dns), mbedtls(), cas, clock);
+                match tls12_only {
+                    true => c.with_versions(TlsVersion::Tls1_2, TlsVersion::Tls1_2),
+                    false => c,
+                }
+            };
+            let (mqtt, http) = (connector(&cas), connector(&download_cas));
+            return self
+                .run(&mqtt, Security::Tls, http, clock, version, stop)
+                .await;
+        }
         match &self.ca {
             None => {
                 let mqtt = TcpConnector::new(&stack, &dns);
                 let http = TcpConnector::new(&stack, &dns);
-                self.run(&mqtt, Security::Plain, http, &clock, version, stop)
+                self.run(&mqtt, Security::Plain, http, clock, version, stop)
                     .await
             }
             Some(ca) => {
                 let cas = [ca.as_slice()];
                 let download_cas = [self.download_ca.as_deref().unwrap_or(ca)];
                 let (mut mqtt_buffers, mut http_buffers) = (record_buffers(), record_buffers());
-                let mqtt = tls_connector(&stack, &dns, &cas, &clock, &mut mqtt_buffers);
-                let http = tls_connector(&stack, &dns, &download_cas, &clock, &mut http_buffers);
-                self.run(&mqtt, Security::Tls, http, &clock, version, stop)
+                let mqtt = tls_connector(&stack, &dns, &cas, clock, &mut mqtt_buffers);
+                let http = tls_connector(&stack, &dns, &download_cas, clock, &mut http_buffers);
+                self.run(&mqtt, Security::Tls, http, clock, version, stop)
                     .await
             }
         }
@@ -514,7 +588,7 @@ impl Device {
         mqtt: &M,
         security: Security,
         http: H,
-        clock: &TokioClock,
+        clock: &ota_embedded::SyncedClock<TokioClock>,
         version: &str,
         stop: tokio::sync::oneshot::Receiver<()>,
     ) -> SessionEnd {
@@ -540,6 +614,7 @@ impl Device {
             login,
             settings: Settings {
                 reconnect_min: Duration::from_millis(50),
+                ask_time: self.ask_time,
                 #[cfg(feature = "signature")]
                 signing_key: self.signing_key,
                 ..Settings::default()

@@ -19,8 +19,10 @@ use ota_std::{run_until_reboot, DeviceEvent, Exit, Reboot, Stopper};
 /// Every option may also be given in the TOML file of --config, with `_` for `-` in the key
 /// (e.g. `product_key = "a1..."`); flags override the file.
 #[derive(Parser)]
-#[command(name = "ota-agent", version)]
+#[command(name = "ota-agent", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML file with the settings below.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -31,6 +33,26 @@ struct Cli {
     /// task's failure code (1 to 4 for steps -1 to -4) when it failed.
     #[arg(long, visible_alias = "once")]
     exit_after_install: bool,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Check, step by step, that this device reaches the platform: resolve the endpoint,
+    /// connect, TLS (version, suite, chain, anchoring root), login, subscribe, firmware/get,
+    /// and optionally the first byte of an https URL. Exits 1 at the first failure.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// TOML file with the settings (the same file the agent runs with).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Also fetch the first byte of this URL (e.g. a firmware URL, to check the OSS chain).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
     #[command(flatten)]
     settings: Settings,
 }
@@ -54,11 +76,42 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    let result = match cli.command {
+        Some(Command::Check(args)) => check(args),
+        None => run(cli),
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("ota-agent: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ota-agent check`: 0 when every step passed, 1 at the first failure (said on stderr).
+fn check(args: CheckArgs) -> Result<u8, ota_std::Error> {
+    let file = match &args.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let mut settings = args.settings.or(file);
+    // check reads the identity, the endpoint and the TLS settings only: the slot settings
+    // the agent needs are given placeholders it never touches.
+    settings.staging.get_or_insert_with(|| "staging.img".into());
+    settings.record.get_or_insert_with(|| "ota.record".into());
+    if settings.version_file.is_none() {
+        settings.running_version.get_or_insert_with(|| "0".into());
+    }
+    if settings.activate_command.is_none() {
+        settings.target.get_or_insert_with(|| "firmware.img".into());
+    }
+    let config = settings.into_device_config()?;
+    match ota_std::check::check(&config, args.url.as_deref(), &mut std::io::stdout()) {
+        Ok(()) => Ok(0),
+        Err(line) => {
+            eprintln!("ota-agent check: FAILED at {line}");
+            Ok(1)
         }
     }
 }

@@ -106,7 +106,7 @@ impl GatewayFile {
             Some(path) => Trust::CaPem(std::fs::read(path).map_err(|e| {
                 Error::Config(format!("cannot read CA file {}: {e}", path.display()))
             })?),
-            None => Trust::WebPkiRoots,
+            None => Trust::Builtin,
         };
         gateway.mqtt_tls = self.tls.unwrap_or(true).then(|| trust.clone());
         gateway.https_trust = trust;

@@ -7,6 +7,7 @@ mod lifecycle;
 mod modules;
 mod mqtt_channel;
 mod multi_file;
+mod platform_tls;
 mod protocol;
 mod sessions;
 mod tls;
