@@ -1,7 +1,7 @@
 //! A local cloud for testing OTA devices against the Alibaba Cloud IoT protocol without an
 //! account: an MQTT broker that checks device logins, a firmware server with signed, expiring
 //! URLs, `Range` support and injectable faults, and the job engine that pushes tasks and tracks
-//! per-device task states (see PROTOCOL.md §9).
+//! per-device task states (see docs/protocol.md §9).
 //!
 //! ```no_run
 //! use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, TaskState};
@@ -46,7 +46,7 @@
 //! * An MQTT-channel package ([`PackageSpec::mqtt`]) is pushed with `"dProtocol":"mqtt"`, a
 //!   `streamId` unique to the task, and `streamFileId` 1 (or one `streamFileId` per entry of
 //!   `data.files`, 1-based). Block requests on `/sys/{pk}/{dn}/thing/file/download` are
-//!   answered on `.../download_reply` with `2 + H + bSize + 2` bytes (PROTOCOL.md §6); the id
+//!   answered on `.../download_reply` with `2 + H + bSize + 2` bytes (docs/protocol.md §6); the id
 //!   and `fileToken` are echoed (no token in the request, none in the reply). A block running
 //!   past the end gets the remaining bytes. A refused request gets a frame with `bSize` 0, no
 //!   data and the CRC of nothing (0): code 400 for a missing or bad field, a size of 0 or above

@@ -1,4 +1,4 @@
-//! What goes over MQTT (PROTOCOL.md §1–§4): topics, lenient parsing of what devices send, and
+//! What goes over MQTT (docs/protocol.md §1–§4): topics, lenient parsing of what devices send, and
 //! the compact JSON the cloud sends, built with serde_json from the documented shapes (never
 //! with ota-core's encoder, so a format mistake on one side is caught by the other).
 
@@ -37,7 +37,7 @@ pub(crate) enum Uplink {
     FirmwareGet { id: Value, module: String },
     /// Legacy request for the pending task, answered with a push.
     LegacyRequest { module: String },
-    /// MQTT-channel request for one block (PROTOCOL.md §6).
+    /// MQTT-channel request for one block (docs/protocol.md §6).
     Block(BlockRequest),
     /// A request for the time (docs/protocol.md §13); `deviceSendTime` as the device sent it.
     Ntp { device_send_time: Value },
@@ -120,7 +120,7 @@ pub(crate) fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// The `data` object of a push and of a firmware/get reply (PROTOCOL.md §3): one of the
+/// The `data` object of a push and of a firmware/get reply (docs/protocol.md §3): one of the
 /// single-file HTTP, single-file MQTT or multi-file variants, absent fields left out.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct TaskData {

@@ -1,4 +1,4 @@
-//! The cloud's vocabulary: devices, packages, jobs and per-device tasks (PROTOCOL.md §9), as
+//! The cloud's vocabulary: devices, packages, jobs and per-device tasks (docs/protocol.md §9), as
 //! the library API and the status endpoint show them.
 
 use serde::Serialize;
@@ -166,7 +166,7 @@ impl JobSpec {
     }
 }
 
-/// Per-device task state (PROTOCOL.md §9).
+/// Per-device task state (docs/protocol.md §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskState {

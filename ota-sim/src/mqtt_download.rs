@@ -1,4 +1,4 @@
-//! The MQTT-channel download (PROTOCOL.md §6): answers block requests on
+//! The MQTT-channel download (docs/protocol.md §6): answers block requests on
 //! `/sys/{pk}/{dn}/thing/file/download` with binary frames on `.../download_reply`, carries out
 //! the per-device reply faults (drop, delay, duplicate, reorder, corrupt, wrong offset) and
 //! records every answer for tests, like the firmware server does for HTTP.

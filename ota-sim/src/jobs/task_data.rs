@@ -1,4 +1,4 @@
-//! What a device is told about a task (the `data` of a push or firmware/get reply, PROTOCOL.md
+//! What a device is told about a task (the `data` of a push or firmware/get reply, docs/protocol.md
 //! §3) and what it may then fetch: a package file by its signed URL, or by the task's
 //! MQTT-channel stream (§6).
 
