@@ -48,8 +48,10 @@ pub mod check;
 mod config;
 mod device;
 pub mod file;
+mod fs_ops;
 pub mod gateway;
 mod http;
+mod input;
 mod journal;
 pub mod login;
 mod mqtt;
@@ -72,7 +74,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use device::Input;
+use input::Input;
 
 /// Why the device could not run.
 #[derive(Debug, thiserror::Error)]
