@@ -5,6 +5,9 @@ use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
 
+/// The module name meaning "the whole firmware".
+pub const DEFAULT_MODULE: &str = "default";
+
 /// A device's identity on the platform.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct DeviceId {

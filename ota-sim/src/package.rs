@@ -65,7 +65,7 @@ impl PackageSpec {
     pub fn new(version: impl Into<String>, data: Vec<u8>) -> PackageSpec {
         PackageSpec {
             version: version.into(),
-            module: crate::messages::DEFAULT_MODULE.to_owned(),
+            module: crate::model::DEFAULT_MODULE.to_owned(),
             data,
             files: Vec::new(),
             sign_method: SignMethod::Md5,

@@ -3,7 +3,7 @@
 //! MQTT-channel stream (§6).
 
 use super::Engine;
-use crate::messages::{TaskData, TaskFile, DEFAULT_MODULE};
+use crate::messages::{TaskData, TaskFile};
 use crate::model::*;
 use crate::package::*;
 use crate::signing::percent_encode;
