@@ -69,8 +69,6 @@
 mod auth;
 mod broker;
 mod crypto;
-pub mod demo;
-pub mod demo_gateway;
 mod fault_spec;
 mod faults;
 mod frames;
