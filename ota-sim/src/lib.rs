@@ -63,6 +63,19 @@
 //! * The MQTT reply faults ([`Fault::DropReply`] and the others) act only on replies carrying
 //!   data; a held-back ([`Fault::ReorderReply`]) reply leaves right after the device's next
 //!   reply of any kind.
+//!
+//! Which module owns what (imports never go in a circle; `.ci/check-module-cycles` checks):
+//! * `world` owns the state behind one lock (job engine, faults, request logs, block server,
+//!   gateways) and runs the engine thread. The others reach it only through narrow doors:
+//!   `broker` and `front` send into the `input` channel, the firmware server (`http`)
+//!   asks through the `Firmware` traits it defines, and the world publishes through the
+//!   broker's `Publisher`.
+//! * `jobs` is the job engine (packages, jobs, task states); `mqtt_download` answers block
+//!   requests, [`gateway`] the sub-device sessions; both drive the engine, never the reverse.
+//! * `messages` parses what devices send and encodes what the cloud sends; it imports no part of
+//!   the engine. `model`, `package` and `faults` are the vocabulary all of them share.
+//! * `sim` is the library API ([`Sim`]) over all of it; `listeners`, `tls`, `sessions` and
+//!   `limits` set up the ports; [`load`] is `ota-sim load`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -17,7 +17,7 @@ use ota_std::{DeviceEvent, Stopper};
 #[derive(Parser)]
 #[command(name = "ota-gateway", version)]
 struct Cli {
-    /// TOML file: the gateway, `max_parallel`, and one [[subdevice]] table per sub-device.
+    /// TOML file: the gateway, `max_parallel`, and one `[[subdevice]]` table per sub-device.
     #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
     /// Most sub-devices downloading at once (overrides the file's max_parallel).
