@@ -1,4 +1,4 @@
-//! The lenient parser for upgrade pushes and firmware/get replies (PROTOCOL.md §3).
+//! The lenient parser for upgrade pushes and firmware/get replies (docs/protocol.md §3).
 //!
 //! Lenient where the platform is inconsistent (id number or string, code string or
 //! number, size number or digit string, signMethod in any case, hex in either case,
@@ -13,10 +13,10 @@ use crate::identity::{is_valid_module, is_valid_version, DEFAULT_MODULE};
 use crate::json::{self, Json, Kind};
 use crate::task::{Channel, DigestMethod, ExpectedDigest, Task, TaskFile, MAX_FILES};
 
-/// Largest image the MQTT channel carries (PROTOCOL.md §8).
+/// Largest image the MQTT channel carries (docs/protocol.md §8).
 pub const MAX_MQTT_IMAGE: u64 = 16 * 1024 * 1024;
 
-/// Longest `extData` accepted, in bytes of JSON text (PROTOCOL.md §8).
+/// Longest `extData` accepted, in bytes of JSON text (docs/protocol.md §8).
 pub const MAX_EXT_DATA_LEN: usize = 4096;
 
 /// What a device accepts; the parser checks tasks against it.
@@ -301,7 +301,7 @@ fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), St
     Ok((is_diff, ext_data, digestsign))
 }
 
-/// A multi-file task (`data.files`, PROTOCOL.md §3): each file with its size, URL and digest.
+/// A multi-file task (`data.files`, docs/protocol.md §3): each file with its size, URL and digest.
 fn build_multi_file_task(
     data: &Data,
     files: Json,

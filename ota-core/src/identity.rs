@@ -1,4 +1,4 @@
-//! Device identity and the MQTT topics derived from it (PROTOCOL.md §1, §8).
+//! Device identity and the MQTT topics derived from it (docs/protocol.md §1, §8).
 
 use alloc::string::String;
 
@@ -57,12 +57,12 @@ impl DeviceIdentity {
     }
 }
 
-/// True when `module` is a valid module name (PROTOCOL.md §8).
+/// True when `module` is a valid module name (docs/protocol.md §8).
 pub fn is_valid_module(module: &str) -> bool {
     is_version_like(module, MAX_MODULE_LEN)
 }
 
-/// True when `version` is a valid version string (PROTOCOL.md §3, §8).
+/// True when `version` is a valid version string (docs/protocol.md §3, §8).
 pub fn is_valid_version(version: &str) -> bool {
     is_version_like(version, MAX_VERSION_LEN)
 }

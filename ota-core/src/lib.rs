@@ -57,7 +57,7 @@
 //! `Err`: they become a state change and exactly one failure report with the right code.
 //! `Err` means the adapter broke the contract; the state is then unchanged.
 //!
-//! Cargo feature `signature`: the platform's secure upgrade (PROTOCOL.md §11). It adds
+//! Cargo feature `signature`: the platform's secure upgrade (docs/protocol.md §11). It adds
 //! `Config::package_key` (`signature::PackageKey`, RSA-2048); with a key, an image is
 //! activated only if the task's `digestsign` verifies over its digest.
 

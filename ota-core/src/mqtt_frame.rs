@@ -1,4 +1,4 @@
-//! The MQTT-channel block reply (PROTOCOL.md §6): a big-endian header length, a JSON header,
+//! The MQTT-channel block reply (docs/protocol.md §6): a big-endian header length, a JSON header,
 //! the data, and a little-endian CRC-16/ARC of the data.
 //!
 //! Every check the official SDK skips is made here: total length, code, offset, file length,

@@ -1,4 +1,4 @@
-//! The saved record: what survives a power loss (DESIGN.md "The saved record").
+//! The saved record: what survives a power loss (docs/architecture.md "The saved record").
 //!
 //! A small, versioned binary encoding with a CRC-32 at the end. The adapter stores it
 //! atomically; the agent hands it back at boot. A record that does not decode is not an
@@ -31,7 +31,7 @@ pub enum Phase {
         digest_state: Vec<u8>,
         /// The highest progress step the cloud may have been told (0: none). The agent
         /// publishes a step only once a record carrying it is durable, so after a power
-        /// loss its next report exceeds this one (PROTOCOL.md §4: never twice the same).
+        /// loss its next report exceeds this one (docs/protocol.md §4: never twice the same).
         step: u8,
     },
     /// The image verified and the device is switching to it.
@@ -56,7 +56,7 @@ pub struct ImageId {
     /// Number of files of a multi-file task (0 for a single image).
     pub files: u8,
     /// The task's `digestsign`, decoded (`None` when absent or malformed): a device with a
-    /// key checks it again when it resumes from the record (PROTOCOL.md §11).
+    /// key checks it again when it resumes from the record (docs/protocol.md §11).
     pub signature: Option<PackageSignature>,
 }
 

@@ -1,4 +1,4 @@
-//! The package signature of the platform's secure upgrade (`digestsign`, PROTOCOL.md §11).
+//! The package signature of the platform's secure upgrade (`digestsign`, docs/protocol.md §11).
 //!
 //! The platform signs the *binary* image digest (16 MD5 bytes or 32 SHA-256 bytes) with
 //! RSA-2048 PKCS#1 v1.5 over SHA-256, and sends the 256-byte signature in base64 (hex of

@@ -100,7 +100,7 @@ pub enum Channel {
         /// The signed URL, verbatim.
         url: String,
     },
-    /// Blocks requested over MQTT (PROTOCOL.md §6).
+    /// Blocks requested over MQTT (docs/protocol.md §6).
     Mqtt {
         /// `streamId` of the push.
         stream_id: u64,
@@ -149,7 +149,7 @@ pub struct TaskFile {
     pub url: String,
 }
 
-/// Most files a task may carry (PROTOCOL.md §8).
+/// Most files a task may carry (docs/protocol.md §8).
 pub const MAX_FILES: usize = 20;
 
 impl Task {

@@ -1,4 +1,4 @@
-//! Encoders for what the device sends (PROTOCOL.md §2, §3, §4, §6): compact JSON, byte-exact.
+//! Encoders for what the device sends (docs/protocol.md §2, §3, §4, §6): compact JSON, byte-exact.
 //!
 //! They append to a caller's buffer so that the agent can reuse one arena and send
 //! progress without allocating once the arena has grown to its working size.
@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use crate::identity::DEFAULT_MODULE;
 
-/// A failure code of the progress topic (PROTOCOL.md §4).
+/// A failure code of the progress topic (docs/protocol.md §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureCode {
     /// `-1`: the upgrade failed (invalid task, rollback, anything not below).
@@ -166,7 +166,7 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    // The cases of PROTOCOL.md's vectors/uplink.json, byte for byte.
+    // The cases of ota-core/testdata/uplink.json (docs/protocol.md), byte for byte.
     #[test]
     fn inform_matches_the_vectors() {
         assert_eq!(

@@ -50,7 +50,7 @@ pub struct Settings {
     /// clock from the reply ([`Clock::set_unix_time`]), so later TLS connections check
     /// certificate dates. Off for a broker without the time topic, or a firmware with SNTP.
     pub ask_time: bool,
-    /// The product's package-signing key (PROTOCOL.md §11): its RSA-2048 modulus `n`,
+    /// The product's package-signing key (docs/protocol.md §11): its RSA-2048 modulus `n`,
     /// big-endian (256 bytes, exponent 65537), e.g. `include_bytes!` of the console's `n`.
     /// With it only tasks whose `digestsign` verifies are activated; a key that is not
     /// RSA-2048 makes [`Driver::new`] fail.

@@ -20,7 +20,7 @@
 //! | time | a [`Clock`] (milliseconds, sleep until an instant) |
 //! | notifications, health verdict | your [`Application`] |
 //!
-//! The login is PROTOCOL.md §7 ([`Login`], HMAC-SHA256). The driver is one task:
+//! The login is docs/protocol.md §7 ([`Login`], HMAC-SHA256). The driver is one task:
 //!
 //! ```no_run
 //! use embedded_nal_async::{Dns, TcpConnect};

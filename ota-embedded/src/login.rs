@@ -1,4 +1,4 @@
-//! The MQTT login of PROTOCOL.md §7: client id, username and the HMAC-SHA256 password,
+//! The MQTT login of docs/protocol.md §7: client id, username and the HMAC-SHA256 password,
 //! built into fixed buffers (no allocation).
 
 use core::fmt::Write as _;

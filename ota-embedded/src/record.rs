@@ -1,4 +1,4 @@
-//! The saved record in two alternating copies (DESIGN.md "The saved record").
+//! The saved record in two alternating copies (docs/architecture.md "The saved record").
 //!
 //! Two sectors of a NOR flash, A at `base` and B at `base + ERASE_SIZE`. Each save erases the
 //! copy that does *not* hold the newest valid record and writes there, with a sequence number

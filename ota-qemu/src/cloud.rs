@@ -1,5 +1,5 @@
 //! The cloud's side of the scripted upgrade: the device's identity and topics, the image it
-//! serves, and the push announcing it (PROTOCOL.md §3), built the way the platform sends it.
+//! serves, and the push announcing it (docs/protocol.md §3), built the way the platform sends it.
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -15,7 +15,7 @@ use ota_core::{Action, Agent, Boot, Config, Event, FetchId, Instant, Notificatio
 use crate::cloud::{self, IMAGE_SIZE, IMAGE_URL, MODULE, NEW_VERSION};
 use crate::probe::{Call, Probe};
 
-/// Room for the saved record ("a few hundred bytes at most", DESIGN.md); never grown.
+/// Room for the saved record ("a few hundred bytes at most", docs/architecture.md); never grown.
 const RECORD_CAPACITY: usize = 1024;
 
 /// Storage answers and deadlines one input may lead to before it counts as a livelock: a few,

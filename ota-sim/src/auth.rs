@@ -1,4 +1,4 @@
-//! Device login as the Alibaba IoT platform checks it (PROTOCOL.md §7): the MQTT password is an
+//! Device login as the Alibaba IoT platform checks it (docs/protocol.md §7): the MQTT password is an
 //! HMAC of the device's identity keyed with its DeviceSecret.
 
 use crate::crypto::{constant_time_eq, hex_lower, hmac_sha1, hmac_sha256};

@@ -2,8 +2,8 @@
 //! external broker reached with rumqttc. Either way the cloud subscribes to the uplink topics,
 //! forwards what arrives as [`Input`]s, and sends pushes and replies through a [`Publisher`].
 
+use crate::input::Input;
 use crate::messages::CLOUD_FILTERS;
-use crate::world::Input;
 use crate::Error;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};

@@ -53,7 +53,7 @@ pub enum Fault {
     CorruptBlock,
     /// MQTT: announce a `bOffset` one past the requested offset (the data is the right one).
     WrongOffset,
-    /// Pushes and firmware/get replies carry a `digestsign` that does not verify (PROTOCOL.md
+    /// Pushes and firmware/get replies carry a `digestsign` that does not verify (docs/protocol.md
     /// §11): well formed, but not the product key's signature of the image.
     WrongSignature,
 }

@@ -1,4 +1,4 @@
-//! The binary reply of the MQTT-channel download (PROTOCOL.md §6): a 2-byte big-endian header
+//! The binary reply of the MQTT-channel download (docs/protocol.md §6): a 2-byte big-endian header
 //! length, the JSON header, the data, and the CRC-16/ARC of the data little-endian. Built here
 //! from the documented layout (not with ota-core), so a framing mistake on either side shows.
 

@@ -5,9 +5,9 @@
 //! OTA downlink topics, as the platform does for the official SDK, which never subscribes to
 //! them; the SUBACK of that subscription is kept from the device, which did not ask for it.
 
+use crate::input::Input;
 use crate::messages::{download_reply_topic, get_reply_topic, upgrade_topic};
 use crate::mqtt_wire::{self, MAX_CONNECT, MAX_PACKET};
-use crate::world::Input;
 use crate::{DeviceId, Error};
 use openssl::ssl::{Ssl, SslAcceptor};
 use std::collections::HashMap;

@@ -11,14 +11,14 @@ use crate::crypto::{constant_time_eq, hex_lower, hmac_sha1, hmac_sha256};
 use crate::faults::Times;
 use crate::jobs::{Engine, Outbound};
 use crate::messages::{text, Uplink};
-use crate::{DeviceId, DeviceInfo, Error, Sim};
+use crate::DeviceId;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-/// ProductKey of the sub-devices made by [`Sim::add_subdevice`].
+/// ProductKey of the sub-devices made by [`Sim::add_subdevice`](crate::Sim::add_subdevice).
 pub const SUBDEVICE_PRODUCT_KEY: &str = "a1OtaSimSub";
 
 /// Logins of one sub-device allowed per minute; the next one gets 429 (§14).
@@ -217,10 +217,6 @@ fn session_topic(topic: &str) -> Option<(DeviceId, &str)> {
     }
 }
 
-/// The MQTT filters of the session requests, which the cloud subscribes to.
-pub(crate) const SESSION_FILTERS: [&str; 2] =
-    ["/sys/+/+/thing/topo/+", "/ext/session/+/+/combine/+"];
-
 fn device_json(d: &DeviceId) -> Value {
     json!({"productKey": d.product_key, "deviceName": d.device_name})
 }
@@ -256,6 +252,55 @@ impl Gateways {
     }
 
     /// Registers a sub-device made for `gateway` (not yet in its topology).
+    /// Registers a gateway with an empty topology.
+    pub(crate) fn add_gateway(&mut self, gateway: DeviceId) {
+        self.topology.entry(gateway).or_default();
+    }
+
+    /// How many gateways are registered.
+    pub(crate) fn gateway_count(&self) -> usize {
+        self.topology.len()
+    }
+
+    /// How many sub-devices were registered for `gateway`.
+    pub(crate) fn subdevice_count(&self, gateway: &DeviceId) -> usize {
+        self.subs
+            .values()
+            .filter(|s| s.home.as_ref() == Some(gateway))
+            .count()
+    }
+
+    /// How many times fault `index` fired.
+    pub(crate) fn fault_fired(&self, index: usize) -> u32 {
+        self.faults.get(index).map_or(0, |a| a.fired)
+    }
+
+    /// The sub-devices in `gateway`'s topology.
+    pub(crate) fn topology_of(&self, gateway: &DeviceId) -> Vec<DeviceId> {
+        self.topology
+            .get(gateway)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts `sub` into `gateway`'s topology, as the console does.
+    pub(crate) fn add_to_topology(&mut self, gateway: &DeviceId, sub: &DeviceId) {
+        self.topology
+            .entry(gateway.clone())
+            .or_default()
+            .insert(sub.clone());
+        self.subs
+            .entry(sub.clone())
+            .or_default()
+            .home
+            .get_or_insert(gateway.clone());
+    }
+
+    /// How many successful logins `sub` made.
+    pub(crate) fn login_count(&self, sub: &DeviceId) -> u32 {
+        self.subs.get(sub).map_or(0, |s| s.login_count)
+    }
+
     pub(crate) fn add_subdevice(&mut self, gateway: &DeviceId, sub: &DeviceId) {
         self.topology.entry(gateway.clone()).or_default();
         self.subs.entry(sub.clone()).or_default().home = Some(gateway.clone());
@@ -620,7 +665,7 @@ impl Gateways {
     }
 
     /// Whether `sub` has a session, and through which gateway.
-    fn session_of(&self, sub: &DeviceId) -> Option<&DeviceId> {
+    pub(crate) fn session_of(&self, sub: &DeviceId) -> Option<&DeviceId> {
         self.subs.get(sub)?.session.as_ref()
     }
 
@@ -732,100 +777,6 @@ pub(crate) fn progress_step(uplink: &Uplink) -> Option<i64> {
     match uplink {
         Uplink::Progress { step, .. } => Some(*step),
         _ => None,
-    }
-}
-
-impl Sim {
-    /// Registers a gateway `gwNNNN` under the configured product key with a random secret; it
-    /// logs in over MQTT like any device and serves the sub-devices of [`Sim::add_subdevice`].
-    pub fn add_gateway(&self) -> Result<DeviceInfo, Error> {
-        let n = self.with_world(|w| w.gateways.topology.len()) + 1;
-        let id = DeviceId::new(self.product_key(), format!("gw{n:04}"));
-        let info = self.add_device_with(id.clone(), &crate::crypto::Rng::new().alphanumeric(32))?;
-        self.with_world(|w| {
-            w.gateways.topology.entry(id).or_default();
-        });
-        Ok(info)
-    }
-
-    /// Registers a sub-device `{gateway}-nodeNN` of [`SUBDEVICE_PRODUCT_KEY`] for `gateway`,
-    /// with a random secret. It is not in the gateway's topology until the gateway adds it.
-    pub fn add_subdevice(&self, gateway: impl AsRef<DeviceId>) -> Result<DeviceInfo, Error> {
-        let gateway = gateway.as_ref();
-        let n = self.with_world(|w| {
-            w.gateways
-                .subs
-                .values()
-                .filter(|s| s.home.as_ref() == Some(gateway))
-                .count()
-        }) + 1;
-        let id = DeviceId::new(
-            SUBDEVICE_PRODUCT_KEY,
-            format!("{}-node{n:02}", gateway.device_name),
-        );
-        let info = self.add_device_with(id.clone(), &crate::crypto::Rng::new().alphanumeric(32))?;
-        self.with_world(|w| w.gateways.add_subdevice(gateway, &id));
-        Ok(info)
-    }
-
-    /// Injects a sub-device session fault for one sub-device (or every one); returns its index
-    /// for [`Sim::gateway_fault_fired`].
-    pub fn set_gateway_fault(
-        &self,
-        device: Option<&DeviceId>,
-        fault: GatewayFault,
-        times: Times,
-    ) -> usize {
-        self.with_world(|w| w.gateways.add_fault(device.cloned(), fault, times))
-    }
-
-    /// How many times gateway fault `index` fired.
-    pub fn gateway_fault_fired(&self, index: usize) -> u32 {
-        self.with_world(|w| w.gateways.faults.get(index).map_or(0, |a| a.fired))
-    }
-
-    /// The sub-devices in `gateway`'s topology.
-    pub fn topology(&self, gateway: impl AsRef<DeviceId>) -> Vec<DeviceId> {
-        self.with_world(|w| {
-            w.gateways
-                .topology
-                .get(gateway.as_ref())
-                .map(|t| t.iter().cloned().collect())
-                .unwrap_or_default()
-        })
-    }
-
-    /// The gateway `sub` is logged in through, if it has a session.
-    pub fn subdevice_session(&self, sub: impl AsRef<DeviceId>) -> Option<DeviceId> {
-        self.with_world(|w| w.gateways.session_of(sub.as_ref()).cloned())
-    }
-
-    /// Puts `sub` into `gateway`'s topology, as the console does (no request needed).
-    pub fn add_to_topology(&self, gateway: impl AsRef<DeviceId>, sub: impl AsRef<DeviceId>) {
-        self.with_world(|w| {
-            let (gateway, sub) = (gateway.as_ref(), sub.as_ref());
-            w.gateways
-                .topology
-                .entry(gateway.clone())
-                .or_default()
-                .insert(sub.clone());
-            w.gateways
-                .subs
-                .entry(sub.clone())
-                .or_default()
-                .home
-                .get_or_insert(gateway.clone());
-        });
-    }
-
-    /// How many successful logins `sub` made.
-    pub fn subdevice_logins(&self, sub: impl AsRef<DeviceId>) -> u32 {
-        self.with_world(|w| {
-            w.gateways
-                .subs
-                .get(sub.as_ref())
-                .map_or(0, |s| s.login_count)
-        })
     }
 }
 

@@ -6,6 +6,9 @@ use crate::DeviceId;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// Firmware answers and block answers kept for tests and `/status`.
+pub(crate) const RECORDS_KEPT: usize = 20_000;
+
 /// The last `cap` items, and how many older ones were let go.
 #[derive(Debug, Clone)]
 pub(crate) struct History<T> {

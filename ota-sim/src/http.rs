@@ -1,18 +1,22 @@
 //! The firmware server: signed URLs, `Range` requests and the per-device faults, plus the JSON
 //! status page. It speaks plain HTTP/1.1; a TLS acceptor would wrap the listener in `spawn`.
+//! It reaches the packages, faults and request log that the world owns only through the
+//! [`Firmware`] and [`FirmwareState`] traits, so it imports nothing of the world.
 
-use crate::faults::{body_stream, BodyPlan, Fault};
-use crate::signing::{SignedQuery, UrlError};
-use crate::world::Shared;
-use crate::DeviceId;
+use crate::faults::{body_stream, BodyPlan, Fault, FaultTable};
+use crate::model::DeviceId;
+use crate::signing::{SignedQuery, UrlError, UrlSigner};
+use crate::Error;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use serde::Serialize;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// One firmware request as the server answered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +35,36 @@ pub struct DownloadRecord {
     pub content_length: u64,
     /// The package file asked for (`None` when the path names none).
     pub file: Option<String>,
+}
+
+/// The world as the firmware server sees it (implemented by the world's shared state).
+pub(crate) trait Firmware: Send + Sync + 'static {
+    /// The state one request reads and changes under one lock.
+    type State: FirmwareState;
+    /// Locks the state.
+    fn lock(&self) -> MutexGuard<'_, Self::State>;
+    /// Checks the signed URLs.
+    fn signer(&self) -> &UrlSigner;
+    /// Wakes whoever waits for a change, after a request was recorded.
+    fn notify(&self);
+}
+
+/// What one firmware request needs of the locked state.
+pub(crate) trait FirmwareState {
+    /// The `/status` document.
+    fn status(&self) -> serde_json::Value;
+    /// The name and bytes of the package file `path` names.
+    fn file(&self, path: &str) -> Option<(String, Bytes)>;
+    /// Whether `device`'s URL for `path` expiring at `expires` was revoked.
+    fn is_revoked(&self, device: &DeviceId, path: &str, expires: u64) -> bool;
+    /// Revokes that URL: every later request with it is refused.
+    fn revoke(&mut self, device: &DeviceId, path: &str, expires: u64);
+    /// The injected faults.
+    fn faults(&mut self) -> &mut FaultTable;
+    /// Whether a refused download of `device` may be logged now (a storm is coalesced).
+    fn log_refusal(&mut self, device: &DeviceId, now: Instant) -> bool;
+    /// Keeps an answer for tests and `/status`.
+    fn record(&mut self, record: DownloadRecord);
 }
 
 /// A `Range: bytes=...` header with one range.
@@ -84,14 +118,14 @@ fn xml_error(status: u16, code: &str, message: &str) -> Response {
 }
 
 /// The routes: `GET /status` and `GET /fw/{package}/{file}?...`.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+fn router<F: Firmware>(shared: Arc<F>) -> Router {
     Router::new()
-        .route("/status", get(status))
-        .route("/fw/:package/:file", get(firmware))
+        .route("/status", get(status::<F>))
+        .route("/fw/:package/:file", get(firmware::<F>))
         .with_state(shared)
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Response {
+async fn status<F: Firmware>(State(shared): State<Arc<F>>) -> Response {
     let body = serde_json::to_string_pretty(&shared.lock().status()).unwrap_or_default();
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
@@ -99,13 +133,17 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         .unwrap_or_default()
 }
 
-async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+async fn firmware<F: Firmware>(
+    State(shared): State<Arc<F>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let query = SignedQuery::parse(uri.query().unwrap_or(""));
-    let device = match shared.signer.verify(uri.path(), &query) {
+    let device = match shared.signer().verify(uri.path(), &query) {
         Ok(d) => d,
         Err(e) => {
             // The named device is unproven, but tests want to see its refused requests.
@@ -114,15 +152,15 @@ async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMa
                 _ => None,
             };
             let mut world = shared.lock();
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             let log = match &device {
-                Some(d) => world.engine.log.admit(d, "refused downloads", now),
+                Some(d) => world.log_refusal(d, now),
                 None => true,
             };
             if log {
                 tracing::info!("download refused: {e}");
             }
-            world.downloads.push(DownloadRecord {
+            world.record(DownloadRecord {
                 device,
                 refused: Some(e.code().to_owned()),
                 status: 403,
@@ -131,20 +169,20 @@ async fn firmware(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMa
                 file: None,
             });
             drop(world);
-            shared.changed.notify_all();
+            shared.notify();
             return xml_error(403, e.code(), &e.to_string());
         }
     };
     let expires = query.expires.as_deref().and_then(|e| e.parse().ok());
-    let (response, record) = answer(&shared, uri.path(), device, expires.unwrap_or(0), range);
-    shared.lock().downloads.push(record);
-    shared.changed.notify_all();
+    let (response, record) = answer(&*shared, uri.path(), device, expires.unwrap_or(0), range);
+    shared.lock().record(record);
+    shared.notify();
     response
 }
 
 /// Decides the answer under the lock; the body is streamed after it is released.
-fn answer(
-    shared: &Shared,
+fn answer<F: Firmware>(
+    shared: &F,
     path: &str,
     device: DeviceId,
     expires: u64,
@@ -159,11 +197,7 @@ fn answer(
         content_length: 0,
         file: None,
     };
-    let file = world
-        .engine
-        .find_file(path)
-        .and_then(|(id, i)| world.engine.packages.get(id.0 as usize)?.files.get(i));
-    let Some((file, data)) = file.map(|f| (f.name.clone(), f.data.clone())) else {
+    let Some((file, data)) = world.file(path) else {
         record.status = 404;
         return (
             xml_error(404, "NoSuchKey", "The specified key does not exist."),
@@ -171,7 +205,7 @@ fn answer(
         );
     };
     record.file = Some(file.clone());
-    if world.engine.is_revoked(&device, path, expires) {
+    if world.is_revoked(&device, path, expires) {
         record.status = 403;
         record.refused = Some(UrlError::Expired.code().to_owned());
         return (
@@ -179,7 +213,7 @@ fn answer(
             record,
         );
     }
-    let status_fault = world.faults.take(&device, &file, |f| match f {
+    let status_fault = world.faults().take(&device, &file, |f| match f {
         Fault::Status(c) => Some(*c),
         _ => None,
     });
@@ -197,7 +231,7 @@ fn answer(
     let mut spec = range.as_deref().and_then(parse_range);
     if spec.is_some() {
         if let Some(ignore) = world
-            .faults
+            .faults()
             .take(&device, &file, |f| (*f == Fault::IgnoreRange).then_some(()))
         {
             ignore.fire();
@@ -221,26 +255,26 @@ fn answer(
         },
     };
     let len = end - start;
-    let cut = world.faults.take(&device, &file, |f| match f {
+    let cut = world.faults().take(&device, &file, |f| match f {
         Fault::CutAfter(n) if *n < len => Some((*n, false)),
         Fault::ExpireAfter(n) if *n < len => Some((*n, true)),
         _ => None,
     });
     if cut.as_ref().is_some_and(|c| c.value.1) {
         // The URL dies with this response: every later request with it is refused.
-        world.engine.revoke(&device, path, expires);
+        world.revoke(&device, path, expires);
     }
     let plan = BodyPlan {
         cut_after: cut.map(|c| c.map(|(n, _)| n)),
-        stall: world.faults.take(&device, &file, |f| match f {
+        stall: world.faults().take(&device, &file, |f| match f {
             Fault::Stall { after, duration } if *after < len => Some((*after, *duration)),
             _ => None,
         }),
-        corrupt: world.faults.take(&device, &file, |f| match f {
+        corrupt: world.faults().take(&device, &file, |f| match f {
             Fault::CorruptByte(k) if (start..end).contains(k) => Some(*k - start),
             _ => None,
         }),
-        rate: world.faults.take(&device, &file, |f| match f {
+        rate: world.faults().take(&device, &file, |f| match f {
             Fault::RateLimit(r) => Some(*r),
             _ => None,
         }),
@@ -263,6 +297,56 @@ fn answer(
         .body(Body::from_stream(body_stream(body, plan)))
         .unwrap_or_default();
     (response, record)
+}
+
+/// Serves HTTP on its own thread with a single-threaded tokio runtime. Header names go out in
+/// title case (`Content-Length`, `Content-Range`), as OSS writes them: the official SDKs look
+/// for them with a case-sensitive match (docs/protocol.md §5).
+pub(crate) fn spawn<F: Firmware>(
+    listener: std::net::TcpListener,
+    shared: Arc<F>,
+) -> Result<tokio::sync::oneshot::Sender<()>, Error> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ota-sim-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("firmware server: {e}"),
+                };
+                let router = router(shared);
+                let serve = async {
+                    loop {
+                        let tcp = match listener.accept().await {
+                            Ok((tcp, _)) => tcp,
+                            Err(e) => {
+                                // Out of file descriptors and the like: wait, do not spin.
+                                tracing::warn!("firmware server accept: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                        tokio::spawn(async move {
+                            let connection = hyper::server::conn::http1::Builder::new()
+                                .title_case_headers(true)
+                                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                            if let Err(e) = connection.await {
+                                tracing::debug!("firmware connection: {e}");
+                            }
+                        });
+                    }
+                };
+                futures_util::future::select(std::pin::pin!(serve), stop_rx).await;
+            });
+        })?;
+    Ok(stop_tx)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The job engine: packages, jobs and per-device task states driven by device messages and
-//! deadlines (PROTOCOL.md §9). It does no I/O: callers pass the time in and take the MQTT
+//! deadlines (docs/protocol.md §9). It does no I/O: callers pass the time in and take the MQTT
 //! messages it wants sent out, so the lock around it is the only synchronisation needed.
 
 use crate::crypto::{md5_hex, sha256_hex};

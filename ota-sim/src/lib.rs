@@ -1,7 +1,7 @@
 //! A local cloud for testing OTA devices against the Alibaba Cloud IoT protocol without an
 //! account: an MQTT broker that checks device logins, a firmware server with signed, expiring
 //! URLs, `Range` support and injectable faults, and the job engine that pushes tasks and tracks
-//! per-device task states (see PROTOCOL.md §9).
+//! per-device task states (see docs/protocol.md §9).
 //!
 //! ```no_run
 //! use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, TaskState};
@@ -46,7 +46,7 @@
 //! * An MQTT-channel package ([`PackageSpec::mqtt`]) is pushed with `"dProtocol":"mqtt"`, a
 //!   `streamId` unique to the task, and `streamFileId` 1 (or one `streamFileId` per entry of
 //!   `data.files`, 1-based). Block requests on `/sys/{pk}/{dn}/thing/file/download` are
-//!   answered on `.../download_reply` with `2 + H + bSize + 2` bytes (PROTOCOL.md §6); the id
+//!   answered on `.../download_reply` with `2 + H + bSize + 2` bytes (docs/protocol.md §6); the id
 //!   and `fileToken` are echoed (no token in the request, none in the reply). A block running
 //!   past the end gets the remaining bytes. A refused request gets a frame with `bSize` 0, no
 //!   data and the CRC of nothing (0): code 400 for a missing or bad field, a size of 0 or above
@@ -63,14 +63,25 @@
 //! * The MQTT reply faults ([`Fault::DropReply`] and the others) act only on replies carrying
 //!   data; a held-back ([`Fault::ReorderReply`]) reply leaves right after the device's next
 //!   reply of any kind.
+//!
+//! Which module owns what (imports never go in a circle; `.ci/check-module-cycles` checks):
+//! * `world` owns the state behind one lock (job engine, faults, request logs, block server,
+//!   gateways) and runs the engine thread. The others reach it only through narrow doors:
+//!   `broker` and `front` send into the `input` channel, the firmware server (`http`)
+//!   asks through the `Firmware` traits it defines, and the world publishes through the
+//!   broker's `Publisher`.
+//! * `jobs` is the job engine (packages, jobs, task states); `mqtt_download` answers block
+//!   requests, [`gateway`] the sub-device sessions; both drive the engine, never the reverse.
+//! * `messages` parses what devices send and encodes what the cloud sends; it imports no part of
+//!   the engine. `model`, `package` and `faults` are the vocabulary all of them share.
+//! * `sim` is the library API ([`Sim`]) over all of it; `listeners`, `tls`, `sessions` and
+//!   `limits` set up the ports; [`load`] is `ota-sim load`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod auth;
 mod broker;
 mod crypto;
-pub mod demo;
-pub mod demo_gateway;
 mod fault_spec;
 mod faults;
 mod frames;
@@ -78,6 +89,7 @@ mod front;
 pub mod gateway;
 mod history;
 mod http;
+mod input;
 mod jobs;
 mod lenient_json;
 mod limits;
@@ -105,7 +117,7 @@ pub use http::DownloadRecord;
 pub use jobs::PROGRESS_HISTORY;
 pub use limits::raise_open_files;
 pub use live::StateChange;
-pub use messages::{TaskData, TaskFile, DEFAULT_MODULE};
+pub use messages::{TaskData, TaskFile};
 pub use model::*;
 pub use mqtt_download::{BlockRecord, MAX_BLOCK_SIZE};
 pub use package::*;

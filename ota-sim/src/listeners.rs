@@ -141,7 +141,7 @@ impl Listeners {
     pub(crate) fn fronts(
         self,
         broker: Option<SocketAddr>,
-        events: &std::sync::mpsc::Sender<crate::world::Input>,
+        events: &std::sync::mpsc::Sender<crate::input::Input>,
     ) -> Vec<Front> {
         let acceptor = self.identity.map(|i| Arc::new(i.acceptor));
         let mut fronts = Vec::new();

@@ -28,9 +28,6 @@ enum Command {
         args_override_self = true
     )]
     Serve(Box<ServeArgs>),
-    /// Run the whole story: a simulator, N in-process devices (ota-std), a verified
-    /// package, a batch job, reboots into the new version, a final table.
-    Demo(DemoArgs),
     /// Drive a running `serve` with its devices at once, as light raw-MQTT devices in this
     /// process (one session and one HTTP Range fetch each); print time, throughput and the
     /// simulator's memory.
@@ -209,92 +206,6 @@ struct ServeArgs {
     key: Option<PathBuf>,
 }
 
-#[derive(Args)]
-struct DemoArgs {
-    /// How many devices.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    devices: usize,
-    /// Mix in expired URLs, cut connections, ignored Range and one corrupt download.
-    #[arg(long)]
-    faults: bool,
-    /// Image size in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
-    size: usize,
-    /// Download rate per device in bytes per second (0: unlimited).
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
-    rate: u64,
-    /// Sign the package (secure upgrade); the second device is sent a wrong signature once.
-    #[arg(long)]
-    signed: bool,
-    /// Instead: one gateway (ota-std's gateway mode) updating its sub-devices at once.
-    #[arg(long, conflicts_with_all = ["devices", "faults", "signed"])]
-    gateway: bool,
-    /// With --gateway: how many sub-devices.
-    #[arg(long, value_name = "N", default_value_t = 6, requires = "gateway")]
-    subdevices: usize,
-    /// With --gateway: most sub-devices downloading at once.
-    #[arg(long, value_name = "N", default_value_t = 3, requires = "gateway")]
-    max_parallel: usize,
-    /// Devices connect over MQTT-TLS and download over HTTPS, trusting only the simulator's
-    /// generated RSA root (the chain `serve --tls` presents).
-    #[arg(long)]
-    tls: bool,
-}
-
-fn demo(args: DemoArgs) -> Result<(), Failure> {
-    if args.gateway {
-        return demo_gateway(&args);
-    }
-    if args.devices == 0 || args.size == 0 {
-        return Err(Failure(2, "--devices and --size must be at least 1".into()));
-    }
-    let options = ota_sim::demo::DemoOptions {
-        devices: args.devices,
-        faults: args.faults,
-        size: args.size,
-        rate: args.rate,
-        signed: args.signed,
-        tls: args.tls,
-        ..ota_sim::demo::DemoOptions::default()
-    };
-    let rows = ota_sim::demo::run(&options).map_err(|e| Failure(1, e))?;
-    print!("{}", ota_sim::demo::table(&rows));
-    let failed = rows.iter().filter(|r| !r.ok).count();
-    if failed > 0 {
-        return Err(Failure(
-            1,
-            format!("{failed} device(s) did not reach the target version"),
-        ));
-    }
-    Ok(())
-}
-
-fn demo_gateway(args: &DemoArgs) -> Result<(), Failure> {
-    if args.subdevices == 0 || args.max_parallel == 0 || args.size == 0 {
-        return Err(Failure(
-            2,
-            "--subdevices, --max-parallel and --size must be at least 1".into(),
-        ));
-    }
-    let options = ota_sim::demo_gateway::GatewayDemoOptions {
-        subdevices: args.subdevices,
-        max_parallel: args.max_parallel,
-        size: args.size,
-        rate: args.rate,
-        ..Default::default()
-    };
-    let report = ota_sim::demo_gateway::run(&options).map_err(|e| Failure(1, e))?;
-    print!("{}", ota_sim::demo_gateway::table(&report));
-    let failed = report.rows.iter().filter(|r| !r.ok).count();
-    if failed > 0 {
-        return Err(Failure(
-            1,
-            format!("{failed} sub-device(s) did not reach the target version"),
-        ));
-    }
-    Ok(())
-}
-
 /// A `--fault`: of the firmware server and block replies, or of sub-device sessions.
 #[derive(Clone)]
 enum FaultArg {
@@ -382,7 +293,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = match e.kind() {
                 clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    "missing subcommand (serve, demo, load)".to_owned()
+                    "missing subcommand (serve, load)".to_owned()
                 }
                 _ => {
                     // clap's message is the first paragraph; the rest is usage.
@@ -400,7 +311,6 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Demo(args) => demo(args),
         Command::Load(args) => load(args),
     };
     match result {

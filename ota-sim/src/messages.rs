@@ -1,14 +1,10 @@
-//! What goes over MQTT (PROTOCOL.md §1–§4): topics, lenient parsing of what devices send, and
+//! What goes over MQTT (docs/protocol.md §1–§4): topics, lenient parsing of what devices send, and
 //! the compact JSON the cloud sends, built with serde_json from the documented shapes (never
 //! with ota-core's encoder, so a format mistake on one side is caught by the other).
 
-use crate::mqtt_download::BlockRequest;
-use crate::DeviceId;
+use crate::model::{DeviceId, DEFAULT_MODULE};
 use serde::Serialize;
 use serde_json::Value;
-
-/// The module name meaning "the whole firmware".
-pub const DEFAULT_MODULE: &str = "default";
 
 /// MQTT filters the cloud subscribes to (the last two: gateway sessions, docs/protocol.md §14).
 pub(crate) const CLOUD_FILTERS: [&str; 8] = [
@@ -18,8 +14,8 @@ pub(crate) const CLOUD_FILTERS: [&str; 8] = [
     "/ota/device/request/+/+",
     "/sys/+/+/thing/ota/firmware/get",
     "/sys/+/+/thing/file/download",
-    crate::gateway::SESSION_FILTERS[0],
-    crate::gateway::SESSION_FILTERS[1],
+    "/sys/+/+/thing/topo/+",
+    "/ext/session/+/+/combine/+",
 ];
 
 /// A message from a device, parsed.
@@ -37,7 +33,7 @@ pub(crate) enum Uplink {
     FirmwareGet { id: Value, module: String },
     /// Legacy request for the pending task, answered with a push.
     LegacyRequest { module: String },
-    /// MQTT-channel request for one block (PROTOCOL.md §6).
+    /// MQTT-channel request for one block (docs/protocol.md §6).
     Block(BlockRequest),
     /// A request for the time (docs/protocol.md §13); `deviceSendTime` as the device sent it.
     Ntp { device_send_time: Value },
@@ -111,6 +107,62 @@ pub(crate) fn parse_uplink(topic: &str, payload: &[u8]) -> Result<(DeviceId, Upl
     Ok((DeviceId::new(pk, dn), uplink))
 }
 
+/// Ids and tokens longer than this are refused, so the echoed header stays small.
+const MAX_ECHO_LEN: usize = 256;
+
+/// A block request, parsed leniently: the official SDKs send the id as a number or a string,
+/// may leave out `version` or `fileToken`, and may pretty-print. Missing numbers stay `None`
+/// so the reply can say what was wrong while still echoing the id.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BlockRequest {
+    pub(crate) id: Value,
+    pub(crate) token: Option<String>,
+    pub(crate) stream_id: Option<u64>,
+    pub(crate) file_id: Option<u64>,
+    pub(crate) offset: Option<u64>,
+    pub(crate) size: Option<u64>,
+    /// Set when the id or the token is unusable.
+    pub(crate) malformed: Option<&'static str>,
+}
+
+impl BlockRequest {
+    pub(crate) fn parse(json: &Value) -> BlockRequest {
+        let params = json.get("params");
+        let num = |path: [&str; 2]| {
+            let v = params?.get(path[0])?.get(path[1]);
+            text(v)?.trim().parse::<u64>().ok()
+        };
+        let mut malformed = None;
+        let id = match json.get("id") {
+            Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
+            _ => Value::Null,
+        };
+        let id = if id.to_string().len() > MAX_ECHO_LEN {
+            malformed = Some("id too long");
+            Value::Null
+        } else {
+            id
+        };
+        let token = params.and_then(|p| text(p.get("fileToken")));
+        let token = match token {
+            Some(t) if t.len() > MAX_ECHO_LEN => {
+                malformed = Some("fileToken too long");
+                None
+            }
+            t => t,
+        };
+        BlockRequest {
+            id,
+            token,
+            stream_id: num(["fileInfo", "streamId"]),
+            file_id: num(["fileInfo", "fileId"]),
+            offset: num(["fileBlock", "offset"]),
+            size: num(["fileBlock", "size"]),
+            malformed,
+        }
+    }
+}
+
 /// A string field, or a number written as one.
 pub(crate) fn text(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -120,7 +172,7 @@ pub(crate) fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// The `data` object of a push and of a firmware/get reply (PROTOCOL.md §3): one of the
+/// The `data` object of a push and of a firmware/get reply (docs/protocol.md §3): one of the
 /// single-file HTTP, single-file MQTT or multi-file variants, absent fields left out.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct TaskData {
@@ -433,5 +485,50 @@ mod tests {
             serde_json::to_string(&multi).unwrap(),
             r#"{"version":"3.0","signMethod":"Md5","files":[{"fileName":"a.bin","fileSize":3,"fileUrl":"http://h/a","fileMd5":"cd","fileSign":"cd"},{"fileName":"b.bin","fileSize":3,"streamFileId":2,"fileMd5":"cd","fileSign":"cd"}]}"#
         );
+    }
+
+    fn parse_block(s: &str) -> BlockRequest {
+        BlockRequest::parse(&serde_json::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn documented_request_parses() {
+        let r = parse_block(
+            r#"{"id":"5","version":"1.0","params":{"fileToken":"t1","fileInfo":{"streamId":1397345,"fileId":1},"fileBlock":{"size":10240,"offset":0}}}"#,
+        );
+        assert_eq!(r.id, Value::String("5".into()));
+        assert_eq!(r.token.as_deref(), Some("t1"));
+        assert_eq!(
+            (r.stream_id, r.file_id, r.offset, r.size),
+            (Some(1397345), Some(1), Some(0), Some(10240))
+        );
+        assert_eq!(r.malformed, None);
+    }
+
+    #[test]
+    fn sdk_quirks_are_tolerated() {
+        let r = parse_block(
+            "{\n  \"id\": 12,\n  \"params\": {\n    \"fileInfo\": {\"streamId\": \"7\", \"fileId\": 2, \"x\": []},\n    \"fileBlock\": {\"size\": 2048, \"offset\": \"4096\"}\n  },\n  \"extra\": true\n}",
+        );
+        assert_eq!(r.id, Value::from(12));
+        assert_eq!(r.token, None);
+        assert_eq!(
+            (r.stream_id, r.file_id, r.offset, r.size),
+            (Some(7), Some(2), Some(4096), Some(2048))
+        );
+    }
+
+    #[test]
+    fn unusable_fields_are_reported_not_guessed() {
+        let r = parse_block(r#"{"id":[1],"params":{"fileBlock":{"size":-1,"offset":1.5}}}"#);
+        assert_eq!(r.id, Value::Null);
+        assert_eq!((r.stream_id, r.size, r.offset), (None, None, None));
+        let long = "x".repeat(MAX_ECHO_LEN + 1);
+        let r = parse_block(&format!(r#"{{"id":"{long}","params":{{}}}}"#));
+        assert_eq!((r.id, r.malformed), (Value::Null, Some("id too long")));
+        let r = parse_block(&format!(
+            r#"{{"id":"1","params":{{"fileToken":"{long}"}}}}"#
+        ));
+        assert_eq!((r.token, r.malformed), (None, Some("fileToken too long")));
     }
 }

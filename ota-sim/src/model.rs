@@ -1,9 +1,12 @@
-//! The cloud's vocabulary: devices, packages, jobs and per-device tasks (PROTOCOL.md §9), as
+//! The cloud's vocabulary: devices, packages, jobs and per-device tasks (docs/protocol.md §9), as
 //! the library API and the status endpoint show them.
 
 use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
+
+/// The module name meaning "the whole firmware".
+pub const DEFAULT_MODULE: &str = "default";
 
 /// A device's identity on the platform.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -166,7 +169,7 @@ impl JobSpec {
     }
 }
 
-/// Per-device task state (PROTOCOL.md §9).
+/// Per-device task state (docs/protocol.md §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskState {

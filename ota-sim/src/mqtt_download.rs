@@ -1,25 +1,21 @@
-//! The MQTT-channel download (PROTOCOL.md §6): answers block requests on
+//! The MQTT-channel download (docs/protocol.md §6): answers block requests on
 //! `/sys/{pk}/{dn}/thing/file/download` with binary frames on `.../download_reply`, carries out
 //! the per-device reply faults (drop, delay, duplicate, reorder, corrupt, wrong offset) and
 //! records every answer for tests, like the firmware server does for HTTP.
 
 use crate::faults::{Armed, Fault, FaultTable};
 use crate::frames::{self, Header, HeaderData};
-use crate::history::History;
+use crate::history::{History, RECORDS_KEPT};
 use crate::jobs::{BlockRefusal, Engine, Outbound};
-use crate::messages::{download_reply_topic, text};
+use crate::messages::{download_reply_topic, BlockRequest};
 use crate::DeviceId;
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Largest block a request may ask for. The SDKs ask for 2–10 KiB; the cap keeps every reply
 /// well inside the embedded broker's 1 MiB packet limit.
 pub const MAX_BLOCK_SIZE: u64 = 256 * 1024;
-
-/// Ids and tokens longer than this are refused, so the echoed header stays small.
-const MAX_ECHO_LEN: usize = 256;
 
 /// One block request as the simulator answered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,59 +36,6 @@ pub struct BlockRecord {
     pub code: u16,
     /// Data bytes in the reply (`bSize`): `size`, or what is left of the file.
     pub sent: u64,
-}
-
-/// A block request, parsed leniently: the official SDKs send the id as a number or a string,
-/// may leave out `version` or `fileToken`, and may pretty-print. Missing numbers stay `None`
-/// so the reply can say what was wrong while still echoing the id.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct BlockRequest {
-    id: Value,
-    token: Option<String>,
-    stream_id: Option<u64>,
-    file_id: Option<u64>,
-    offset: Option<u64>,
-    size: Option<u64>,
-    /// Set when the id or the token is unusable.
-    malformed: Option<&'static str>,
-}
-
-impl BlockRequest {
-    pub(crate) fn parse(json: &Value) -> BlockRequest {
-        let params = json.get("params");
-        let num = |path: [&str; 2]| {
-            let v = params?.get(path[0])?.get(path[1]);
-            text(v)?.trim().parse::<u64>().ok()
-        };
-        let mut malformed = None;
-        let id = match json.get("id") {
-            Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
-            _ => Value::Null,
-        };
-        let id = if id.to_string().len() > MAX_ECHO_LEN {
-            malformed = Some("id too long");
-            Value::Null
-        } else {
-            id
-        };
-        let token = params.and_then(|p| text(p.get("fileToken")));
-        let token = match token {
-            Some(t) if t.len() > MAX_ECHO_LEN => {
-                malformed = Some("fileToken too long");
-                None
-            }
-            t => t,
-        };
-        BlockRequest {
-            id,
-            token,
-            stream_id: num(["fileInfo", "streamId"]),
-            file_id: num(["fileInfo", "fileId"]),
-            offset: num(["fileBlock", "offset"]),
-            size: num(["fileBlock", "size"]),
-            malformed,
-        }
-    }
 }
 
 /// A reply held back by [`Fault::ReorderReply`] until the device's next reply.
@@ -132,7 +75,7 @@ type Refused = (BlockRefusal, Option<(String, u64)>);
 impl Default for BlockServer {
     fn default() -> BlockServer {
         BlockServer {
-            records: History::new(crate::world::RECORDS_KEPT),
+            records: History::new(RECORDS_KEPT),
             held: BTreeMap::new(),
             delayed: Vec::new(),
             outbound: Vec::new(),
@@ -327,54 +270,4 @@ fn check(engine: &mut Engine, device: &DeviceId, req: &BlockRequest) -> Result<S
         offset,
         data,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(s: &str) -> BlockRequest {
-        BlockRequest::parse(&serde_json::from_str(s).unwrap())
-    }
-
-    #[test]
-    fn documented_request_parses() {
-        let r = parse(
-            r#"{"id":"5","version":"1.0","params":{"fileToken":"t1","fileInfo":{"streamId":1397345,"fileId":1},"fileBlock":{"size":10240,"offset":0}}}"#,
-        );
-        assert_eq!(r.id, Value::String("5".into()));
-        assert_eq!(r.token.as_deref(), Some("t1"));
-        assert_eq!(
-            (r.stream_id, r.file_id, r.offset, r.size),
-            (Some(1397345), Some(1), Some(0), Some(10240))
-        );
-        assert_eq!(r.malformed, None);
-    }
-
-    #[test]
-    fn sdk_quirks_are_tolerated() {
-        let r = parse(
-            "{\n  \"id\": 12,\n  \"params\": {\n    \"fileInfo\": {\"streamId\": \"7\", \"fileId\": 2, \"x\": []},\n    \"fileBlock\": {\"size\": 2048, \"offset\": \"4096\"}\n  },\n  \"extra\": true\n}",
-        );
-        assert_eq!(r.id, Value::from(12));
-        assert_eq!(r.token, None);
-        assert_eq!(
-            (r.stream_id, r.file_id, r.offset, r.size),
-            (Some(7), Some(2), Some(4096), Some(2048))
-        );
-    }
-
-    #[test]
-    fn unusable_fields_are_reported_not_guessed() {
-        let r = parse(r#"{"id":[1],"params":{"fileBlock":{"size":-1,"offset":1.5}}}"#);
-        assert_eq!(r.id, Value::Null);
-        assert_eq!((r.stream_id, r.size, r.offset), (None, None, None));
-        let long = "x".repeat(MAX_ECHO_LEN + 1);
-        let r = parse(&format!(r#"{{"id":"{long}","params":{{}}}}"#));
-        assert_eq!((r.id, r.malformed), (Value::Null, Some("id too long")));
-        let r = parse(&format!(
-            r#"{{"id":"1","params":{{"fileToken":"{long}"}}}}"#
-        ));
-        assert_eq!((r.token, r.malformed), (None, Some("fileToken too long")));
-    }
 }

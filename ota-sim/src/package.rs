@@ -1,6 +1,6 @@
 //! A firmware package as it is uploaded: its image or files, how devices fetch it, the fields
 //! passed to devices as they are, and the platform's limits it is checked against
-//! (PROTOCOL.md §3, §8).
+//! (docs/protocol.md §3, §8).
 
 use serde::Serialize;
 
@@ -13,7 +13,7 @@ pub enum SignMethod {
     Sha256,
 }
 
-/// How devices fetch a package (PROTOCOL.md §5, §6).
+/// How devices fetch a package (docs/protocol.md §5, §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DownloadProtocol {
@@ -24,13 +24,13 @@ pub enum DownloadProtocol {
     Mqtt,
 }
 
-/// Most files one package may hold (PROTOCOL.md §8).
+/// Most files one package may hold (docs/protocol.md §8).
 pub const MAX_FILES: usize = 20;
 
-/// Largest image the MQTT channel carries (PROTOCOL.md §8).
+/// Largest image the MQTT channel carries (docs/protocol.md §8).
 pub const MAX_MQTT_FILE_SIZE: usize = 16 * 1024 * 1024;
 
-/// Longest `extData`, as compact JSON (PROTOCOL.md §8).
+/// Longest `extData`, as compact JSON (docs/protocol.md §8).
 pub const MAX_EXT_DATA_LEN: usize = 4096;
 
 /// A firmware package to upload.
@@ -65,7 +65,7 @@ impl PackageSpec {
     pub fn new(version: impl Into<String>, data: Vec<u8>) -> PackageSpec {
         PackageSpec {
             version: version.into(),
-            module: crate::messages::DEFAULT_MODULE.to_owned(),
+            module: crate::model::DEFAULT_MODULE.to_owned(),
             data,
             files: Vec::new(),
             sign_method: SignMethod::Md5,

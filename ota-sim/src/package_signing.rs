@@ -1,4 +1,4 @@
-//! The platform's secure upgrade on the cloud side (PROTOCOL.md §11): a product's RSA-2048
+//! The platform's secure upgrade on the cloud side (docs/protocol.md §11): a product's RSA-2048
 //! key signs each package's binary digest (PKCS#1 v1.5 over SHA-256), and pushes carry the
 //! signature in base64 as `digestsign`. Also the fault that spoils it for one device.
 

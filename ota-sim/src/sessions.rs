@@ -230,7 +230,7 @@ fn client_id(packet: &[u8]) -> Option<String> {
     String::from_utf8(id.to_vec()).ok()
 }
 
-/// The device of a client id `{pk}.{dn}|...|` or `{pk}&{dn}` (PROTOCOL.md §7).
+/// The device of a client id `{pk}.{dn}|...|` or `{pk}&{dn}` (docs/protocol.md §7).
 fn device_of(client_id: &str) -> Option<DeviceId> {
     let base = client_id.split('|').next()?;
     let (pk, dn) = base.split_once('.').or_else(|| base.split_once('&'))?;

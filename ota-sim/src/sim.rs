@@ -4,13 +4,15 @@
 use crate::broker::{self, BrokerConfig};
 use crate::faults::{Fault, FaultId, Times};
 use crate::front;
-use crate::http::DownloadRecord;
+use crate::gateway;
+use crate::http::{self, DownloadRecord};
+use crate::input::Input;
 use crate::listeners::Listeners;
 use crate::model::*;
 use crate::mqtt_download::BlockRecord;
 use crate::package::*;
 use crate::sessions::{SessionRecord, Sessions};
-use crate::world::{run_engine, spawn_http, Input, Shared, World};
+use crate::world::{run_engine, Shared, World};
 use crate::{crypto, verify_login, Error, SimConfig};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::mpsc::{self, Sender};
@@ -125,7 +127,7 @@ impl Sim {
             }
         };
         shared.set_publisher(publisher);
-        let http_stop = spawn_http(http_listener, shared.clone())?;
+        let http_stop = http::spawn(http_listener, shared.clone())?;
         let (mqtts_port, ca_pem) = (listeners.mqtts_port()?, listeners.ca_pem());
         let fronts = listeners.fronts(broker_addr, &inputs);
         let front_stop = match fronts.is_empty() {
@@ -539,5 +541,68 @@ impl Drop for Sim {
         for stop in self.stops.iter_mut().filter_map(Option::take) {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Gateways and sub-devices (docs/protocol.md §14).
+impl Sim {
+    /// Registers a gateway `gwNNNN` under the configured product key with a random secret; it
+    /// logs in over MQTT like any device and serves the sub-devices of [`Sim::add_subdevice`].
+    pub fn add_gateway(&self) -> Result<DeviceInfo, Error> {
+        let n = self.with_world(|w| w.gateways.gateway_count()) + 1;
+        let id = DeviceId::new(self.product_key(), format!("gw{n:04}"));
+        let info = self.add_device_with(id.clone(), &crypto::Rng::new().alphanumeric(32))?;
+        self.with_world(|w| w.gateways.add_gateway(id));
+        Ok(info)
+    }
+
+    /// Registers a sub-device `{gateway}-nodeNN` of [`gateway::SUBDEVICE_PRODUCT_KEY`] for `gateway`,
+    /// with a random secret. It is not in the gateway's topology until the gateway adds it.
+    pub fn add_subdevice(&self, gateway: impl AsRef<DeviceId>) -> Result<DeviceInfo, Error> {
+        let gateway = gateway.as_ref();
+        let n = self.with_world(|w| w.gateways.subdevice_count(gateway)) + 1;
+        let id = DeviceId::new(
+            gateway::SUBDEVICE_PRODUCT_KEY,
+            format!("{}-node{n:02}", gateway.device_name),
+        );
+        let info = self.add_device_with(id.clone(), &crypto::Rng::new().alphanumeric(32))?;
+        self.with_world(|w| w.gateways.add_subdevice(gateway, &id));
+        Ok(info)
+    }
+
+    /// Injects a sub-device session fault for one sub-device (or every one); returns its index
+    /// for [`Sim::gateway_fault_fired`].
+    pub fn set_gateway_fault(
+        &self,
+        device: Option<&DeviceId>,
+        fault: gateway::GatewayFault,
+        times: Times,
+    ) -> usize {
+        self.with_world(|w| w.gateways.add_fault(device.cloned(), fault, times))
+    }
+
+    /// How many times gateway fault `index` fired.
+    pub fn gateway_fault_fired(&self, index: usize) -> u32 {
+        self.with_world(|w| w.gateways.fault_fired(index))
+    }
+
+    /// The sub-devices in `gateway`'s topology.
+    pub fn topology(&self, gateway: impl AsRef<DeviceId>) -> Vec<DeviceId> {
+        self.with_world(|w| w.gateways.topology_of(gateway.as_ref()))
+    }
+
+    /// The gateway `sub` is logged in through, if it has a session.
+    pub fn subdevice_session(&self, sub: impl AsRef<DeviceId>) -> Option<DeviceId> {
+        self.with_world(|w| w.gateways.session_of(sub.as_ref()).cloned())
+    }
+
+    /// Puts `sub` into `gateway`'s topology, as the console does (no request needed).
+    pub fn add_to_topology(&self, gateway: impl AsRef<DeviceId>, sub: impl AsRef<DeviceId>) {
+        self.with_world(|w| w.gateways.add_to_topology(gateway.as_ref(), sub.as_ref()));
+    }
+
+    /// How many successful logins `sub` made.
+    pub fn subdevice_logins(&self, sub: impl AsRef<DeviceId>) -> u32 {
+        self.with_world(|w| w.gateways.login_count(sub.as_ref()))
     }
 }

@@ -1,38 +1,23 @@
-//! What the simulator's threads share, and the two threads it runs: the job engine (which also
-//! answers MQTT-channel block requests), fed by a channel of device messages with deadlines as
-//! receive timeouts, and the firmware server.
+//! The world: the one owner of the simulator's state (job engine, faults, request logs, block
+//! server, gateways) behind one lock, and the engine thread that runs it, fed by the channel of
+//! [`Input`]s with deadlines as receive timeouts. The broker and the MQTT fronts only send into
+//! that channel, and the world publishes through the broker's `Publisher`; the firmware server
+//! sees the world through the `Firmware` traits it defines, which the world implements here.
 
 use crate::broker::Publisher;
 use crate::faults::FaultTable;
-use crate::history::History;
-use crate::http::{self, DownloadRecord};
+use crate::history::{History, RECORDS_KEPT};
+use crate::http::{DownloadRecord, Firmware, FirmwareState};
+use crate::input::Input;
 use crate::jobs::Engine;
 use crate::messages::{self, Uplink};
 use crate::mqtt_download::BlockServer;
 use crate::signing::UrlSigner;
-use crate::{DeviceId, Error};
+use crate::DeviceId;
 
-/// Firmware answers and block answers kept for tests and `/status`.
-pub(crate) const RECORDS_KEPT: usize = 20_000;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-
-/// What the engine thread reacts to.
-pub(crate) enum Input {
-    Message {
-        topic: String,
-        payload: Vec<u8>,
-    },
-    /// A login checked out; whether it came over TLS.
-    Login(DeviceId, bool),
-    /// A device's MQTT connection through a front was accepted.
-    Connected(DeviceId),
-    /// That connection ended.
-    Disconnected(DeviceId),
-    Wake,
-    Stop,
-}
 
 /// The state behind one lock: engine, faults, the firmware server's request log and the
 /// MQTT-channel block server.
@@ -209,52 +194,50 @@ pub(crate) fn run_engine(shared: Arc<Shared>, inputs: mpsc::Receiver<Input>) {
     }
 }
 
-/// Serves HTTP on its own thread with a single-threaded tokio runtime. Header names go out in
-/// title case (`Content-Length`, `Content-Range`), as OSS writes them: the official SDKs look
-/// for them with a case-sensitive match (docs/protocol.md §5).
-pub(crate) fn spawn_http(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-) -> Result<tokio::sync::oneshot::Sender<()>, Error> {
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("ota-sim-http".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => return tracing::error!("firmware server: {e}"),
-                };
-                let router = http::router(shared);
-                let serve = async {
-                    loop {
-                        let tcp = match listener.accept().await {
-                            Ok((tcp, _)) => tcp,
-                            Err(e) => {
-                                // Out of file descriptors and the like: wait, do not spin.
-                                tracing::warn!("firmware server accept: {e}");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        };
-                        let _ = tcp.set_nodelay(true);
-                        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-                        tokio::spawn(async move {
-                            let connection = hyper::server::conn::http1::Builder::new()
-                                .title_case_headers(true)
-                                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-                            if let Err(e) = connection.await {
-                                tracing::debug!("firmware connection: {e}");
-                            }
-                        });
-                    }
-                };
-                futures_util::future::select(std::pin::pin!(serve), stop_rx).await;
-            });
-        })?;
-    Ok(stop_tx)
+impl Firmware for Shared {
+    type State = World;
+
+    fn lock(&self) -> MutexGuard<'_, World> {
+        Shared::lock(self)
+    }
+
+    fn signer(&self) -> &UrlSigner {
+        &self.signer
+    }
+
+    fn notify(&self) {
+        self.changed.notify_all();
+    }
+}
+
+impl FirmwareState for World {
+    fn status(&self) -> serde_json::Value {
+        World::status(self)
+    }
+
+    fn file(&self, path: &str) -> Option<(String, bytes::Bytes)> {
+        let (id, i) = self.engine.find_file(path)?;
+        let file = self.engine.packages.get(id.0 as usize)?.files.get(i)?;
+        Some((file.name.clone(), file.data.clone()))
+    }
+
+    fn is_revoked(&self, device: &DeviceId, path: &str, expires: u64) -> bool {
+        self.engine.is_revoked(device, path, expires)
+    }
+
+    fn revoke(&mut self, device: &DeviceId, path: &str, expires: u64) {
+        self.engine.revoke(device, path, expires);
+    }
+
+    fn faults(&mut self) -> &mut FaultTable {
+        &mut self.faults
+    }
+
+    fn log_refusal(&mut self, device: &DeviceId, now: Instant) -> bool {
+        self.engine.log.admit(device, "refused downloads", now)
+    }
+
+    fn record(&mut self, record: DownloadRecord) {
+        self.downloads.push(record);
+    }
 }

@@ -12,32 +12,14 @@ use std::time::Duration;
 use ota_core::{Agent, Boot, Event, FetchId, Instant, Phase};
 
 use crate::config::{DeviceConfig, Reboot};
-use crate::http::{Http, HttpInput};
+use crate::http::Http;
+use crate::input::{HttpInput, Input};
 use crate::mqtt::{Mqtt, MqttSettings};
 use crate::perform::Io;
 use crate::slots::Slots;
 use crate::storage::run_command;
 use crate::writer::Writer;
 use crate::{DeviceEvent, Error, Exit, Stopper};
-
-/// Everything the agent thread waits for.
-pub(crate) enum Input {
-    Connected,
-    Disconnected(String),
-    Message {
-        topic: String,
-        payload: Vec<u8>,
-    },
-    /// The first connection failed and the configuration says to give up.
-    MqttFatal(String),
-    Http(FetchId, HttpInput),
-    Health(bool),
-    /// The writer thread finished a write (its result waits in the writer).
-    Written,
-    /// The application's answer to an offered task.
-    Decision(bool),
-    Stop,
-}
 
 /// How long the end of a run waits for the broker to acknowledge the last reports, and
 /// then for the connection to close (the next session must not overlap this one).

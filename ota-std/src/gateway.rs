@@ -26,7 +26,7 @@ use std::time::Duration;
 use ota_core::gateway::{self as session, GatewayAction, Subdevice};
 use ota_core::{Confirmation, DeviceIdentity, Instant, Phase};
 
-use crate::device::Input;
+use crate::input::Input;
 use crate::mqtt::{Mqtt, MqttSettings};
 use crate::{DeviceConfig, DeviceEvent, Error, Stopper};
 use subdevice::{Effects, Sub};

@@ -11,25 +11,8 @@ use std::time::{Duration, Instant};
 
 use ota_core::FetchId;
 
-use crate::device::Input;
+use crate::input::{HttpInput, Input};
 use crate::Error;
-
-/// What a reader thread reports about its fetch.
-#[derive(Debug)]
-pub(crate) enum HttpInput {
-    /// Status line and the headers the core checks.
-    Response {
-        status: u16,
-        content_length: Option<u64>,
-        content_range: Option<String>,
-    },
-    /// `buffer[..len]` is body; hand the buffer back with [`Http::recycle`].
-    Body { buffer: Vec<u8>, len: usize },
-    /// The body ended cleanly.
-    End,
-    /// Connect, TLS, reset, read timeout...
-    Failed(String),
-}
 
 /// Buffers per fetch: one being filled, one being digested, two in the channel.
 const BUFFERS: usize = 4;

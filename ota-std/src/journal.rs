@@ -26,8 +26,8 @@ use ota_core::digest::Hasher;
 use ota_core::{DigestMethod, ExpectedDigest};
 use sha2::{Digest, Sha256};
 
+use crate::fs_ops::{remove_if_present, sync_dir, with_suffix};
 use crate::multi_file::check_name;
-use crate::storage::{remove_if_present, sync_dir, with_suffix};
 
 const MAGIC: &str = "ota-journal 1";
 

@@ -24,6 +24,18 @@
 //! * The legacy request topic, the confirmation policy and the MQTT window are the core's
 //!   `Config` fields (`agent.task_request`, `agent.confirmation`, `agent.mqtt`).
 //!
+//! Which module owns what (imports only go down this list's dependencies, never in a circle):
+//! * `device` owns the [`ota_core::Agent`] and its driving loop; `perform` maps each action to
+//!   its I/O. The gateway module runs the same pieces per sub-device ([`gateway`]).
+//! * `input` is the one channel the loop reads; the I/O threads (`mqtt`, `http`, `writer`)
+//!   send into it and know nothing of the loop.
+//! * `slots` owns the modules' slots and the shared record; `storage` is one slot's files,
+//!   `journal` the atomic activation, `multi_file` the split of a multi-file task, `fs_ops`
+//!   the file-system steps they share.
+//! * `config`, [`file`](mod@file) and `tls` read and check the settings; [`login`], [`signing_key`],
+//!   [`tls_session`] and [`check`] are the platform's login, the product key and
+//!   `ota-agent check`.
+//!
 //! ```no_run
 //! use ota_std::{Device, DeviceConfig, DeviceEvent};
 //! use std::path::Path;
@@ -48,8 +60,10 @@ pub mod check;
 mod config;
 mod device;
 pub mod file;
+mod fs_ops;
 pub mod gateway;
 mod http;
+mod input;
 mod journal;
 pub mod login;
 mod mqtt;
@@ -72,7 +86,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use device::Input;
+use input::Input;
 
 /// Why the device could not run.
 #[derive(Debug, thiserror::Error)]

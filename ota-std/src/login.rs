@@ -1,4 +1,4 @@
-//! The Alibaba Cloud IoT MQTT login (PROTOCOL.md §7): the password is an HMAC-SHA256 of the
+//! The Alibaba Cloud IoT MQTT login (docs/protocol.md §7): the password is an HMAC-SHA256 of the
 //! device's identity keyed with its DeviceSecret, so the secret itself never goes on the wire.
 
 use hmac::{Hmac, KeyInit, Mac};

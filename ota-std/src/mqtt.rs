@@ -12,7 +12,7 @@ use rumqttc::{
     Transport,
 };
 
-use crate::device::Input;
+use crate::input::Input;
 use crate::login::Login;
 use crate::Error;
 

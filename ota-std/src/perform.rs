@@ -8,8 +8,8 @@ use std::sync::mpsc::Sender;
 use ota_core::{Action, Event, Instant, Notification, Outcome};
 
 use crate::config::{DeviceConfig, Health};
-use crate::device::Input;
 use crate::http::Http;
+use crate::input::Input;
 use crate::mqtt::Mqtt;
 use crate::slots::Slots;
 use crate::storage::run_command;

@@ -1,4 +1,4 @@
-//! The product's public key of the secure upgrade (`--signing-key`, PROTOCOL.md §11), read
+//! The product's public key of the secure upgrade (`--signing-key`, docs/protocol.md §11), read
 //! from a file in one of the forms an operator has at hand: a PEM public key (`BEGIN PUBLIC
 //! KEY` or `BEGIN RSA PUBLIC KEY`), or the modulus and exponent in hex as the console shows
 //! them, one per line: `n: 9ef431...` and `e: 010001` (`=` works too; spaces and `:` between

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use ota_core::record::{Phase, Record};
 use ota_core::Task;
 
+use crate::fs_ops::{remove_if_present, sync_dir, with_suffix};
 use crate::journal::Journal;
-use crate::storage::{remove_if_present, sync_dir, with_suffix, Slot, Storage};
+use crate::storage::{Slot, Storage};
 use crate::writer::WriteJob;
 use crate::Error;
 

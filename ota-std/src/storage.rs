@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ota_core::{ExpectedDigest, Task};
 
+use crate::fs_ops::{parent_of, remove_if_present, sync_dir, with_suffix};
 use crate::journal::{
     copy_range, has_digest, keep_previous, sha256_of, write_atomically, Entry, Journal,
 };
@@ -476,32 +477,6 @@ impl Storage {
             _ => Ok(()),
         }
     }
-}
-
-/// The directory of `path`.
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Makes a rename or removal in `path`'s directory durable.
-pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(parent_of(path))?.sync_all()
 }
 
 /// Runs `sh -c command`; `Ok` on exit status 0.

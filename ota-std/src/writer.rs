@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::device::Input;
+use crate::input::Input;
 
 /// One write: the bytes go to `file` at `offset`; `finish` (the slot's length) marks the
 /// slot's last block, after which the file is trimmed and synced.

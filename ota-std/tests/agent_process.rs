@@ -282,7 +282,7 @@ fn killed_agent_resumes_from_its_record_and_finishes() {
     }
 }
 
-/// PROTOCOL.md §4: never backwards, never twice the same.
+/// docs/protocol.md §4: never backwards, never twice the same.
 fn assert_strictly_increasing(steps: &[i64]) {
     assert!(
         steps.windows(2).all(|w| w[0] < w[1]),

@@ -1,5 +1,5 @@
 //! The secure upgrade end to end: the `ota-agent` process, configured with the product's
-//! public key, against the simulator signing its package (PROTOCOL.md §11). A well signed
+//! public key, against the simulator signing its package (docs/protocol.md §11). A well signed
 //! package is installed; a wrongly signed or unsigned one is refused with `-3` and never
 //! activated.
 

@@ -1,4 +1,4 @@
-//! The MQTT-channel download (PROTOCOL.md §6): block requests on `thing/file/download`,
+//! The MQTT-channel download (docs/protocol.md §6): block requests on `thing/file/download`,
 //! checked reply frames on `download_reply`, a bounded window of requests in flight, a reply
 //! timeout with bounded retries, and the same staging, digest, checkpoints and resume as HTTP.
 

@@ -44,7 +44,7 @@ pub enum Confirmation {
     },
 }
 
-/// The MQTT-channel download (PROTOCOL.md §6).
+/// The MQTT-channel download (docs/protocol.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MqttDownload {
     /// Bytes asked for per block request (the official SDK uses 2 to 10 KiB).
@@ -117,7 +117,7 @@ pub struct Config {
     pub health_timeout: Duration,
     /// Seed of the back-off jitter (give each device its own, e.g. from its name or a TRNG).
     pub seed: u64,
-    /// The product's public key of the secure upgrade (PROTOCOL.md §11). With a key, an
+    /// The product's public key of the secure upgrade (docs/protocol.md §11). With a key, an
     /// image is activated only if the task's `digestsign` verifies; `None` passes it through.
     #[cfg(feature = "signature")]
     pub package_key: Option<crate::signature::PackageKey>,

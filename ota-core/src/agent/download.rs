@@ -797,7 +797,7 @@ impl Agent {
     /// Sends the cloud the step of the durable record if it has not heard it yet. A step
     /// goes out only after a record carrying it is durable: a power loss after the report
     /// resumes from that record, whose step the next report must exceed, so no step is ever
-    /// sent twice or backwards (PROTOCOL.md §4), while the reports follow the bytes received
+    /// sent twice or backwards (docs/protocol.md §4), while the reports follow the bytes received
     /// rather than the checkpoint interval.
     pub(super) fn publish_pending_progress(&mut self) {
         if !self.online {

@@ -1,4 +1,4 @@
-//! The agent: the whole upgrade lifecycle as one state machine (DESIGN.md "The upgrade
+//! The agent: the whole upgrade lifecycle as one state machine (docs/architecture.md "The upgrade
 //! lifecycle"). Inputs are [`Event`]s, body bytes and timeouts; outputs are [`Action`]s.
 
 mod actions;

@@ -1,4 +1,4 @@
-//! The secure-upgrade check (PROTOCOL.md §11) at the two places an image can move towards
+//! The secure-upgrade check (docs/protocol.md §11) at the two places an image can move towards
 //! activation: once its digest matched at the end of a download, and when a download is
 //! restored from the record after a power loss. Feature `signature`.
 //!

@@ -1,4 +1,4 @@
-//! A fixed RSA-2048 test key that signs packages like the platform does (PROTOCOL.md §11),
+//! A fixed RSA-2048 test key that signs packages like the platform does (docs/protocol.md §11),
 //! for the unit tests, the property tests and the fuzz targets. Test-only: its private half
 //! is public, so nothing outside tests may trust it.
 

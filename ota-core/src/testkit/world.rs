@@ -210,7 +210,7 @@ pub struct World {
     corrupted: Vec<(String, u64)>,
 }
 
-/// How the cloud signs the tasks it offers (PROTOCOL.md §11).
+/// How the cloud signs the tasks it offers (docs/protocol.md §11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signing {
     /// No `digestsign`.
@@ -995,7 +995,7 @@ impl World {
     fn check_progress(&mut self, step: i16) {
         assert!(step != 0 && (-4..=100).contains(&step), "step {step}");
         if step > 0 {
-            // Strictly increasing, across boots too (PROTOCOL.md §4).
+            // Strictly increasing, across boots too (docs/protocol.md §4).
             assert!(
                 step > self.attempt_last_step,
                 "progress went from {} to {step}",
@@ -1214,7 +1214,7 @@ impl World {
         self.http = Some(HttpStream { fetch, events });
     }
 
-    /// Answers one MQTT-channel block request (PROTOCOL.md §6), applying the next MQTT fault.
+    /// Answers one MQTT-channel block request (docs/protocol.md §6), applying the next MQTT fault.
     fn serve_block(&mut self, request: &serde_json::Value) {
         let params = &request["params"];
         let stream = params["fileInfo"]["streamId"].as_u64().expect("streamId") as usize;

@@ -1,4 +1,4 @@
-//! How the engine reacts to device messages (PROTOCOL.md §2–§4) and to its own deadlines.
+//! How the engine reacts to device messages (docs/protocol.md §2–§4) and to its own deadlines.
 
 use super::{Engine, Outbound};
 use crate::messages::{self, Uplink};

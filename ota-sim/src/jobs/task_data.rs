@@ -1,9 +1,9 @@
-//! What a device is told about a task (the `data` of a push or firmware/get reply, PROTOCOL.md
+//! What a device is told about a task (the `data` of a push or firmware/get reply, docs/protocol.md
 //! §3) and what it may then fetch: a package file by its signed URL, or by the task's
 //! MQTT-channel stream (§6).
 
 use super::Engine;
-use crate::messages::{TaskData, TaskFile, DEFAULT_MODULE};
+use crate::messages::{TaskData, TaskFile};
 use crate::model::*;
 use crate::package::*;
 use crate::signing::percent_encode;

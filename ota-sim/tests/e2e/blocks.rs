@@ -1,4 +1,4 @@
-//! The device side of the MQTT-channel download (PROTOCOL.md §6), written from the documented
+//! The device side of the MQTT-channel download (docs/protocol.md §6), written from the documented
 //! frame layout with its own CRC, so it checks the simulator rather than sharing its code.
 
 use crate::device::{Device, WAIT};

@@ -262,7 +262,7 @@ fn serve_signs_the_package_and_writes_the_public_key() {
         let (server, _lines, info) = serve(&args, dir.path());
         let key_file = info["signing_key_file"].as_str().unwrap();
         let pem = std::fs::read_to_string(key_file).unwrap();
-        let key = ota_std::signing_key::parse_signing_key(&pem).unwrap();
+        let key = package_key(&pem);
         if signing.len() == 2 {
             assert_eq!(
                 pem.trim(),
@@ -322,44 +322,16 @@ fn tls_flags_without_tls_exit_2() {
     );
 }
 
-/// The whole path a team's TLS device takes: `serve --tls` as a process, and ota-std's agent
-/// trusting only the CA file the info names, over MQTT-TLS and HTTPS (no plain http allowed).
-#[test]
-fn serve_tls_upgrades_an_ota_std_device_trusting_the_written_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let fw_path = dir.path().join("fw.bin");
-    let data = firmware(150_000);
-    std::fs::write(&fw_path, &data).unwrap();
-    let (server, _lines, info) = serve_tls(&fw_path, dir.path());
-    let ca = std::fs::read(info["ca_pem_path"].as_str().unwrap()).unwrap();
-    let d = &info["devices"][0];
-    let device_dir = dir.path().join("device");
-    std::fs::create_dir(&device_dir).unwrap();
-    std::fs::write(device_dir.join("version"), "1.0.0\n").unwrap();
-    let mut config = ota_std::DeviceConfig::new(
-        d["product_key"].as_str().unwrap(),
-        d["device_name"].as_str().unwrap(),
-        d["device_secret"].as_str().unwrap(),
-        "localhost",
-        info["mqtts_port"].as_u64().unwrap() as u16,
-        &device_dir,
+/// The product key a PEM public key (`BEGIN PUBLIC KEY`) holds, as a device loads it.
+fn package_key(pem: &str) -> ota_core::signature::PackageKey {
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    let key = rsa::PublicKey::from_public_key_pem(pem.trim()).unwrap();
+    ota_core::signature::PackageKey::from_parts(
+        &key.n().to_be_bytes_trimmed_vartime(),
+        &key.e().to_be_bytes_trimmed_vartime(),
     )
-    .unwrap();
-    config.mqtt_tls = Some(ota_std::Trust::CaPem(ca.clone()));
-    config.https_trust = ota_std::Trust::CaPem(ca);
-    config.agent.rules.allow_http = false; // https only, as on the real cloud
-    let device = ota_std::Device::spawn(config).unwrap();
-    let succeeded = device.wait_for(
-        std::time::Duration::from_secs(60),
-        |e| matches!(e, ota_std::DeviceEvent::Succeeded { version } if version == "2.0.0"),
-    );
-    assert!(succeeded.is_some(), "no success over TLS");
-    assert_eq!(
-        std::fs::read(device_dir.join("firmware.img")).unwrap(),
-        data
-    );
-    let _ = device.stop();
-    drop(server);
+    .unwrap()
 }
 
 /// The identity and login of the first device an info file lists.

@@ -1,4 +1,4 @@
-//! The firmware server (PROTOCOL.md §5): Range, signed URLs, and every injectable fault.
+//! The firmware server (docs/protocol.md §5): Range, signed URLs, and every injectable fault.
 
 use crate::device::{firmware, http_get, Got, WAIT};
 use crate::sim;

@@ -1,4 +1,4 @@
-//! The job engine (PROTOCOL.md §9) driven by a scripted device.
+//! The job engine (docs/protocol.md §9) driven by a scripted device.
 
 use crate::device::{firmware, http_get, Device, WAIT};
 use crate::sim;

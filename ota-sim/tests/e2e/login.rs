@@ -1,4 +1,4 @@
-//! MQTT login (PROTOCOL.md §7) through the embedded broker.
+//! MQTT login (docs/protocol.md §7) through the embedded broker.
 
 use crate::device::Device;
 use crate::sim;

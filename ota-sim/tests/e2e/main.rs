@@ -3,12 +3,10 @@
 mod blocks;
 mod cli;
 mod cli_faults;
-mod demo_tls;
 mod device;
 mod download;
 mod external;
 mod gateway;
-mod gateway_agent;
 mod jobs;
 mod login;
 mod modules;

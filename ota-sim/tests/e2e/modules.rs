@@ -1,4 +1,4 @@
-//! Modules (PROTOCOL.md §2–§4): tasks per (device, module), and the task fields passed through
+//! Modules (docs/protocol.md §2–§4): tasks per (device, module), and the task fields passed through
 //! to devices untouched (extData with `_package_udi`, isDiff, digestsign).
 
 use crate::device::{firmware, Device, WAIT};

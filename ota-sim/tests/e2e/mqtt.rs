@@ -1,4 +1,4 @@
-//! MQTT-channel download (PROTOCOL.md §6) end to end: whole images block by block, requests past
+//! MQTT-channel download (docs/protocol.md §6) end to end: whole images block by block, requests past
 //! the end, the official SDK's quirky requests, and refusals.
 
 use crate::device::{firmware, Device, WAIT};

@@ -1,4 +1,4 @@
-//! Multi-file packages (PROTOCOL.md §3): `data.files` instead of the top-level image fields,
+//! Multi-file packages (docs/protocol.md §3): `data.files` instead of the top-level image fields,
 //! each file with its own signed URL (HTTP) or its own file id in the stream (MQTT).
 
 use crate::device::{firmware, http_get, WAIT};

@@ -1,4 +1,4 @@
-//! Pushes, firmware/get and the legacy request (PROTOCOL.md §3).
+//! Pushes, firmware/get and the legacy request (docs/protocol.md §3).
 
 use crate::device::{firmware, http_get, Device, WAIT};
 use crate::sim;

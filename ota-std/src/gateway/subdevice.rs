@@ -12,10 +12,11 @@ use std::sync::mpsc::Sender;
 
 use ota_core::{Action, Agent, Boot, Event, FetchId, Instant, Notification, Outcome, Phase};
 
-use crate::device::Input;
-use crate::http::{Http, HttpInput};
+use crate::fs_ops::{remove_if_present, sync_dir, with_suffix};
+use crate::http::Http;
+use crate::input::{HttpInput, Input};
 use crate::slots::Slots;
-use crate::storage::{remove_if_present, sync_dir, with_suffix, Activation, RunningVersion, Slot};
+use crate::storage::{Activation, RunningVersion, Slot};
 use crate::{DeviceEvent, Error};
 
 use super::{GwInput, SubdeviceConfig, SubdeviceVersion};

@@ -1,6 +1,5 @@
 //! End-to-end tests: ota-std devices against the real simulator over loopback.
 
-mod demo;
 mod faults;
 mod happy;
 mod lifecycle;

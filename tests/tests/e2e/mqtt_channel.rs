@@ -1,4 +1,4 @@
-//! The MQTT-channel download (`dProtocol:"mqtt"`, PROTOCOL.md §6) through ota-std: whole
+//! The MQTT-channel download (`dProtocol:"mqtt"`, docs/protocol.md §6) through ota-std: whole
 //! images, every reply fault of the simulator, a window of requests, and a resume from the
 //! record after the device was stopped mid-download.
 

@@ -1,4 +1,4 @@
-//! The secure upgrade (PROTOCOL.md §11): with a key, only a task whose `digestsign`
+//! The secure upgrade (docs/protocol.md §11): with a key, only a task whose `digestsign`
 //! verifies over its image digest is activated; every other case is one `-3` that says
 //! why, the record cleared, nothing activated.
 

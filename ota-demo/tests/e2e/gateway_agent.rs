@@ -2,8 +2,7 @@
 //! gateway updating its sub-devices in parallel, a failing flasher, a wrong sub-device secret,
 //! a 520 kick mid-download, and a gateway restart that resumes every download.
 
-use crate::cli::{serve, Server};
-use crate::device::{firmware, http_get, WAIT};
+use crate::support::{firmware, http_get, serve, Server, WAIT};
 use ota_std::gateway::{
     GatewayConfig, GatewayEvent, GatewayHandle, SubdeviceConfig, SubdeviceEvent, SubdeviceVersion,
 };
@@ -143,7 +142,7 @@ fn wait(gateway: GatewayHandle, seen: &mut Seen, done: impl Fn(&Seen) -> bool) -
 
 fn status(info: &Value) -> Value {
     let url = format!("{}/status", info["http_base_url"].as_str().unwrap());
-    serde_json::from_slice(&http_get(&url, None, WAIT).body).unwrap()
+    serde_json::from_slice(&http_get(&url)).unwrap()
 }
 
 /// The sub-device's entry in `/status`.
@@ -335,7 +334,7 @@ fn a_gateway_restart_resumes_every_download_from_its_record() {
 
 #[test]
 fn the_gateway_demo_updates_every_sub_device_within_the_limit() {
-    let options = ota_sim::demo_gateway::GatewayDemoOptions {
+    let options = ota_demo::gateway::GatewayDemoOptions {
         subdevices: 3,
         max_parallel: 2,
         size: 300_000,
@@ -343,10 +342,10 @@ fn the_gateway_demo_updates_every_sub_device_within_the_limit() {
         live: false,
         ..Default::default()
     };
-    let report = ota_sim::demo_gateway::run(&options).unwrap();
+    let report = ota_demo::gateway::run(&options).unwrap();
     assert!(report.rows.iter().all(|r| r.ok), "{report:?}");
     assert_eq!(report.most_at_once, 2, "{report:?}");
-    let table = ota_sim::demo_gateway::table(&report);
+    let table = ota_demo::gateway::table(&report);
     assert!(
         table.contains("gw0001-node03     1.0.0 -> 2.0.0"),
         "{table}"

@@ -1,4 +1,4 @@
-//! `ota-sim demo`: the whole story on one machine. A simulator, N devices running the Linux
+//! `ota-demo`: the whole story on one machine. A simulator, N devices running the Linux
 //! agent (ota-std) in-process, each in its own temporary directory; a package that must be
 //! verified on one device before a batch job rolls it out to the rest; every device
 //! "reboots" (its agent restarts in-process on the new version and the saved record). With
@@ -15,7 +15,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use ota_core::RetryPolicy;
 use ota_std::{Device, DeviceConfig, DeviceEvent, Stopper};
 
-use crate::{DeviceInfo, Fault, FaultId, JobSpec, PackageSpec, Sim, SimConfig, TaskState, Times};
+use ota_sim::{DeviceInfo, Fault, FaultId, JobSpec, PackageSpec, Sim, SimConfig, TaskState, Times};
 
 /// What the demo does.
 #[derive(Clone, Debug)]
@@ -99,7 +99,7 @@ const TARGET: &str = "2.0.0";
 /// run (ports, files).
 pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
     let config = SimConfig {
-        tls: options.tls.then_some(crate::SimTls::Generated),
+        tls: options.tls.then_some(ota_sim::SimTls::Generated),
         ..SimConfig::default()
     };
     let sim = Sim::start(config).map_err(|e| format!("cannot start: {e}"))?;
@@ -107,7 +107,7 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
     let mut spec = PackageSpec::new(TARGET, image.clone()).needs_verification();
     let mut device_key = None;
     if options.signed {
-        let signer = crate::PackageSigner::generate().map_err(|e| e.to_string())?;
+        let signer = ota_sim::PackageSigner::generate().map_err(|e| e.to_string())?;
         let pem = signer.public_key_pem();
         device_key = Some(ota_std::signing_key::parse_signing_key(&pem)?);
         spec = signer.sign(spec);
@@ -188,7 +188,7 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
         row.ok = confirmed
             && row.to == TARGET
             && sim
-                .device_version(&d.info, crate::DEFAULT_MODULE)
+                .device_version(&d.info, ota_sim::DEFAULT_MODULE)
                 .as_deref()
                 == Some(TARGET)
             && installed.as_deref() == Some(&image[..]);
@@ -206,12 +206,12 @@ pub fn run(options: &DemoOptions) -> Result<Vec<DemoRow>, String> {
 }
 
 /// Why a device did not finish, as the simulator saw it.
-fn cloud_view(sim: &Sim, job: Option<crate::JobId>, info: &DeviceInfo) -> String {
+fn cloud_view(sim: &Sim, job: Option<ota_sim::JobId>, info: &DeviceInfo) -> String {
     let online = match sim.is_online(info) {
         true => "online",
         false => "offline",
     };
-    let version = sim.device_version(info, crate::DEFAULT_MODULE);
+    let version = sim.device_version(info, ota_sim::DEFAULT_MODULE);
     let reported = version.map_or("never reported a version".to_owned(), |v| {
         format!("reported {v}")
     });

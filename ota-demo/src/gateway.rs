@@ -1,4 +1,4 @@
-//! `ota-sim demo --gateway`: one gateway (ota-std's gateway mode, in-process) updating the
+//! `ota-demo --gateway`: one gateway (ota-std's gateway mode, in-process) updating the
 //! sub-devices behind it, several at once (docs/protocol.md §14). Each sub-device has its own
 //! directory and a flasher that copies the verified image to `flashed.bin` beside it; the
 //! table shows when each download started and ended, so the overlap is visible.
@@ -11,7 +11,7 @@ use ota_std::gateway::{
 };
 use ota_std::{DeviceConfig, DeviceEvent};
 
-use crate::{Fault, JobSpec, PackageSpec, Sim, SimConfig, Times};
+use ota_sim::{Fault, JobSpec, PackageSpec, Sim, SimConfig, Times};
 
 /// What the gateway demo does.
 #[derive(Clone, Debug)]
@@ -89,7 +89,7 @@ pub fn run(options: &GatewayDemoOptions) -> Result<GatewayDemoReport, String> {
             sim.set_fault(sub, Fault::RateLimit(options.rate), Times::Always);
         }
     }
-    let image = crate::demo::demo_image(options.size);
+    let image = crate::devices::demo_image(options.size);
     let package = sim
         .add_package(PackageSpec::new("2.0.0", image.clone()))
         .map_err(|e| e.to_string())?;

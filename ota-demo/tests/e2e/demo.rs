@@ -1,8 +1,8 @@
-//! The `ota-sim demo` logic, with fewer devices and a smaller image.
+//! The `ota-demo` logic, with fewer devices and a smaller image.
 
 use std::time::Duration;
 
-use ota_sim::demo::{run, table, DemoOptions};
+use ota_demo::devices::{run, table, DemoOptions};
 
 fn options(devices: usize, faults: bool) -> DemoOptions {
     DemoOptions {

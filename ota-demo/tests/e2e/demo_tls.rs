@@ -1,7 +1,7 @@
-//! `ota-sim demo --tls`: the demo's devices (ota-std) over MQTT-TLS and HTTPS, trusting only
+//! `ota-demo --tls`: the demo's devices (ota-std) over MQTT-TLS and HTTPS, trusting only
 //! the generated RSA root, refusing plain http.
 
-use ota_sim::demo::{run, table, DemoOptions};
+use ota_demo::devices::{run, table, DemoOptions};
 use std::time::Duration;
 
 #[test]
