@@ -90,8 +90,8 @@ pub mod uplink;
 pub mod testkit;
 
 pub use agent::{
-    Action, Agent, Boot, Config, Confirmation, Event, FetchId, MqttDownload, Notification, Outcome,
-    Phase, Qos, RetryPolicy, TaskRequest,
+    Action, Agent, BodyBuffer, Boot, Config, Confirmation, Event, FetchId, MqttDownload,
+    Notification, Outcome, Phase, Qos, RetryPolicy, TaskRequest,
 };
 pub use error::Error;
 pub use identity::DeviceIdentity;
