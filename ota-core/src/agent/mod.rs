@@ -321,7 +321,8 @@ impl Agent {
     /// [`Agent::handle_body`], whose implementation this shares: [`BodyBuffer::Full`] is its
     /// back-pressure (perform the queued actions, deliver their results, ask again), and
     /// [`BodyBuffer::Unwanted`] says that the fetch is no longer the current one (bytes of it
-    /// are dropped; stop reading it). It is not an input: it changes nothing.
+    /// are dropped; stop reading it). It is not an input: no action follows from it, and the
+    /// agent's state is as before (`now` only moves its clock forward, as any call does).
     pub fn body_buffer(&mut self, now: Instant, fetch: FetchId) -> Result<BodyBuffer<'_>, Error> {
         if !self.outbox.is_empty() {
             return Err(Error::ActionsNotDrained);
