@@ -78,9 +78,11 @@ pub mod backoff;
 pub mod digest;
 pub mod downlink;
 pub mod error;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod identity;
 pub mod mqtt_frame;
+#[cfg(feature = "ntp")]
 pub mod ntp;
 pub mod record;
 pub mod roots;
