@@ -1144,6 +1144,7 @@ impl Agent {
                 self.outbox
                     .encode(|out| encode_firmware_get(out, id, module)),
             ),
+            #[cfg(feature = "legacy-request")]
             TaskRequest::Legacy => {
                 let version = String::from(self.version_of(module).unwrap_or_default());
                 let version = &version;
