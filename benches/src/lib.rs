@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use md5::Digest;
-use ota_core::{Action, Agent, Boot, Config, DeviceIdentity, Event, FetchId, Instant};
+use ota_core::{Action, Agent, BodyBuffer, Boot, Config, DeviceIdentity, Event, FetchId, Instant};
 
 /// Which digest the task carries.
 #[derive(Clone, Copy, Debug)]
@@ -99,13 +99,42 @@ pub fn agent_ready_with(push: &str, write_block: usize, read_back: bool) -> (Age
 /// Feeds `image` in `chunk`-byte pieces and acknowledges every storage action at once.
 /// Returns true when the image verified.
 pub fn download(agent: &mut Agent, fetch: FetchId, image: &[u8], chunk: usize) -> bool {
+    download_with(agent, fetch, image, chunk, false)
+}
+
+/// [`download`] through `Agent::body_buffer` / `Agent::body_filled`: each piece is copied
+/// into the staging block the agent lends (the copy stands for the socket read that fills
+/// it), then hashed in place. The agent's own copy of `handle_body` is gone.
+pub fn download_lent(agent: &mut Agent, fetch: FetchId, image: &[u8], chunk: usize) -> bool {
+    download_with(agent, fetch, image, chunk, true)
+}
+
+fn download_with(
+    agent: &mut Agent,
+    fetch: FetchId,
+    image: &[u8],
+    chunk: usize,
+    lent: bool,
+) -> bool {
     let now = Instant::ZERO;
     for piece in image.chunks(chunk) {
         let mut offset = 0;
         while offset < piece.len() {
-            offset += agent
-                .handle_body(now, fetch, &piece[offset..])
-                .expect("body");
+            let rest = &piece[offset..];
+            offset += if lent {
+                match agent.body_buffer(now, fetch).expect("buffer") {
+                    BodyBuffer::Lent(buffer) => {
+                        let n = buffer.len().min(rest.len());
+                        buffer[..n].copy_from_slice(&rest[..n]);
+                        agent.body_filled(now, fetch, n).expect("filled")
+                    }
+                    // Every storage action is acknowledged at once: a block is always free.
+                    BodyBuffer::Full => panic!("back-pressure with every write acknowledged"),
+                    BodyBuffer::Unwanted => panic!("the only fetch"),
+                }
+            } else {
+                agent.handle_body(now, fetch, rest).expect("body")
+            };
             loop {
                 let mut result = None;
                 while let Some(action) = agent.poll_action() {

@@ -24,6 +24,9 @@ pub enum Error {
     /// Body bytes before the response status of the fetch.
     #[error("HTTP body before the response status")]
     BodyBeforeResponse,
+    /// More body bytes reported read than [`crate::Agent::body_buffer`] lent.
+    #[error("more body bytes filled than the agent lent")]
+    BodyOverfilled,
     /// A second response status for the same fetch.
     #[error("duplicate HTTP response status for one fetch")]
     DuplicateResponse,

@@ -44,7 +44,11 @@
 //!
 //! Body bytes go through [`Agent::handle_body`], which says how many it took: fewer than
 //! offered means every staging block is full or being written, so the adapter performs the
-//! queued `Write`s, reports their `WriteDone`s (in order), and offers the rest. The staging
+//! queued `Write`s, reports their `WriteDone`s (in order), and offers the rest. An adapter
+//! that can read its socket into a buffer it is given avoids that copy: [`Agent::body_buffer`]
+//! lends the free part of the staging block ([`BodyBuffer::Lent`]; `Full` is the same
+//! back-pressure) and [`Agent::body_filled`] hashes the bytes read into it where they lie,
+//! with exactly the contracts of `handle_body` (they share one implementation). The staging
 //! ring has `Config::write_buffers` blocks (default 1: one write in flight, hashing waits for
 //! it; 2 or more: the adapter writes one block, e.g. on a thread, while the agent hashes the
 //! next). A `Write` borrows its block for the action only, so an adapter that answers later
@@ -74,9 +78,11 @@ pub mod backoff;
 pub mod digest;
 pub mod downlink;
 pub mod error;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod identity;
 pub mod mqtt_frame;
+#[cfg(feature = "ntp")]
 pub mod ntp;
 pub mod record;
 pub mod roots;
@@ -90,8 +96,8 @@ pub mod uplink;
 pub mod testkit;
 
 pub use agent::{
-    Action, Agent, Boot, Config, Confirmation, Event, FetchId, MqttDownload, Notification, Outcome,
-    Phase, Qos, RetryPolicy, TaskRequest,
+    Action, Agent, BodyBuffer, Boot, Config, Confirmation, Event, FetchId, MqttDownload,
+    Notification, Outcome, Phase, Qos, RetryPolicy, TaskRequest,
 };
 pub use error::Error;
 pub use identity::DeviceIdentity;

@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use md5::Digest;
-use ota_core::{Action, Agent, Boot, Config, DeviceIdentity, Event, FetchId, Instant};
+use ota_core::{Action, Agent, BodyBuffer, Boot, Config, DeviceIdentity, Event, FetchId, Instant};
 
 struct Counting;
 
@@ -75,11 +75,15 @@ fn drain(
 #[test]
 fn body_chunks_flow_without_allocating() {
     for buffers in [1, 2, 3] {
-        download_counting_allocations(buffers);
+        for lend in [false, true] {
+            download_counting_allocations(buffers, lend);
+        }
     }
 }
 
-fn download_counting_allocations(buffers: usize) {
+/// `lend`: the bytes are read into the block `Agent::body_buffer` lends, else offered to
+/// `Agent::handle_body`.
+fn download_counting_allocations(buffers: usize, lend: bool) {
     ALLOCATIONS.store(0, Ordering::SeqCst);
     let image = IMAGE.get_or_init(|| (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect());
     let md5: String = md5::Md5::digest(image)
@@ -139,7 +143,20 @@ fn download_counting_allocations(buffers: usize) {
     let mut feed = |agent: &mut Agent, chunk: &[u8], totals: &mut (usize, usize, usize)| {
         let mut offset = 0;
         while offset < chunk.len() {
-            let taken = agent.handle_body(now, fetch, &chunk[offset..]).unwrap();
+            let rest = &chunk[offset..];
+            let taken = if lend {
+                match agent.body_buffer(now, fetch).unwrap() {
+                    BodyBuffer::Lent(buffer) => {
+                        let n = buffer.len().min(rest.len());
+                        buffer[..n].copy_from_slice(&rest[..n]);
+                        agent.body_filled(now, fetch, n).unwrap()
+                    }
+                    BodyBuffer::Full => 0,
+                    BodyBuffer::Unwanted => unreachable!("the only fetch"),
+                }
+            } else {
+                agent.handle_body(now, fetch, rest).unwrap()
+            };
             offset += taken;
             let c = drain(agent, &mut results, &mut None);
             *totals = (totals.0 + c.0, totals.1 + c.1, totals.2 + c.2);
@@ -179,6 +196,6 @@ fn download_counting_allocations(buffers: usize) {
     assert_eq!(
         ALLOCATIONS.load(Ordering::SeqCst),
         0,
-        "allocations while body chunks flowed ({buffers} staging blocks)"
+        "allocations while body chunks flowed ({buffers} staging blocks, lent: {lend})"
     );
 }

@@ -13,7 +13,7 @@ use crate::boot::Bootloader;
 use crate::clock::{earliest, until, Clock};
 use crate::connect::Connect;
 use crate::flash::{FlashError, Slot};
-use crate::http::{self, BodySink, Ending, Flow, Head, BODY_CHUNK_LEN, HEADER_BUF_LEN};
+use crate::http::{self, BodyRead, BodySink, Ending, Flow, Head, HEADER_BUF_LEN};
 use crate::login::Login;
 use crate::record::RecordStore;
 use crate::time_sync::TimeSync;
@@ -129,7 +129,6 @@ pub struct Driver<M, H, S, R, B, C, A> {
     http: H,
     url: heapless::String<MAX_URL_LEN>,
     header_buf: [u8; HEADER_BUF_LEN],
-    chunk: [u8; BODY_CHUNK_LEN],
 }
 
 /// The parts a driver is built from.
@@ -221,7 +220,6 @@ where
             http: parts.http,
             url: heapless::String::new(),
             header_buf: [0; HEADER_BUF_LEN],
-            chunk: [0; BODY_CHUNK_LEN],
         })
     }
 
@@ -315,7 +313,6 @@ where
             &self.url,
             offset,
             &mut self.header_buf,
-            &mut self.chunk,
             &mut self.core,
         )
         .await;
@@ -548,36 +545,42 @@ where
         self.flow(Some(fetch))
     }
 
-    async fn body(&mut self, mut bytes: &[u8]) -> Flow {
+    async fn read_body<Body: embedded_io_async::Read<Error = reqwless::Error>>(
+        &mut self,
+        body: &mut Body,
+    ) -> Option<Ending> {
         let Some(fetch) = self.current else {
-            return Flow::Stop;
+            return Some(Ending::Stopped);
         };
-        let mut idle_rounds = 0;
-        while !bytes.is_empty() {
-            let taken = match self.agent.handle_body(self.clock.now(), fetch, bytes) {
-                Ok(taken) => taken,
-                Err(e) => {
-                    self.fault = Some(Error::Agent(e));
-                    return Flow::Stop;
+        let mut refused = 0;
+        loop {
+            let read = http::read_body(&mut self.agent, fetch, &self.clock, body).await;
+            match read {
+                BodyRead::Filled => {}
+                // Every write was performed by the last drain: a block still full after
+                // another one means the agent waits for something that never comes.
+                BodyRead::Full if refused == 0 => refused += 1,
+                BodyRead::Full => {
+                    self.fault = Some(Error::Stuck);
+                    return Some(Ending::Stopped);
                 }
-            };
-            let queued = self.agent.queued_actions() > 0;
+                BodyRead::Unwanted => return Some(Ending::Stopped),
+                BodyRead::End => return Some(Ending::End),
+                BodyRead::Failed(reason) => return Some(Ending::Failed(reason)),
+                BodyRead::TimedOut => return Some(http::timed_out_ending(self.timed_out().await)),
+                BodyRead::Agent(e) => {
+                    self.fault = Some(Error::Agent(e));
+                    return Some(Ending::Stopped);
+                }
+            }
             self.drain().await;
             if self.flow(Some(fetch)) == Flow::Stop {
-                return Flow::Stop;
+                return Some(Ending::Stopped);
             }
-            bytes = &bytes[taken.min(bytes.len())..];
-            idle_rounds = if taken == 0 && !queued {
-                idle_rounds + 1
-            } else {
-                0
-            };
-            if idle_rounds > 1 {
-                self.fault = Some(Error::Stuck);
-                return Flow::Stop;
+            if matches!(read, BodyRead::Filled) {
+                return None;
             }
         }
-        Flow::Continue
     }
 
     async fn idle(&mut self) -> Flow {

@@ -6,22 +6,23 @@
 //!
 //! The download does not know the agent: it reports to a [`BodySink`], which the driver
 //! implements by feeding the agent and performing what it asks (writes, record saves, MQTT).
+//! Body bytes are read straight into the staging block the agent lends ([`read_body`]):
+//! the agent hashes them where they lie, and no body byte is copied on the way to flash.
 
 use core::fmt::Write as _;
 
 use embassy_futures::select::{select, Either};
 use embedded_io_async::Read;
 use nourl::{Url, UrlScheme};
-use ota_core::Instant;
+use ota_core::{Agent, BodyBuffer, FetchId, Instant};
 use reqwless::client::HttpConnection;
 use reqwless::request::{Request, RequestBuilder};
 
+use crate::clock::Clock;
 use crate::connect::{Connect, Security};
 
 /// Bytes of response headers (and body read-ahead) reqwless may buffer.
 pub const HEADER_BUF_LEN: usize = 2048;
-/// Bytes of body read at once.
-pub const BODY_CHUNK_LEN: usize = 1024;
 /// Longest `Content-Range` value kept.
 const MAX_CONTENT_RANGE: usize = 64;
 
@@ -57,8 +58,10 @@ pub(crate) enum Ending {
 pub(crate) trait BodySink {
     /// The status and headers arrived.
     async fn response(&mut self, head: Head<'_>) -> Flow;
-    /// Body bytes arrived; the sink takes them all (waiting for flash as needed).
-    async fn body(&mut self, bytes: &[u8]) -> Flow;
+    /// Reads the next body bytes from `body` into the agent (with [`read_body`]) and
+    /// performs what they lead to; `Some` when the download ends here.
+    async fn read_body<R: Read<Error = reqwless::Error>>(&mut self, body: &mut R)
+        -> Option<Ending>;
     /// Between two reads: serve MQTT, keep-alive.
     async fn idle(&mut self) -> Flow;
     /// When to give up waiting for the network (the agent's deadline).
@@ -84,11 +87,7 @@ async fn guarded<S: BodySink, F: core::future::Future>(
     };
     match out {
         Some(out) => Ok(out),
-        None => Err(match sink.timed_out().await {
-            Flow::Stop => Ending::Stopped,
-            // The stream was interrupted mid-read and cannot be trusted any more.
-            Flow::Continue => Ending::Failed("timed out"),
-        }),
+        None => Err(timed_out_ending(sink.timed_out().await)),
     }
 }
 
@@ -98,7 +97,6 @@ pub(crate) async fn fetch<H, S>(
     url: &str,
     offset: u64,
     header_buf: &mut [u8],
-    chunk: &mut [u8],
     sink: &mut S,
 ) -> Ending
 where
@@ -158,18 +156,76 @@ where
     }
     let mut body = response.body().reader();
     loop {
-        let n = match guarded(sink, body.read(chunk)).await {
-            Ok(Ok(0)) => return Ending::End,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Ending::Failed(reason(&e)),
-            Err(ending) => return ending,
-        };
-        if sink.body(&chunk[..n]).await == Flow::Stop {
-            return Ending::Stopped;
+        if let Some(ending) = sink.read_body(&mut body).await {
+            return ending;
         }
         if sink.idle().await == Flow::Stop {
             return Ending::Stopped;
         }
+    }
+}
+
+/// What one [`read_body`] did.
+pub(crate) enum BodyRead {
+    /// Bytes were read into the lent block and handed to the agent: perform its actions.
+    Filled,
+    /// Back-pressure: the agent's staging block is full or being written.
+    Full,
+    /// The agent no longer wants this fetch's bytes.
+    Unwanted,
+    /// The body ended.
+    End,
+    /// The read failed.
+    Failed(&'static str),
+    /// The agent's deadline passed while waiting for bytes (the read was dropped).
+    TimedOut,
+    /// The agent refused an input.
+    Agent(ota_core::Error),
+}
+
+/// Reads body bytes of `fetch` straight into the staging block `agent` lends
+/// ([`Agent::body_buffer`]), racing the read against the agent's deadline, then tells the
+/// agent how many arrived ([`Agent::body_filled`]).
+pub(crate) async fn read_body<R, C>(
+    agent: &mut Agent,
+    fetch: FetchId,
+    clock: &C,
+    body: &mut R,
+) -> BodyRead
+where
+    R: Read<Error = reqwless::Error>,
+    C: Clock,
+{
+    let deadline = agent.poll_timeout();
+    let buffer = match agent.body_buffer(clock.now(), fetch) {
+        Ok(BodyBuffer::Lent(buffer)) => buffer,
+        Ok(BodyBuffer::Full) => return BodyRead::Full,
+        Ok(BodyBuffer::Unwanted) => return BodyRead::Unwanted,
+        Err(e) => return BodyRead::Agent(e),
+    };
+    let read = match deadline {
+        None => body.read(buffer).await,
+        Some(at) => match select(body.read(buffer), clock.sleep_until(at)).await {
+            Either::First(read) => read,
+            Either::Second(()) => return BodyRead::TimedOut,
+        },
+    };
+    match read {
+        Ok(0) => BodyRead::End,
+        Ok(n) => match agent.body_filled(clock.now(), fetch, n) {
+            Ok(_) => BodyRead::Filled,
+            Err(e) => BodyRead::Agent(e),
+        },
+        Err(e) => BodyRead::Failed(reason(&e)),
+    }
+}
+
+/// What a sink makes of a timeout while reading: the agent decides (see [`guarded`]).
+pub(crate) fn timed_out_ending(flow: Flow) -> Ending {
+    match flow {
+        Flow::Stop => Ending::Stopped,
+        // The stream was interrupted mid-read and cannot be trusted any more.
+        Flow::Continue => Ending::Failed("timed out"),
     }
 }
 

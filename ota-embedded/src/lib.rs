@@ -69,7 +69,8 @@
 //!
 //! Memory is fixed and allocated by the caller (put the driver in a `static`, e.g. a
 //! `StaticCell`, or in the task's future): the [`Driver`] holds two URL buffers of
-//! [`driver::MAX_URL_LEN`] bytes, reqwless's header buffer and a body chunk (2 KiB + 1 KiB), the
+//! [`driver::MAX_URL_LEN`] bytes and reqwless's header buffer (2 KiB; body bytes are read straight
+//! into the core's staging block, with no chunk buffer of their own), the
 //! MQTT client's `RX` + `TX` buffers, and the record store's 1 KiB copy buffer. With TLS, each
 //! of the two connectors borrows its record buffers (20,736 bytes at the recommended sizes). The only heap
 //! use is ota-core's: one staging block of `Config::write_block` bytes, its action arena and

@@ -10,7 +10,9 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use ota_core::{Action, Agent, Boot, Config, Event, FetchId, Instant, Notification, Outcome, Qos};
+use ota_core::{
+    Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Instant, Notification, Outcome, Qos,
+};
 
 use crate::cloud::{self, IMAGE_SIZE, IMAGE_URL, MODULE, NEW_VERSION};
 use crate::probe::{Call, Probe};
@@ -135,17 +137,38 @@ impl Device {
         self.settle(agent);
     }
 
-    /// Offers one body chunk until the agent has taken all of it, serving its writes.
+    /// Reads one body chunk into the staging block the agent lends, as ota-embedded's
+    /// reqwless reader does, until the agent has taken all of it, serving its writes. The
+    /// copy into the lent block stands for the network stack's read (which fills some buffer
+    /// on any path) and is not counted; `body_buffer` and `body_filled` are.
     pub fn body(&mut self, agent: &mut Agent, fetch: FetchId, chunk: &[u8]) {
         let mut rest = chunk;
         while !rest.is_empty() {
             let now = self.now;
-            let taken = self
-                .probe
-                .call(Call::Body, || agent.handle_body(now, fetch, rest));
-            let taken = match taken {
-                Ok(n) => n,
-                Err(e) => crate::fail(format_args!("body refused: {e:?}")),
+            let lent = {
+                let agent = &mut *agent;
+                self.probe
+                    .call(Call::Body, move || agent.body_buffer(now, fetch))
+            };
+            let read = match lent {
+                Ok(BodyBuffer::Lent(buffer)) => {
+                    let n = buffer.len().min(rest.len());
+                    buffer[..n].copy_from_slice(&rest[..n]);
+                    Some(n)
+                }
+                Ok(BodyBuffer::Full) => None,
+                Ok(BodyBuffer::Unwanted) => crate::fail(format_args!("the only fetch unwanted")),
+                Err(e) => crate::fail(format_args!("body_buffer refused: {e:?}")),
+            };
+            let taken = match read {
+                Some(n) => match self
+                    .probe
+                    .call(Call::Body, || agent.body_filled(now, fetch, n))
+                {
+                    Ok(taken) => taken,
+                    Err(e) => crate::fail(format_args!("body refused: {e:?}")),
+                },
+                None => 0,
             };
             rest = &rest[taken..];
             let writes = self.log.writes;

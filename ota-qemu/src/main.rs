@@ -38,7 +38,7 @@ use ota_core::{Config, DeviceIdentity};
 
 use cloud::IMAGE_SIZE;
 
-/// Body bytes per `handle_body` call: one TCP segment's worth, as a network stack hands it,
+/// Body bytes per read into the lent staging block: one TCP segment's worth, as a network stack hands it,
 /// unless the build sets `OTA_QEMU_CHUNK` (to see how the per-call cost weighs).
 pub const CHUNK: usize = match option_env!("OTA_QEMU_CHUNK") {
     Some(digits) => parse_decimal(digits),

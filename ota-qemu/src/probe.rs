@@ -16,7 +16,7 @@ pub enum Call {
     Push,
     /// `handle(HttpResponse)`.
     HttpResponse,
-    /// `handle_body`.
+    /// `body_buffer` and `body_filled` (the body read into the lent staging block).
     Body,
     /// `handle(WriteDone | RecordSaved | Activated)`: a storage answer.
     StorageDone,
@@ -56,7 +56,7 @@ pub const NAMES: [&str; CALLS] = [
     "Connected",
     "push",
     "HttpResponse",
-    "handle_body",
+    "body_buffer + body_filled",
     "storage answer",
     "read-back answer",
     "HttpEnd",

@@ -189,7 +189,7 @@ pub fn print(f: &Figures, device: &Device) {
     );
     let ratio = ratio_milli(download, bare);
     hprintln!(
-        "instructions per KiB of body: agent {} (handle_body alone {}), MD5 + staging copy {}, \
+        "instructions per KiB of body: agent {} (body_buffer + body_filled alone {}), MD5 + staging copy {}, \
          bare MD5 {}",
         per_kib(download),
         per_kib(body),

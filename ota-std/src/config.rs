@@ -115,7 +115,8 @@ impl DeviceConfig {
     /// A device whose files live in `dir`: `staging.img`, `ota.record`, the installed
     /// `firmware.img` and its `version` file, and `files/` for multi-file tasks. Plain MQTT, in-process reboot, immediate
     /// health; write blocks of 64 KiB, two of them (one written on the writer thread while
-    /// the next is hashed), and a checkpoint every 4 MiB.
+    /// the next is hashed), a checkpoint every 4 MiB, and no read-back of the whole image
+    /// before activation (`agent.read_back = false`: it would read the page cache).
     pub fn new(
         product_key: &str,
         device_name: &str,
@@ -130,6 +131,11 @@ impl DeviceConfig {
         // Two staging blocks: the writer thread writes one while the agent hashes the next.
         agent.write_buffers = 2;
         agent.checkpoint_interval = 4 * 1024 * 1024;
+        // No read-back before activation: on Linux the bytes read back come from the page
+        // cache the agent has just written, so they prove little and cost a second pass of
+        // the digest (about as long as the download itself over loopback). A resumed
+        // download's staged prefix is still read back and checked against the record.
+        agent.read_back = false;
         agent.seed = seed_of(device_name);
         Ok(DeviceConfig {
             product_key: product_key.to_owned(),

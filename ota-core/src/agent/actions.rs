@@ -190,6 +190,7 @@ pub(crate) enum Topic {
     Inform,
     Upgrade,
     Progress,
+    #[cfg(feature = "legacy-request")]
     Request,
     FirmwareGet,
     FirmwareGetReply,
@@ -203,6 +204,7 @@ impl Topic {
             Topic::Inform => &topics.inform,
             Topic::Upgrade => &topics.upgrade,
             Topic::Progress => &topics.progress,
+            #[cfg(feature = "legacy-request")]
             Topic::Request => &topics.request,
             Topic::FirmwareGet => &topics.firmware_get,
             Topic::FirmwareGetReply => &topics.firmware_get_reply,

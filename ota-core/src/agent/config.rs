@@ -16,7 +16,9 @@ const MAX_WRITE_BUFFERS: usize = 16;
 pub enum TaskRequest {
     /// `/sys/{pk}/{dn}/thing/ota/firmware/get` (newer SDKs; the reply can say "no task").
     FirmwareGet,
-    /// `/ota/device/request/{pk}/{dn}` (older SDK; the answer comes as a push).
+    /// `/ota/device/request/{pk}/{dn}` (older SDK; the answer comes as a push). Feature
+    /// `legacy-request`.
+    #[cfg(feature = "legacy-request")]
     Legacy,
 }
 

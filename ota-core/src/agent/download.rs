@@ -8,6 +8,7 @@ use super::actions::{FetchId, Note, Queued, Topic};
 use super::blocks::Blocks;
 use super::reread::Reread;
 use super::ring::Ring;
+use super::BodyBuffer;
 use super::{Agent, Io, RecordPurpose, State};
 use crate::digest::Hasher;
 use crate::error::Error;
@@ -266,11 +267,10 @@ impl Download {
         }
     }
 
-    /// Copies as much of `bytes` as the filling block of the ring holds (never past `end`,
-    /// nor past a checkpoint not yet queued, no new block while a step waits for its record) and
-    /// hashes it on the way: each byte is hashed
-    /// exactly once. Returns how many were taken.
-    pub(super) fn stage(&mut self, ring: &mut Ring, bytes: &[u8], end: u64) -> usize {
+    /// How many body bytes the filling block of the ring may take now: never past `end`, nor
+    /// past a checkpoint not yet queued, and none for a new block while a step waits for its
+    /// record.
+    fn stage_limit(&self, ring: &Ring, end: u64) -> usize {
         if self.due_step > self.saved_step && ring.filled() == 0 && ring.in_flight() > 0 {
             // A step waits for the record that carries it, and records wait for the writes
             // in flight: start no new block until they are done, or with several staging
@@ -282,18 +282,47 @@ impl Download {
         } else {
             end
         };
-        let room = ring.room();
         let left = end.saturating_sub(self.received);
-        let n = bytes
-            .len()
-            .min(room.len())
-            .min(left.try_into().unwrap_or(usize::MAX));
-        let chunk = &bytes[..n];
-        room[..n].copy_from_slice(chunk);
-        self.hasher.update(chunk);
+        ring.room_len().min(left.try_into().unwrap_or(usize::MAX))
+    }
+
+    /// Copies as much of `bytes` as [`Download::stage_limit`] allows into the filling block
+    /// and stages it. Returns how many were taken.
+    pub(super) fn stage(&mut self, ring: &mut Ring, bytes: &[u8], end: u64) -> usize {
+        let n = bytes.len().min(self.stage_limit(ring, end));
+        ring.room()[..n].copy_from_slice(&bytes[..n]);
+        self.staged(ring, n);
+        n
+    }
+
+    /// The first `n` bytes of the ring's room hold body bytes: hash them in place (each byte
+    /// is hashed exactly once) and take them into the filling block.
+    fn staged(&mut self, ring: &mut Ring, n: usize) {
+        self.hasher.update(&ring.room()[..n]);
         ring.commit(n);
         self.received += n as u64;
-        n
+    }
+
+    /// Drops up to `n` leading body bytes the server sent again (it ignored our Range);
+    /// returns how many.
+    fn skip_bytes(&mut self, n: usize) -> usize {
+        let k = self.skip.min(n as u64) as usize;
+        self.skip -= k as u64;
+        k
+    }
+
+    /// How many bytes [`Agent::body_buffer`] lends: see [`Agent::body_room`].
+    fn lend_len(&self, ring: &Ring, end: u64) -> usize {
+        let room = ring.room_len();
+        if self.skip > 0 {
+            return room.min(self.skip.try_into().unwrap_or(usize::MAX));
+        }
+        let limit = self.stage_limit(ring, end);
+        if limit < room && self.received + limit as u64 == end {
+            limit + 1
+        } else {
+            limit
+        }
     }
 
     /// A checkpoint is due when every byte taken is acknowledged (the digest covers exactly
@@ -315,6 +344,16 @@ impl Download {
         let pct = u128::from(self.done + self.received) * 100 / u128::from(self.task.size.max(1));
         pct.clamp(1, 99) as u8
     }
+}
+
+/// What body bytes of a fetch may do now.
+enum Intake {
+    /// Not the current fetch (or no download): taken and dropped.
+    Drop,
+    /// Every block is full or in flight: back-pressure.
+    Full,
+    /// Staged, up to byte `end` of the range of fetch `id`.
+    Take { id: FetchId, end: u64 },
 }
 
 /// What `advance_download` decided, computed while the download is borrowed.
@@ -583,47 +622,113 @@ impl Agent {
         Ok(())
     }
 
-    pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<usize, Error> {
+    /// What body bytes of `fetch` may do now: the one decision both body entry points
+    /// ([`Agent::handle_body`] and [`Agent::body_buffer`] / [`Agent::body_filled`]) share.
+    fn body_intake(&self, fetch: FetchId) -> Result<Intake, Error> {
         if !self.is_current_fetch(fetch)? {
-            return Ok(bytes.len());
+            return Ok(Intake::Drop);
         }
-        let State::Downloading(d) = &mut self.state else {
-            return Ok(bytes.len());
+        let State::Downloading(d) = &self.state else {
+            return Ok(Intake::Drop);
         };
         let Fetch::Streaming { id, end } = d.fetch else {
             return Err(Error::BodyBeforeResponse);
         };
         if !self.ring.has_room() {
-            return Ok(0); // every block is full or being written: back-pressure
+            return Ok(Intake::Full); // every block is full or being written: back-pressure
         }
-        let mut taken = 0;
-        if d.skip > 0 {
-            let n = d.skip.min(bytes.len() as u64) as usize;
-            d.skip -= n as u64;
-            taken = n;
+        Ok(Intake::Take { id, end })
+    }
+
+    pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<usize, Error> {
+        let (id, end) = match self.body_intake(fetch)? {
+            Intake::Drop => return Ok(bytes.len()),
+            Intake::Full => return Ok(0),
+            Intake::Take { id, end } => (id, end),
+        };
+        let State::Downloading(d) = &mut self.state else {
+            return Ok(bytes.len());
+        };
+        let skipped = d.skip_bytes(bytes.len());
+        let n = d.stage(&mut self.ring, &bytes[skipped..], end);
+        Ok(self.after_body(id, end, skipped + n, n, bytes.len()))
+    }
+
+    /// Where body bytes of `fetch` may be read to now (see [`Agent::body_buffer`]): the free
+    /// part of the filling block, as long as [`Download::stage_limit`] allows, and one byte
+    /// more when that ends the range, so that a server sending more than it announced is
+    /// caught as [`Agent::handle_body`] catches it. While leading bytes are skipped, at most
+    /// those.
+    pub(super) fn body_room(&mut self, fetch: FetchId) -> Result<BodyBuffer<'_>, Error> {
+        let end = match self.body_intake(fetch)? {
+            Intake::Drop => return Ok(BodyBuffer::Unwanted),
+            Intake::Full => return Ok(BodyBuffer::Full),
+            Intake::Take { end, .. } => end,
+        };
+        let State::Downloading(d) = &self.state else {
+            return Ok(BodyBuffer::Unwanted);
+        };
+        let len = d.lend_len(&self.ring, end);
+        if len == 0 {
+            return Ok(BodyBuffer::Full); // a checkpoint or a step waits for the writes
         }
-        let n = d.stage(&mut self.ring, &bytes[taken..], end);
-        taken += n;
-        if n > 0 {
+        Ok(BodyBuffer::Lent(&mut self.ring.room()[..len]))
+    }
+
+    /// `n` bytes were read to the start of what [`Agent::body_buffer`] lent.
+    pub(super) fn on_body_filled(&mut self, fetch: FetchId, n: usize) -> Result<usize, Error> {
+        let (id, end) = match self.body_intake(fetch)? {
+            Intake::Drop => return Ok(n),
+            Intake::Full if n == 0 => return Ok(0),
+            Intake::Full => return Err(Error::BodyOverfilled),
+            Intake::Take { id, end } => (id, end),
+        };
+        let State::Downloading(d) = &mut self.state else {
+            return Ok(n);
+        };
+        if n > d.lend_len(&self.ring, end) {
+            return Err(Error::BodyOverfilled);
+        }
+        let skipped = d.skip_bytes(n);
+        let staged = (n - skipped).min(d.stage_limit(&self.ring, end));
+        d.staged(&mut self.ring, staged);
+        Ok(self.after_body(id, end, skipped + staged, staged, n))
+    }
+
+    /// After `taken` of `offered` body bytes were taken, `staged` of them into the ring: the
+    /// end of the range, an over-long body, activity and progress. Returns how many count as
+    /// taken.
+    fn after_body(
+        &mut self,
+        id: FetchId,
+        end: u64,
+        mut taken: usize,
+        staged: usize,
+        offered: usize,
+    ) -> usize {
+        let State::Downloading(d) = &mut self.state else {
+            return offered;
+        };
+        if staged > 0 {
             d.last_activity = self.now;
         }
         let size = d.size();
         if d.received == end && end == size {
             d.fetch = Fetch::Complete;
         }
-        if d.received == end && taken < bytes.len() {
+        if d.received == end && taken < offered {
             // More than the server announced (or than the image holds): never accepted.
             if end == size {
                 self.outbox.push(Queued::CancelFetch(id));
             } else {
                 self.transient_failure("server sent more bytes than the requested range", Some(id));
             }
-            taken = bytes.len();
+            taken = offered;
         }
-        if n > 0 {
+        if staged > 0 {
             self.report_progress();
         }
-        Ok(taken)
+        taken
     }
 
     pub(super) fn on_http_end(&mut self, fetch: FetchId) -> Result<(), Error> {

@@ -44,6 +44,18 @@ pub struct Boot<'a> {
     pub record: Option<&'a [u8]>,
 }
 
+/// What [`Agent::body_buffer`] offers for the body bytes of a fetch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyBuffer<'a> {
+    /// Read up to this many bytes into it, then call [`Agent::body_filled`].
+    Lent(&'a mut [u8]),
+    /// Back-pressure: every staging block is full or being written (or a checkpoint waits
+    /// for its writes). Perform the queued actions, deliver their results, then ask again.
+    Full,
+    /// The fetch was abandoned (or its body is complete): its bytes are not wanted.
+    Unwanted,
+}
+
 /// One input to the agent. Body bytes go through [`Agent::handle_body`] instead, because
 /// the agent answers how many it took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,6 +311,34 @@ impl Agent {
     ) -> Result<usize, Error> {
         self.begin_input(now)?;
         let result = self.on_body(fetch, bytes);
+        self.advance();
+        result
+    }
+
+    /// Lends the free part of the current staging block, to read body bytes of `fetch` into
+    /// it directly (no copy): read at most its length, then call [`Agent::body_filled`] with
+    /// how many were read, before any other input. The contracts are those of
+    /// [`Agent::handle_body`], whose implementation this shares: [`BodyBuffer::Full`] is its
+    /// back-pressure (perform the queued actions, deliver their results, ask again), and
+    /// [`BodyBuffer::Unwanted`] says that the fetch is no longer the current one (bytes of it
+    /// are dropped; stop reading it). It is not an input: no action follows from it, and the
+    /// agent's state is as before (`now` only moves its clock forward, as any call does).
+    pub fn body_buffer(&mut self, now: Instant, fetch: FetchId) -> Result<BodyBuffer<'_>, Error> {
+        if !self.outbox.is_empty() {
+            return Err(Error::ActionsNotDrained);
+        }
+        self.now = self.now.max(now);
+        self.body_room(fetch)
+    }
+
+    /// `n` bytes of `fetch` were read to the start of the buffer [`Agent::body_buffer`] just
+    /// lent: they are hashed where they lie and taken, as [`Agent::handle_body`] would take
+    /// them. Returns how many were taken (all of them, unless the lent buffer was
+    /// [`BodyBuffer::Full`] and `n` is 0). More than was lent is
+    /// [`Error::BodyOverfilled`].
+    pub fn body_filled(&mut self, now: Instant, fetch: FetchId, n: usize) -> Result<usize, Error> {
+        self.begin_input(now)?;
+        let result = self.on_body_filled(fetch, n);
         self.advance();
         result
     }
@@ -1104,6 +1144,7 @@ impl Agent {
                 self.outbox
                     .encode(|out| encode_firmware_get(out, id, module)),
             ),
+            #[cfg(feature = "legacy-request")]
             TaskRequest::Legacy => {
                 let version = String::from(self.version_of(module).unwrap_or_default());
                 let version = &version;

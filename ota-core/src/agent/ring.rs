@@ -91,6 +91,15 @@ impl Ring {
         }
     }
 
+    /// Length of [`Ring::room`].
+    pub(super) fn room_len(&self) -> usize {
+        if self.has_room() {
+            self.block - self.filled
+        } else {
+            0
+        }
+    }
+
     /// True when the filling block can take a byte.
     pub(super) fn has_room(&self) -> bool {
         self.filled < self.block && self.in_flight.len() + self.sealed.len() < self.count

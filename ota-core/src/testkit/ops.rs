@@ -71,6 +71,9 @@ pub struct Scenario {
     pub signed: bool,
     /// Staging blocks (`Config::write_buffers`): writes in flight at once.
     pub write_buffers: usize,
+    /// HTTP body bytes are read into the block the agent lends (`Agent::body_buffer`)
+    /// instead of offered to `Agent::handle_body`.
+    pub lend_body: bool,
     pub chunk_sizes: Vec<usize>,
     pub ops: Vec<Op>,
 }
@@ -149,6 +152,9 @@ impl Scenario {
         let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
         let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
         let multi_file = flags & 0x40 == 0x40;
+        // Every flag bit is taken: the entry point comes from the length's bit 8, which
+        // only shifts the length modulo the largest image.
+        let lend_body = len_hi & 1 == 1;
         let write_buffers = 1 + usize::from(flags >> 5 & 1) + usize::from(flags >> 4 & 1);
         let chunk_sizes = (0..3)
             .map(|_| 1 + usize::from(next().unwrap_or(200)) * 37)
@@ -201,6 +207,7 @@ impl Scenario {
             multi_file,
             signed,
             write_buffers,
+            lend_body,
             chunk_sizes,
             ops,
         }
@@ -272,6 +279,7 @@ fn run_with(scenario: &Scenario, signatures: Signatures, transcript: bool) -> Wo
     w.chunk_sizes = scenario.chunk_sizes.clone();
     w.lazy_storage = scenario.lazy_storage;
     w.mqtt_channel = scenario.mqtt_window.is_some();
+    w.lend_body = scenario.lend_body;
     w.max_steps = 400_000;
     #[cfg(feature = "signature")]
     if scenario.signed {

@@ -11,7 +11,9 @@ use core::time::Duration;
 
 use md5::Digest;
 
-use crate::agent::{Action, Agent, Boot, Config, Event, FetchId, Notification, Outcome};
+use crate::agent::{
+    Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Notification, Outcome,
+};
 use crate::identity::DeviceIdentity;
 use crate::time::Instant;
 
@@ -184,6 +186,9 @@ pub struct World {
     body_refused: bool,
     /// Offer tasks over the MQTT channel instead of HTTP.
     pub mqtt_channel: bool,
+    /// Body bytes go through `Agent::body_buffer` / `body_filled` (read into the lent
+    /// staging block) instead of `Agent::handle_body`.
+    pub lend_body: bool,
     /// The module of the tasks offered from now on (`None` = default).
     pub module: Option<String>,
     pub mqtt_faults: VecDeque<MqttFault>,
@@ -327,6 +332,7 @@ impl World {
             lazy_storage: false,
             body_refused: false,
             mqtt_channel: false,
+            lend_body: false,
             module: None,
             mqtt_faults: VecDeque::new(),
             held_reply: None,
@@ -676,7 +682,11 @@ impl World {
                 self.agent.handle(self.now, event).unwrap();
             }
         } else if let Some((fetch, body)) = self.pending_body.take() {
-            let taken = self.agent.handle_body(self.now, fetch, &body).unwrap();
+            let taken = if self.lend_body {
+                self.read_into_lent_block(fetch, &body)
+            } else {
+                self.agent.handle_body(self.now, fetch, &body).unwrap()
+            };
             assert!(taken <= body.len());
             if taken < body.len() {
                 self.body_refused = taken == 0;
@@ -898,6 +908,25 @@ impl World {
 
     /// The oldest write in flight reaches flash (or fails, or the power fails during it), and
     /// the agent hears of it: writes complete in the order they were issued.
+    /// Offers `body` as a socket would fill the lent staging block: as much as it lends,
+    /// read to its start (garbage after it, which must not be hashed), then `body_filled`.
+    /// Returns how many bytes were taken, as `handle_body` does.
+    fn read_into_lent_block(&mut self, fetch: FetchId, body: &[u8]) -> usize {
+        let n = match self.agent.body_buffer(self.now, fetch).unwrap() {
+            BodyBuffer::Full => return 0,
+            BodyBuffer::Unwanted => return body.len(),
+            BodyBuffer::Lent(buffer) => {
+                let n = buffer.len().min(body.len());
+                buffer[..n].copy_from_slice(&body[..n]);
+                buffer[n..].fill(0xa5);
+                n
+            }
+        };
+        let taken = self.agent.body_filled(self.now, fetch, n).unwrap();
+        assert_eq!(taken, n, "a lent block takes what was read into it");
+        taken
+    }
+
     fn complete_write(&mut self) -> Option<Stop> {
         let (n, o, data) = self
             .writes_in_flight

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use alloc::{format, vec};
 use core::time::Duration;
 
-use crate::agent::{Action, Agent, Boot, Config, Event, FetchId, Phase};
+use crate::agent::{Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Phase};
 use crate::error::Error;
 use crate::record::{ImageId, Phase as RecordPhase, Record};
 use crate::task::{DigestMethod, ExpectedDigest};
@@ -94,6 +94,89 @@ fn a_partial_206_is_continued_and_extra_bytes_are_refused() {
     // kept, the garbage refused, and the rest fetched again.
     assert_eq!(w.fetch_offsets, vec![0, 3000, 7000, 8000]);
     assert_eq!(w.slot_image(), &w.image[..]);
+}
+
+/// The server's odd behaviours through both body entry points: a 200 to a ranged request
+/// (its first bytes skipped), a partial 206 with garbage after it, bytes past the image, a
+/// short body. Reading into the lent block ends in the same fetches, reports and slot as
+/// offering the bytes to `handle_body`.
+#[test]
+fn the_lent_block_and_handle_body_take_the_same_bytes() {
+    // Each fault applies to one response; a 200 to a ranged request brings the rest at once.
+    let stories = [
+        vec![
+            Fault::CutAfter(5000),
+            Fault::PartialRange {
+                len: 1000,
+                extra: 9,
+            },
+            Fault::ShortBody(700),
+            Fault::IgnoreRange,
+        ],
+        vec![Fault::CutAfter(7001), Fault::Extra(3)],
+    ];
+    let run = |faults: &[Fault], lend: bool, buffers: usize| {
+        let mut config = test_config();
+        config.write_buffers = buffers;
+        let mut w = World::new(config, test_image(20_000, 5));
+        w.offer_md5_task();
+        w.lend_body = lend;
+        w.lazy_storage = buffers > 1;
+        w.chunk_sizes = vec![1500, 333, 4096];
+        w.connect();
+        w.faults.extend(faults.iter().cloned());
+        assert_eq!(w.run(), Stop::Reboot);
+        assert_eq!(w.slot_image(), &w.image[..]);
+        assert!(w.faults.is_empty(), "every fault was served");
+        (w.fetch_offsets.clone(), w.progress.clone(), w.bytes_served)
+    };
+    for faults in &stories {
+        for buffers in [1, 3] {
+            let offered = run(faults, false, buffers);
+            assert_eq!(offered.0.len(), faults.len(), "{:?}", offered.0);
+            assert_eq!(
+                run(faults, true, buffers),
+                offered,
+                "{buffers} staging blocks"
+            );
+        }
+    }
+}
+
+#[test]
+fn lent_block_contract_violations_are_errors() {
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let now = w.now;
+    let current = FetchId(0);
+    assert_eq!(
+        w.agent.body_buffer(now, current),
+        Err(Error::BodyBeforeResponse)
+    );
+    assert_eq!(
+        w.agent.body_buffer(now, FetchId(9)),
+        Err(Error::UnknownFetch)
+    );
+    let ok = Event::HttpResponse {
+        fetch: current,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    };
+    w.agent.handle(now, ok).unwrap();
+    let lent = match w.agent.body_buffer(now, current).unwrap() {
+        BodyBuffer::Lent(buffer) => buffer.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        w.agent.body_filled(now, current, lent + 1),
+        Err(Error::BodyOverfilled)
+    );
+    assert_eq!(w.agent.fetched_size(), 0, "an error changes nothing");
+    assert_eq!(w.agent.body_filled(now, current, 10), Ok(10));
+    assert_eq!(w.agent.fetched_size(), 10);
 }
 
 #[test]
@@ -311,6 +394,8 @@ fn messages_on_foreign_topics_and_stale_http_events_are_ignored() {
         )
         .unwrap();
     assert_eq!(w.agent.handle_body(now, stale, b"abc"), Ok(3));
+    assert_eq!(w.agent.body_buffer(now, stale), Ok(BodyBuffer::Unwanted));
+    assert_eq!(w.agent.body_filled(now, stale, 5), Ok(5));
     w.agent
         .handle(now, Event::HttpEnd { fetch: stale })
         .unwrap();

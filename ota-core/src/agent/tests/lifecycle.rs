@@ -618,6 +618,7 @@ fn a_corrupt_record_at_boot_is_discarded_and_cleared() {
     assert_eq!(w.record, None);
 }
 
+#[cfg(feature = "legacy-request")]
 #[test]
 fn the_legacy_request_topic_can_replace_firmware_get() {
     let mut w = world(5000);

@@ -12,7 +12,7 @@ const IMAGE_LEN: usize = 23_000;
 const CHECKPOINT: u64 = 4096;
 const BLOCK: u64 = 1024;
 
-fn world(mqtt: bool, signed: bool, buffers: usize) -> World {
+fn world(mqtt: bool, signed: bool, buffers: usize, lend: bool) -> World {
     let mut config = test_config();
     config.mqtt.block_size = 1500;
     config.mqtt.window = 2;
@@ -27,6 +27,7 @@ fn world(mqtt: bool, signed: bool, buffers: usize) -> World {
     }
     let mut w = World::new(config, test_image(IMAGE_LEN, 3));
     w.mqtt_channel = mqtt;
+    w.lend_body = lend;
     w.lazy_storage = buffers > 1;
     if signed {
         w.signing = Signing::Signed;
@@ -45,8 +46,8 @@ fn requests(w: &World) -> &[u64] {
 }
 
 /// Runs one upgrade with the power cut at `cut`; returns the bytes downloaded twice.
-fn upgrade_with_cut(cut: Cut, mqtt: bool, signed: bool, buffers: usize) -> u64 {
-    let mut w = world(mqtt, signed, buffers);
+fn upgrade_with_cut(cut: Cut, mqtt: bool, signed: bool, buffers: usize, lend: bool) -> u64 {
+    let mut w = world(mqtt, signed, buffers, lend);
     w.cut = Some(cut);
     w.connect();
     let mut redownloaded = 0;
@@ -97,8 +98,10 @@ fn upgrade_with_cut(cut: Cut, mqtt: bool, signed: bool, buffers: usize) -> u64 {
 
 #[test]
 fn every_cut_point_recovers_and_redownloads_at_most_one_checkpoint_interval() {
-    let http = sweep(false, false, 1);
-    let mqtt = sweep(true, false, 1);
+    let http = sweep(false, false, 1, false);
+    let lent = sweep(false, false, 1, true);
+    assert_eq!(lent, http, "both body entry points cut alike");
+    let mqtt = sweep(true, false, 1, false);
     // The figures recorded in BENCHMARKS.md.
     std::eprintln!(
         "power-loss sweep: HTTP {http:?}, MQTT channel {mqtt:?} (cut points, worst re-download)"
@@ -110,8 +113,9 @@ fn every_cut_point_recovers_and_redownloads_at_most_one_checkpoint_interval() {
 #[cfg(feature = "signature")]
 #[test]
 fn every_cut_point_recovers_with_signing_on() {
-    sweep(false, true, 1);
-    sweep(true, true, 1);
+    sweep(false, true, 1, false);
+    sweep(false, true, 1, true);
+    sweep(true, true, 1, false);
 }
 
 /// With writes in flight, what a cut loses is at most the interval plus the blocks hashed
@@ -119,8 +123,10 @@ fn every_cut_point_recovers_with_signing_on() {
 #[test]
 fn every_cut_point_recovers_with_two_and_three_staging_blocks() {
     for buffers in [2, 3] {
-        let http = sweep(false, false, buffers);
-        let mqtt = sweep(true, false, buffers);
+        let http = sweep(false, false, buffers, false);
+        let lent = sweep(false, false, buffers, true);
+        assert_eq!(lent, http, "both body entry points cut alike");
+        let mqtt = sweep(true, false, buffers, false);
         std::eprintln!(
             "power-loss sweep, {buffers} staging blocks: HTTP {http:?}, MQTT channel {mqtt:?}"
         );
@@ -128,9 +134,9 @@ fn every_cut_point_recovers_with_two_and_three_staging_blocks() {
 }
 
 /// Cuts one upgrade at every point; returns (cut points, worst re-download in bytes).
-fn sweep(mqtt: bool, signed: bool, buffers: usize) -> (usize, u64) {
+fn sweep(mqtt: bool, signed: bool, buffers: usize, lend: bool) -> (usize, u64) {
     // Count the operations of an uninterrupted run to know the cut points.
-    let mut clean = world(mqtt, signed, buffers);
+    let mut clean = world(mqtt, signed, buffers, lend);
     clean.connect();
     clean.run_through_reboots();
     let (writes, saves) = (clean.writes, clean.saves);
@@ -150,7 +156,7 @@ fn sweep(mqtt: bool, signed: bool, buffers: usize) -> (usize, u64) {
     let mut worst = 0;
     let bound = CHECKPOINT + (buffers as u64 - 1) * BLOCK;
     for cut in &cuts {
-        let redownloaded = upgrade_with_cut(*cut, mqtt, signed, buffers);
+        let redownloaded = upgrade_with_cut(*cut, mqtt, signed, buffers, lend);
         assert!(
             redownloaded <= bound,
             "cut {cut:?}, {buffers} blocks: re-downloaded {redownloaded} bytes"
@@ -169,8 +175,8 @@ fn sweep(mqtt: bool, signed: bool, buffers: usize) -> (usize, u64) {
 /// image installed is always the task's, and the cloud hears no failure.
 #[test]
 fn every_cut_point_with_a_damaged_staging_area_installs_the_right_image() {
-    for mqtt in [false, true] {
-        let mut clean = world(mqtt, false, 1);
+    for (mqtt, lend) in [(false, false), (false, true), (true, false)] {
+        let mut clean = world(mqtt, false, 1, lend);
         clean.connect();
         clean.run_through_reboots();
         let (writes, saves) = (clean.writes, clean.saves);
@@ -181,7 +187,7 @@ fn every_cut_point_with_a_damaged_staging_area_installs_the_right_image() {
             .chain((0..saves).map(|n| Cut::Save { n }))
         {
             for damage in [Damage::Flip(1), Damage::Truncate(2048), Damage::Truncate(0)] {
-                let mut w = world(mqtt, false, 1);
+                let mut w = world(mqtt, false, 1, lend);
                 w.cut = Some(cut);
                 w.damage = Some(damage);
                 w.connect();
@@ -201,7 +207,7 @@ fn every_cut_point_with_a_damaged_staging_area_installs_the_right_image() {
         // Most cuts leave a durable prefix for the damage to hit; each of those restarted.
         assert!(restarts > cut_points / 2, "{restarts} of {cut_points}");
         std::eprintln!(
-            "power-loss sweep with a damaged staging area (mqtt: {mqtt}): {} cut points x 3 damages = {cut_points} runs, {restarts} restarted from byte 0, 0 bad",
+            "power-loss sweep with a damaged staging area (mqtt: {mqtt}, lent block: {lend}): {} cut points x 3 damages = {cut_points} runs, {restarts} restarted from byte 0, 0 bad",
             cut_points / 3
         );
     }

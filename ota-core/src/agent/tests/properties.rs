@@ -96,7 +96,7 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
         any::<bool>(),
         proptest::option::of(1u8..4),
         any::<bool>(),
-        1usize..=3,
+        (1usize..=3, any::<bool>()),
         proptest::collection::vec(1usize..9000, 1..4),
         proptest::collection::vec(op, 0..40),
         // Signing on in a quarter of the scenarios of a build with the verifier.
@@ -113,7 +113,7 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
                 lazy_storage,
                 mqtt_window,
                 multi_file,
-                write_buffers,
+                (write_buffers, lend_body),
                 chunk_sizes,
                 ops,
                 signed,
@@ -126,6 +126,7 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
                     multi_file,
                     signed,
                     write_buffers,
+                    lend_body,
                     chunk_sizes,
                     ops,
                 }
@@ -157,17 +158,20 @@ proptest! {
 #[test]
 fn fuzzer_bytes_decode_into_runnable_scenarios() {
     let mut buffers = [0usize; 4];
+    let mut lent = [0usize; 2];
     for seed in 0u8..40 {
         let bytes: Vec<u8> = (0..60u8)
             .map(|i| i.wrapping_mul(seed).wrapping_add(seed ^ 0x5a))
             .collect();
         let scenario = Scenario::from_bytes(&bytes);
         buffers[scenario.write_buffers] += 1;
+        lent[usize::from(scenario.lend_body)] += 1;
         run(&scenario);
     }
     run(&Scenario::from_bytes(&[]));
-    // The fuzz target reaches every ring size.
+    // The fuzz target reaches every ring size, and both body entry points.
     assert!(buffers[1..].iter().all(|n| *n > 0), "{buffers:?}");
+    assert!(lent.iter().all(|n| *n > 0), "{lent:?}");
 }
 
 /// Found by CI: a corrupted response of a task replaced twice in a row (the harness lost
@@ -192,6 +196,7 @@ fn corruption_of_a_replaced_task_is_attributed_to_that_task() {
         multi_file: false,
         signed: false,
         write_buffers: 1,
+        lend_body: false,
         chunk_sizes: vec![510],
         ops,
     };
