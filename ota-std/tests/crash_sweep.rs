@@ -440,7 +440,7 @@ impl Sweep {
                 device.job,
                 &device.info,
                 expected.1,
-                Duration::from_secs(10),
+                WAIT,
             )
             .map_err(|e| format!("{installed:?} installed, but the cloud: {e:?}"))?;
         let reported = self.sim.device_version(&device.info, "default");
