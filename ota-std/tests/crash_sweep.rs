@@ -436,12 +436,7 @@ impl Sweep {
             ));
         }
         self.sim
-            .wait_task_state(
-                device.job,
-                &device.info,
-                expected.1,
-                WAIT,
-            )
+            .wait_task_state(device.job, &device.info, expected.1, WAIT)
             .map_err(|e| format!("{installed:?} installed, but the cloud: {e:?}"))?;
         let reported = self.sim.device_version(&device.info, "default");
         if reported.as_deref() != Some(expected.0) {
