@@ -352,8 +352,9 @@ fn a_progress_storm_keeps_memory_status_and_log_bounded() {
     let s = status(&base);
     let kept = device_status(&s, dn)["progress"].as_array().unwrap().len();
     assert_eq!(kept, ota_sim::PROGRESS_HISTORY);
-    // 100,000 more reports kept would be more than 10 MB.
-    assert!(second < first + 4 * 1024, "RSS {first} KiB -> {second} KiB");
+    // 100,000 more reports kept would be about 10 MB; the allocator's own growth between two
+    // rounds was seen at 4 MiB on a loaded machine.
+    assert!(second < first + 6 * 1024, "RSS {first} KiB -> {second} KiB");
     let summary = wait_line(&lines, "more progress reports from");
     assert!(summary.contains(dn), "{summary}");
     let about_device = lines.try_iter().filter(|l| l.contains(dn)).count();
