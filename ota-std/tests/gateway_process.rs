@@ -58,7 +58,7 @@ fn the_gateway_updates_its_sub_devices_from_its_config_file() {
         .arg(&path)
         .env("OTA_DEVICE_SECRET", &gw.device_secret)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let (tx, lines) = mpsc::channel();
