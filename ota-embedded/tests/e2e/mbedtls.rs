@@ -245,9 +245,17 @@ fn the_platform_time_learnt_after_connecting_makes_the_download_check_dates() {
         .recv_timeout(WAIT)
         .unwrap_or_else(|_| panic!("no time request; device log {:?}", device.log()));
     assert!(request.starts_with(r#"{"deviceSendTime":""#), "{request}");
-    // The task comes once the simulator's reply has crossed the loopback broker; the push
+    // The task comes once the driver has set its clock from the simulator's reply; the push
     // then finds the clock set.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    while !device.time_learnt.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            asked.elapsed() < WAIT,
+            "the time reply never set the clock; device log {:?}",
+            device.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let job = sim.create_job(JobSpec::batch(package)).unwrap();
     sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
         .unwrap();
