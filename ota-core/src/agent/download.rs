@@ -273,6 +273,7 @@ impl Download {
     /// How many body bytes the filling block of the ring may take now: never past `end`, nor
     /// past a checkpoint not yet queued, and none for a new block while a step waits for its
     /// record.
+    #[inline(always)] // run for every body chunk; two callers
     fn stage_limit(&self, ring: &Ring, end: u64) -> usize {
         if self.due_step > self.saved_step && ring.filled() == 0 && ring.in_flight() > 0 {
             // A step waits for the record that carries it, and records wait for the writes
@@ -342,7 +343,12 @@ impl Download {
     }
 
     fn percent(&self) -> u8 {
-        let pct = u128::from(self.done + self.received) * 100 / u128::from(self.task.size.max(1));
+        let (bytes, total) = (self.done + self.received, self.task.size.max(1));
+        // In 64 bits (no 128-bit division on a 32-bit MCU) unless the image is beyond 2^64 / 100.
+        let pct = match bytes.checked_mul(100) {
+            Some(scaled) => scaled / total,
+            None => (u128::from(bytes) * 100 / u128::from(total)) as u64,
+        };
         pct.clamp(1, 99) as u8
     }
 }
