@@ -305,8 +305,11 @@ impl Outbox {
 
     /// Called before each input: the previous input's actions are all performed.
     pub(crate) fn recycle(&mut self) {
-        self.queue.clear();
-        self.next = 0;
+        if !self.queue.is_empty() {
+            // Most body chunks queue nothing: no call to drop an empty queue's actions.
+            self.queue.clear();
+            self.next = 0;
+        }
         self.arena.clear();
     }
 

@@ -314,6 +314,7 @@ impl Download {
 
     /// How many bytes [`Agent::body_buffer`] lends (see [`Agent::body_room`]), and how many of
     /// them may be staged ([`Download::stage_limit`]).
+    #[inline(always)] // run for every body chunk
     fn lend_len(&self, ring: &Ring, end: u64) -> (usize, usize) {
         let room = ring.room_len();
         let limit = self.stage_limit(ring, end);
@@ -334,6 +335,19 @@ impl Download {
             && self.received == self.written
             && self.written < self.size()
             && self.written >= self.next_checkpoint
+    }
+
+    /// True when [`Agent::report_progress`] has something to do: the first byte arrived, or
+    /// the bytes passed the next percentage (once the interval passed) or the next step.
+    #[inline(always)] // the check run for every body chunk
+    fn progress_due(&self, now: Instant) -> bool {
+        let bytes = self.done + self.received;
+        let threshold = if now >= self.next_percent_at {
+            self.next_percent_bytes
+        } else {
+            self.next_step_bytes
+        };
+        bytes > 0 && (self.notified == 0 || bytes >= threshold)
     }
 
     /// Percentage of the task recorded as durable (what a restart resumes from), below 100.
@@ -645,6 +659,7 @@ impl Agent {
 
     /// What body bytes of `fetch` may do now: the one decision both body entry points
     /// ([`Agent::handle_body`] and [`Agent::body_buffer`] / [`Agent::body_filled`]) share.
+    #[inline(always)] // run for every body chunk
     fn body_intake(&self, fetch: FetchId) -> Result<Intake, Error> {
         if fetch.0 >= self.next_fetch {
             return Err(Error::UnknownFetch);
@@ -778,6 +793,7 @@ impl Agent {
         if staged > 0 {
             d.last_activity = self.now;
         }
+        let progress = staged > 0 && d.progress_due(self.now);
         if d.received == end {
             let size = d.size();
             if end == size {
@@ -796,7 +812,7 @@ impl Agent {
                 taken = offered;
             }
         }
-        if staged > 0 {
+        if progress {
             self.report_progress();
         }
         taken
@@ -940,15 +956,10 @@ impl Agent {
         let State::Downloading(d) = &mut self.state else {
             return;
         };
-        let bytes = d.done + d.received;
-        let threshold = if now >= d.next_percent_at {
-            d.next_percent_bytes
-        } else {
-            d.next_step_bytes
-        };
-        if bytes == 0 || (d.notified > 0 && bytes < threshold) {
+        if !d.progress_due(now) {
             return;
         }
+        let bytes = d.done + d.received;
         // The first report says "started" (1), whatever the first chunk held.
         let pct = if d.notified == 0 { 1 } else { d.percent() };
         if pct <= d.notified {

@@ -101,6 +101,7 @@ impl Ring {
     }
 
     /// The free part of the filling block (empty when the ring is full).
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn room(&mut self) -> &mut [u8] {
         match self.filling() {
             Some(i) => &mut self.bytes[i * self.block + self.filled..(i + 1) * self.block],
