@@ -1036,7 +1036,19 @@ fn parse_u64(s: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_content_range;
+    use super::{bytes_at_percent, parse_content_range};
+
+    proptest::proptest! {
+        #[test]
+        fn step_thresholds_are_the_exact_ceiling(
+            percent in 0u8..=255,
+            total in proptest::prop_oneof![0u64..1_000_000, proptest::num::u64::ANY],
+        ) {
+            let exact = (u128::from(percent) * u128::from(total)).div_ceil(100);
+            let exact = u64::try_from(exact).unwrap_or(u64::MAX);
+            proptest::prop_assert_eq!(bytes_at_percent(percent, total), exact);
+        }
+    }
 
     #[test]
     fn content_ranges() {
