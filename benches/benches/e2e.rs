@@ -1,11 +1,13 @@
-//! End to end: a 256 MiB image from the simulator's firmware server through ota-std (HTTP
-//! read on one thread; MD5, staging writes and progress on the agent thread; fsync and
-//! rename at the end), against bare md-5 over the same bytes and against
-//! `curl -s URL | tee FILE | md5sum`, all in the same run, best of several rounds each,
-//! interleaved so that all three see the same machine state.
+//! End to end: a 256 MiB image from the simulator's firmware server through ota-std (the
+//! body read into the lent staging block on the agent thread, ota-std's default, and read on
+//! a reader thread then copied, `BodyRead::Thread`; MD5 and progress on the agent thread,
+//! staging writes on the writer thread; fsync and rename at the end), against bare md-5 over
+//! the same bytes and against `curl -s URL | tee FILE | md5sum`, all in the same run, best of
+//! several rounds each, interleaved so that all see the same machine state.
 //!
 //! `OTA_BENCH_MIB` changes the size, `OTA_BENCH_ROUNDS` the rounds, `OTA_BENCH_DIR` where the
 //! files go (default: /dev/shm when present, so that the disk is not what is measured).
+//! `OTA_BENCH_ONLY=lent` (or `thread`) runs that ota-std path alone, for `perf` and `strace`.
 
 mod common;
 
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::{bench_dir, env_or, upgrade};
 use md5::{Digest, Md5};
 use ota_sim::{PackageId, PackageSpec, Sim, SimConfig};
+use ota_std::BodyRead;
 
 fn md5_hex(data: &[u8]) -> String {
     Md5::digest(data)
@@ -36,14 +39,15 @@ fn bare_md5(data: &[u8]) -> (Duration, String) {
     (elapsed, digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// One device upgraded through ota-std; timed from the task's arrival to the image being
-/// verified, written, synced, read back (when `read_back`; `None`: ota-std's default, off)
-/// and activated.
+/// One device upgraded through ota-std with the body read as `body_read`; timed from the
+/// task's arrival to the image being verified, written, synced, read back (when `read_back`;
+/// `None`: ota-std's default, off) and activated.
 fn agent_run(
     sim: &Sim,
     package: PackageId,
     dir: &Path,
     data: &[u8],
+    body_read: BodyRead,
     read_back: Option<bool>,
 ) -> Duration {
     // OTA_BENCH_WRITE_BUFFERS: staging blocks in flight (ota-std's default when unset).
@@ -55,6 +59,7 @@ fn agent_run(
         if let Some(read_back) = read_back {
             config.agent.read_back = read_back;
         }
+        config.body_read = body_read;
     });
     let updates = run.progress_events;
     assert!(updates > 10, "progress was shown ({updates} updates)");
@@ -142,18 +147,46 @@ fn main() {
         println!("nginx is not installed: the nginx variant is skipped");
     }
 
-    let (mut best_bare, mut best_agent, mut best_curl, mut best_source) =
-        (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut best_bare, mut best_lent, mut best_thread, mut best_curl, mut best_source) = (
+        Duration::MAX,
+        Duration::MAX,
+        Duration::MAX,
+        Duration::MAX,
+        Duration::MAX,
+    );
     let mut best_read_back = Duration::MAX;
+    let run = |body_read, read_back| {
+        let dir = tempfile::tempdir_in(&base).expect("bench dir");
+        agent_run(&sim, package, dir.path(), &data, body_read, read_back)
+    };
+    let only = match std::env::var("OTA_BENCH_ONLY").as_deref() {
+        Ok("lent") => Some(BodyRead::Lent),
+        Ok("thread") => Some(BodyRead::Thread),
+        _ => None,
+    };
+    if let Some(body_read) = only {
+        for round in 1..=rounds {
+            let t = run(body_read, None);
+            println!(
+                "round {round}: ota-std {body_read:?} {:.1} MiB/s",
+                mib_per_s(size, t)
+            );
+        }
+        return;
+    }
     for round in 1..=rounds {
         let (bare, hex) = bare_md5(&data);
         assert_eq!(hex, digest);
-        let dir = tempfile::tempdir_in(&base).expect("bench dir");
-        let agent = agent_run(&sim, package, dir.path(), &data, None);
-        let read_back = {
-            let dir = tempfile::tempdir_in(&base).expect("bench dir");
-            agent_run(&sim, package, dir.path(), &data, Some(true))
+        // The two body paths in alternating order, so that neither always runs first.
+        let (lent, thread) = if round % 2 == 1 {
+            let lent = run(BodyRead::Lent, None);
+            (lent, run(BodyRead::Thread, None))
+        } else {
+            let thread = run(BodyRead::Thread, None);
+            (run(BodyRead::Lent, None), thread)
         };
+        let read_back = run(BodyRead::Lent, Some(true));
+        let dir = tempfile::tempdir_in(&base).expect("bench dir");
         let (piped, source) = if curl {
             (
                 curl_run(&sim, package, dir.path(), &digest),
@@ -163,14 +196,16 @@ fn main() {
             (None, None)
         };
         println!(
-            "round {round}: bare md5 {:.1} MiB/s, ota-std {:.1} MiB/s (with --read-back true {:.1}), curl|tee|md5sum {}",
+            "round {round}: bare md5 {:.1} MiB/s, ota-std lent {:.1} MiB/s, thread {:.1} MiB/s (lent with --read-back true {:.1}), curl|tee|md5sum {}",
             mib_per_s(size, bare),
-            mib_per_s(size, agent),
+            mib_per_s(size, lent),
+            mib_per_s(size, thread),
             mib_per_s(size, read_back),
             piped.map_or("-".into(), |t| format!("{:.1} MiB/s", mib_per_s(size, t))),
         );
         best_bare = best_bare.min(bare);
-        best_agent = best_agent.min(agent);
+        best_lent = best_lent.min(lent);
+        best_thread = best_thread.min(thread);
         best_read_back = best_read_back.min(read_back);
         if let Some(t) = piped {
             best_curl = best_curl.min(t);
@@ -181,28 +216,43 @@ fn main() {
     }
     println!("best of {rounds}:");
     println!(
-        "  bare md-5            {:8.1} MiB/s",
+        "  bare md-5                  {:8.1} MiB/s",
         mib_per_s(size, best_bare)
     );
+    let paths = [
+        ("lent block (default)", best_lent),
+        ("reader thread", best_thread),
+    ];
+    for (name, best) in paths {
+        println!("  ota-std, {name:20} {:8.1} MiB/s", mib_per_s(size, best));
+    }
     println!(
-        "  ota-std (sim http)   {:8.1} MiB/s",
-        mib_per_s(size, best_agent)
-    );
-    println!(
-        "  ota-std, read_back on {:7.1} MiB/s",
+        "  ota-std, lent, read_back on {:7.1} MiB/s",
         mib_per_s(size, best_read_back)
     );
-    let read_back_cost = best_read_back.as_secs_f64() / best_agent.as_secs_f64();
+    let read_back_cost = best_read_back.as_secs_f64() / best_lent.as_secs_f64();
     println!("  ratio time with read-back / without {read_back_cost:.3} (its cost)");
-    let vs_md5 = best_bare.as_secs_f64() / best_agent.as_secs_f64();
-    println!("  ratio ota-std / bare md-5        {vs_md5:.3} (goal >= 0.85, issue #21)");
+    println!(
+        "  ratio lent block / reader thread     {:.3} (above 1: the lent block is faster)",
+        best_thread.as_secs_f64() / best_lent.as_secs_f64()
+    );
+    for (name, best) in paths {
+        let vs_md5 = best_bare.as_secs_f64() / best.as_secs_f64();
+        println!(
+            "  ratio ota-std ({name}) / bare md-5       {vs_md5:.3} (goal >= 0.85, issue #21)"
+        );
+        if best_curl != Duration::MAX {
+            let vs_curl = best_curl.as_secs_f64() / best.as_secs_f64();
+            println!(
+                "  ratio ota-std ({name}) / curl pipeline   {vs_curl:.3} (goal >= 1.05, issue #21)"
+            );
+        }
+    }
     if best_curl != Duration::MAX {
         println!(
             "  curl | tee | md5sum  {:8.1} MiB/s",
             mib_per_s(size, best_curl)
         );
-        let vs_curl = best_curl.as_secs_f64() / best_agent.as_secs_f64();
-        println!("  ratio ota-std / curl pipeline    {vs_curl:.3} (goal >= 1.05, issue #21)");
         println!(
             "  (source: curl -o /dev/null {:.1} MiB/s)",
             mib_per_s(size, best_source)

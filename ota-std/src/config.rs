@@ -107,8 +107,24 @@ pub struct DeviceConfig {
     /// Fail with one clear error when the very first connection (or login) fails, instead
     /// of retrying. After one successful login the agent always reconnects.
     pub fail_fast: bool,
-    /// Size of each HTTP read buffer.
+    /// Size of each HTTP read buffer (ureq's input buffer with [`BodyRead::Lent`]: the
+    /// most one socket read takes).
     pub read_buffer: usize,
+    /// How the firmware body reaches the core.
+    pub body_read: BodyRead,
+}
+
+/// How the firmware body reaches the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyRead {
+    /// The agent thread reads the socket straight into the staging block the core lends
+    /// (`Agent::body_buffer`, then `Agent::body_filled`): no copy and no thread hand-off per
+    /// read. A thread still connects and reads the response head, so a slow server never
+    /// holds the agent thread before the body flows.
+    Lent,
+    /// A reader thread reads the body into pooled buffers and sends them to the agent
+    /// thread, which copies them into the staging block (`Agent::handle_body`).
+    Thread,
 }
 
 impl DeviceConfig {
@@ -162,6 +178,7 @@ impl DeviceConfig {
             reconnect_max: Duration::from_secs(60),
             fail_fast: true,
             read_buffer: 256 * 1024,
+            body_read: BodyRead::Lent,
         })
     }
 
