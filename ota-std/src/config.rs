@@ -107,30 +107,14 @@ pub struct DeviceConfig {
     /// Fail with one clear error when the very first connection (or login) fails, instead
     /// of retrying. After one successful login the agent always reconnects.
     pub fail_fast: bool,
-    /// Size of each HTTP read buffer (ureq's input buffer with [`BodyRead::Lent`]: the
-    /// most one socket read takes).
+    /// Size of each HTTP read buffer.
     pub read_buffer: usize,
-    /// How the firmware body reaches the core.
-    pub body_read: BodyRead,
-}
-
-/// How the firmware body reaches the core.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyRead {
-    /// The agent thread reads the socket straight into the staging block the core lends
-    /// (`Agent::body_buffer`, then `Agent::body_filled`): no copy and no thread hand-off per
-    /// read. A thread still connects and reads the response head, so a slow server never
-    /// holds the agent thread before the body flows.
-    Lent,
-    /// A reader thread reads the body into pooled buffers and sends them to the agent
-    /// thread, which copies them into the staging block (`Agent::handle_body`).
-    Thread,
 }
 
 impl DeviceConfig {
     /// A device whose files live in `dir`: `staging.img`, `ota.record`, the installed
     /// `firmware.img` and its `version` file, and `files/` for multi-file tasks. Plain MQTT, in-process reboot, immediate
-    /// health; write blocks of 64 KiB, two of them (one written on the writer thread while
+    /// health; write blocks of 256 KiB, three of them (written on the writer thread while
     /// the next is hashed), a checkpoint every 4 MiB, and no read-back of the whole image
     /// before activation (`agent.read_back = false`: it would read the page cache).
     pub fn new(
@@ -143,9 +127,12 @@ impl DeviceConfig {
     ) -> Result<DeviceConfig, Error> {
         let identity = DeviceIdentity::new(product_key, device_name)?;
         let mut agent = Config::new(identity);
-        agent.write_block = 64 * 1024;
-        // Two staging blocks: the writer thread writes one while the agent hashes the next.
-        agent.write_buffers = 2;
+        // Large blocks, three of them: the writer thread writes while the agent hashes the
+        // next, and a writer (or reader) thread that waits for a core does not stop the
+        // hashing at once. 256 KiB × 3 against 64 KiB × 2: +12 % end to end on a shared
+        // two-core machine (BENCHMARKS.md, issue #21), fewer hand-offs to the writer thread.
+        agent.write_block = 256 * 1024;
+        agent.write_buffers = 3;
         agent.checkpoint_interval = 4 * 1024 * 1024;
         // No read-back before activation: on Linux the bytes read back come from the page
         // cache the agent has just written, so they prove little and cost a second pass of
@@ -178,7 +165,6 @@ impl DeviceConfig {
             reconnect_max: Duration::from_secs(60),
             fail_fast: true,
             read_buffer: 256 * 1024,
-            body_read: BodyRead::Lent,
         })
     }
 

@@ -6,10 +6,10 @@
 //! the writer thread, and their results are fed back as they complete, in order.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use ota_core::{Agent, BodyBuffer, Boot, Event, FetchId, Instant, Phase};
+use ota_core::{Agent, Boot, Event, FetchId, Instant, Phase};
 
 use crate::config::{DeviceConfig, Reboot};
 use crate::http::Http;
@@ -56,7 +56,6 @@ pub fn run_until_reboot(
         config.https_trust.ureq_config(config.tls_backend)?,
         config.agent.stall_timeout,
         config.read_buffer,
-        config.body_read,
         tx.clone(),
     )?;
     let tls = match &config.mqtt_tls {
@@ -143,24 +142,6 @@ impl Driver<'_> {
         loop {
             if self.io.reboot {
                 return Ok(Exit::Rebooted); // the caller flushes and closes the session
-            }
-            if let Some(fetch) = self.io.http.streaming() {
-                // Reading the body here: what waits in the channel comes first, in order,
-                // then the deadlines, then the next read.
-                match rx.try_recv() {
-                    Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return Ok(Exit::Stopped),
-                    Ok(input) => self.handle(input)?,
-                    Err(TryRecvError::Empty) => {
-                        let now = self.io.now();
-                        if self.agent.poll_timeout().is_some_and(|d| d <= now) {
-                            self.agent.handle_timeout(now)?;
-                            self.drain()?;
-                        } else {
-                            self.read_body(fetch)?;
-                        }
-                    }
-                }
-                continue;
             }
             let input = match self.agent.poll_timeout() {
                 Some(deadline) => {
@@ -254,52 +235,19 @@ impl Driver<'_> {
                 self.io.http.recycle(fetch, buffer);
                 return result;
             }
-            HttpInput::Stream(body) => self.io.http.stream(fetch, body),
-            HttpInput::End => self.http_end(fetch)?,
-            HttpInput::Failed(reason) => self.http_failed(fetch, &reason)?,
-        }
-        self.drain().map(drop)
-    }
-
-    fn http_end(&mut self, fetch: FetchId) -> Result<(), Error> {
-        self.io.http.finished(fetch);
-        self.agent.handle(self.io.now(), Event::HttpEnd { fetch })?;
-        Ok(())
-    }
-
-    fn http_failed(&mut self, fetch: FetchId, reason: &str) -> Result<(), Error> {
-        self.io.http.finished(fetch);
-        tracing::debug!("download failed: {reason}");
-        let event = Event::HttpFailed { fetch, reason };
-        self.agent.handle(self.io.now(), event)?;
-        Ok(())
-    }
-
-    /// One read of the streamed body straight into the staging block the core lends
-    /// ([`BodyRead::Lent`](crate::BodyRead::Lent)), hashed there by `body_filled`. When
-    /// every block is full or being written, it waits for the oldest write instead, as
-    /// [`Driver::feed_body`] does.
-    fn read_body(&mut self, fetch: FetchId) -> Result<(), Error> {
-        match self.agent.body_buffer(self.io.now(), fetch)? {
-            BodyBuffer::Lent(buf) => match self.io.http.read_body(buf) {
-                Ok(0) => self.http_end(fetch)?,
-                Ok(n) => {
-                    self.io.downloaded += n as u64;
-                    self.agent.body_filled(self.io.now(), fetch, n)?;
-                    self.drain()?;
-                    self.show_progress(false);
-                    return Ok(());
-                }
-                Err(e) => self.http_failed(fetch, &e.to_string())?,
-            },
-            BodyBuffer::Full => {
-                let Some(result) = self.io.collect_write(true) else {
-                    return Err(Error::Stuck);
-                };
-                self.agent.handle(self.io.now(), result)?;
+            HttpInput::End => {
+                self.io.http.finished(fetch);
+                self.agent.handle(now, Event::HttpEnd { fetch })?;
             }
-            // The core is done with this fetch: stop reading it.
-            BodyBuffer::Unwanted => self.io.http.finished(fetch),
+            HttpInput::Failed(reason) => {
+                self.io.http.finished(fetch);
+                tracing::debug!("download failed: {reason}");
+                let event = Event::HttpFailed {
+                    fetch,
+                    reason: &reason,
+                };
+                self.agent.handle(now, event)?;
+            }
         }
         self.drain().map(drop)
     }

@@ -1,10 +1,7 @@
-//! Firmware downloads with ureq. Each fetch gets a thread that connects and reads the
-//! response head, so that connecting, TLS and a slow server never hold the agent thread.
-//! Then, with [`BodyRead::Lent`], it hands the body reader to the agent thread, which reads
-//! the socket straight into the staging block the core lends ([`Http::read_body`]); with
-//! [`BodyRead::Thread`] it reads the body itself into buffers that it sends to the agent
-//! thread (they travel back for reuse, so the body path does not allocate, and the fixed
-//! number of buffers bounds how far the reader runs ahead).
+//! Firmware downloads with ureq. Each fetch gets a reader thread that fills buffers from the
+//! socket and sends them to the agent thread, which digests and writes them: download and MD5
+//! run on two cores at once. The buffers travel back for reuse, so the body path does not
+//! allocate, and the fixed number of buffers bounds how far the reader runs ahead.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use ota_core::FetchId;
 
-use crate::config::BodyRead;
-use crate::input::{BodyStream, HttpInput, Input};
+use crate::input::{HttpInput, Input};
 use crate::Error;
 
 /// Buffers per fetch: one being filled, one being digested, two in the channel.
@@ -35,9 +31,6 @@ pub(crate) struct Http {
     active: Vec<Active>,
     /// Buffers of finished fetches, for the next one.
     spare: Vec<Vec<u8>>,
-    body_read: BodyRead,
-    /// The body the agent thread reads ([`BodyRead::Lent`]), once its head is in.
-    stream: Option<(FetchId, BodyStream)>,
 }
 
 impl Http {
@@ -47,17 +40,10 @@ impl Http {
         tls: ureq::tls::TlsConfig,
         timeout: Duration,
         buffer_size: usize,
-        body_read: BodyRead,
         inputs: Sender<Input>,
     ) -> Result<Http, Error> {
-        let buffer_size = buffer_size.max(4096);
         let config = ureq::Agent::config_builder()
             .tls_config(tls)
-            // With the lent block, one socket read fills ureq's buffer: as large as ours.
-            .input_buffer_size(match body_read {
-                BodyRead::Lent => buffer_size,
-                BodyRead::Thread => 128 * 1024,
-            })
             .http_status_as_error(false)
             .timeout_connect(Some(timeout))
             .timeout_recv_response(Some(timeout))
@@ -67,23 +53,16 @@ impl Http {
         Ok(Http {
             agent: config.into(),
             inputs,
-            buffer_size,
+            buffer_size: buffer_size.max(4096),
             active: Vec::new(),
             spare: Vec::new(),
-            body_read,
-            stream: None,
         })
     }
 
     /// Starts `GET url` (from `offset` with a Range header) on a reader thread.
     pub(crate) fn fetch(&mut self, id: FetchId, url: &str, offset: u64) {
         let (free, buffers) = mpsc::sync_channel(BUFFERS);
-        let pooled = if self.body_read == BodyRead::Thread {
-            BUFFERS
-        } else {
-            0
-        };
-        for _ in 0..pooled {
+        for _ in 0..BUFFERS {
             let buffer = self
                 .spare
                 .pop()
@@ -97,7 +76,6 @@ impl Http {
             inputs: self.inputs.clone(),
             buffers,
             cancel: cancel.clone(),
-            body_read: self.body_read,
         };
         let url = url.to_owned();
         let spawned = std::thread::Builder::new()
@@ -113,7 +91,6 @@ impl Http {
 
     /// Stops a fetch: its thread ends at its next read, and its late inputs are dropped.
     pub(crate) fn cancel(&mut self, id: FetchId) {
-        self.drop_stream(id);
         if let Some(i) = self.active.iter().position(|a| a.id == id) {
             self.active
                 .swap_remove(i)
@@ -129,41 +106,8 @@ impl Http {
 
     /// The fetch ended (body complete or failed).
     pub(crate) fn finished(&mut self, id: FetchId) {
-        self.drop_stream(id);
         if let Some(i) = self.active.iter().position(|a| a.id == id) {
             self.active.swap_remove(i);
-        }
-    }
-
-    fn drop_stream(&mut self, id: FetchId) {
-        if self.stream.as_ref().is_some_and(|(s, _)| *s == id) {
-            self.stream = None;
-        }
-    }
-
-    /// The body of `id` is the agent thread's to read from now on ([`Http::read_body`]).
-    pub(crate) fn stream(&mut self, id: FetchId, body: BodyStream) {
-        if self.is_active(id) {
-            self.stream = Some((id, body));
-        }
-    }
-
-    /// The fetch whose body the agent thread reads, if any.
-    pub(crate) fn streaming(&self) -> Option<FetchId> {
-        self.stream.as_ref().map(|(id, _)| *id)
-    }
-
-    /// One read of the streamed body into `buf` (blocking until some bytes come, the body
-    /// ends, or the read times out); `Ok(0)` is the end of the body.
-    pub(crate) fn read_body(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some((_, body)) = self.stream.as_mut() else {
-            return Ok(0);
-        };
-        loop {
-            match body.0.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                result => return result,
-            }
         }
     }
 
@@ -197,7 +141,6 @@ struct Reader {
     inputs: Sender<Input>,
     buffers: Receiver<Vec<u8>>,
     cancel: Arc<AtomicBool>,
-    body_read: BodyRead,
 }
 
 impl Reader {
@@ -238,10 +181,6 @@ impl Reader {
             return;
         }
         let mut body = response.into_body().into_reader();
-        if self.body_read == BodyRead::Lent {
-            self.send(HttpInput::Stream(BodyStream(Box::new(body))));
-            return;
-        }
         loop {
             // The agent thread hands buffers back; when it is gone, so is this fetch.
             let Ok(mut buffer) = self.buffers.recv() else {

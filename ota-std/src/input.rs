@@ -3,8 +3,6 @@
 //! It lives apart from all of them so that the threads and the driver depend on it, not on
 //! each other.
 
-use std::io::Read;
-
 use ota_core::FetchId;
 
 /// Everything the agent thread waits for.
@@ -37,20 +35,8 @@ pub(crate) enum HttpInput {
     },
     /// `buffer[..len]` is body; hand the buffer back with `Http::recycle`.
     Body { buffer: Vec<u8>, len: usize },
-    /// The body is for the agent thread to read (`BodyRead::Lent`): the reader thread
-    /// is done once it has read the head.
-    Stream(BodyStream),
     /// The body ended cleanly.
     End,
     /// Connect, TLS, reset, read timeout...
     Failed(String),
-}
-
-/// A fetch's body reader, handed from the reader thread to the agent thread.
-pub(crate) struct BodyStream(pub(crate) Box<dyn Read + Send>);
-
-impl std::fmt::Debug for BodyStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BodyStream")
-    }
 }

@@ -76,7 +76,7 @@ mod tls;
 pub mod tls_session;
 mod writer;
 
-pub use config::{BodyRead, DeviceConfig, Health, ModuleConfig, Reboot};
+pub use config::{DeviceConfig, Health, ModuleConfig, Reboot};
 pub use device::run_until_reboot;
 pub use storage::{Activation, RunningVersion, Slot};
 pub use tls::{TlsBackend, Trust};

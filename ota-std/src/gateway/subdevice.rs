@@ -12,7 +12,6 @@ use std::sync::mpsc::Sender;
 
 use ota_core::{Action, Agent, Boot, Event, FetchId, Instant, Notification, Outcome, Phase};
 
-use crate::config::BodyRead;
 use crate::fs_ops::{remove_if_present, sync_dir, with_suffix};
 use crate::http::Http;
 use crate::input::{HttpInput, Input};
@@ -253,13 +252,6 @@ impl Sub {
             HttpInput::End => {
                 self.http.finished(fetch);
                 self.agent.handle(now, Event::HttpEnd { fetch })?;
-            }
-            // Only sent with `BodyRead::Lent`, which the gateway does not use.
-            HttpInput::Stream(_) => {
-                self.http.finished(fetch);
-                let reason = "body handed to the gateway loop, which does not read sockets";
-                self.agent
-                    .handle(now, Event::HttpFailed { fetch, reason })?;
             }
             HttpInput::Failed(reason) => {
                 self.http.finished(fetch);
@@ -649,13 +641,10 @@ fn new_http(
         epoch,
         input,
     })?;
-    // Reader threads: the gateway's one loop drives every sub-device, so it must never block
-    // on one sub-device's socket while the others' downloads run.
     Http::new(
         tls.clone(),
         agent_config.stall_timeout,
         super::SUBDEVICE_READ_BUFFER,
-        BodyRead::Thread,
         http_inputs,
     )
 }
