@@ -129,8 +129,9 @@ impl DeviceConfig {
         let mut agent = Config::new(identity);
         // Large blocks, three of them: the writer thread writes while the agent hashes the
         // next, and a writer (or reader) thread that waits for a core does not stop the
-        // hashing at once. 256 KiB × 3 against 64 KiB × 2: +12 % end to end on a shared
-        // two-core machine (BENCHMARKS.md, issue #21), fewer hand-offs to the writer thread.
+        // hashing at once. 256 KiB × 3 against 64 KiB × 2: +7 to +15 % end to end on a
+        // shared two-core machine (BENCHMARKS.md, issue #21), a quarter of the hand-offs to
+        // the writer thread.
         agent.write_block = 256 * 1024;
         agent.write_buffers = 3;
         agent.checkpoint_interval = 4 * 1024 * 1024;
