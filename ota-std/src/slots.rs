@@ -350,20 +350,7 @@ mod tests {
         let mut slots = Slots::new(modules.clone(), p("ota.record"));
         slots.activate("default", "2").unwrap();
         assert_eq!(fs::read(p("firmware.img")).unwrap(), b"new");
-        let task = ota_core::Task {
-            message_id: "1".into(),
-            version: "2".into(),
-            module: "default".into(),
-            size: 3,
-            digest: ota_core::ExpectedDigest::new(ota_core::DigestMethod::Md5, &[0; 16]).unwrap(),
-            channel: ota_core::Channel::Http {
-                url: "http://h/f".into(),
-            },
-            is_diff: false,
-            ext_data: None,
-            digestsign: None,
-            files: Vec::new(),
-        };
+        let task = task(3);
         let mut record = Vec::new();
         Record {
             image: ImageId::of(&task),
