@@ -7,11 +7,14 @@
 
 use alloc::borrow::Cow;
 use alloc::string::String;
+#[cfg(feature = "multi-file")]
 use alloc::vec::Vec;
 
 use crate::identity::{is_valid_module, is_valid_version, DEFAULT_MODULE};
 use crate::json::{self, Json, Kind};
-use crate::task::{Channel, DigestMethod, ExpectedDigest, Task, TaskFile, MAX_FILES};
+use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
+#[cfg(feature = "multi-file")]
+use crate::task::{TaskFile, MAX_FILES};
 
 /// Largest image the MQTT channel carries (docs/protocol.md §8).
 pub const MAX_MQTT_IMAGE: u64 = 16 * 1024 * 1024;
@@ -89,6 +92,8 @@ struct Data<'a> {
     digestsign: Option<Json<'a>>,
     d_protocol: Option<Json<'a>>,
     stream_id: Option<Json<'a>>,
+    // Read (so that a duplicate is refused) in every build; used by the MQTT channel.
+    #[cfg_attr(not(feature = "mqtt-channel"), allow(dead_code))]
     stream_file_id: Option<Json<'a>>,
     files: Option<Json<'a>>,
 }
@@ -251,7 +256,13 @@ fn build_task(
         None => return Err("no version in the task".into()),
     };
     if let Some(files) = data.files {
+        #[cfg(feature = "multi-file")]
         return build_multi_file_task(data, files, message_id, module, version, rules);
+        #[cfg(not(feature = "multi-file"))]
+        {
+            let _ = files;
+            return Err("multi-file tasks (data.files) are not supported by this firmware".into());
+        }
     }
     let size = match data.size.map(unsigned) {
         Some(Some(0)) => return Err("size must be greater than 0".into()),
@@ -282,6 +293,7 @@ fn build_task(
         is_diff,
         ext_data,
         digestsign,
+        #[cfg(feature = "multi-file")]
         files: Vec::new(),
     })
 }
@@ -302,6 +314,7 @@ fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), St
 }
 
 /// A multi-file task (`data.files`, docs/protocol.md §3): each file with its size, URL and digest.
+#[cfg(feature = "multi-file")]
 fn build_multi_file_task(
     data: &Data,
     files: Json,
@@ -399,8 +412,7 @@ fn build_multi_file_task(
                     )
                 })?
             }
-            (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, &md5)
-                .ok_or_else(|| text!("file ", name, ": md5 digest must be 32 hex characters"))?,
+            (_, _, Some(md5)) => md5_digest(&md5).map_err(|e| text!("file ", name, ": ", e))?,
             _ => {
                 return Err(text!(
                     "file ",
@@ -445,6 +457,7 @@ fn build_multi_file_task(
 
 /// A file name an adapter can store as is: no path separators, no `.` or `..`, no control
 /// characters, 1 to 255 bytes.
+#[cfg(feature = "multi-file")]
 fn is_safe_file_name(name: &str) -> bool {
     (1..=255).contains(&name.len())
         && name != "."
@@ -454,46 +467,88 @@ fn is_safe_file_name(name: &str) -> bool {
             .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
-/// The digest method named by `signMethod`: `None` when absent, `Err(name)` when unknown.
+fn is_sha256_name(method: &str) -> bool {
+    method.eq_ignore_ascii_case("sha256") || method.eq_ignore_ascii_case("sha-256")
+}
+
+/// The digest method named by `signMethod`: `None` when absent, `Err(name)` when unknown or
+/// compiled out of this build.
 fn sign_method(data: &Data) -> Option<Result<DigestMethod, String>> {
     let method = data.sign_method?;
     Some(match method.as_str() {
+        #[cfg(feature = "md5")]
         Some(m) if m.eq_ignore_ascii_case("md5") => Ok(DigestMethod::Md5),
-        Some(m) if m.eq_ignore_ascii_case("sha256") || m.eq_ignore_ascii_case("sha-256") => {
-            Ok(DigestMethod::Sha256)
-        }
+        #[cfg(feature = "sha256")]
+        Some(m) if is_sha256_name(&m) => Ok(DigestMethod::Sha256),
         Some(m) => Err(m.into_owned()),
         None => Err(String::from("?")),
     })
 }
 
-/// `sign` with `signMethod` when both are present and the method is known, else `md5`.
-fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
-    let method = sign_method(data);
-    match (method, string(data.sign), string(data.md5)) {
-        (Some(Ok(method)), Some(sign), _) => {
-            ExpectedDigest::from_hex(method, &sign).ok_or_else(|| {
-                text!(
-                    method.name(),
-                    " digest in sign must be ",
-                    method.digest_len() * 2,
-                    " hex characters"
-                )
-            })
-        }
-        (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, &md5)
-            .ok_or_else(|| "md5 digest must be 32 hex characters".into()),
-        (Some(Err(m)), _, None) => Err(text!(
-            "unsupported signMethod \"",
-            m,
-            "\" and no md5 digest to fall back on"
-        )),
-        (Some(Ok(_)), None, None) => Err("signMethod given but no sign digest".into()),
-        (None, Some(_), None) => Err("sign digest without a signMethod".into()),
-        (None, None, None) => Err("no digest (md5 or sign) in the task".into()),
+/// The algorithm a known `signMethod` names when this build leaves it out (feature `md5` or
+/// `sha256` off).
+fn compiled_out(method: &str) -> Option<&'static str> {
+    if !cfg!(feature = "md5") && method.eq_ignore_ascii_case("md5") {
+        Some("md5")
+    } else if !cfg!(feature = "sha256") && is_sha256_name(method) {
+        Some("sha256")
+    } else {
+        None
     }
 }
 
+/// An `md5` (or `fileMd5`) digest; refused when this build has no MD5.
+fn md5_digest(hex: &str) -> Result<ExpectedDigest, String> {
+    #[cfg(feature = "md5")]
+    return ExpectedDigest::from_hex(DigestMethod::Md5, hex)
+        .ok_or_else(|| "md5 digest must be 32 hex characters".into());
+    #[cfg(not(feature = "md5"))]
+    {
+        let _ = hex;
+        Err("md5 digests are not supported: this firmware is built without md5".into())
+    }
+}
+
+/// `sign` with `signMethod` when both are present and the method is known (and built in),
+/// else `md5`.
+fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
+    let method = sign_method(data);
+    let sign = string(data.sign);
+    if let (Some(Ok(method)), Some(sign)) = (&method, &sign) {
+        return ExpectedDigest::from_hex(*method, sign).ok_or_else(|| {
+            text!(
+                method.name(),
+                " digest in sign must be ",
+                method.digest_len() * 2,
+                " hex characters"
+            )
+        });
+    }
+    if let Some(md5) = string(data.md5) {
+        return md5_digest(&md5);
+    }
+    Err(match method {
+        Some(Err(m)) => match compiled_out(&m) {
+            Some(algorithm) => text!(
+                "signMethod ",
+                m,
+                " is not supported: this firmware is built without ",
+                algorithm,
+                ", and there is no md5 digest to fall back on"
+            ),
+            None => text!(
+                "unsupported signMethod \"",
+                m,
+                "\" and no md5 digest to fall back on"
+            ),
+        },
+        Some(Ok(_)) => "signMethod given but no sign digest".into(),
+        None if sign.is_some() => "sign digest without a signMethod".into(),
+        None => "no digest (md5 or sign) in the task".into(),
+    })
+}
+
+#[cfg_attr(not(feature = "mqtt-channel"), allow(unused_variables))]
 fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String> {
     let mqtt = match data.d_protocol.map(|p| p.as_str()) {
         None => false,
@@ -502,22 +557,29 @@ fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String>
         Some(_) => return Err("unsupported dProtocol (expected mqtt or https)".into()),
     };
     if mqtt {
-        let stream_id = data
-            .stream_id
-            .and_then(unsigned)
-            .ok_or("MQTT-channel task without a numeric streamId")?;
-        let file_id = match data.stream_file_id {
-            None => 1,
-            Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
-        };
-        if size > MAX_MQTT_IMAGE {
-            return Err(text!(
-                "image size ",
-                size,
-                " exceeds the 16 MB limit of the MQTT channel"
-            ));
+        #[cfg(not(feature = "mqtt-channel"))]
+        return Err(
+            "MQTT-channel downloads (dProtocol mqtt) are not supported by this firmware".into(),
+        );
+        #[cfg(feature = "mqtt-channel")]
+        {
+            let stream_id = data
+                .stream_id
+                .and_then(unsigned)
+                .ok_or("MQTT-channel task without a numeric streamId")?;
+            let file_id = match data.stream_file_id {
+                None => 1,
+                Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
+            };
+            if size > MAX_MQTT_IMAGE {
+                return Err(text!(
+                    "image size ",
+                    size,
+                    " exceeds the 16 MB limit of the MQTT channel"
+                ));
+            }
+            return Ok(Channel::Mqtt { stream_id, file_id });
         }
-        return Ok(Channel::Mqtt { stream_id, file_id });
     }
     let url = match data.url {
         Some(u) => u.as_str().ok_or("url must be a string")?,

@@ -91,6 +91,7 @@ impl<'a> Json<'a> {
     }
 
     /// An integer without fraction or exponent that fits `i64`.
+    #[cfg_attr(not(feature = "mqtt-channel"), allow(dead_code))]
     pub fn as_i64(&self) -> Option<i64> {
         let digits = self.raw.strip_prefix('-').unwrap_or(self.raw);
         if self.kind != Kind::Number || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -110,11 +111,19 @@ impl<'a> Json<'a> {
     }
 
     /// The elements of an array (nothing for other kinds), in document order.
+    #[cfg_attr(
+        not(any(feature = "multi-file", feature = "gateway")),
+        allow(dead_code)
+    )]
     pub fn elements(&self) -> Elements<'a> {
         Elements(self.inner(Kind::Array))
     }
 
     /// The member `key` of an object (the first one if it repeats).
+    #[cfg_attr(
+        not(any(feature = "multi-file", feature = "gateway")),
+        allow(dead_code)
+    )]
     pub fn get(&self, key: &str) -> Option<Json<'a>> {
         self.members().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -169,6 +178,10 @@ impl<'a> Iterator for Members<'a> {
 }
 
 /// Iterator over an array's elements.
+#[cfg_attr(
+    not(any(feature = "multi-file", feature = "gateway")),
+    allow(dead_code)
+)]
 pub struct Elements<'a>(Scanner<'a>);
 
 impl<'a> Iterator for Elements<'a> {

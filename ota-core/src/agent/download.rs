@@ -5,6 +5,7 @@ use alloc::string::String;
 use core::time::Duration;
 
 use super::actions::{FetchId, Note, Queued, Topic};
+#[cfg(feature = "mqtt-channel")]
 use super::blocks::Blocks;
 use super::reread::Reread;
 use super::ring::Ring;
@@ -63,6 +64,7 @@ pub(super) struct Download {
     /// Leading body bytes to drop: the server ignored our Range and sent from byte 0.
     skip: u64,
     /// The MQTT-channel side of the download (`None` for HTTP).
+    #[cfg(feature = "mqtt-channel")]
     pub(super) blocks: Option<Blocks>,
     /// A re-read of the slot under way: nothing else of the download moves meanwhile.
     /// Boxed: rare, and a digest state would make every download (and the stack frames that
@@ -129,9 +131,10 @@ impl Download {
         now: Instant,
         (block, interval): (u64, u64),
     ) -> Self {
-        let before = &task.files[..file.min(task.files.len())];
+        let before = &task.files()[..file.min(task.files().len())];
         let done = before.iter().map(|f| f.size).sum();
         let base = before.iter().map(|f| f.size.div_ceil(block) * block).sum();
+        #[cfg(feature = "mqtt-channel")]
         let blocks = Blocks::for_task(&task, generation, offset);
         Download {
             image: ImageId::of(&task),
@@ -149,6 +152,7 @@ impl Download {
             failures: 0,
             refreshes: 0,
             skip: 0,
+            #[cfg(feature = "mqtt-channel")]
             blocks,
             reread: None,
             last_activity: now,
@@ -165,7 +169,7 @@ impl Download {
     /// Size of the file being downloaded (the image, for a single-file task).
     pub(super) fn size(&self) -> u64 {
         self.task
-            .files
+            .files()
             .get(self.file)
             .map_or(self.task.size, |f| f.size)
     }
@@ -173,14 +177,14 @@ impl Download {
     /// Digest of the file being downloaded.
     pub(super) fn digest(&self) -> &crate::task::ExpectedDigest {
         self.task
-            .files
+            .files()
             .get(self.file)
             .map_or(&self.task.digest, |f| &f.digest)
     }
 
     /// URL of the file being downloaded (`None` over the MQTT channel).
     pub(super) fn url(&self) -> Option<&str> {
-        match self.task.files.get(self.file) {
+        match self.task.files().get(self.file) {
             Some(f) => Some(&f.url),
             None => self.task.url(),
         }
@@ -189,7 +193,7 @@ impl Download {
     /// The current file verified: move on to the next one, laid out after it in the slot.
     /// Returns false when it was the last.
     fn next_file(&mut self, block: u64) -> bool {
-        if self.file + 1 >= self.task.files.len() {
+        if self.file + 1 >= self.task.files().len() {
             return false;
         }
         let size = self.size();
@@ -228,12 +232,14 @@ impl Download {
     /// The same image came again: keep its (possibly fresher) URL, and go on if we were
     /// waiting for exactly that.
     pub(super) fn adopt_fresh_channel(&mut self, task: &Task) {
+        #[cfg(feature = "mqtt-channel")]
         if let Some(blocks) = self.blocks.as_mut() {
             blocks.adopt(task);
         }
-        if let Channel::Http { url } = &task.channel {
-            self.task.channel = Channel::Http { url: url.clone() };
+        if let Some(url) = task.url() {
+            self.task.channel = Channel::Http { url: url.into() };
         }
+        #[cfg(feature = "multi-file")]
         self.task.files.clone_from(&task.files); // same files, fresh URLs
         if self.is_refreshing() {
             self.fetch = Fetch::Idle;
@@ -248,12 +254,14 @@ impl Download {
 
     /// The next deadline, if any. A stall is only measured while the agent waits on the
     /// network, not while the adapter's storage is busy.
+    #[cfg_attr(not(feature = "mqtt-channel"), allow(unused_variables))]
     pub(super) fn deadline(
         &self,
         stall: Duration,
         storage_busy: bool,
         online: bool,
     ) -> Option<Instant> {
+        #[cfg(feature = "mqtt-channel")]
         if let Some(blocks) = &self.blocks {
             // Offline, no request is out: the reconnect asks again.
             return blocks.deadline().filter(|_| online);
@@ -373,6 +381,7 @@ impl Agent {
         if self.advance_reread() {
             return;
         }
+        #[cfg(feature = "mqtt-channel")]
         self.stage_arrived_blocks();
         let State::Downloading(d) = &mut self.state else {
             return;
@@ -450,6 +459,7 @@ impl Agent {
                     step,
                 }));
             }
+            #[cfg(feature = "mqtt-channel")]
             Next::Fetch if d.blocks.is_some() => self.request_blocks(),
             Next::Fetch => {
                 let id = FetchId(self.next_fetch);
@@ -477,7 +487,7 @@ impl Agent {
         d.fetch = Fetch::Complete;
         if !d.hasher.matches(d.digest()) {
             let method = d.digest().method().name();
-            let reason = match d.task.files.get(d.file) {
+            let reason = match d.task.files().get(d.file) {
                 Some(f) => text!(
                     method,
                     " mismatch: file ",
@@ -759,6 +769,7 @@ impl Agent {
     }
 
     pub(super) fn on_download_timeout(&mut self) {
+        #[cfg(feature = "mqtt-channel")]
         if matches!(&self.state, State::Downloading(d) if d.blocks.is_some()) {
             self.on_block_timeouts();
             return;
