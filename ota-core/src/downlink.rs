@@ -152,7 +152,11 @@ pub fn parse_push(payload: &[u8], rules: &TaskRules) -> Result<Task, Rejection> 
 pub fn reply_id(payload: &[u8]) -> Option<u64> {
     let id = json::parse(payload).ok()?.fields(["id"]).ok()?[0]?;
     match id.kind() {
-        Kind::String => id.as_str()?.parse().ok(),
+        // As `str::parse` reads it: digits after an optional `+`.
+        Kind::String => {
+            let id = id.as_str()?;
+            json::parse_digits(id.strip_prefix('+').unwrap_or(&id))
+        }
         _ => id.as_u64(),
     }
 }
@@ -592,7 +596,12 @@ fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String>
 
 /// The URL if its scheme is allowed and it has a host and no spaces or control characters.
 fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
-    let scheme_end = url.find("://").unwrap_or(0);
+    // A byte search: `str::find` with a `&str` pattern links the two-way searcher.
+    let scheme_end = url
+        .as_bytes()
+        .windows(3)
+        .position(|w| w == b"://")
+        .unwrap_or(0);
     let scheme = &url[..scheme_end];
     let scheme_ok = scheme.eq_ignore_ascii_case("https")
         || (rules.allow_http && scheme.eq_ignore_ascii_case("http"));
@@ -612,9 +621,7 @@ fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
 /// A non-negative integer from a JSON number or a string of ASCII digits.
 fn unsigned(v: Json) -> Option<u64> {
     match v.as_str() {
-        Some(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()
-        }
+        Some(s) if s.len() <= 20 => json::parse_digits(&s),
         Some(_) => None,
         None => v.as_u64(),
     }

@@ -84,10 +84,10 @@ impl<'a> Json<'a> {
 
     /// A non-negative integer without fraction or exponent that fits `u64`.
     pub fn as_u64(&self) -> Option<u64> {
-        if self.kind != Kind::Number || !self.raw.bytes().all(|b| b.is_ascii_digit()) {
+        if self.kind != Kind::Number {
             return None;
         }
-        self.raw.parse().ok()
+        parse_digits(self.raw)
     }
 
     /// An integer without fraction or exponent that fits `i64`.
@@ -156,6 +156,21 @@ impl<'a> Json<'a> {
             pos: usize::from(!text.is_empty()),
         }
     }
+}
+
+/// A string of ASCII digits (at least one) as a `u64`; `None` for anything else or beyond
+/// `u64::MAX`. The one number parser of the crate: `str::parse` links a second, generic one.
+pub fn parse_digits(digits: &str) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Iterator over an object's members: (decoded key, value).

@@ -479,19 +479,19 @@ impl Agent {
             Event::HttpEnd { fetch } => return self.on_http_end(fetch),
             Event::HttpFailed { fetch, reason } => return self.on_http_failed(fetch, reason),
             Event::WriteDone | Event::WriteFailed => {
-                return self.on_write_result(event == Event::WriteDone)
+                return self.on_write_result(matches!(event, Event::WriteDone))
             }
             Event::ReadDone { len } => return self.on_read_result(Some(len)),
             Event::ReadFailed => return self.on_read_result(None),
             Event::RecordSaved | Event::RecordSaveFailed => {
-                return self.on_record_result(event == Event::RecordSaved)
+                return self.on_record_result(matches!(event, Event::RecordSaved))
             }
             Event::Activated | Event::ActivationFailed => {
-                return self.on_activation_result(event == Event::Activated)
+                return self.on_activation_result(matches!(event, Event::Activated))
             }
             Event::HealthVerdict { healthy } => return self.on_health_verdict(healthy),
             Event::AcceptTask | Event::DeclineTask => {
-                return self.on_decision(event == Event::AcceptTask)
+                return self.on_decision(matches!(event, Event::AcceptTask))
             }
         }
         Ok(())
