@@ -135,17 +135,27 @@ impl<'a> Json<'a> {
         keys: [&'k str; N],
     ) -> Result<[Option<Json<'a>>; N], &'k str> {
         let mut found = [None; N];
+        match self.fields_into(&keys, &mut found) {
+            Some(i) => Err(keys[i]),
+            None => Ok(found),
+        }
+    }
+
+    /// The body of [`Json::fields`], one copy for every number of keys: fills `found`,
+    /// or returns the index of a key that appears twice.
+    #[inline(never)]
+    fn fields_into(&self, keys: &[&str], found: &mut [Option<Json<'a>>]) -> Option<usize> {
         for (key, value) in self.members() {
             if let Some(i) = keys.iter().position(|k| *k == key) {
                 if found[i].is_some() {
-                    return Err(keys[i]);
+                    return Some(i);
                 }
                 if value.kind != Kind::Null {
                     found[i] = Some(value);
                 }
             }
         }
-        Ok(found)
+        None
     }
 
     // A scanner positioned just inside the brackets of an array or object of `kind`.
