@@ -430,13 +430,14 @@ impl<'a> Scanner<'a> {
         if self.peek() != Some(b'u') {
             return Err(self.error("invalid escape in a string"));
         }
-        let digits = self
+        let value = self
             .text
+            .as_bytes()
             .get(self.pos + 1..self.pos + 5)
-            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(hex4_value)
             .ok_or_else(|| self.error("invalid \\u escape in a string"))?;
         self.pos += 5;
-        u32::from_str_radix(digits, 16).map_err(|_| self.error("invalid \\u escape in a string"))
+        Ok(value)
     }
 }
 
@@ -482,9 +483,15 @@ fn decode_string(raw: &str) -> Cow<'_, str> {
 }
 
 fn hex_unit(text: &str) -> u32 {
-    text.get(..4)
-        .and_then(|d| u32::from_str_radix(d, 16).ok())
-        .unwrap_or(0)
+    text.as_bytes().get(..4).and_then(hex4_value).unwrap_or(0)
+}
+
+/// The value of four hex digits; `None` if one is not a hex digit (no sign, unlike
+/// `from_str_radix`, whose generic parser this avoids).
+fn hex4_value(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0u32, |n, &b| Some(n << 4 | char::from(b).to_digit(16)?))
 }
 
 #[cfg(test)]
