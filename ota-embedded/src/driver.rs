@@ -13,7 +13,7 @@ use crate::boot::Bootloader;
 use crate::clock::{earliest, until, Clock};
 use crate::connect::Connect;
 use crate::flash::{FlashError, Slot};
-use crate::http::{self, BodyRead, BodySink, Ending, Flow, Head, HEADER_BUF_LEN};
+use crate::http::{self, BodySink, Ending, Flow, Head, HEADER_BUF_LEN};
 use crate::login::Login;
 use crate::record::RecordStore;
 use crate::time_sync::TimeSync;
@@ -529,6 +529,9 @@ where
     C: Clock,
     A: Application,
 {
+    type Key = FetchId;
+    type Clock = C;
+
     async fn response(&mut self, head: Head<'_>) -> Flow {
         let Some(fetch) = self.current else {
             return Flow::Stop;
@@ -545,42 +548,18 @@ where
         self.flow(Some(fetch))
     }
 
-    async fn read_body<Body: embedded_io_async::Read<Error = reqwless::Error>>(
-        &mut self,
-        body: &mut Body,
-    ) -> Option<Ending> {
-        let Some(fetch) = self.current else {
-            return Some(Ending::Stopped);
-        };
-        let mut refused = 0;
-        loop {
-            let read = http::read_body(&mut self.agent, fetch, &self.clock, body).await;
-            match read {
-                BodyRead::Filled => {}
-                // Every write was performed by the last drain: a block still full after
-                // another one means the agent waits for something that never comes.
-                BodyRead::Full if refused == 0 => refused += 1,
-                BodyRead::Full => {
-                    self.fault = Some(Error::Stuck);
-                    return Some(Ending::Stopped);
-                }
-                BodyRead::Unwanted => return Some(Ending::Stopped),
-                BodyRead::End => return Some(Ending::End),
-                BodyRead::Failed(reason) => return Some(Ending::Failed(reason)),
-                BodyRead::TimedOut => return Some(http::timed_out_ending(self.timed_out().await)),
-                BodyRead::Agent(e) => {
-                    self.fault = Some(Error::Agent(e));
-                    return Some(Ending::Stopped);
-                }
-            }
-            self.drain().await;
-            if self.flow(Some(fetch)) == Flow::Stop {
-                return Some(Ending::Stopped);
-            }
-            if matches!(read, BodyRead::Filled) {
-                return None;
-            }
-        }
+    fn current(&mut self) -> Option<(FetchId, &mut Agent, FetchId, &C)> {
+        let fetch = self.current?;
+        Some((fetch, &mut self.agent, fetch, &self.clock))
+    }
+
+    async fn settle(&mut self, fetch: FetchId) -> Flow {
+        self.drain().await;
+        self.flow(Some(fetch))
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.fault = Some(error);
     }
 
     async fn idle(&mut self) -> Flow {

@@ -18,7 +18,7 @@ use ota_core::{Phase, Qos};
 use crate::clock::{earliest, until, Clock};
 use crate::connect::Connect;
 use crate::driver::{Error, Settings, MAX_URL_LEN};
-use crate::http::{self, BodyRead, BodySink, Ending, Flow, Head, HEADER_BUF_LEN};
+use crate::http::{self, BodySink, Ending, Flow, Head, HEADER_BUF_LEN};
 use crate::login::Login;
 use crate::record::MAX_RECORD_LEN;
 use crate::transport::MqttTransport;
@@ -612,6 +612,9 @@ where
     C: Clock,
     F: SubdeviceFlasher,
 {
+    type Key = (usize, FetchId);
+    type Clock = C;
+
     async fn response(&mut self, head: Head<'_>) -> Flow {
         let Some((index, fetch)) = self.current else {
             return Flow::Stop;
@@ -628,42 +631,18 @@ where
         self.flow(Some((index, fetch)))
     }
 
-    async fn read_body<Body: embedded_io_async::Read<Error = reqwless::Error>>(
-        &mut self,
-        body: &mut Body,
-    ) -> Option<Ending> {
-        let Some((index, fetch)) = self.current else {
-            return Some(Ending::Stopped);
-        };
-        let mut refused = 0;
-        loop {
-            let read = http::read_body(&mut self.agents[index], fetch, &self.clock, body).await;
-            match read {
-                BodyRead::Filled => {}
-                // Every write was performed by the last drain: a block still full after
-                // another one means the agent waits for something that never comes.
-                BodyRead::Full if refused == 0 => refused += 1,
-                BodyRead::Full => {
-                    self.fault = Some(Error::Stuck);
-                    return Some(Ending::Stopped);
-                }
-                BodyRead::Unwanted => return Some(Ending::Stopped),
-                BodyRead::End => return Some(Ending::End),
-                BodyRead::Failed(reason) => return Some(Ending::Failed(reason)),
-                BodyRead::TimedOut => return Some(http::timed_out_ending(self.timed_out().await)),
-                BodyRead::Agent(e) => {
-                    self.fault = Some(Error::Agent(e));
-                    return Some(Ending::Stopped);
-                }
-            }
-            self.drain().await;
-            if self.flow(Some((index, fetch))) == Flow::Stop {
-                return Some(Ending::Stopped);
-            }
-            if matches!(read, BodyRead::Filled) {
-                return None;
-            }
-        }
+    fn current(&mut self) -> Option<((usize, FetchId), &mut Agent, FetchId, &C)> {
+        let (index, fetch) = self.current?;
+        Some(((index, fetch), &mut self.agents[index], fetch, &self.clock))
+    }
+
+    async fn settle(&mut self, key: (usize, FetchId)) -> Flow {
+        self.drain().await;
+        self.flow(Some(key))
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.fault = Some(error);
     }
 
     async fn idle(&mut self) -> Flow {

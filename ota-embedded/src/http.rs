@@ -20,6 +20,7 @@ use reqwless::request::{Request, RequestBuilder};
 
 use crate::clock::Clock;
 use crate::connect::{Connect, Security};
+use crate::Error;
 
 /// Bytes of response headers (and body read-ahead) reqwless may buffer.
 pub const HEADER_BUF_LEN: usize = 2048;
@@ -56,12 +57,20 @@ pub(crate) enum Ending {
 /// Where the download's events go.
 #[allow(async_fn_in_trait)]
 pub(crate) trait BodySink {
+    /// Tells the current download apart from a later one (the driver's fetch, or the
+    /// gateway's sub-device and fetch).
+    type Key: Copy;
+    /// The sink's clock, read around each body read.
+    type Clock: Clock;
     /// The status and headers arrived.
     async fn response(&mut self, head: Head<'_>) -> Flow;
-    /// Reads the next body bytes from `body` into the agent (with [`read_body`]) and
-    /// performs what they lead to; `Some` when the download ends here.
-    async fn read_body<R: Read<Error = reqwless::Error>>(&mut self, body: &mut R)
-        -> Option<Ending>;
+    /// The current download: its key, the agent that takes its bytes, its fetch and the
+    /// clock; `None` when the download was cancelled.
+    fn current(&mut self) -> Option<(Self::Key, &mut Agent, FetchId, &Self::Clock)>;
+    /// Performs what the agent asks after a body read; whether download `key` goes on.
+    async fn settle(&mut self, key: Self::Key) -> Flow;
+    /// The agent refused an input or stalled: keep `error` for the driver's caller.
+    fn fail(&mut self, error: Error);
     /// Between two reads: serve MQTT, keep-alive.
     async fn idle(&mut self) -> Flow;
     /// When to give up waiting for the network (the agent's deadline).
@@ -156,7 +165,7 @@ where
     }
     let mut body = response.body().reader();
     loop {
-        if let Some(ending) = sink.read_body(&mut body).await {
+        if let Some(ending) = read_into_agent(sink, &mut body).await {
             return ending;
         }
         if sink.idle().await == Flow::Stop {
@@ -165,8 +174,48 @@ where
     }
 }
 
+/// Reads body bytes into the current download's agent and performs what they lead to, until
+/// one read was taken (`None`: serve the rest of the world, then read again) or the download
+/// ends here. A block still full after the sink performed every write means the agent waits
+/// for something that never comes: that is [`Error::Stuck`].
+async fn read_into_agent<S, R>(sink: &mut S, body: &mut R) -> Option<Ending>
+where
+    S: BodySink,
+    R: Read<Error = reqwless::Error>,
+{
+    let mut refused = 0;
+    loop {
+        let Some((key, agent, fetch, clock)) = sink.current() else {
+            return Some(Ending::Stopped);
+        };
+        let read = read_body(agent, fetch, clock, body).await;
+        match read {
+            BodyRead::Filled => {}
+            BodyRead::Full if refused == 0 => refused += 1,
+            BodyRead::Full => {
+                sink.fail(Error::Stuck);
+                return Some(Ending::Stopped);
+            }
+            BodyRead::Unwanted => return Some(Ending::Stopped),
+            BodyRead::End => return Some(Ending::End),
+            BodyRead::Failed(reason) => return Some(Ending::Failed(reason)),
+            BodyRead::TimedOut => return Some(timed_out_ending(sink.timed_out().await)),
+            BodyRead::Agent(e) => {
+                sink.fail(Error::Agent(e));
+                return Some(Ending::Stopped);
+            }
+        }
+        if sink.settle(key).await == Flow::Stop {
+            return Some(Ending::Stopped);
+        }
+        if matches!(read, BodyRead::Filled) {
+            return None;
+        }
+    }
+}
+
 /// What one [`read_body`] did.
-pub(crate) enum BodyRead {
+enum BodyRead {
     /// Bytes were read into the lent block and handed to the agent: perform its actions.
     Filled,
     /// Back-pressure: the agent's staging block is full or being written.
@@ -186,12 +235,7 @@ pub(crate) enum BodyRead {
 /// Reads body bytes of `fetch` straight into the staging block `agent` lends
 /// ([`Agent::body_buffer`]), racing the read against the agent's deadline, then tells the
 /// agent how many arrived ([`Agent::body_filled`]).
-pub(crate) async fn read_body<R, C>(
-    agent: &mut Agent,
-    fetch: FetchId,
-    clock: &C,
-    body: &mut R,
-) -> BodyRead
+async fn read_body<R, C>(agent: &mut Agent, fetch: FetchId, clock: &C, body: &mut R) -> BodyRead
 where
     R: Read<Error = reqwless::Error>,
     C: Clock,
@@ -221,7 +265,7 @@ where
 }
 
 /// What a sink makes of a timeout while reading: the agent decides (see [`guarded`]).
-pub(crate) fn timed_out_ending(flow: Flow) -> Ending {
+fn timed_out_ending(flow: Flow) -> Ending {
     match flow {
         Flow::Stop => Ending::Stopped,
         // The stream was interrupted mid-read and cannot be trusted any more.

@@ -42,6 +42,40 @@ pub fn finish_upgrade(
     assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
 }
 
+/// Lets the running session `(session, stop)` of `device` go until the cloud marks `job`
+/// failed, then checks that the device said why (a failure naming `reason`), that no download
+/// request reached the server and that nothing was written or activated.
+pub fn assert_refused_before_any_byte(
+    sim: &Sim,
+    device: &Device,
+    job: ota_sim::JobId,
+    (session, stop): (
+        std::thread::JoinHandle<SessionEnd>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+    reason: &str,
+) {
+    sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
+        .unwrap();
+    let _ = stop.send(());
+    assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
+    let log = device.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("failed") && l.contains(reason)),
+        "no failure naming {reason:?}: {log:?}"
+    );
+    assert!(
+        device.slot.bytes().iter().all(|&b| b == 0xFF),
+        "slot untouched"
+    );
+    assert!(
+        sim.downloads(&device.info).is_empty(),
+        "no request got through"
+    );
+    assert!(!device.boot.state.lock().unwrap().updated);
+}
+
 pub fn assert_installed(device: &Device, firmware: &[u8]) {
     assert_eq!(&device.slot.bytes()[..firmware.len()], firmware);
     let state = device.boot.state.lock().unwrap();

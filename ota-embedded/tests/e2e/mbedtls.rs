@@ -5,14 +5,17 @@
 
 use ota_embedded::mbedtls::{CaChain, MbedtlsConnector, TlsVersion};
 use ota_embedded::{Connect, ConnectError, Security, TcpConnector};
-use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, SimTls, TaskState, TlsOptions, TlsVersions};
+use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, SimTls, TlsOptions, TlsVersions};
 
 use crate::support::{
-    der_of_pem, image, mbedtls, Device, LoopbackDns, SessionEnd, TlsLib, TokioClock, TokioStack,
-    Wall, SECTOR, WAIT,
+    der_of_pem, image, mbedtls, Device, LoopbackDns, TlsLib, TokioClock, TokioStack, Wall, SECTOR,
+    WAIT,
 };
 use crate::transport::run;
-use crate::{assert_installed, assert_monotone_progress, finish_upgrade, NEW, OLD};
+use crate::{
+    assert_installed, assert_monotone_progress, assert_refused_before_any_byte, finish_upgrade,
+    NEW, OLD,
+};
 
 /// The simulator's default RSA chain, offering `versions` and `ciphers`.
 fn rsa_sim(versions: TlsVersions, ciphers: Option<&str>) -> Sim {
@@ -153,27 +156,8 @@ fn a_download_from_a_server_of_another_ca_is_refused_and_nothing_is_written() {
     device.tls_lib = TlsLib::Mbedtls { tls12_only: true };
     device.download_ca = Some(ota_core::roots::GLOBALSIGN_ROOT_CA_R1.der.to_vec());
 
-    let (session, stop) = device.boot(OLD);
-    sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
-        .unwrap();
-    let _ = stop.send(());
-    assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
-
-    let log = device.log();
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with("failed") && l.contains("not issued by a trusted CA")),
-        "{log:?}"
-    );
-    assert!(
-        device.slot.bytes().iter().all(|&b| b == 0xFF),
-        "slot untouched"
-    );
-    assert!(
-        sim.downloads(&device.info).is_empty(),
-        "no request got through"
-    );
-    assert!(!device.boot.state.lock().unwrap().updated);
+    let running = device.boot(OLD);
+    assert_refused_before_any_byte(&sim, &device, job, running, "not issued by a trusted CA");
 }
 
 /// The time requests devices publish on the simulator's broker (which answers them, as the
@@ -240,34 +224,24 @@ fn the_platform_time_learnt_after_connecting_makes_the_download_check_dates() {
     device.wall = Wall::Unknown;
     device.ask_time = true;
 
-    let (session, stop) = device.boot(OLD);
+    let running = device.boot(OLD);
     let request = time_requests
         .recv_timeout(WAIT)
         .unwrap_or_else(|_| panic!("no time request; device log {:?}", device.log()));
     assert!(request.starts_with(r#"{"deviceSendTime":""#), "{request}");
-    // The task comes once the simulator's reply has crossed the loopback broker; the push
+    // The task comes once the driver has set its clock from the simulator's reply; the push
     // then finds the clock set.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    while !device.time_learnt.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            asked.elapsed() < WAIT,
+            "the time reply never set the clock; device log {:?}",
+            device.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let job = sim.create_job(JobSpec::batch(package)).unwrap();
-    sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
-        .unwrap();
-    let _ = stop.send(());
-    assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
-
-    let log = device.log();
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with("failed") && l.contains("expired")),
-        "{log:?}"
-    );
-    assert!(
-        device.slot.bytes().iter().all(|&b| b == 0xFF),
-        "slot untouched"
-    );
-    assert!(
-        sim.downloads(&device.info).is_empty(),
-        "no request got through"
-    );
+    assert_refused_before_any_byte(&sim, &device, job, running, "expired");
 }
 
 /// A CA (DER) and a server certificate for localhost and 127.0.0.1 it signed, valid only in

@@ -2,6 +2,7 @@
 //! driver against the simulator on its own thread (a current-thread tokio runtime).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -109,6 +110,33 @@ impl Clock for TokioClock {
             ),
             Wall::At(secs) => Some(secs),
         }
+    }
+}
+
+/// The device's clock as the driver sees it: a [`ota_embedded::SyncedClock`] that also
+/// tells the test when the platform's time has been learnt (so a test waits for that event,
+/// not for a guessed interval).
+pub struct WatchedClock {
+    synced: ota_embedded::SyncedClock<TokioClock>,
+    learnt: Arc<AtomicBool>,
+}
+
+impl Clock for WatchedClock {
+    fn now(&self) -> Instant {
+        self.synced.now()
+    }
+
+    async fn sleep_until(&self, at: Instant) {
+        self.synced.sleep_until(at).await
+    }
+
+    fn unix_time(&self) -> Option<u64> {
+        self.synced.unix_time()
+    }
+
+    fn set_unix_time(&self, unix_ms: u64, at: Instant) {
+        self.synced.set_unix_time(unix_ms, at);
+        self.learnt.store(true, Ordering::SeqCst);
     }
 }
 
@@ -460,6 +488,8 @@ pub struct Device {
     /// Ask the platform's time after connecting (`Settings::ask_time`), into a
     /// `SyncedClock` over the device's clock.
     pub ask_time: bool,
+    /// Set once the driver has set the clock from the platform's time reply.
+    pub time_learnt: Arc<AtomicBool>,
     pub slot: RamFlash,
     pub records: RamFlash,
     pub boot: FakeBoot,
@@ -494,6 +524,7 @@ impl Device {
             wall: Wall::System,
             tls_lib: TlsLib::EmbeddedTls,
             ask_time: false,
+            time_learnt: Arc::default(),
             slot: slot.clone(),
             records,
             boot: FakeBoot {
@@ -544,7 +575,10 @@ impl Device {
 
     async fn session(&self, version: &str, stop: tokio::sync::oneshot::Receiver<()>) -> SessionEnd {
         let (stack, dns) = (TokioStack, LoopbackDns);
-        let clock = ota_embedded::SyncedClock::new(TokioClock::new(self.wall));
+        let clock = WatchedClock {
+            synced: ota_embedded::SyncedClock::new(TokioClock::new(self.wall)),
+            learnt: Arc::clone(&self.time_learnt),
+        };
         let clock = &clock;
         #[cfg(feature = "mbedtls")]
         if let (Some(ca), TlsLib::Mbedtls { tls12_only }) = (&self.ca, self.tls_lib) {
@@ -588,7 +622,7 @@ impl Device {
         mqtt: &M,
         security: Security,
         http: H,
-        clock: &ota_embedded::SyncedClock<TokioClock>,
+        clock: &WatchedClock,
         version: &str,
         stop: tokio::sync::oneshot::Receiver<()>,
     ) -> SessionEnd {

@@ -7,13 +7,16 @@ use ota_embedded::{
     Connect, ConnectError, MqttClient, MqttError, MqttTransport, Security, TcpConnector,
     TlsConnector,
 };
-use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, SimTls, TaskState, TlsKey, TlsOptions};
+use ota_sim::{JobSpec, PackageSpec, Sim, SimConfig, SimTls, TlsKey, TlsOptions};
 
 use crate::support::{
-    der_of_pem, image, Device, LoopbackDns, SessionEnd, TokioClock, TokioStack, Wall, SECTOR, WAIT,
+    der_of_pem, image, Device, LoopbackDns, TokioClock, TokioStack, Wall, SECTOR,
 };
 use crate::transport::{login, run};
-use crate::{assert_installed, assert_monotone_progress, finish_upgrade, NEW, OLD};
+use crate::{
+    assert_installed, assert_monotone_progress, assert_refused_before_any_byte, finish_upgrade,
+    NEW, OLD,
+};
 
 /// The ECDSA chain: this TLS client speaks TLS 1.3 with P-256 only (the simulator's default
 /// chain is RSA, as the platform's).
@@ -97,27 +100,8 @@ fn a_download_from_a_server_of_another_ca_is_refused_and_nothing_is_written() {
     let (mut device, _booted) = Device::new_tls(&sim, info);
     device.download_ca = Some(other_ca(true));
 
-    let (session, stop) = device.boot(OLD);
-    sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
-        .unwrap();
-    let _ = stop.send(());
-    assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
-
-    let log = device.log();
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with("failed") && l.contains("not issued by a trusted CA")),
-        "{log:?}"
-    );
-    assert!(
-        device.slot.bytes().iter().all(|&b| b == 0xFF),
-        "slot untouched"
-    );
-    assert!(
-        sim.downloads(&device.info).is_empty(),
-        "no request got through"
-    );
-    assert!(!device.boot.state.lock().unwrap().updated);
+    let running = device.boot(OLD);
+    assert_refused_before_any_byte(&sim, &device, job, running, "not issued by a trusted CA");
 }
 
 #[test]
@@ -239,26 +223,8 @@ fn a_download_from_a_server_not_named_in_its_url_is_refused_and_nothing_is_writt
     device.mqtt_port = sim.mqtts_port().unwrap();
     device.ca = Some(ca);
 
-    let (session, stop) = device.boot(OLD);
-    sim.wait_task_state(job, &device.info, TaskState::Failed, WAIT)
-        .unwrap();
-    let _ = stop.send(());
-    assert_eq!(session.join().unwrap(), SessionEnd::Stopped);
-
-    let log = device.log();
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with("failed") && l.contains("issued for another host name")),
-        "{log:?}"
-    );
-    assert!(
-        device.slot.bytes().iter().all(|&b| b == 0xFF),
-        "slot untouched"
-    );
-    assert!(
-        sim.downloads(&device.info).is_empty(),
-        "no request got through"
-    );
+    let running = device.boot(OLD);
+    assert_refused_before_any_byte(&sim, &device, job, running, "issued for another host name");
 }
 
 /// A CA (DER) and the simulator's TLS files for the chain `leaf` (for localhost) then
