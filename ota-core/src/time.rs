@@ -23,7 +23,9 @@ impl Instant {
         self.0
     }
 
-    /// `self + span`, saturating instead of overflowing.
+    /// `self + span`, saturating instead of overflowing. Out of line: deadlines are computed
+    /// in many places, and the conversion would be copied into each.
+    #[inline(never)]
     pub fn saturating_add(self, span: Duration) -> Self {
         let ms = u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
         Instant(self.0.saturating_add(ms))
