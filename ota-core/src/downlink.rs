@@ -103,7 +103,7 @@ struct Data<'a>([Option<Json<'a>>; 14]);
 
 macro_rules! data_members {
     ($($name:ident = $slot:literal),+) => {
-        // `stream_file_id` is read by the MQTT channel only.
+        // `stream_id` and `stream_file_id` are read by the MQTT channel only.
         #[cfg_attr(not(feature = "mqtt-channel"), allow(dead_code))]
         impl<'a> Data<'a> {
             $(
