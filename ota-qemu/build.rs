@@ -10,4 +10,5 @@ fn main() {
     println!("cargo:rerun-if-changed=memory.x");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=OTA_QEMU_CHUNK");
+    println!("cargo:rerun-if-env-changed=OTA_QEMU_NO_PAINT");
 }

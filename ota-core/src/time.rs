@@ -23,11 +23,16 @@ impl Instant {
         self.0
     }
 
-    /// `self + span`, saturating instead of overflowing. Out of line: deadlines are computed
-    /// in many places, and the conversion would be copied into each.
+    /// `self + span`, saturating instead of overflowing. In 64-bit arithmetic, not through
+    /// `Duration::as_millis`'s `u128`: deadlines are computed on the body path of 32-bit MCUs.
+    /// Out of line: deadlines are computed in many places, and the conversion would be
+    /// copied into each (~0.7 KB of flash).
     #[inline(never)]
     pub fn saturating_add(self, span: Duration) -> Self {
-        let ms = u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
+        let ms = span
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(span.subsec_millis()));
         Instant(self.0.saturating_add(ms))
     }
 
@@ -52,6 +57,11 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Instant::from_millis(u64::MAX - 1);
         assert_eq!((t + Duration::from_secs(1)).as_millis(), u64::MAX);
+        assert_eq!((Instant::ZERO + Duration::MAX).as_millis(), u64::MAX);
+        assert_eq!(
+            (Instant::from_millis(5) + Duration::from_micros(2_999_999)).as_millis(),
+            3_004
+        );
         assert_eq!(
             Instant::from_millis(5).saturating_since(Instant::from_millis(9)),
             Duration::ZERO

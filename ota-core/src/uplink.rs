@@ -126,28 +126,40 @@ fn push_module(out: &mut Vec<u8>, module: &str) {
     }
 }
 
-/// Appends `s` as a JSON string literal (RFC 8259 escaping).
+/// Appends `s` as a JSON string literal (RFC 8259 escaping). Runs of bytes that need no
+/// escape (all but `"`, `\` and control characters; UTF-8 passes as it is) are copied
+/// whole: progress reports carry a description and a module name every few percent.
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let c = c as usize;
-                out.extend_from_slice(b"\\u00");
-                out.extend_from_slice(&[HEX[c >> 4], HEX[c & 15]]);
+    let bytes = s.as_bytes();
+    let mut plain = 0; // start of the run not yet copied
+    for (i, &b) in bytes.iter().enumerate() {
+        let control;
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                control = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 15)],
+                ];
+                &control
             }
-            c => {
-                let mut utf8 = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-            }
-        }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        out.extend_from_slice(escaped);
+        plain = i + 1;
     }
+    out.extend_from_slice(&bytes[plain..]);
     out.push(b'"');
 }
 

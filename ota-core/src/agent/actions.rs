@@ -5,7 +5,6 @@
 //! block, so steady-state operation does not allocate.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
@@ -279,38 +278,48 @@ pub(crate) enum Queued {
 pub(crate) const QUEUE_CAPACITY: usize = 32;
 
 /// The pending actions and the arena their payloads live in.
+///
+/// The actions of one input stay where they were pushed until the next input: [`Outbox::pop`]
+/// only moves a cursor and lends the action in place (what it borrows, a note's text, lives
+/// in the queue), so draining moves no action and drops none; [`Outbox::recycle`] drops them
+/// all at once.
 pub(crate) struct Outbox {
-    queue: VecDeque<Queued>,
-    current: Option<Queued>,
+    queue: Vec<Queued>,
+    /// Index of the next action to lend; the ones before it were performed.
+    next: usize,
     pub(crate) arena: Vec<u8>,
 }
 
 impl Outbox {
     pub(crate) fn new() -> Self {
         Outbox {
-            queue: VecDeque::with_capacity(QUEUE_CAPACITY),
-            current: None,
+            queue: Vec::with_capacity(QUEUE_CAPACITY),
+            next: 0,
             arena: Vec::with_capacity(1024),
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.next == self.queue.len()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() - self.next
     }
 
     /// Called before each input: the previous input's actions are all performed.
     pub(crate) fn recycle(&mut self) {
-        self.current = None;
+        if !self.queue.is_empty() {
+            // Most body chunks queue nothing: no call to drop an empty queue's actions.
+            self.queue.clear();
+            self.next = 0;
+        }
         self.arena.clear();
     }
 
     pub(crate) fn push(&mut self, item: Queued) {
         debug_assert!(self.queue.len() < QUEUE_CAPACITY, "action queue overflow");
-        self.queue.push_back(item);
+        self.queue.push(item);
     }
 
     /// Copies `bytes` into the arena and returns where they are.
@@ -332,10 +341,11 @@ impl Outbox {
         topics: &'a Topics,
         staging: &'a mut [u8],
     ) -> Option<Action<'a>> {
-        self.current = self.queue.pop_front();
+        let queued = self.queue.get(self.next)?;
+        self.next += 1;
         let arena = &self.arena[..];
         let text = |r: &Range<usize>| core::str::from_utf8(&arena[r.clone()]).unwrap_or_default();
-        Some(match self.current.as_ref()? {
+        Some(match queued {
             Queued::Subscribe(t) => Action::Subscribe {
                 topic: t.of(topics),
             },

@@ -72,7 +72,10 @@ pub(super) struct Download {
     pub(super) reread: Option<alloc::boxed::Box<Reread>>,
     last_activity: Instant,
     notified: u8,
-    notified_at: Instant,
+    /// When the next percentage may be notified (before it, only the next step): the
+    /// notification's time plus the interval, computed once per notification rather than
+    /// per body chunk.
+    next_percent_at: Instant,
     /// Bytes at which the percentage passes `notified + 1` and `notified + step`: below both
     /// (within the interval), a body chunk skips the progress arithmetic altogether.
     next_percent_bytes: u64,
@@ -157,7 +160,7 @@ impl Download {
             reread: None,
             last_activity: now,
             notified: 0,
-            notified_at: now,
+            next_percent_at: now,
             next_percent_bytes: 0,
             next_step_bytes: 0,
             due_step: 0,
@@ -278,6 +281,7 @@ impl Download {
     /// How many body bytes the filling block of the ring may take now: never past `end`, nor
     /// past a checkpoint not yet queued, and none for a new block while a step waits for its
     /// record.
+    #[inline(always)] // run for every body chunk; two callers
     fn stage_limit(&self, ring: &Ring, end: u64) -> usize {
         if self.due_step > self.saved_step && ring.filled() == 0 && ring.in_flight() > 0 {
             // A step waits for the record that carries it, and records wait for the writes
@@ -285,11 +289,8 @@ impl Download {
             // blocks the writes might never pause and the step would wait for a checkpoint.
             return 0;
         }
-        let end = if self.next_checkpoint < self.size() {
-            end.min(self.next_checkpoint)
-        } else {
-            end
-        };
+        // A range ends within the file, so a checkpoint at or past its end changes nothing.
+        let end = end.min(self.next_checkpoint);
         let left = end.saturating_sub(self.received);
         ring.room_len().min(left.try_into().unwrap_or(usize::MAX))
     }
@@ -319,17 +320,19 @@ impl Download {
         k
     }
 
-    /// How many bytes [`Agent::body_buffer`] lends: see [`Agent::body_room`].
-    fn lend_len(&self, ring: &Ring, end: u64) -> usize {
+    /// How many bytes [`Agent::body_buffer`] lends (see [`Agent::body_room`]), and how many of
+    /// them may be staged ([`Download::stage_limit`]).
+    #[inline(always)] // run for every body chunk
+    fn lend_len(&self, ring: &Ring, end: u64) -> (usize, usize) {
         let room = ring.room_len();
-        if self.skip > 0 {
-            return room.min(self.skip.try_into().unwrap_or(usize::MAX));
-        }
         let limit = self.stage_limit(ring, end);
+        if self.skip > 0 {
+            return (room.min(self.skip.try_into().unwrap_or(usize::MAX)), limit);
+        }
         if limit < room && self.received + limit as u64 == end {
-            limit + 1
+            (limit + 1, limit)
         } else {
-            limit
+            (limit, limit)
         }
     }
 
@@ -340,6 +343,19 @@ impl Download {
             && self.received == self.written
             && self.written < self.size()
             && self.written >= self.next_checkpoint
+    }
+
+    /// True when [`Agent::report_progress`] has something to do: the first byte arrived, or
+    /// the bytes passed the next percentage (once the interval passed) or the next step.
+    #[inline(always)] // the check run for every body chunk
+    fn progress_due(&self, now: Instant) -> bool {
+        let bytes = self.done + self.received;
+        let threshold = if now >= self.next_percent_at {
+            self.next_percent_bytes
+        } else {
+            self.next_step_bytes
+        };
+        bytes > 0 && (self.notified == 0 || bytes >= threshold)
     }
 
     /// Percentage of the task recorded as durable (what a restart resumes from), below 100.
@@ -361,6 +377,20 @@ enum Intake {
     Full,
     /// Staged, up to byte `end` of the range of fetch `id`.
     Take { id: FetchId, end: u64 },
+}
+
+/// What [`Agent::body_buffer`] lent, kept until the next input: [`Agent::body_filled`] right
+/// after it finds here what it would otherwise decide again (nothing in between can have
+/// changed it), so the per-chunk path decides once.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lend {
+    fetch: FetchId,
+    /// End of the fetch's range.
+    end: u64,
+    /// Bytes lent.
+    len: usize,
+    /// How many of them may be staged.
+    stage: usize,
 }
 
 /// What `advance_download` decided, computed while the download is borrowed.
@@ -633,20 +663,25 @@ impl Agent {
 
     /// What body bytes of `fetch` may do now: the one decision both body entry points
     /// ([`Agent::handle_body`] and [`Agent::body_buffer`] / [`Agent::body_filled`]) share.
+    #[inline(always)] // run for every body chunk
     fn body_intake(&self, fetch: FetchId) -> Result<Intake, Error> {
-        if !self.is_current_fetch(fetch)? {
-            return Ok(Intake::Drop);
+        if fetch.0 >= self.next_fetch {
+            return Err(Error::UnknownFetch);
         }
         let State::Downloading(d) = &self.state else {
             return Ok(Intake::Drop);
         };
-        let Fetch::Streaming { id, end } = d.fetch else {
-            return Err(Error::BodyBeforeResponse);
-        };
-        if !self.ring.has_room() {
-            return Ok(Intake::Full); // every block is full or being written: back-pressure
+        match d.fetch {
+            Fetch::Streaming { id, end } if id == fetch => {
+                if self.ring.has_room() {
+                    Ok(Intake::Take { id, end })
+                } else {
+                    Ok(Intake::Full) // every block is full or being written: back-pressure
+                }
+            }
+            Fetch::Requested { id, .. } if id == fetch => Err(Error::BodyBeforeResponse),
+            _ => Ok(Intake::Drop), // not the current fetch
         }
-        Ok(Intake::Take { id, end })
     }
 
     pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<usize, Error> {
@@ -677,31 +712,72 @@ impl Agent {
         let State::Downloading(d) = &self.state else {
             return Ok(BodyBuffer::Unwanted);
         };
-        let len = d.lend_len(&self.ring, end);
+        let (len, stage) = d.lend_len(&self.ring, end);
         if len == 0 {
             return Ok(BodyBuffer::Full); // a checkpoint or a step waits for the writes
         }
+        self.lend = Some(Lend {
+            fetch,
+            end,
+            len,
+            stage,
+        });
         Ok(BodyBuffer::Lent(&mut self.ring.room()[..len]))
     }
 
-    /// `n` bytes were read to the start of what [`Agent::body_buffer`] lent.
-    pub(super) fn on_body_filled(&mut self, fetch: FetchId, n: usize) -> Result<usize, Error> {
-        let (id, end) = match self.body_intake(fetch)? {
-            Intake::Drop => return Ok(n),
-            Intake::Full if n == 0 => return Ok(0),
-            Intake::Full => return Err(Error::BodyOverfilled),
-            Intake::Take { id, end } => (id, end),
+    /// `n` bytes were read to the start of what [`Agent::body_buffer`] lent; `lend` is what
+    /// it recorded, if no other input came since.
+    pub(super) fn on_body_filled(
+        &mut self,
+        fetch: FetchId,
+        n: usize,
+        lend: Option<Lend>,
+    ) -> Result<usize, Error> {
+        let (end, stage) = match lend {
+            Some(lend) if lend.fetch == fetch => {
+                if n > lend.len {
+                    return Err(Error::BodyOverfilled);
+                }
+                (lend.end, lend.stage)
+            }
+            _ => {
+                let end = match self.body_intake(fetch)? {
+                    Intake::Drop => return Ok(n),
+                    Intake::Full if n == 0 => return Ok(0),
+                    Intake::Full => return Err(Error::BodyOverfilled),
+                    Intake::Take { end, .. } => end,
+                };
+                let State::Downloading(d) = &self.state else {
+                    return Ok(n);
+                };
+                let (len, stage) = d.lend_len(&self.ring, end);
+                if n > len {
+                    return Err(Error::BodyOverfilled);
+                }
+                (end, stage)
+            }
         };
         let State::Downloading(d) = &mut self.state else {
             return Ok(n);
         };
-        if n > d.lend_len(&self.ring, end) {
-            return Err(Error::BodyOverfilled);
-        }
         let skipped = d.skip_bytes(n);
-        let staged = (n - skipped).min(d.stage_limit(&self.ring, end));
+        let staged = (n - skipped).min(stage);
         d.staged(&mut self.ring, staged);
-        Ok(self.after_body(id, end, skipped + staged, staged, n))
+        Ok(self.after_body(fetch, end, skipped + staged, staged, n))
+    }
+
+    /// True when the body call just made cannot have changed what [`Agent::advance`] decides,
+    /// so the call may skip it: the fetch still streams short of its end, the filling block
+    /// is not full and no step waits for its record. (Staging puts `received` past
+    /// `written`, so neither a checkpoint nor the verification can have become due.)
+    pub(super) fn body_left_advance_unchanged(&self) -> bool {
+        let State::Downloading(d) = &self.state else {
+            return false;
+        };
+        matches!(d.fetch, Fetch::Streaming { end, .. } if d.received < end)
+            && self.ring.filled() < self.ring.block()
+            && d.due_step <= d.saved_step
+            && d.reread.is_none()
     }
 
     /// After `taken` of `offered` body bytes were taken, `staged` of them into the ring: the
@@ -721,20 +797,26 @@ impl Agent {
         if staged > 0 {
             d.last_activity = self.now;
         }
-        let size = d.size();
-        if d.received == end && end == size {
-            d.fetch = Fetch::Complete;
-        }
-        if d.received == end && taken < offered {
-            // More than the server announced (or than the image holds): never accepted.
+        let progress = staged > 0 && d.progress_due(self.now);
+        if d.received == end {
+            let size = d.size();
             if end == size {
-                self.outbox.push(Queued::CancelFetch(id));
-            } else {
-                self.transient_failure("server sent more bytes than the requested range", Some(id));
+                d.fetch = Fetch::Complete;
             }
-            taken = offered;
+            if taken < offered {
+                // More than the server announced (or than the image holds): never accepted.
+                if end == size {
+                    self.outbox.push(Queued::CancelFetch(id));
+                } else {
+                    self.transient_failure(
+                        "server sent more bytes than the requested range",
+                        Some(id),
+                    );
+                }
+                taken = offered;
+            }
         }
-        if staged > 0 {
+        if progress {
             self.report_progress();
         }
         taken
@@ -879,23 +961,17 @@ impl Agent {
         let State::Downloading(d) = &mut self.state else {
             return;
         };
-        let bytes = d.done + d.received;
-        let interval_passed = now >= d.notified_at + interval;
-        let threshold = if interval_passed {
-            d.next_percent_bytes
-        } else {
-            d.next_step_bytes
-        };
-        if bytes == 0 || (d.notified > 0 && bytes < threshold) {
+        if !d.progress_due(now) {
             return;
         }
+        let bytes = d.done + d.received;
         // The first report says "started" (1), whatever the first chunk held.
         let pct = if d.notified == 0 { 1 } else { d.percent() };
         if pct <= d.notified {
             return;
         }
         d.notified = pct;
-        d.notified_at = now;
+        d.next_percent_at = now + interval;
         let total = d.task.size;
         d.next_percent_bytes = bytes_at_percent(pct + 1, total);
         d.next_step_bytes = bytes_at_percent(pct.saturating_add(step), total);
@@ -985,18 +1061,23 @@ mod tests {
     use super::{bytes_at_percent, parse_content_range, percent_of};
 
     proptest::proptest! {
-        /// The u64 arithmetic gives exactly what u128 would, over the whole range.
+        #[test]
+        fn step_thresholds_are_the_exact_ceiling(
+            percent in 0u8..=255,
+            total in proptest::prop_oneof![0u64..1_000_000, proptest::num::u64::ANY],
+        ) {
+            let exact = (u128::from(percent) * u128::from(total)).div_ceil(100);
+            let exact = u64::try_from(exact).unwrap_or(u64::MAX);
+            proptest::prop_assert_eq!(bytes_at_percent(percent, total), exact);
+        }
+
+        /// `percent_of` (u64 only) is exactly the u128 floor, over the whole range.
         #[test]
         fn percentages_match_the_u128_reference(
             total in proptest::prop_oneof![1u64..100_000, 1u64..=u64::MAX],
             at in 0.0f64..=1.0,
-            percent in 0u8..=255,
         ) {
-            let wanted = (u128::from(percent) * u128::from(total)).div_ceil(100);
-            let reference = u64::try_from(wanted).unwrap_or(u64::MAX);
-            proptest::prop_assert_eq!(bytes_at_percent(percent, total), reference);
-            let bytes = (total as f64 * at) as u64;
-            let bytes = bytes.min(total);
+            let bytes = ((total as f64 * at) as u64).min(total);
             let reference = (u128::from(bytes) * 100 / u128::from(total)) as u8;
             proptest::prop_assert_eq!(percent_of(bytes, total), reference);
         }

@@ -34,7 +34,7 @@ use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, Failure
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use actions::QUEUE_CAPACITY;
 use actions::{Note, Outbox, Queued, Topic};
-use download::Download;
+use download::{Download, Lend};
 use reread::Reread;
 use ring::Ring;
 
@@ -233,6 +233,8 @@ pub struct Agent {
     unsent_reports: Vec<UnsentReport>,
     /// The staging blocks, and the writes in flight.
     ring: Ring,
+    /// What the last [`Agent::body_buffer`] lent, until the next input.
+    lend: Option<Lend>,
     /// Reused buffer for the digest mid-state of checkpoints.
     scratch: Vec<u8>,
     backoff: Backoff,
@@ -263,6 +265,7 @@ impl Agent {
         let mut agent = Agent {
             topics: Topics::new(&config.identity),
             ring: Ring::new(config.write_block, config.write_buffers),
+            lend: None,
             scratch: Vec::with_capacity(128),
             modules: Self::managed_modules(&config, boot.running_version),
             requests: Vec::new(),
@@ -323,7 +326,9 @@ impl Agent {
     ) -> Result<usize, Error> {
         self.begin_input(now)?;
         let result = self.on_body(fetch, bytes);
-        self.advance();
+        if !self.body_left_advance_unchanged() {
+            self.advance();
+        }
         result
     }
 
@@ -349,9 +354,12 @@ impl Agent {
     /// [`BodyBuffer::Full`] and `n` is 0). More than was lent is
     /// [`Error::BodyOverfilled`].
     pub fn body_filled(&mut self, now: Instant, fetch: FetchId, n: usize) -> Result<usize, Error> {
+        let lend = self.lend.take();
         self.begin_input(now)?;
-        let result = self.on_body_filled(fetch, n);
-        self.advance();
+        let result = self.on_body_filled(fetch, n, lend);
+        if !self.body_left_advance_unchanged() {
+            self.advance();
+        }
         result
     }
 
@@ -461,6 +469,7 @@ impl Agent {
             return Err(Error::ActionsNotDrained);
         }
         self.outbox.recycle();
+        self.lend = None;
         self.now = self.now.max(now);
         Ok(())
     }

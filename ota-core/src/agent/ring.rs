@@ -7,8 +7,11 @@
 //! only when every block is sealed or in flight.
 //!
 //! All memory is allocated once, in [`Ring::new`]: the body path never allocates.
+//!
+//! Blocks are used in ring order, so what a sealed block is to become lives in a table
+//! indexed by the block itself, and the queues are two counts: sealing, issuing and
+//! acknowledging a block move no records (they run once per block on the body path).
 
-use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -41,9 +44,11 @@ pub(super) struct Ring {
     /// Index of the oldest block in use (in flight, sealed or filling).
     head: usize,
     /// Blocks from `head` whose `Write` was issued, oldest first.
-    in_flight: VecDeque<Sealed>,
+    in_flight: usize,
     /// Blocks after those, sealed and waiting to be issued.
-    sealed: VecDeque<Sealed>,
+    sealed: usize,
+    /// What each block in flight or sealed holds, by block index.
+    meta: Vec<Sealed>,
     /// Bytes in the block after those (the filling block).
     filled: usize,
 }
@@ -55,19 +60,30 @@ impl Ring {
             block,
             count,
             head: 0,
-            in_flight: VecDeque::with_capacity(count),
-            sealed: VecDeque::with_capacity(count),
+            in_flight: 0,
+            sealed: 0,
+            meta: vec![
+                Sealed {
+                    offset: 0,
+                    len: 0,
+                    end: 0,
+                    generation: 0,
+                };
+                count
+            ],
             filled: 0,
         }
     }
 
     /// The write block.
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn block(&self) -> usize {
         self.block
     }
 
     /// Index of the block `n` places after the head (`n <= count`). No division: this runs
     /// for every body chunk.
+    #[inline(always)] // a few instructions, run for every body chunk
     fn after_head(&self, n: usize) -> usize {
         let i = self.head + n;
         if i >= self.count {
@@ -78,12 +94,14 @@ impl Ring {
     }
 
     /// Index of the filling block, `None` when every block is sealed or in flight.
+    #[inline(always)] // a few instructions, run for every body chunk
     fn filling(&self) -> Option<usize> {
-        let used = self.in_flight.len() + self.sealed.len();
+        let used = self.in_flight + self.sealed;
         (used < self.count).then(|| self.after_head(used))
     }
 
     /// The free part of the filling block (empty when the ring is full).
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn room(&mut self) -> &mut [u8] {
         match self.filling() {
             Some(i) => &mut self.bytes[i * self.block + self.filled..(i + 1) * self.block],
@@ -92,6 +110,7 @@ impl Ring {
     }
 
     /// Length of [`Ring::room`].
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn room_len(&self) -> usize {
         if self.has_room() {
             self.block - self.filled
@@ -101,24 +120,28 @@ impl Ring {
     }
 
     /// True when the filling block can take a byte.
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn has_room(&self) -> bool {
-        self.filled < self.block && self.in_flight.len() + self.sealed.len() < self.count
+        self.filled < self.block && self.in_flight + self.sealed < self.count
     }
 
     /// `n` more bytes were copied into [`Ring::room`].
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn commit(&mut self, n: usize) {
         self.filled += n;
         debug_assert!(self.filled <= self.block);
     }
 
     /// Bytes in the filling block.
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn filled(&self) -> usize {
         self.filled
     }
 
     /// Writes issued and not yet acknowledged.
+    #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight
     }
 
     /// Seals the filling block (a no-op when it is empty).
@@ -126,22 +149,31 @@ impl Ring {
         if self.filled == 0 {
             return;
         }
-        self.sealed.push_back(Sealed {
+        // A block is filling whenever it holds bytes.
+        let Some(i) = self.filling() else {
+            return;
+        };
+        self.meta[i] = Sealed {
             offset,
             len: self.filled,
             end,
             generation,
-        });
+        };
+        self.sealed += 1;
         self.filled = 0;
     }
 
     /// The oldest sealed block, now in flight.
     pub(super) fn issue(&mut self) -> Option<Issue> {
-        let sealed = self.sealed.pop_front()?;
-        let at = self.after_head(self.in_flight.len()) * self.block;
-        self.in_flight.push_back(sealed);
+        if self.sealed == 0 {
+            return None;
+        }
+        let i = self.after_head(self.in_flight);
+        self.sealed -= 1;
+        self.in_flight += 1;
+        let sealed = &self.meta[i];
         Some(Issue {
-            at,
+            at: i * self.block,
             offset: sealed.offset,
             len: sealed.len,
         })
@@ -149,7 +181,11 @@ impl Ring {
 
     /// The oldest write in flight is acknowledged: its block is free again.
     pub(super) fn acknowledge(&mut self) -> Option<Sealed> {
-        let done = self.in_flight.pop_front()?;
+        if self.in_flight == 0 {
+            return None;
+        }
+        let done = self.meta[self.head];
+        self.in_flight -= 1;
         self.head = self.after_head(1);
         Some(done)
     }
@@ -157,14 +193,14 @@ impl Ring {
     /// The download ended: what was staged or sealed is never written. Blocks in flight stay
     /// reserved until their acknowledgements come.
     pub(super) fn discard_unissued(&mut self) {
-        self.sealed.clear();
+        self.sealed = 0;
         self.filled = 0;
     }
 
     /// Where a read of up to one block may land: the filling block, when nothing is staged,
     /// sealed or in flight (a re-read happens only between downloads' bytes).
     pub(super) fn idle_block(&self) -> Option<usize> {
-        let idle = self.filled == 0 && self.sealed.is_empty() && self.in_flight.is_empty();
+        let idle = self.filled == 0 && self.sealed == 0 && self.in_flight == 0;
         idle.then(|| self.head * self.block)
     }
 

@@ -180,6 +180,41 @@ fn lent_block_contract_violations_are_errors() {
 }
 
 #[test]
+fn a_lent_block_does_not_outlive_the_next_input() {
+    // `body_filled` reuses what `body_buffer` decided only until another input: bytes read
+    // into a lend whose fetch failed meanwhile are dropped, not staged.
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let now = w.now;
+    let current = FetchId(0);
+    let ok = Event::HttpResponse {
+        fetch: current,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    };
+    w.agent.handle(now, ok).unwrap();
+    assert!(matches!(
+        w.agent.body_buffer(now, current),
+        Ok(BodyBuffer::Lent(_))
+    ));
+    let failed = Event::HttpFailed {
+        fetch: current,
+        reason: "connection reset",
+    };
+    w.agent.handle(now, failed).unwrap();
+    while w.agent.poll_action().is_some() {}
+    assert_eq!(
+        w.agent.body_filled(now, current, 10),
+        Ok(10),
+        "taken and dropped"
+    );
+    assert_eq!(w.agent.fetched_size(), 0);
+}
+
+#[test]
 fn a_200_with_the_wrong_length_is_not_trusted() {
     let mut w = world(5000);
     w.connect();
