@@ -1023,9 +1023,13 @@ fn bytes_at_percent(percent: u8, total: u64) -> u64 {
     p.saturating_mul(q).saturating_add((p * r).div_ceil(100))
 }
 
-/// `floor(bytes * 100 / total)`, capped at 100, for `total > 0`: the largest percentage
-/// whose first byte count [`bytes_at_percent`] `bytes` has reached (exact, in u64).
+/// `floor(bytes * 100 / total)`, capped at 100, for `total > 0`, in u64 only: one division
+/// while `bytes * 100` fits, else (beyond 2^64 / 100 bytes) the largest percentage whose first
+/// byte count [`bytes_at_percent`] `bytes` has reached.
 fn percent_of(bytes: u64, total: u64) -> u8 {
+    if let Some(scaled) = bytes.checked_mul(100) {
+        return (scaled / total).min(100) as u8;
+    }
     let (mut low, mut high) = (0u8, 100u8);
     while low < high {
         let mid = (low + high).div_ceil(2);
