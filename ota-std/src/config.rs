@@ -114,7 +114,7 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// A device whose files live in `dir`: `staging.img`, `ota.record`, the installed
     /// `firmware.img` and its `version` file, and `files/` for multi-file tasks. Plain MQTT, in-process reboot, immediate
-    /// health; write blocks of 64 KiB, two of them (one written on the writer thread while
+    /// health; write blocks of 256 KiB, three of them (written on the writer thread while
     /// the next is hashed), a checkpoint every 4 MiB, and no read-back of the whole image
     /// before activation (`agent.read_back = false`: it would read the page cache).
     pub fn new(
@@ -127,9 +127,13 @@ impl DeviceConfig {
     ) -> Result<DeviceConfig, Error> {
         let identity = DeviceIdentity::new(product_key, device_name)?;
         let mut agent = Config::new(identity);
-        agent.write_block = 64 * 1024;
-        // Two staging blocks: the writer thread writes one while the agent hashes the next.
-        agent.write_buffers = 2;
+        // Large blocks, three of them: the writer thread writes while the agent hashes the
+        // next, and a writer (or reader) thread that waits for a core does not stop the
+        // hashing at once. 256 KiB × 3 against 64 KiB × 2: +7 to +15 % end to end on a
+        // shared two-core machine (BENCHMARKS.md, issue #21), a quarter of the hand-offs to
+        // the writer thread.
+        agent.write_block = 256 * 1024;
+        agent.write_buffers = 3;
         agent.checkpoint_interval = 4 * 1024 * 1024;
         // No read-back before activation: on Linux the bytes read back come from the page
         // cache the agent has just written, so they prove little and cost a second pass of

@@ -111,11 +111,11 @@ pub struct Settings {
     /// 2^40).
     #[arg(long, value_name = "BYTES")]
     pub checkpoint_interval: Option<u64>,
-    /// Bytes per write to the staging file (1 to 1048576).
+    /// Bytes per write to the staging file (1 to 1048576; default 262144).
     #[arg(long, value_name = "BYTES")]
     pub write_block: Option<usize>,
-    /// Staging blocks in flight at once (1 to 16; default 2: one written on the writer
-    /// thread while the next is hashed; 1 writes on the agent thread).
+    /// Staging blocks in flight at once (1 to 16; default 3: written on the writer thread
+    /// while the next is hashed; 1 writes on the agent thread).
     #[arg(long, value_name = "N")]
     pub write_buffers: Option<usize>,
     /// Transient download errors tolerated in a row before failing with -2 (0 to 1000).

@@ -165,6 +165,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// HTTP read buffer per fetch: smaller than a direct device's, as several run at once.
 const SUBDEVICE_READ_BUFFER: usize = 32 * 1024;
 
+/// Largest staging block per sub-device download (its only one), for the same reason.
+const SUBDEVICE_WRITE_BLOCK: usize = 64 * 1024;
+
 /// How long the end of a run waits for the broker's acknowledgements and the close.
 const CLOSE_SESSION: Duration = Duration::from_secs(3);
 
@@ -201,8 +204,10 @@ impl GatewayConfig {
         agent.confirmation = Confirmation::Ask {
             report_decline: false,
         };
-        // One staging block, written on the gateway thread: RAM per download stays small.
+        // One staging block of at most 64 KiB (the agent's default block is larger, for
+        // speed), written on the gateway thread: RAM per download stays small.
         agent.write_buffers = 1;
+        agent.write_block = agent.write_block.min(SUBDEVICE_WRITE_BLOCK);
         agent.seed = sub.device_name.bytes().fold(agent.seed, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });

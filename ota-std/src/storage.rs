@@ -164,6 +164,12 @@ impl Storage {
         }
     }
 
+    /// Whether bytes were written since the last sync.
+    #[cfg(test)]
+    pub(crate) fn unsynced(&self) -> bool {
+        self.dirty
+    }
+
     /// Makes the written bytes durable (before a record vouches for them).
     pub(crate) fn sync_staging(&mut self) -> io::Result<()> {
         if let (Some(file), true) = (&self.staging, self.dirty) {

@@ -209,6 +209,12 @@ version_after_flash = "query-version"
             config.subdevices[1].version_after_flash.as_deref(),
             Some("query-version")
         );
+        // A sub-device's download has one staging block, no larger than 64 KiB, whatever the
+        // (larger) default block of a direct device.
+        assert!(config.gateway.agent.write_block > 64 * 1024);
+        let agent = config.agent_config(&config.subdevices[0]).unwrap();
+        assert_eq!(agent.write_buffers, 1);
+        assert_eq!(agent.write_block, 64 * 1024);
     }
 
     #[test]
