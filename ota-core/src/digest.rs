@@ -5,8 +5,10 @@
 //! its state with the saved one is what lets it trust the bytes on flash.
 
 use alloc::vec::Vec;
-use md5::digest::common::hazmat::SerializableState;
-use md5::Digest;
+#[cfg(feature = "md5")]
+use md5::digest::{common::hazmat::SerializableState, Digest};
+#[cfg(not(feature = "md5"))]
+use sha2::digest::{common::hazmat::SerializableState, Digest};
 
 use crate::task::{DigestMethod, ExpectedDigest};
 
@@ -14,8 +16,10 @@ use crate::task::{DigestMethod, ExpectedDigest};
 #[derive(Clone)]
 pub enum Hasher {
     /// MD5 state.
+    #[cfg(feature = "md5")]
     Md5(md5::Md5),
     /// SHA-256 state.
+    #[cfg(feature = "sha256")]
     Sha256(sha2::Sha256),
 }
 
@@ -29,7 +33,9 @@ impl Hasher {
     /// A fresh digest.
     pub fn new(method: DigestMethod) -> Self {
         match method {
+            #[cfg(feature = "md5")]
             DigestMethod::Md5 => Hasher::Md5(md5::Md5::new()),
+            #[cfg(feature = "sha256")]
             DigestMethod::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
         }
     }
@@ -37,7 +43,9 @@ impl Hasher {
     /// The method.
     pub fn method(&self) -> DigestMethod {
         match self {
+            #[cfg(feature = "md5")]
             Hasher::Md5(_) => DigestMethod::Md5,
+            #[cfg(feature = "sha256")]
             Hasher::Sha256(_) => DigestMethod::Sha256,
         }
     }
@@ -46,7 +54,9 @@ impl Hasher {
     #[inline]
     pub fn update(&mut self, data: &[u8]) {
         match self {
+            #[cfg(feature = "md5")]
             Hasher::Md5(h) => h.update(data),
+            #[cfg(feature = "sha256")]
             Hasher::Sha256(h) => h.update(data),
         }
     }
@@ -57,7 +67,9 @@ impl Hasher {
             return false;
         }
         match self.clone() {
+            #[cfg(feature = "md5")]
             Hasher::Md5(h) => h.finalize().as_slice() == expected.bytes(),
+            #[cfg(feature = "sha256")]
             Hasher::Sha256(h) => h.finalize().as_slice() == expected.bytes(),
         }
     }
@@ -66,8 +78,12 @@ impl Hasher {
     /// can tell): the resume check compares a re-read prefix with the record's mid-state.
     pub fn same_state(&self, other: &Hasher) -> bool {
         match (self, other) {
+            #[cfg(feature = "md5")]
             (Hasher::Md5(a), Hasher::Md5(b)) => a.serialize() == b.serialize(),
+            #[cfg(feature = "sha256")]
             (Hasher::Sha256(a), Hasher::Sha256(b)) => a.serialize() == b.serialize(),
+            // Unreachable when only one algorithm is compiled in.
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
@@ -75,7 +91,9 @@ impl Hasher {
     /// Appends the serialized mid-state to `out`.
     pub fn save_state(&self, out: &mut Vec<u8>) {
         match self {
+            #[cfg(feature = "md5")]
             Hasher::Md5(h) => out.extend_from_slice(&h.serialize()),
+            #[cfg(feature = "sha256")]
             Hasher::Sha256(h) => out.extend_from_slice(&h.serialize()),
         }
     }
@@ -83,10 +101,12 @@ impl Hasher {
     /// Rebuilds a digest from a saved mid-state; `None` if the bytes are not a valid state.
     pub fn restore(method: DigestMethod, state: &[u8]) -> Option<Self> {
         match method {
+            #[cfg(feature = "md5")]
             DigestMethod::Md5 => {
                 let array = state.try_into().ok()?;
                 md5::Md5::deserialize(array).ok().map(Hasher::Md5)
             }
+            #[cfg(feature = "sha256")]
             DigestMethod::Sha256 => {
                 let array = state.try_into().ok()?;
                 sha2::Sha256::deserialize(array).ok().map(Hasher::Sha256)
@@ -95,7 +115,8 @@ impl Hasher {
     }
 }
 
-#[cfg(test)]
+// The tests compare the two algorithms: they need both.
+#[cfg(all(test, feature = "md5", feature = "sha256"))]
 mod tests {
     use super::*;
 

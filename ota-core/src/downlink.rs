@@ -7,11 +7,14 @@
 
 use alloc::borrow::Cow;
 use alloc::string::String;
+#[cfg(feature = "multi-file")]
 use alloc::vec::Vec;
 
 use crate::identity::{is_valid_module, is_valid_version, DEFAULT_MODULE};
 use crate::json::{self, Json, Kind};
-use crate::task::{Channel, DigestMethod, ExpectedDigest, Task, TaskFile, MAX_FILES};
+use crate::task::{Channel, DigestMethod, ExpectedDigest, Task};
+#[cfg(feature = "multi-file")]
+use crate::task::{TaskFile, MAX_FILES};
 
 /// Largest image the MQTT channel carries (docs/protocol.md §8).
 pub const MAX_MQTT_IMAGE: u64 = 16 * 1024 * 1024;
@@ -75,61 +78,75 @@ fn reject(reason: impl Into<String>) -> Rejection {
     }
 }
 
-/// The members of `data` the parser reads (`null` counts as absent).
-struct Data<'a> {
-    size: Option<Json<'a>>,
-    version: Option<Json<'a>>,
-    url: Option<Json<'a>>,
-    md5: Option<Json<'a>>,
-    sign: Option<Json<'a>>,
-    sign_method: Option<Json<'a>>,
-    module: Option<Json<'a>>,
-    is_diff: Option<Json<'a>>,
-    ext_data: Option<Json<'a>>,
-    digestsign: Option<Json<'a>>,
-    d_protocol: Option<Json<'a>>,
-    stream_id: Option<Json<'a>>,
-    stream_file_id: Option<Json<'a>>,
-    files: Option<Json<'a>>,
+/// The keys of `data` the parser reads, in the order of [`Data`]'s slots.
+const DATA_KEYS: [&str; 14] = [
+    "size",
+    "version",
+    "url",
+    "md5",
+    "sign",
+    "signMethod",
+    "module",
+    "isDiff",
+    "extData",
+    "digestsign",
+    "dProtocol",
+    "streamId",
+    "streamFileId",
+    "files",
+];
+
+/// The members of `data` the parser reads (`null` counts as absent), one slot per key of
+/// [`DATA_KEYS`]: read in place, not moved into a struct of fourteen (that cost ~0.8 KB of
+/// flash in moves).
+struct Data<'a>([Option<Json<'a>>; 14]);
+
+macro_rules! data_members {
+    ($($name:ident = $slot:literal),+) => {
+        // `stream_id` and `stream_file_id` are read by the MQTT channel only.
+        #[cfg_attr(not(feature = "mqtt-channel"), allow(dead_code))]
+        impl<'a> Data<'a> {
+            $(
+                fn $name(&self) -> Option<Json<'a>> {
+                    self.0[$slot]
+                }
+            )+
+        }
+    };
 }
+data_members!(
+    size = 0,
+    version = 1,
+    url = 2,
+    md5 = 3,
+    sign = 4,
+    sign_method = 5,
+    module = 6,
+    is_diff = 7,
+    ext_data = 8,
+    digestsign = 9,
+    d_protocol = 10,
+    stream_id = 11,
+    stream_file_id = 12,
+    files = 13
+);
 
 impl<'a> Data<'a> {
     fn read(object: Json<'a>) -> Result<Self, Rejection> {
-        let [size, version, url, md5, sign, sign_method, module, is_diff, ext_data, digestsign, d_protocol, stream_id, stream_file_id, files] =
-            object
-                .fields([
-                    "size",
-                    "version",
-                    "url",
-                    "md5",
-                    "sign",
-                    "signMethod",
-                    "module",
-                    "isDiff",
-                    "extData",
-                    "digestsign",
-                    "dProtocol",
-                    "streamId",
-                    "streamFileId",
-                    "files",
-                ])
-                .map_err(|key| reject(text!("invalid json in data: duplicate key ", key)))?;
-        Ok(Data {
-            size,
-            version,
-            url,
-            md5,
-            sign,
-            sign_method,
-            module,
-            is_diff,
-            ext_data,
-            digestsign,
-            d_protocol,
-            stream_id,
-            stream_file_id,
-            files,
-        })
+        object
+            .fields(DATA_KEYS)
+            .map(Data)
+            .map_err(|key| reject(text!("invalid json in data: duplicate key ", key)))
+    }
+
+    /// Nothing the parser reads is present: `data` is `{}` (or only unknown keys, `isDiff`,
+    /// `extData`, `digestsign`, `streamFileId`).
+    fn is_empty(&self) -> bool {
+        // size, version, url, md5, sign, signMethod, module, dProtocol, streamId, files: by
+        // slot, which is ~100 B smaller than an array of the accessors' copies.
+        [0, 1, 2, 3, 4, 5, 6, 10, 11, 13]
+            .iter()
+            .all(|&slot| self.0[slot].is_none())
     }
 }
 
@@ -147,7 +164,11 @@ pub fn parse_push(payload: &[u8], rules: &TaskRules) -> Result<Task, Rejection> 
 pub fn reply_id(payload: &[u8]) -> Option<u64> {
     let id = json::parse(payload).ok()?.fields(["id"]).ok()?[0]?;
     match id.kind() {
-        Kind::String => id.as_str()?.parse().ok(),
+        // As `str::parse` reads it: digits after an optional `+`.
+        Kind::String => {
+            let id = id.as_str()?;
+            json::parse_digits(id.strip_prefix('+').unwrap_or(&id))
+        }
         _ => id.as_u64(),
     }
 }
@@ -181,10 +202,10 @@ fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rej
         return Err(reject("data is not an object"));
     }
     let data = Data::read(data)?;
-    if is_empty(&data) {
+    if data.is_empty() {
         return Ok(None);
     }
-    let module = match data.module {
+    let module = match data.module() {
         None => String::from(DEFAULT_MODULE),
         Some(m) => match m.as_str() {
             Some(m) if is_valid_module(&m) => m.into_owned(),
@@ -223,26 +244,13 @@ fn check_code(code: Option<Json>) -> Result<(), Rejection> {
     }
 }
 
-fn is_empty(d: &Data) -> bool {
-    d.size.is_none()
-        && d.version.is_none()
-        && d.url.is_none()
-        && d.md5.is_none()
-        && d.sign.is_none()
-        && d.sign_method.is_none()
-        && d.module.is_none()
-        && d.d_protocol.is_none()
-        && d.stream_id.is_none()
-        && d.files.is_none()
-}
-
 fn build_task(
     data: &Data,
     message_id: String,
     module: String,
     rules: &TaskRules,
 ) -> Result<Task, String> {
-    let version = match data.version {
+    let version = match data.version() {
         Some(v) => match v.as_str() {
             Some(v) if is_valid_version(&v) => v.into_owned(),
             Some(_) => return Err("version must be 1 to 64 characters of [A-Za-z0-9._-]".into()),
@@ -250,10 +258,18 @@ fn build_task(
         },
         None => return Err("no version in the task".into()),
     };
-    if let Some(files) = data.files {
+    if let Some(files) = data.files() {
+        #[cfg(feature = "multi-file")]
         return build_multi_file_task(data, files, message_id, module, version, rules);
+        #[cfg(not(feature = "multi-file"))]
+        {
+            let _ = files;
+            return Err(
+                "multi-file tasks (data.files()) are not supported by this firmware".into(),
+            );
+        }
     }
-    let size = match data.size.map(unsigned) {
+    let size = match data.size().map(unsigned) {
         Some(Some(0)) => return Err("size must be greater than 0".into()),
         Some(Some(n)) => n,
         Some(None) => return Err("size must be a positive integer".into()),
@@ -282,6 +298,7 @@ fn build_task(
         is_diff,
         ext_data,
         digestsign,
+        #[cfg(feature = "multi-file")]
         files: Vec::new(),
     })
 }
@@ -289,19 +306,20 @@ fn build_task(
 /// `isDiff`, `extData` and `digestsign`, handed to the application untouched.
 fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), String> {
     let is_diff =
-        matches!(data.is_diff, Some(v) if unsigned(v) == Some(1) || v.as_bool() == Some(true));
-    let ext_data = match data.ext_data {
+        matches!(data.is_diff(), Some(v) if unsigned(v) == Some(1) || v.as_bool() == Some(true));
+    let ext_data = match data.ext_data() {
         Some(raw) if raw.raw().len() > MAX_EXT_DATA_LEN => {
             return Err(text!("extData longer than ", MAX_EXT_DATA_LEN, " bytes"))
         }
         Some(raw) => Some(String::from(raw.raw())),
         None => None,
     };
-    let digestsign = string(data.digestsign).map(Cow::into_owned);
+    let digestsign = string(data.digestsign()).map(Cow::into_owned);
     Ok((is_diff, ext_data, digestsign))
 }
 
-/// A multi-file task (`data.files`, docs/protocol.md §3): each file with its size, URL and digest.
+/// A multi-file task (`data.files()`, docs/protocol.md §3): each file with its size, URL and digest.
+#[cfg(feature = "multi-file")]
 fn build_multi_file_task(
     data: &Data,
     files: Json,
@@ -311,18 +329,18 @@ fn build_multi_file_task(
     rules: &TaskRules,
 ) -> Result<Task, String> {
     if files.kind() != Kind::Array {
-        return Err("data.files must be an array".into());
+        return Err("data.files() must be an array".into());
     }
     let count = files.elements().count();
     if count == 0 || count > MAX_FILES {
         return Err(text!(
-            "data.files must hold 1 to ",
+            "data.files() must hold 1 to ",
             MAX_FILES,
             " files, not ",
             count
         ));
     }
-    if string(data.d_protocol).is_some_and(|p| p.eq_ignore_ascii_case("mqtt")) {
+    if string(data.d_protocol()).is_some_and(|p| p.eq_ignore_ascii_case("mqtt")) {
         return Err("multi-file tasks over the MQTT channel are not supported".into());
     }
     let method = sign_method(data);
@@ -399,8 +417,7 @@ fn build_multi_file_task(
                     )
                 })?
             }
-            (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, &md5)
-                .ok_or_else(|| text!("file ", name, ": md5 digest must be 32 hex characters"))?,
+            (_, _, Some(md5)) => md5_digest(&md5).map_err(|e| text!("file ", name, ": ", e))?,
             _ => {
                 return Err(text!(
                     "file ",
@@ -445,6 +462,7 @@ fn build_multi_file_task(
 
 /// A file name an adapter can store as is: no path separators, no `.` or `..`, no control
 /// characters, 1 to 255 bytes.
+#[cfg(feature = "multi-file")]
 fn is_safe_file_name(name: &str) -> bool {
     (1..=255).contains(&name.len())
         && name != "."
@@ -454,72 +472,121 @@ fn is_safe_file_name(name: &str) -> bool {
             .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
-/// The digest method named by `signMethod`: `None` when absent, `Err(name)` when unknown.
+fn is_sha256_name(method: &str) -> bool {
+    method.eq_ignore_ascii_case("sha256") || method.eq_ignore_ascii_case("sha-256")
+}
+
+/// The digest method named by `signMethod`: `None` when absent, `Err(name)` when unknown or
+/// compiled out of this build.
 fn sign_method(data: &Data) -> Option<Result<DigestMethod, String>> {
-    let method = data.sign_method?;
+    let method = data.sign_method()?;
     Some(match method.as_str() {
+        #[cfg(feature = "md5")]
         Some(m) if m.eq_ignore_ascii_case("md5") => Ok(DigestMethod::Md5),
-        Some(m) if m.eq_ignore_ascii_case("sha256") || m.eq_ignore_ascii_case("sha-256") => {
-            Ok(DigestMethod::Sha256)
-        }
+        #[cfg(feature = "sha256")]
+        Some(m) if is_sha256_name(&m) => Ok(DigestMethod::Sha256),
         Some(m) => Err(m.into_owned()),
         None => Err(String::from("?")),
     })
 }
 
-/// `sign` with `signMethod` when both are present and the method is known, else `md5`.
-fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
-    let method = sign_method(data);
-    match (method, string(data.sign), string(data.md5)) {
-        (Some(Ok(method)), Some(sign), _) => {
-            ExpectedDigest::from_hex(method, &sign).ok_or_else(|| {
-                text!(
-                    method.name(),
-                    " digest in sign must be ",
-                    method.digest_len() * 2,
-                    " hex characters"
-                )
-            })
-        }
-        (_, _, Some(md5)) => ExpectedDigest::from_hex(DigestMethod::Md5, &md5)
-            .ok_or_else(|| "md5 digest must be 32 hex characters".into()),
-        (Some(Err(m)), _, None) => Err(text!(
-            "unsupported signMethod \"",
-            m,
-            "\" and no md5 digest to fall back on"
-        )),
-        (Some(Ok(_)), None, None) => Err("signMethod given but no sign digest".into()),
-        (None, Some(_), None) => Err("sign digest without a signMethod".into()),
-        (None, None, None) => Err("no digest (md5 or sign) in the task".into()),
+/// The algorithm a known `signMethod` names when this build leaves it out (feature `md5` or
+/// `sha256` off).
+fn compiled_out(method: &str) -> Option<&'static str> {
+    if !cfg!(feature = "md5") && method.eq_ignore_ascii_case("md5") {
+        Some("md5")
+    } else if !cfg!(feature = "sha256") && is_sha256_name(method) {
+        Some("sha256")
+    } else {
+        None
     }
 }
 
+/// An `md5` (or `fileMd5`) digest; refused when this build has no MD5.
+fn md5_digest(hex: &str) -> Result<ExpectedDigest, String> {
+    #[cfg(feature = "md5")]
+    return ExpectedDigest::from_hex(DigestMethod::Md5, hex)
+        .ok_or_else(|| "md5 digest must be 32 hex characters".into());
+    #[cfg(not(feature = "md5"))]
+    {
+        let _ = hex;
+        Err("md5 digests are not supported: this firmware is built without md5".into())
+    }
+}
+
+/// `sign` with `signMethod` when both are present and the method is known (and built in),
+/// else `md5`.
+fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
+    let method = sign_method(data);
+    let sign = string(data.sign());
+    if let (Some(Ok(method)), Some(sign)) = (&method, &sign) {
+        return ExpectedDigest::from_hex(*method, sign).ok_or_else(|| {
+            text!(
+                method.name(),
+                " digest in sign must be ",
+                method.digest_len() * 2,
+                " hex characters"
+            )
+        });
+    }
+    if let Some(md5) = string(data.md5()) {
+        return md5_digest(&md5);
+    }
+    Err(match method {
+        Some(Err(m)) => match compiled_out(&m) {
+            Some(algorithm) => text!(
+                "signMethod ",
+                m,
+                " is not supported: this firmware is built without ",
+                algorithm,
+                ", and there is no md5 digest to fall back on"
+            ),
+            None => text!(
+                "unsupported signMethod \"",
+                m,
+                "\" and no md5 digest to fall back on"
+            ),
+        },
+        Some(Ok(_)) => "signMethod given but no sign digest".into(),
+        None if sign.is_some() => "sign digest without a signMethod".into(),
+        None => "no digest (md5 or sign) in the task".into(),
+    })
+}
+
+#[cfg_attr(not(feature = "mqtt-channel"), allow(unused_variables))]
 fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String> {
-    let mqtt = match data.d_protocol.map(|p| p.as_str()) {
+    let mqtt = match data.d_protocol().map(|p| p.as_str()) {
         None => false,
         Some(Some(p)) if p.eq_ignore_ascii_case("mqtt") => true,
         Some(Some(p)) if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https") => false,
         Some(_) => return Err("unsupported dProtocol (expected mqtt or https)".into()),
     };
     if mqtt {
-        let stream_id = data
-            .stream_id
-            .and_then(unsigned)
-            .ok_or("MQTT-channel task without a numeric streamId")?;
-        let file_id = match data.stream_file_id {
-            None => 1,
-            Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
-        };
-        if size > MAX_MQTT_IMAGE {
-            return Err(text!(
-                "image size ",
-                size,
-                " exceeds the 16 MB limit of the MQTT channel"
-            ));
+        #[cfg(not(feature = "mqtt-channel"))]
+        return Err(
+            "MQTT-channel downloads (dProtocol mqtt) are not supported by this firmware".into(),
+        );
+        #[cfg(feature = "mqtt-channel")]
+        {
+            let stream_id = data
+                .stream_id()
+                .and_then(unsigned)
+                .ok_or("MQTT-channel task without a numeric streamId")?;
+            let file_id = match data.stream_file_id() {
+                None => 1,
+                Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
+            };
+            if size > MAX_MQTT_IMAGE {
+                return Err(text!(
+                    "image size ",
+                    size,
+                    " exceeds the 16 MB limit of the MQTT channel"
+                ));
+            }
+            return Ok(Channel::Mqtt { stream_id, file_id });
         }
-        return Ok(Channel::Mqtt { stream_id, file_id });
     }
-    let url = match data.url {
+    let url = match data.url() {
         Some(u) => u.as_str().ok_or("url must be a string")?,
         None => return Err("no url in the task (and dProtocol is not mqtt)".into()),
     };
@@ -530,7 +597,12 @@ fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String>
 
 /// The URL if its scheme is allowed and it has a host and no spaces or control characters.
 fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
-    let scheme_end = url.find("://").unwrap_or(0);
+    // A byte search: `str::find` with a `&str` pattern links the two-way searcher.
+    let scheme_end = url
+        .as_bytes()
+        .windows(3)
+        .position(|w| w == b"://")
+        .unwrap_or(0);
     let scheme = &url[..scheme_end];
     let scheme_ok = scheme.eq_ignore_ascii_case("https")
         || (rules.allow_http && scheme.eq_ignore_ascii_case("http"));
@@ -550,9 +622,7 @@ fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
 /// A non-negative integer from a JSON number or a string of ASCII digits.
 fn unsigned(v: Json) -> Option<u64> {
     match v.as_str() {
-        Some(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()
-        }
+        Some(s) if s.len() <= 20 => json::parse_digits(&s),
         Some(_) => None,
         None => v.as_u64(),
     }

@@ -90,8 +90,10 @@ pub struct Topics {
     /// `/sys/{pk}/{dn}/thing/ota/firmware/get_reply` (subscribed).
     pub firmware_get_reply: String,
     /// `/sys/{pk}/{dn}/thing/file/download`: MQTT-channel block requests.
+    #[cfg(feature = "mqtt-channel")]
     pub file_download: String,
     /// `/sys/{pk}/{dn}/thing/file/download_reply`: MQTT-channel blocks (subscribed).
+    #[cfg(feature = "mqtt-channel")]
     pub file_download_reply: String,
 }
 
@@ -106,7 +108,9 @@ impl Topics {
             request: text!("/ota/device/request/", pk, "/", dn),
             firmware_get: text!("/sys/", pk, "/", dn, "/thing/ota/firmware/get"),
             firmware_get_reply: text!("/sys/", pk, "/", dn, "/thing/ota/firmware/get_reply"),
+            #[cfg(feature = "mqtt-channel")]
             file_download: text!("/sys/", pk, "/", dn, "/thing/file/download"),
+            #[cfg(feature = "mqtt-channel")]
             file_download_reply: text!("/sys/", pk, "/", dn, "/thing/file/download_reply"),
         }
     }

@@ -84,13 +84,14 @@ impl<'a> Json<'a> {
 
     /// A non-negative integer without fraction or exponent that fits `u64`.
     pub fn as_u64(&self) -> Option<u64> {
-        if self.kind != Kind::Number || !self.raw.bytes().all(|b| b.is_ascii_digit()) {
+        if self.kind != Kind::Number {
             return None;
         }
-        self.raw.parse().ok()
+        parse_digits(self.raw)
     }
 
     /// An integer without fraction or exponent that fits `i64`.
+    #[cfg_attr(not(feature = "mqtt-channel"), allow(dead_code))]
     pub fn as_i64(&self) -> Option<i64> {
         let digits = self.raw.strip_prefix('-').unwrap_or(self.raw);
         if self.kind != Kind::Number || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -110,11 +111,19 @@ impl<'a> Json<'a> {
     }
 
     /// The elements of an array (nothing for other kinds), in document order.
+    #[cfg_attr(
+        not(any(feature = "multi-file", feature = "gateway")),
+        allow(dead_code)
+    )]
     pub fn elements(&self) -> Elements<'a> {
         Elements(self.inner(Kind::Array))
     }
 
     /// The member `key` of an object (the first one if it repeats).
+    #[cfg_attr(
+        not(any(feature = "multi-file", feature = "gateway")),
+        allow(dead_code)
+    )]
     pub fn get(&self, key: &str) -> Option<Json<'a>> {
         self.members().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -126,17 +135,27 @@ impl<'a> Json<'a> {
         keys: [&'k str; N],
     ) -> Result<[Option<Json<'a>>; N], &'k str> {
         let mut found = [None; N];
+        match self.fields_into(&keys, &mut found) {
+            Some(i) => Err(keys[i]),
+            None => Ok(found),
+        }
+    }
+
+    /// The body of [`Json::fields`], one copy for every number of keys: fills `found`,
+    /// or returns the index of a key that appears twice.
+    #[inline(never)]
+    fn fields_into(&self, keys: &[&str], found: &mut [Option<Json<'a>>]) -> Option<usize> {
         for (key, value) in self.members() {
             if let Some(i) = keys.iter().position(|k| *k == key) {
                 if found[i].is_some() {
-                    return Err(keys[i]);
+                    return Some(i);
                 }
                 if value.kind != Kind::Null {
                     found[i] = Some(value);
                 }
             }
         }
-        Ok(found)
+        None
     }
 
     // A scanner positioned just inside the brackets of an array or object of `kind`.
@@ -147,6 +166,21 @@ impl<'a> Json<'a> {
             pos: usize::from(!text.is_empty()),
         }
     }
+}
+
+/// A string of ASCII digits (at least one) as a `u64`; `None` for anything else or beyond
+/// `u64::MAX`. The one number parser of the crate: `str::parse` links a second, generic one.
+pub fn parse_digits(digits: &str) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Iterator over an object's members: (decoded key, value).
@@ -169,6 +203,10 @@ impl<'a> Iterator for Members<'a> {
 }
 
 /// Iterator over an array's elements.
+#[cfg_attr(
+    not(any(feature = "multi-file", feature = "gateway")),
+    allow(dead_code)
+)]
 pub struct Elements<'a>(Scanner<'a>);
 
 impl<'a> Iterator for Elements<'a> {
@@ -392,13 +430,14 @@ impl<'a> Scanner<'a> {
         if self.peek() != Some(b'u') {
             return Err(self.error("invalid escape in a string"));
         }
-        let digits = self
+        let value = self
             .text
+            .as_bytes()
             .get(self.pos + 1..self.pos + 5)
-            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(hex4_value)
             .ok_or_else(|| self.error("invalid \\u escape in a string"))?;
         self.pos += 5;
-        u32::from_str_radix(digits, 16).map_err(|_| self.error("invalid \\u escape in a string"))
+        Ok(value)
     }
 }
 
@@ -444,9 +483,15 @@ fn decode_string(raw: &str) -> Cow<'_, str> {
 }
 
 fn hex_unit(text: &str) -> u32 {
-    text.get(..4)
-        .and_then(|d| u32::from_str_radix(d, 16).ok())
-        .unwrap_or(0)
+    text.as_bytes().get(..4).and_then(hex4_value).unwrap_or(0)
+}
+
+/// The value of four hex digits; `None` if one is not a hex digit (no sign, unlike
+/// `from_str_radix`, whose generic parser this avoids).
+fn hex4_value(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0u32, |n, &b| Some(n << 4 | char::from(b).to_digit(16)?))
 }
 
 #[cfg(test)]

@@ -36,9 +36,10 @@
 //!     now = deadline;
 //!     agent.handle_timeout(now)?;
 //! }
-//! assert_eq!(subscribed, ["/ota/device/upgrade/a1TestPK001/dev01",
-//!                         "/sys/a1TestPK001/dev01/thing/ota/firmware/get_reply",
-//!                         "/sys/a1TestPK001/dev01/thing/file/download_reply"]);
+//! assert_eq!(subscribed[..2], ["/ota/device/upgrade/a1TestPK001/dev01",
+//!                             "/sys/a1TestPK001/dev01/thing/ota/firmware/get_reply"]);
+//! // With the MQTT channel (feature `mqtt-channel`), its block replies too.
+//! assert_eq!(subscribed.len(), if cfg!(feature = "mqtt-channel") { 3 } else { 2 });
 //! # Ok(()) }
 //! ```
 //!
@@ -61,9 +62,34 @@
 //! `Err`: they become a state change and exactly one failure report with the right code.
 //! `Err` means the adapter broke the contract; the state is then unchanged.
 //!
-//! Cargo feature `signature`: the platform's secure upgrade (docs/protocol.md §11). It adds
-//! `Config::package_key` (`signature::PackageKey`, RSA-2048); with a key, an image is
-//! activated only if the task's `digestsign` verifies over its digest.
+//! Cargo features, all but `signature` (and the test support `fuzzing`) in `default`: a
+//! firmware that needs less takes `default-features = false` and names what it uses; the
+//! minimal configuration is `features = ["md5"]` (HTTP download, MD5, one module). Leaving
+//! one out removes its code from the build; a push that needs it is refused with one `-1`
+//! that says why, and nothing is downloaded (docs/protocol.md §3).
+//!
+//! * `mqtt-channel`: the MQTT-channel download (docs/protocol.md §6): `mqtt_frame`, block
+//!   requests and replies, `Config::mqtt`, the `download_reply` subscription.
+//! * `multi-file`: tasks with `data.files` (`Task::files`, per-file download, verification
+//!   and resume).
+//! * `modules`: `Config::extra_modules`, further modules with their own versions and tasks
+//!   queued behind each other; without it the agent updates `Config::module` only.
+//! * `md5`, `sha256`: the digest algorithms (`DigestMethod` has the variants built in); at
+//!   least one is needed.
+//! * `legacy-request`: `TaskRequest::Legacy`, asking for the task on the older SDK's topic.
+//! * `gateway`: the session machine of a gateway's sub-devices (docs/protocol.md §14) and its
+//!   HMAC login sign.
+//! * `ntp`: the platform's time topic (docs/protocol.md §13).
+//! * `signature` (not in `default`; needs `sha256`): the platform's secure upgrade
+//!   (docs/protocol.md §11). It adds `Config::package_key` (`signature::PackageKey`,
+//!   RSA-2048); with a key, an image is activated only if the task's `digestsign` verifies
+//!   over its digest.
+//!
+//! The flash each costs on a Cortex-M4 is measured in BENCHMARKS.md ("Pay only for what you
+//! use on flash").
+
+#[cfg(not(any(feature = "md5", feature = "sha256")))]
+compile_error!("ota-core needs at least one digest algorithm: enable feature `md5` or `sha256`");
 
 extern crate alloc;
 #[cfg(test)]
@@ -81,6 +107,7 @@ pub mod error;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod identity;
+#[cfg(feature = "mqtt-channel")]
 pub mod mqtt_frame;
 #[cfg(feature = "ntp")]
 pub mod ntp;
@@ -95,9 +122,11 @@ pub mod uplink;
 #[doc(hidden)]
 pub mod testkit;
 
+#[cfg(feature = "mqtt-channel")]
+pub use agent::MqttDownload;
 pub use agent::{
-    Action, Agent, BodyBuffer, Boot, Config, Confirmation, Event, FetchId, MqttDownload,
-    Notification, Outcome, Phase, Qos, RetryPolicy, TaskRequest,
+    Action, Agent, BodyBuffer, Boot, Config, Confirmation, Event, FetchId, Notification, Outcome,
+    Phase, Qos, RetryPolicy, TaskRequest,
 };
 pub use error::Error;
 pub use identity::DeviceIdentity;

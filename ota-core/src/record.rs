@@ -68,11 +68,8 @@ impl ImageId {
             version: task.version.clone(),
             size: task.size,
             digest: task.digest,
-            mqtt_stream: match task.channel {
-                Channel::Mqtt { stream_id, file_id } => Some((stream_id, file_id)),
-                Channel::Http { .. } => None,
-            },
-            files: task.files.len() as u8,
+            mqtt_stream: mqtt_stream(task),
+            files: task.files().len() as u8,
             signature: task.digestsign.as_deref().and_then(decode_signature),
         }
     }
@@ -83,8 +80,17 @@ impl ImageId {
             && self.version == task.version
             && self.size == task.size
             && self.digest == task.digest
-            && self.mqtt_stream.is_some() == matches!(task.channel, Channel::Mqtt { .. })
-            && usize::from(self.files) == task.files.len()
+            && self.mqtt_stream.is_some() == mqtt_stream(task).is_some()
+            && usize::from(self.files) == task.files().len()
+    }
+}
+
+/// `(streamId, streamFileId)` of an MQTT-channel task.
+fn mqtt_stream(task: &Task) -> Option<(u64, u64)> {
+    match task.channel {
+        #[cfg(feature = "mqtt-channel")]
+        Channel::Mqtt { stream_id, file_id } => Some((stream_id, file_id)),
+        Channel::Http { .. } => None,
     }
 }
 
@@ -169,9 +175,11 @@ impl Record {
         let previous_version = r.string()?;
         let size = r.u64()?;
         let method = match r.u8()? {
+            #[cfg(feature = "md5")]
             0 => DigestMethod::Md5,
+            #[cfg(feature = "sha256")]
             1 => DigestMethod::Sha256,
-            _ => return None,
+            _ => return None, // unknown, or an algorithm this build leaves out
         };
         let digest = ExpectedDigest::new(method, r.take(method.digest_len())?)?;
         let mqtt_stream = match r.u8()? {
@@ -259,7 +267,9 @@ pub(crate) fn encode_record(
     push_str(out, previous_version);
     out.extend_from_slice(&image.size.to_le_bytes());
     out.push(match image.digest.method() {
+        #[cfg(feature = "md5")]
         DigestMethod::Md5 => 0,
+        #[cfg(feature = "sha256")]
         DigestMethod::Sha256 => 1,
     });
     out.extend_from_slice(image.digest.bytes());
@@ -325,13 +335,22 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    /// SHA-256 (the longer digest) when built in.
+    fn method() -> DigestMethod {
+        #[cfg(feature = "sha256")]
+        return DigestMethod::Sha256;
+        #[cfg(not(feature = "sha256"))]
+        return DigestMethod::Md5;
+    }
+
     fn sample(phase: Phase, mqtt: bool) -> Record {
         Record {
             image: ImageId {
                 module: "MCU".into(),
                 version: "2.0.0".into(),
                 size: 432_945,
-                digest: ExpectedDigest::from_hex(DigestMethod::Sha256, &"ab".repeat(32)).unwrap(),
+                digest: ExpectedDigest::from_hex(method(), &"ab".repeat(method().digest_len()))
+                    .unwrap(),
                 mqtt_stream: mqtt.then_some((1_397_345, 1)),
                 files: 0,
                 signature: None,
@@ -344,7 +363,7 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let mut state = Vec::new();
-        crate::digest::Hasher::new(DigestMethod::Sha256).save_state(&mut state);
+        crate::digest::Hasher::new(method()).save_state(&mut state);
         for (phase, mqtt) in [
             (
                 Phase::Downloading {
@@ -423,7 +442,7 @@ mod tests {
         sample(Phase::Activating, true).encode(&mut bytes);
         let phase_at = 5;
         let method_at = 5 + 1 + 4 + 6 + 6 + 8;
-        let channel_at = method_at + 1 + 32;
+        let channel_at = method_at + 1 + method().digest_len();
         for (at, value) in [(phase_at, 9u8), (method_at, 7), (channel_at, 3)] {
             let mut edited = bytes.clone();
             edited[at] = value;
@@ -446,7 +465,7 @@ mod tests {
 
     fn downloading(step: u8) -> Record {
         let mut state = Vec::new();
-        crate::digest::Hasher::new(DigestMethod::Sha256).save_state(&mut state);
+        crate::digest::Hasher::new(method()).save_state(&mut state);
         sample(
             Phase::Downloading {
                 file: 0,
@@ -479,6 +498,7 @@ mod tests {
         assert_eq!(Record::decode(&reseal(bytes)), Err(RecordError::Invalid));
     }
 
+    #[cfg(feature = "mqtt-channel")]
     #[test]
     fn the_image_identity_of_a_task_matches_it() {
         let rules = crate::downlink::TaskRules::default();

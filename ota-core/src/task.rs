@@ -1,14 +1,21 @@
 //! An upgrade task as the agent understands it, after validation.
 
 use alloc::string::String;
+#[cfg(feature = "multi-file")]
 use alloc::vec::Vec;
 
-/// How the image's digest is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How the image's digest is computed: the algorithms this build has (features `md5`,
+/// `sha256`). A push naming one that is compiled out is refused (docs/protocol.md §3).
+/// The default is the first one built in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DigestMethod {
     /// MD5, 16 bytes.
+    #[cfg(feature = "md5")]
+    #[default]
     Md5,
     /// SHA-256, 32 bytes.
+    #[cfg(feature = "sha256")]
+    #[cfg_attr(not(feature = "md5"), default)]
     Sha256,
 }
 
@@ -16,7 +23,9 @@ impl DigestMethod {
     /// Length of the digest in bytes.
     pub const fn digest_len(self) -> usize {
         match self {
+            #[cfg(feature = "md5")]
             DigestMethod::Md5 => 16,
+            #[cfg(feature = "sha256")]
             DigestMethod::Sha256 => 32,
         }
     }
@@ -24,7 +33,9 @@ impl DigestMethod {
     /// Lower-case name used in logs and failure descriptions.
     pub const fn name(self) -> &'static str {
         match self {
+            #[cfg(feature = "md5")]
             DigestMethod::Md5 => "md5",
+            #[cfg(feature = "sha256")]
             DigestMethod::Sha256 => "sha256",
         }
     }
@@ -101,6 +112,7 @@ pub enum Channel {
         url: String,
     },
     /// Blocks requested over MQTT (docs/protocol.md §6).
+    #[cfg(feature = "mqtt-channel")]
     Mqtt {
         /// `streamId` of the push.
         stream_id: u64,
@@ -132,7 +144,8 @@ pub struct Task {
     pub digestsign: Option<String>,
     /// The files of a multi-file task (`data.files`), in order; empty for a single image.
     /// For a multi-file task `size` is their total, and `digest` and `channel` are the
-    /// first file's.
+    /// first file's. Only with the `multi-file` feature; [`Task::files`] reads it.
+    #[cfg(feature = "multi-file")]
     pub files: Vec<TaskFile>,
 }
 
@@ -161,18 +174,28 @@ impl Task {
             && self.size == other.size
             && self.digest == other.digest
             && core::mem::discriminant(&self.channel) == core::mem::discriminant(&other.channel)
-            && self.files.len() == other.files.len()
+            && self.files().len() == other.files().len()
             && self
-                .files
+                .files()
                 .iter()
-                .zip(&other.files)
+                .zip(other.files())
                 .all(|(a, b)| a.name == b.name && a.size == b.size && a.digest == b.digest)
+    }
+
+    /// The files of a multi-file task; empty for a single image, and always without the
+    /// `multi-file` feature, so that the code for further files is compiled out.
+    pub fn files(&self) -> &[TaskFile] {
+        #[cfg(feature = "multi-file")]
+        return &self.files;
+        #[cfg(not(feature = "multi-file"))]
+        return &[];
     }
 
     /// The URL of an HTTP task.
     pub fn url(&self) -> Option<&str> {
         match &self.channel {
             Channel::Http { url } => Some(url),
+            #[cfg(feature = "mqtt-channel")]
             Channel::Mqtt { .. } => None,
         }
     }
@@ -201,10 +224,14 @@ mod tests {
             ExpectedDigest::from_hex(DigestMethod::Md5, "z3230c3bde425a9d7984a594ac55ea1e")
                 .is_none()
         );
-        assert!(
-            ExpectedDigest::from_hex(DigestMethod::Sha256, "93230c3bde425a9d7984a594ac55ea1e")
-                .is_none()
-        );
-        assert!(ExpectedDigest::new(DigestMethod::Sha256, &[0; 16]).is_none());
+        #[cfg(feature = "sha256")]
+        {
+            assert!(ExpectedDigest::from_hex(
+                DigestMethod::Sha256,
+                "93230c3bde425a9d7984a594ac55ea1e"
+            )
+            .is_none());
+            assert!(ExpectedDigest::new(DigestMethod::Sha256, &[0; 16]).is_none());
+        }
     }
 }

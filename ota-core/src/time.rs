@@ -25,6 +25,9 @@ impl Instant {
 
     /// `self + span`, saturating instead of overflowing. In 64-bit arithmetic, not through
     /// `Duration::as_millis`'s `u128`: deadlines are computed on the body path of 32-bit MCUs.
+    /// Out of line: deadlines are computed in many places, and the conversion would be
+    /// copied into each (~0.7 KB of flash).
+    #[inline(never)]
     pub fn saturating_add(self, span: Duration) -> Self {
         let ms = span
             .as_secs()

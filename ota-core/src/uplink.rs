@@ -84,6 +84,7 @@ pub fn encode_firmware_get(out: &mut Vec<u8>, id: u64, module: &str) {
 
 /// `{"id":"7","version":"1.0","params":{"fileToken":"t1","fileInfo":{"streamId":1397345,"fileId":1},"fileBlock":{"size":10240,"offset":0}}}`
 /// on `thing/file/download`: one MQTT-channel block request.
+#[cfg(feature = "mqtt-channel")]
 pub fn encode_file_download_request(
     out: &mut Vec<u8>,
     id: u64,
@@ -221,6 +222,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "mqtt-channel")]
     #[test]
     fn file_download_request_matches_the_vectors() {
         assert_eq!(

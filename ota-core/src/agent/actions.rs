@@ -193,7 +193,9 @@ pub(crate) enum Topic {
     Request,
     FirmwareGet,
     FirmwareGetReply,
+    #[cfg(feature = "mqtt-channel")]
     FileDownload,
+    #[cfg(feature = "mqtt-channel")]
     FileDownloadReply,
 }
 
@@ -207,7 +209,9 @@ impl Topic {
             Topic::Request => &topics.request,
             Topic::FirmwareGet => &topics.firmware_get,
             Topic::FirmwareGetReply => &topics.firmware_get_reply,
+            #[cfg(feature = "mqtt-channel")]
             Topic::FileDownload => &topics.file_download,
+            #[cfg(feature = "mqtt-channel")]
             Topic::FileDownloadReply => &topics.file_download_reply,
         }
     }
@@ -349,6 +353,7 @@ impl Outbox {
                 topic: t.of(topics),
                 payload: &arena[r.clone()],
                 qos: match t {
+                    #[cfg(feature = "mqtt-channel")]
                     Topic::FileDownload => Qos::AtMostOnce,
                     _ => Qos::AtLeastOnce,
                 },

@@ -1,12 +1,15 @@
 //! What the application decides: identity, limits, budgets and timings.
 
 use alloc::string::String;
+#[cfg(feature = "modules")]
 use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::downlink::TaskRules;
 use crate::error::Error;
-use crate::identity::{is_valid_module, is_valid_version, DeviceIdentity, DEFAULT_MODULE};
+#[cfg(feature = "modules")]
+use crate::identity::is_valid_version;
+use crate::identity::{is_valid_module, DeviceIdentity, DEFAULT_MODULE};
 
 /// Most staging blocks (`Config::write_buffers`); the action queue has room for their writes.
 const MAX_WRITE_BUFFERS: usize = 16;
@@ -47,6 +50,7 @@ pub enum Confirmation {
 }
 
 /// The MQTT-channel download (docs/protocol.md §6).
+#[cfg(feature = "mqtt-channel")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MqttDownload {
     /// Bytes asked for per block request (the official SDK uses 2 to 10 KiB).
@@ -70,6 +74,8 @@ pub struct Config {
     pub module: String,
     /// Further modules this agent updates, with their running versions: `(module, version)`.
     /// Each is reported on connect; their tasks run one after another, one record at a time.
+    /// Only with the `modules` feature: without it, a task for any other module is refused.
+    #[cfg(feature = "modules")]
     pub extra_modules: Vec<(String, String)>,
     /// What tasks are accepted (https only, slot capacity, message size cap).
     pub rules: TaskRules,
@@ -101,6 +107,7 @@ pub struct Config {
     /// Dead URLs (403 and friends): how many times to ask the cloud for a fresh URL.
     pub url_refresh: RetryPolicy,
     /// The MQTT-channel download.
+    #[cfg(feature = "mqtt-channel")]
     pub mqtt: MqttDownload,
     /// How long to wait for the answer to a task request.
     pub reply_timeout: Duration,
@@ -131,6 +138,7 @@ impl Config {
         Config {
             identity,
             module: String::from(DEFAULT_MODULE),
+            #[cfg(feature = "modules")]
             extra_modules: Vec::new(),
             rules: TaskRules::default(),
             write_block: 4096,
@@ -150,6 +158,7 @@ impl Config {
                 base_delay: Duration::from_secs(2),
                 max_delay: Duration::from_secs(120),
             },
+            #[cfg(feature = "mqtt-channel")]
             mqtt: MqttDownload {
                 block_size: 4096,
                 window: 1,
@@ -172,6 +181,7 @@ impl Config {
         if !is_valid_module(&self.module) {
             return Err(Error::InvalidVersion);
         }
+        #[cfg(feature = "modules")]
         for (i, (module, version)) in self.extra_modules.iter().enumerate() {
             let repeated =
                 *module == self.module || self.extra_modules[..i].iter().any(|(m, _)| m == module);
@@ -206,11 +216,13 @@ impl Config {
         {
             return Err(Error::InvalidConfig("timeouts must be > 0"));
         }
+        #[cfg(feature = "mqtt-channel")]
         if self.mqtt.block_size == 0 || self.mqtt.block_size > 64 * 1024 || self.mqtt.window == 0 {
             return Err(Error::InvalidConfig(
                 "mqtt block_size must be 1 byte to 64 KiB, window >= 1",
             ));
         }
+        #[cfg(feature = "mqtt-channel")]
         if self.mqtt.reply_timeout.is_zero() {
             return Err(Error::InvalidConfig("timeouts must be > 0"));
         }

@@ -5,6 +5,7 @@ use alloc::string::String;
 use core::time::Duration;
 
 use super::actions::{FetchId, Note, Queued, Topic};
+#[cfg(feature = "mqtt-channel")]
 use super::blocks::Blocks;
 use super::reread::Reread;
 use super::ring::Ring;
@@ -63,6 +64,7 @@ pub(super) struct Download {
     /// Leading body bytes to drop: the server ignored our Range and sent from byte 0.
     skip: u64,
     /// The MQTT-channel side of the download (`None` for HTTP).
+    #[cfg(feature = "mqtt-channel")]
     pub(super) blocks: Option<Blocks>,
     /// A re-read of the slot under way: nothing else of the download moves meanwhile.
     /// Boxed: rare, and a digest state would make every download (and the stack frames that
@@ -132,9 +134,10 @@ impl Download {
         now: Instant,
         (block, interval): (u64, u64),
     ) -> Self {
-        let before = &task.files[..file.min(task.files.len())];
+        let before = &task.files()[..file.min(task.files().len())];
         let done = before.iter().map(|f| f.size).sum();
         let base = before.iter().map(|f| f.size.div_ceil(block) * block).sum();
+        #[cfg(feature = "mqtt-channel")]
         let blocks = Blocks::for_task(&task, generation, offset);
         Download {
             image: ImageId::of(&task),
@@ -152,6 +155,7 @@ impl Download {
             failures: 0,
             refreshes: 0,
             skip: 0,
+            #[cfg(feature = "mqtt-channel")]
             blocks,
             reread: None,
             last_activity: now,
@@ -168,7 +172,7 @@ impl Download {
     /// Size of the file being downloaded (the image, for a single-file task).
     pub(super) fn size(&self) -> u64 {
         self.task
-            .files
+            .files()
             .get(self.file)
             .map_or(self.task.size, |f| f.size)
     }
@@ -176,14 +180,14 @@ impl Download {
     /// Digest of the file being downloaded.
     pub(super) fn digest(&self) -> &crate::task::ExpectedDigest {
         self.task
-            .files
+            .files()
             .get(self.file)
             .map_or(&self.task.digest, |f| &f.digest)
     }
 
     /// URL of the file being downloaded (`None` over the MQTT channel).
     pub(super) fn url(&self) -> Option<&str> {
-        match self.task.files.get(self.file) {
+        match self.task.files().get(self.file) {
             Some(f) => Some(&f.url),
             None => self.task.url(),
         }
@@ -192,7 +196,7 @@ impl Download {
     /// The current file verified: move on to the next one, laid out after it in the slot.
     /// Returns false when it was the last.
     fn next_file(&mut self, block: u64) -> bool {
-        if self.file + 1 >= self.task.files.len() {
+        if self.file + 1 >= self.task.files().len() {
             return false;
         }
         let size = self.size();
@@ -231,12 +235,14 @@ impl Download {
     /// The same image came again: keep its (possibly fresher) URL, and go on if we were
     /// waiting for exactly that.
     pub(super) fn adopt_fresh_channel(&mut self, task: &Task) {
+        #[cfg(feature = "mqtt-channel")]
         if let Some(blocks) = self.blocks.as_mut() {
             blocks.adopt(task);
         }
-        if let Channel::Http { url } = &task.channel {
-            self.task.channel = Channel::Http { url: url.clone() };
+        if let Some(url) = task.url() {
+            self.task.channel = Channel::Http { url: url.into() };
         }
+        #[cfg(feature = "multi-file")]
         self.task.files.clone_from(&task.files); // same files, fresh URLs
         if self.is_refreshing() {
             self.fetch = Fetch::Idle;
@@ -251,12 +257,14 @@ impl Download {
 
     /// The next deadline, if any. A stall is only measured while the agent waits on the
     /// network, not while the adapter's storage is busy.
+    #[cfg_attr(not(feature = "mqtt-channel"), allow(unused_variables))]
     pub(super) fn deadline(
         &self,
         stall: Duration,
         storage_busy: bool,
         online: bool,
     ) -> Option<Instant> {
+        #[cfg(feature = "mqtt-channel")]
         if let Some(blocks) = &self.blocks {
             // Offline, no request is out: the reconnect asks again.
             return blocks.deadline().filter(|_| online);
@@ -353,17 +361,11 @@ impl Download {
     /// Percentage of the task recorded as durable (what a restart resumes from), below 100.
     fn durable_percent(&self) -> u8 {
         let durable = self.done + self.recorded.unwrap_or(0);
-        (u128::from(durable) * 100 / u128::from(self.task.size.max(1))).min(99) as u8
+        percent_of(durable, self.task.size.max(1)).min(99)
     }
 
     fn percent(&self) -> u8 {
-        let (bytes, total) = (self.done + self.received, self.task.size.max(1));
-        // In 64 bits (no 128-bit division on a 32-bit MCU) unless the image is beyond 2^64 / 100.
-        let pct = match bytes.checked_mul(100) {
-            Some(scaled) => scaled / total,
-            None => (u128::from(bytes) * 100 / u128::from(total)) as u64,
-        };
-        pct.clamp(1, 99) as u8
+        percent_of(self.done + self.received, self.task.size.max(1)).clamp(1, 99)
     }
 }
 
@@ -408,6 +410,7 @@ impl Agent {
         if self.advance_reread() {
             return;
         }
+        #[cfg(feature = "mqtt-channel")]
         self.stage_arrived_blocks();
         let State::Downloading(d) = &mut self.state else {
             return;
@@ -485,6 +488,7 @@ impl Agent {
                     step,
                 }));
             }
+            #[cfg(feature = "mqtt-channel")]
             Next::Fetch if d.blocks.is_some() => self.request_blocks(),
             Next::Fetch => {
                 let id = FetchId(self.next_fetch);
@@ -512,7 +516,7 @@ impl Agent {
         d.fetch = Fetch::Complete;
         if !d.hasher.matches(d.digest()) {
             let method = d.digest().method().name();
-            let reason = match d.task.files.get(d.file) {
+            let reason = match d.task.files().get(d.file) {
                 Some(f) => text!(
                     method,
                     " mismatch: file ",
@@ -846,6 +850,7 @@ impl Agent {
     }
 
     pub(super) fn on_download_timeout(&mut self) {
+        #[cfg(feature = "mqtt-channel")]
         if matches!(&self.state, State::Downloading(d) if d.blocks.is_some()) {
             self.on_block_timeouts();
             return;
@@ -1010,33 +1015,54 @@ impl Agent {
 }
 
 /// The first byte count at which `floor(bytes * 100 / total)` reaches `percent`:
-/// `ceil(percent * total / 100)`, saturating. Split as `total = 100 q + r` so that it needs
-/// no 128-bit division (a long library call on a 32-bit MCU): `percent * q + ceil(percent * r / 100)`.
+/// `ceil(percent * total / 100)`, exactly, in u64 (`total = 100 q + r`). No u128: its
+/// division costs ~800 B of flash per use on a 32-bit microcontroller.
 fn bytes_at_percent(percent: u8, total: u64) -> u64 {
-    let percent = u64::from(percent);
+    let p = u64::from(percent);
     let (q, r) = (total / 100, total % 100);
-    (percent.saturating_mul(q)).saturating_add((percent * r).div_ceil(100))
+    p.saturating_mul(q).saturating_add((p * r).div_ceil(100))
 }
 
-/// Parses `bytes FIRST-LAST/TOTAL`.
+/// `floor(bytes * 100 / total)`, capped at 100, for `total > 0`, in u64 only: one division
+/// while `bytes * 100` fits, else (beyond 2^64 / 100 bytes) the largest percentage whose first
+/// byte count [`bytes_at_percent`] `bytes` has reached.
+fn percent_of(bytes: u64, total: u64) -> u8 {
+    if let Some(scaled) = bytes.checked_mul(100) {
+        return (scaled / total).min(100) as u8;
+    }
+    let (mut low, mut high) = (0u8, 100u8);
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        if bytes_at_percent(mid, total) <= bytes {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    low
+}
+
+/// Parses `bytes FIRST-LAST/TOTAL` (ASCII whitespace around the parts is allowed).
 fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
-    let rest = value.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
+    let rest = value.trim_ascii().strip_prefix("bytes")?;
+    let (range, total) = split_at_byte(rest, b'/')?;
+    let (first, last) = split_at_byte(range, b'-')?;
     Some((parse_u64(first)?, parse_u64(last)?, parse_u64(total)?))
 }
 
+/// `split_once` on one ASCII byte, without the generic char searcher.
+fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == byte)?;
+    Some((&s[..at], &s[at + 1..]))
+}
+
 fn parse_u64(s: &str) -> Option<u64> {
-    let s = s.trim();
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+    crate::json::parse_digits(s.trim_ascii())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{bytes_at_percent, parse_content_range};
+    use super::{bytes_at_percent, parse_content_range, percent_of};
 
     proptest::proptest! {
         #[test]
@@ -1047,6 +1073,17 @@ mod tests {
             let exact = (u128::from(percent) * u128::from(total)).div_ceil(100);
             let exact = u64::try_from(exact).unwrap_or(u64::MAX);
             proptest::prop_assert_eq!(bytes_at_percent(percent, total), exact);
+        }
+
+        /// `percent_of` (u64 only) is exactly the u128 floor, over the whole range.
+        #[test]
+        fn percentages_match_the_u128_reference(
+            total in proptest::prop_oneof![1u64..100_000, 1u64..=u64::MAX],
+            at in 0.0f64..=1.0,
+        ) {
+            let bytes = ((total as f64 * at) as u64).min(total);
+            let reference = (u128::from(bytes) * 100 / u128::from(total)) as u8;
+            proptest::prop_assert_eq!(percent_of(bytes, total), reference);
         }
     }
 

@@ -2,6 +2,7 @@
 //! lifecycle"). Inputs are [`Event`]s, body bytes and timeouts; outputs are [`Action`]s.
 
 mod actions;
+#[cfg(feature = "mqtt-channel")]
 mod blocks;
 mod config;
 mod download;
@@ -17,7 +18,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 pub use actions::{Action, FetchId, Notification, Outcome, Qos};
-pub use config::{Config, Confirmation, MqttDownload, RetryPolicy, TaskRequest};
+#[cfg(feature = "mqtt-channel")]
+pub use config::MqttDownload;
+pub use config::{Config, Confirmation, RetryPolicy, TaskRequest};
 
 use crate::backoff::Backoff;
 use crate::digest::Hasher;
@@ -222,6 +225,7 @@ pub struct Agent {
     /// Boxed: a `Task` is large, and the agent stays small on a microcontroller's heap.
     parked: Option<Box<(Task, Instant)>>,
     /// Tasks for other modules, waiting for the current download to end (one per module).
+    #[cfg(feature = "modules")]
     waiting: Vec<Task>,
     /// The task offered to the application, waiting for its decision.
     offered: Option<Task>,
@@ -263,9 +267,7 @@ impl Agent {
             ring: Ring::new(config.write_block, config.write_buffers),
             lend: None,
             scratch: Vec::with_capacity(128),
-            modules: core::iter::once((config.module.clone(), String::from(boot.running_version)))
-                .chain(config.extra_modules.iter().cloned())
-                .collect(),
+            modules: Self::managed_modules(&config, boot.running_version),
             requests: Vec::new(),
             now,
             online: false,
@@ -279,6 +281,7 @@ impl Agent {
             resume: None,
             last_start: None,
             parked: None,
+            #[cfg(feature = "modules")]
             waiting: Vec::new(),
             offered: None,
             unsent_reports: Vec::new(),
@@ -291,6 +294,15 @@ impl Agent {
         }
         agent.advance();
         Ok(agent)
+    }
+
+    /// The agent's module with the running version, then `Config::extra_modules`.
+    fn managed_modules(config: &Config, running_version: &str) -> Vec<(String, String)> {
+        #[allow(unused_mut)]
+        let mut modules = alloc::vec![(config.module.clone(), String::from(running_version))];
+        #[cfg(feature = "modules")]
+        modules.extend(config.extra_modules.iter().cloned());
+        modules
     }
 
     /// Processes one input. Drain [`Agent::poll_action`] before the next input.
@@ -476,19 +488,19 @@ impl Agent {
             Event::HttpEnd { fetch } => return self.on_http_end(fetch),
             Event::HttpFailed { fetch, reason } => return self.on_http_failed(fetch, reason),
             Event::WriteDone | Event::WriteFailed => {
-                return self.on_write_result(event == Event::WriteDone)
+                return self.on_write_result(matches!(event, Event::WriteDone))
             }
             Event::ReadDone { len } => return self.on_read_result(Some(len)),
             Event::ReadFailed => return self.on_read_result(None),
             Event::RecordSaved | Event::RecordSaveFailed => {
-                return self.on_record_result(event == Event::RecordSaved)
+                return self.on_record_result(matches!(event, Event::RecordSaved))
             }
             Event::Activated | Event::ActivationFailed => {
-                return self.on_activation_result(event == Event::Activated)
+                return self.on_activation_result(matches!(event, Event::Activated))
             }
             Event::HealthVerdict { healthy } => return self.on_health_verdict(healthy),
             Event::AcceptTask | Event::DeclineTask => {
-                return self.on_decision(event == Event::AcceptTask)
+                return self.on_decision(matches!(event, Event::AcceptTask))
             }
         }
         Ok(())
@@ -499,13 +511,11 @@ impl Agent {
         if core::mem::take(&mut self.stale_record) {
             self.clear_record_wanted = true;
         }
-        for topic in [
-            Topic::Upgrade,
-            Topic::FirmwareGetReply,
-            Topic::FileDownloadReply,
-        ] {
-            self.outbox.push(Queued::Subscribe(topic));
-        }
+        self.outbox.push(Queued::Subscribe(Topic::Upgrade));
+        self.outbox.push(Queued::Subscribe(Topic::FirmwareGetReply));
+        #[cfg(feature = "mqtt-channel")]
+        self.outbox
+            .push(Queued::Subscribe(Topic::FileDownloadReply));
         self.publish_inform();
         for UnsentReport {
             step, desc, module, ..
@@ -529,9 +539,12 @@ impl Agent {
         }
         if let State::Downloading(d) = &mut self.state {
             d.mark_request_sent(self.now, self.config.reply_timeout);
-            let received = d.received;
-            if let Some(blocks) = d.blocks.as_mut() {
-                blocks.restart(received);
+            #[cfg(feature = "mqtt-channel")]
+            {
+                let received = d.received;
+                if let Some(blocks) = d.blocks.as_mut() {
+                    blocks.restart(received);
+                }
             }
         }
         self.publish_pending_progress();
@@ -542,10 +555,11 @@ impl Agent {
             parse_push(payload, &self.config.rules).map(Some)
         } else if topic == self.topics.firmware_get_reply {
             parse_get_reply(payload, &self.config.rules)
-        } else if topic == self.topics.file_download_reply {
-            self.on_block_reply(payload);
-            return;
         } else {
+            #[cfg(feature = "mqtt-channel")]
+            if topic == self.topics.file_download_reply {
+                self.on_block_reply(payload);
+            }
             return; // another device's topic, or one we do not serve
         };
         match parsed {
@@ -588,12 +602,14 @@ impl Agent {
                 return;
             }
             // Another module's download runs: one task at a time, the next after it.
+            #[cfg(feature = "modules")]
             State::Downloading(d) if d.task.module != task.module => {
                 self.waiting.retain(|t| t.module != task.module);
                 self.waiting.push(task);
                 return;
             }
             // Another module's task waits for its switch interval: this one comes after it.
+            #[cfg(feature = "modules")]
             State::Idle
                 if self
                     .parked
@@ -664,6 +680,7 @@ impl Agent {
     /// A firmware/get reply without a task: for the module it was asked for, the cloud has
     /// nothing (any more).
     fn on_no_task(&mut self, module: &str) {
+        #[cfg(feature = "modules")]
         self.waiting.retain(|t| t.module != module);
         if self
             .parked
@@ -1006,6 +1023,7 @@ impl Agent {
         if self.io.is_some() {
             return;
         }
+        #[cfg(feature = "modules")]
         if matches!(self.state, State::Idle) && !self.waiting.is_empty() && self.parked.is_none() {
             // The previous module's task is over: the next one in line starts.
             let task = self.waiting.remove(0);

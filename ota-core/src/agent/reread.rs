@@ -92,7 +92,7 @@ impl Reread {
         let hasher = Hasher::new(
             spans
                 .first()
-                .map_or(crate::task::DigestMethod::Md5, |s| s.expect.method()),
+                .map_or(crate::task::DigestMethod::default(), |s| s.expect.method()),
         );
         Reread {
             purpose,
@@ -162,7 +162,7 @@ impl Expect {
 
 /// Where the files of `task` lie in the slot: back to back, each on a block boundary.
 fn layout(task: &Task, block: u64) -> Vec<Span> {
-    if task.files.is_empty() {
+    if task.files().is_empty() {
         return alloc::vec![Span {
             base: 0,
             len: task.size,
@@ -170,7 +170,7 @@ fn layout(task: &Task, block: u64) -> Vec<Span> {
         }];
     }
     let mut base = 0;
-    task.files
+    task.files()
         .iter()
         .map(|f| {
             let span = Span {

@@ -23,7 +23,7 @@ impl Agent {
         let State::Downloading(d) = &self.state else {
             return None;
         };
-        if !d.task.files.is_empty() {
+        if !d.task.files().is_empty() {
             return Some(String::from(MULTI_FILE));
         }
         let checked = key.verify_text(&d.task.digest, d.task.digestsign.as_deref());

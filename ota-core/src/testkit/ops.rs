@@ -78,6 +78,20 @@ pub struct Scenario {
     pub ops: Vec<Op>,
 }
 
+/// What a scenario asks for, less what this build leaves out (features `sha256`,
+/// `mqtt-channel`, `multi-file`): its world offers only tasks the agent can take.
+pub fn built_in(
+    sha256: bool,
+    mqtt_window: Option<u8>,
+    multi_file: bool,
+) -> (bool, Option<u8>, bool) {
+    (
+        sha256 && cfg!(feature = "sha256"),
+        mqtt_window.filter(|_| cfg!(feature = "mqtt-channel")),
+        multi_file && cfg!(feature = "multi-file"),
+    )
+}
+
 impl Op {
     /// True when the op cannot make a correct agent fail the upgrade, alone or with other
     /// benign ops within the budgets counted by [`Scenario::is_benign`].
@@ -152,6 +166,7 @@ impl Scenario {
         let (sha256, lazy_storage) = (flags & 1 == 1, flags & 2 == 2);
         let mqtt_window = (flags & 4 == 4).then_some(1 + (flags >> 3) % 3);
         let multi_file = flags & 0x40 == 0x40;
+        let (sha256, mqtt_window, multi_file) = built_in(sha256, mqtt_window, multi_file);
         // Every flag bit is taken: the entry point comes from the length's bit 8, which
         // only shifts the length modulo the largest image.
         let lend_body = len_hi & 1 == 1;
@@ -271,8 +286,11 @@ fn run_with(scenario: &Scenario, signatures: Signatures, transcript: bool) -> Wo
     let mut config = test_config();
     config.write_block = 512;
     config.checkpoint_interval = 2048;
-    config.mqtt.block_size = 700;
-    config.mqtt.window = scenario.mqtt_window.unwrap_or(1);
+    #[cfg(feature = "mqtt-channel")]
+    {
+        config.mqtt.block_size = 700;
+        config.mqtt.window = scenario.mqtt_window.unwrap_or(1);
+    }
     config.write_buffers = scenario.write_buffers;
     let mut w = World::new(config, test_image(scenario.image_len, 1));
     (w.signatures, w.keep_transcript) = (signatures, transcript);
@@ -288,11 +306,11 @@ fn run_with(scenario: &Scenario, signatures: Signatures, transcript: bool) -> Wo
         w.signing = Signing::Signed;
     }
     let offer = |w: &mut World| {
+        #[cfg(feature = "sha256")]
         if scenario.sha256 {
-            w.offer_sha256_task()
-        } else {
-            w.offer_md5_task()
+            return w.offer_sha256_task();
         }
+        w.offer_md5_task()
     };
     if scenario.multi_file && scenario.mqtt_window.is_none() {
         let third = scenario.image_len / 3 + 1;

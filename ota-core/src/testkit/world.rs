@@ -448,6 +448,7 @@ impl World {
     }
 
     /// Publishes a SHA-256 task for the world's image and version.
+    #[cfg(feature = "sha256")]
     pub fn offer_sha256_task(&mut self) {
         self.remember_offer();
         let module = self.module_field();
@@ -1009,7 +1010,9 @@ impl World {
             }
             let on_flash = &self.slot[base..base + offset];
             let digest = match method {
+                #[cfg(feature = "md5")]
                 crate::task::DigestMethod::Md5 => md5::Md5::digest(on_flash).to_vec(),
+                #[cfg(feature = "sha256")]
                 crate::task::DigestMethod::Sha256 => sha2::Sha256::digest(on_flash).to_vec(),
             };
             let expected =
@@ -1270,7 +1273,8 @@ impl World {
             r#"{{"code":{code},"data":{{"bOffset":{reported_offset},"fileLength":{file_length},"bSize":{},"fileToken":"{token}"}},"id":"{id}","message":"success"}}"#,
             data.len()
         );
-        let crc = crate::mqtt_frame::crc16_arc(&data);
+        // CRC-16/ARC computed here, not by ota-core's frame code: the world is the oracle.
+        let crc = crc::Crc::<u16>::new(&crc::CRC_16_ARC).checksum(&data);
         if fault == Some(MqttFault::Corrupt) && !data.is_empty() {
             data[0] ^= 0xFF; // the CRC no longer matches
         }

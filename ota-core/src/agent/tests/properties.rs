@@ -6,7 +6,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use proptest::prelude::*;
 
-use crate::testkit::ops::{run, Op, Scenario};
+use crate::testkit::ops::{built_in, run, Op, Scenario};
 use crate::testkit::world::{Fault, MqttFault};
 
 fn mqtt_fault() -> impl Strategy<Value = Op> {
@@ -118,6 +118,7 @@ fn scenario(op: impl Strategy<Value = Op>) -> impl Strategy<Value = Scenario> {
                 ops,
                 signed,
             )| {
+                let (sha256, mqtt_window, multi_file) = built_in(sha256, mqtt_window, multi_file);
                 Scenario {
                     image_len,
                     sha256,

@@ -134,6 +134,7 @@ fn a_restart_after_a_mismatch_never_repeats_a_step() {
     assert!(discarded(&w));
 }
 
+#[cfg(feature = "multi-file")]
 #[test]
 fn a_damaged_earlier_file_of_a_multi_file_task_restarts_the_task() {
     let mut w = World::new(test_config(), Vec::new());

@@ -178,6 +178,7 @@ fn a_parked_switch_to_the_running_version_is_dropped() {
 }
 
 /// Another module's task that comes while a switch waits goes after it, not over it.
+#[cfg(feature = "modules")]
 #[test]
 fn another_modules_task_waits_behind_a_parked_switch() {
     let mut w = world();
