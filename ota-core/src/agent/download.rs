@@ -290,7 +290,13 @@ impl Download {
     /// Copies as much of `bytes` as [`Download::stage_limit`] allows into the filling block
     /// and stages it. Returns how many were taken.
     pub(super) fn stage(&mut self, ring: &mut Ring, bytes: &[u8], end: u64) -> usize {
-        let n = bytes.len().min(self.stage_limit(ring, end));
+        let limit = self.stage_limit(ring, end);
+        self.stage_up_to(ring, bytes, limit)
+    }
+
+    /// [`Download::stage`] with the limit already known.
+    fn stage_up_to(&mut self, ring: &mut Ring, bytes: &[u8], limit: usize) -> usize {
+        let n = bytes.len().min(limit);
         ring.room()[..n].copy_from_slice(&bytes[..n]);
         self.staged(ring, n);
         n
@@ -326,6 +332,30 @@ impl Download {
         } else {
             (limit, limit)
         }
+    }
+
+    /// How many body bytes a call may stage with nothing else to do, and until when that
+    /// holds: a call staging fewer (but at least one) fills no block, ends no range, reaches
+    /// no checkpoint and no progress threshold, so neither [`Agent::after_body`] nor
+    /// [`Agent::advance`] has anything to do (staging puts `received` past `written`, so no
+    /// checkpoint or verification can become due, and no step is marked). `stage` is what
+    /// [`Download::stage_limit`] allows. None while leading bytes are skipped, before the
+    /// first notification or during a re-read. Both body entry points skip the rest of the
+    /// call by this one rule.
+    #[inline(always)] // run for every body chunk
+    fn quiet(&self, stage: usize, now: Instant) -> (usize, Option<Instant>) {
+        if self.skip > 0 || self.notified == 0 || self.reread.is_some() {
+            return (0, None);
+        }
+        // The threshold `progress_due` compares with: the next step until `next_percent_at`,
+        // the next percentage from then on (time only moves forward, so for good).
+        let (threshold, until) = if now < self.next_percent_at {
+            (self.next_step_bytes, Some(self.next_percent_at))
+        } else {
+            (self.next_percent_bytes, None)
+        };
+        let left = threshold.saturating_sub(self.done + self.received);
+        (stage.min(left.try_into().unwrap_or(usize::MAX)), until)
     }
 
     /// A checkpoint is due when every byte taken is acknowledged (the digest covers exactly
@@ -382,13 +412,17 @@ enum Intake {
 /// changed it), so the per-chunk path decides once.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Lend {
-    fetch: FetchId,
+    pub(super) fetch: FetchId,
     /// End of the fetch's range.
     end: u64,
     /// Bytes lent.
     len: usize,
     /// How many of them may be staged.
     stage: usize,
+    /// Fewer than this many bytes, filled before `until`, need nothing but staging
+    /// ([`Download::quiet`]).
+    quiet: usize,
+    until: Option<Instant>,
 }
 
 /// What `advance_download` decided, computed while the download is borrowed.
@@ -680,18 +714,27 @@ impl Agent {
         }
     }
 
-    pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<usize, Error> {
+    /// Takes body bytes for [`Agent::handle_body`]. Returns how many were taken, and true
+    /// when staging them was all the call did ([`Download::quiet`]): then `advance` is
+    /// skipped.
+    pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<(usize, bool), Error> {
         let (id, end) = match self.body_intake(fetch)? {
-            Intake::Drop => return Ok(bytes.len()),
-            Intake::Full => return Ok(0),
+            Intake::Drop => return Ok((bytes.len(), false)),
+            Intake::Full => return Ok((0, false)),
             Intake::Take { id, end } => (id, end),
         };
         let State::Downloading(d) = &mut self.state else {
-            return Ok(bytes.len());
+            return Ok((bytes.len(), false));
         };
+        let limit = d.stage_limit(&self.ring, end);
+        if !bytes.is_empty() && bytes.len() < d.quiet(limit, self.now).0 {
+            let n = d.stage_up_to(&mut self.ring, bytes, limit);
+            d.last_activity = self.now;
+            return Ok((n, true));
+        }
         let skipped = d.skip_bytes(bytes.len());
-        let n = d.stage(&mut self.ring, &bytes[skipped..], end);
-        Ok(self.after_body(id, end, skipped + n, n, bytes.len()))
+        let n = d.stage_up_to(&mut self.ring, &bytes[skipped..], limit);
+        Ok((self.after_body(id, end, skipped + n, n, bytes.len()), false))
     }
 
     /// Where body bytes of `fetch` may be read to now (see [`Agent::body_buffer`]): the free
@@ -712,11 +755,14 @@ impl Agent {
         if len == 0 {
             return Ok(BodyBuffer::Full); // a checkpoint or a step waits for the writes
         }
+        let (quiet, until) = d.quiet(stage, self.now);
         self.lend = Some(Lend {
             fetch,
             end,
             len,
             stage,
+            quiet,
+            until,
         });
         Ok(BodyBuffer::Lent(&mut self.ring.room()[..len]))
     }
@@ -762,18 +808,20 @@ impl Agent {
         Ok(self.after_body(fetch, end, skipped + staged, staged, n))
     }
 
-    /// True when the body call just made cannot have changed what [`Agent::advance`] decides,
-    /// so the call may skip it: the fetch still streams short of its end, the filling block
-    /// is not full and no step waits for its record. (Staging puts `received` past
-    /// `written`, so neither a checkpoint nor the verification can have become due.)
-    pub(super) fn body_left_advance_unchanged(&self) -> bool {
-        let State::Downloading(d) = &self.state else {
+    /// The common case of [`Agent::body_filled`] right after [`Agent::body_buffer`]: fewer
+    /// bytes than [`Download::quiet`] allowed, before its time limit, are staged and that is
+    /// all (no `after_body`, no `advance`). Returns false, having done nothing, otherwise.
+    #[inline(always)] // run for every body chunk
+    pub(super) fn fill_quietly(&mut self, now: Instant, lend: &Lend, n: usize) -> bool {
+        if n == 0 || n >= lend.quiet || lend.until.is_some_and(|until| now >= until) {
+            return false;
+        }
+        let State::Downloading(d) = &mut self.state else {
             return false;
         };
-        matches!(d.fetch, Fetch::Streaming { end, .. } if d.received < end)
-            && self.ring.filled() < self.ring.block()
-            && d.due_step <= d.saved_step
-            && d.reread.is_none()
+        d.staged(&mut self.ring, n);
+        d.last_activity = now;
+        true
     }
 
     /// After `taken` of `offered` body bytes were taken, `staged` of them into the ring: the

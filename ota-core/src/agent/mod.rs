@@ -314,10 +314,10 @@ impl Agent {
     ) -> Result<usize, Error> {
         self.begin_input(now)?;
         let result = self.on_body(fetch, bytes);
-        if !self.body_left_advance_unchanged() {
+        if !matches!(result, Ok((_, true))) {
             self.advance();
         }
-        result
+        result.map(|(taken, _)| taken)
     }
 
     /// Lends the free part of the current staging block, to read body bytes of `fetch` into
@@ -343,11 +343,18 @@ impl Agent {
     /// [`Error::BodyOverfilled`].
     pub fn body_filled(&mut self, now: Instant, fetch: FetchId, n: usize) -> Result<usize, Error> {
         let lend = self.lend.take();
+        if let Some(lend) = lend.filter(|lend| lend.fetch == fetch) {
+            // Nothing but `poll_action` can have run since the lend (any input forgets it),
+            // so the actions are drained and the checks of `begin_input` hold.
+            let now = self.now.max(now);
+            if self.fill_quietly(now, &lend, n) {
+                self.now = now;
+                return Ok(n);
+            }
+        }
         self.begin_input(now)?;
         let result = self.on_body_filled(fetch, n, lend);
-        if !self.body_left_advance_unchanged() {
-            self.advance();
-        }
+        self.advance();
         result
     }
 
@@ -475,21 +482,19 @@ impl Agent {
             } => return self.on_response(fetch, status, content_length, content_range),
             Event::HttpEnd { fetch } => return self.on_http_end(fetch),
             Event::HttpFailed { fetch, reason } => return self.on_http_failed(fetch, reason),
-            Event::WriteDone | Event::WriteFailed => {
-                return self.on_write_result(event == Event::WriteDone)
-            }
+            // One arm per variant: comparing `event` would need it in memory (a 32-byte copy
+            // and a call to `Event::eq` on every storage answer).
+            Event::WriteDone => return self.on_write_result(true),
+            Event::WriteFailed => return self.on_write_result(false),
             Event::ReadDone { len } => return self.on_read_result(Some(len)),
             Event::ReadFailed => return self.on_read_result(None),
-            Event::RecordSaved | Event::RecordSaveFailed => {
-                return self.on_record_result(event == Event::RecordSaved)
-            }
-            Event::Activated | Event::ActivationFailed => {
-                return self.on_activation_result(event == Event::Activated)
-            }
+            Event::RecordSaved => return self.on_record_result(true),
+            Event::RecordSaveFailed => return self.on_record_result(false),
+            Event::Activated => return self.on_activation_result(true),
+            Event::ActivationFailed => return self.on_activation_result(false),
             Event::HealthVerdict { healthy } => return self.on_health_verdict(healthy),
-            Event::AcceptTask | Event::DeclineTask => {
-                return self.on_decision(event == Event::AcceptTask)
-            }
+            Event::AcceptTask => return self.on_decision(true),
+            Event::DeclineTask => return self.on_decision(false),
         }
         Ok(())
     }
