@@ -6,7 +6,9 @@ use alloc::vec::Vec;
 use alloc::{format, vec};
 use core::time::Duration;
 
-use crate::agent::{Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Phase};
+use crate::agent::{
+    Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Notification, Phase,
+};
 use crate::error::Error;
 use crate::record::{ImageId, Phase as RecordPhase, Record};
 use crate::task::{DigestMethod, ExpectedDigest};
@@ -212,6 +214,67 @@ fn a_lent_block_does_not_outlive_the_next_input() {
         "taken and dropped"
     );
     assert_eq!(w.agent.fetched_size(), 0);
+}
+
+/// Performs the queued actions as a storage that always succeeds; returns the percentages
+/// notified.
+fn drain_answering(agent: &mut Agent, now: Instant) -> Vec<u8> {
+    let mut percents = Vec::new();
+    loop {
+        let mut answer = None;
+        while let Some(action) = agent.poll_action() {
+            match action {
+                Action::Write { .. } => answer = Some(Event::WriteDone),
+                Action::SaveRecord { .. } => answer = Some(Event::RecordSaved),
+                Action::Notify(Notification::Progress { percent, .. }) => percents.push(percent),
+                _ => {}
+            }
+        }
+        match answer {
+            Some(event) => agent.handle(now, event).unwrap(),
+            None => return percents,
+        }
+    }
+}
+
+#[test]
+fn a_lent_block_filled_after_the_progress_interval_notifies_the_percentage() {
+    // `body_buffer` decides how many bytes `body_filled` may stage with nothing else to do
+    // for the clock it is given; filled once the progress interval has passed, the bytes
+    // reach the next percentage (not the next step) and it is notified.
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let t0 = w.now;
+    let fetch = FetchId(0);
+    let ok = Event::HttpResponse {
+        fetch,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    };
+    w.agent.handle(t0, ok).unwrap();
+    assert!(drain_answering(&mut w.agent, t0).is_empty());
+    assert_eq!(w.agent.handle_body(t0, fetch, &[0; 100]), Ok(100));
+    assert_eq!(drain_answering(&mut w.agent, t0), vec![1], "the first chunk");
+    // 1 % is 200 bytes: 500 more make 3 %, short of the next step (6 %).
+    assert!(matches!(
+        w.agent.body_buffer(t0, fetch),
+        Ok(BodyBuffer::Lent(b)) if b.len() > 500
+    ));
+    let later = t0 + test_config().progress_interval;
+    assert_eq!(w.agent.body_filled(later, fetch, 500), Ok(500));
+    assert_eq!(drain_answering(&mut w.agent, later), vec![3]);
+    // Within the interval, only the next step (8 %, 1,600 bytes) is notified: 423 more bytes
+    // (up to 5 %, the last byte the block takes before it is full) are not.
+    assert!(matches!(
+        w.agent.body_buffer(later, fetch),
+        Ok(BodyBuffer::Lent(b)) if b.len() == 424
+    ));
+    assert_eq!(w.agent.body_filled(later, fetch, 423), Ok(423));
+    assert!(drain_answering(&mut w.agent, later).is_empty());
+    assert_eq!(w.agent.fetched_size(), 1023);
 }
 
 #[test]
