@@ -12,7 +12,9 @@ use super::BodyBuffer;
 use super::{Agent, Io, RecordPurpose, State};
 use crate::digest::Hasher;
 use crate::error::Error;
-use crate::record::{encode_record, ImageId, PhaseRef};
+use crate::record::{
+    encode_record, encode_record_head, finish_record, record_crc, ImageId, PhaseRef, RecordCrc,
+};
 use crate::task::{Channel, Task};
 use crate::time::Instant;
 use crate::uplink::{encode_progress, FailureCode, Step};
@@ -297,7 +299,7 @@ impl Download {
     /// [`Download::stage`] with the limit already known.
     fn stage_up_to(&mut self, ring: &mut Ring, bytes: &[u8], limit: usize) -> usize {
         let n = bytes.len().min(limit);
-        ring.room()[..n].copy_from_slice(&bytes[..n]);
+        ring.room_prefix(n).copy_from_slice(&bytes[..n]);
         self.staged(ring, n);
         n
     }
@@ -305,7 +307,7 @@ impl Download {
     /// The first `n` bytes of the ring's room hold body bytes: hash them in place (each byte
     /// is hashed exactly once) and take them into the filling block.
     fn staged(&mut self, ring: &mut Ring, n: usize) {
-        self.hasher.update(&ring.room()[..n]);
+        self.hasher.update(ring.room_prefix(n));
         ring.commit(n);
         self.received += n as u64;
     }
@@ -425,6 +427,29 @@ pub(super) struct Lend {
     until: Option<Instant>,
 }
 
+/// The head of the last download record queued (all but its step, signature and CRC:
+/// [`encode_record_head`]) and the CRC-32 over it. A record that only carries a new step
+/// (one per progress step, at the offset of the last checkpoint) repeats that head, so it
+/// copies these bytes and finishes the CRC from here instead of encoding and checking them
+/// again. Allocated with the agent; the body path only refills it.
+pub(super) struct RecordHead {
+    /// Download generation, file and offset the head was encoded for.
+    key: Option<(u32, usize, u64)>,
+    bytes: alloc::vec::Vec<u8>,
+    crc: RecordCrc,
+}
+
+impl RecordHead {
+    pub(super) fn new() -> Self {
+        RecordHead {
+            key: None,
+            // A head is ~170 bytes with an MD5 state, ~190 with SHA-256's, plus the names.
+            bytes: alloc::vec::Vec::with_capacity(256),
+            crc: record_crc(&[]),
+        }
+    }
+}
+
 /// What `advance_download` decided, computed while the download is borrowed.
 enum Next {
     Nothing,
@@ -486,15 +511,15 @@ impl Agent {
         match next {
             Next::Nothing => {}
             Next::Checkpoint(_) | Next::SaveStep => {
-                let offset = match next {
+                let (offset, fresh) = match next {
                     Next::Checkpoint(offset) => {
                         d.next_checkpoint = offset + self.config.checkpoint_bytes();
                         self.scratch.clear();
                         d.hasher.save_state(&mut self.scratch);
-                        offset
+                        (offset, true)
                     }
                     // `scratch` still holds the digest state at the recorded offset.
-                    _ => d.recorded.unwrap_or(0),
+                    _ => (d.recorded.unwrap_or(0), false),
                 };
                 let step = d.due_step.max(d.saved_step);
                 let phase = PhaseRef::Downloading {
@@ -509,9 +534,18 @@ impl Agent {
                     .find(|(m, _)| *m == d.image.module)
                     .map_or("", |(_, v)| v.as_str());
                 let image = &d.image;
-                let range = self
-                    .outbox
-                    .encode(|out| encode_record(out, image, previous, phase));
+                let head = &mut self.record_head;
+                let key = (d.generation, d.file, offset);
+                if fresh || head.key != Some(key) {
+                    head.key = Some(key);
+                    head.bytes.clear();
+                    encode_record_head(&mut head.bytes, image, previous, phase);
+                    head.crc = record_crc(&head.bytes);
+                }
+                let range = self.outbox.encode(|out| {
+                    out.extend_from_slice(&head.bytes);
+                    finish_record(out, image, phase.step(), head.crc.clone());
+                });
                 self.outbox.push(Queued::SaveRecord(range));
                 self.io = Some(Io::SaveRecord(RecordPurpose::Checkpoint {
                     generation: d.generation,
@@ -764,7 +798,7 @@ impl Agent {
             quiet,
             until,
         });
-        Ok(BodyBuffer::Lent(&mut self.ring.room()[..len]))
+        Ok(BodyBuffer::Lent(self.ring.room_prefix(len)))
     }
 
     /// `n` bytes were read to the start of what [`Agent::body_buffer`] lent; `lend` is what

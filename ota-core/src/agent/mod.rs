@@ -31,7 +31,7 @@ use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, Failure
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use actions::QUEUE_CAPACITY;
 use actions::{Note, Outbox, Queued, Topic};
-use download::{Download, Lend};
+use download::{Download, Lend, RecordHead};
 use reread::Reread;
 use ring::Ring;
 
@@ -233,6 +233,8 @@ pub struct Agent {
     lend: Option<Lend>,
     /// Reused buffer for the digest mid-state of checkpoints.
     scratch: Vec<u8>,
+    /// The last download record's head, repeated by a record that carries only a new step.
+    record_head: RecordHead,
     backoff: Backoff,
     outbox: Outbox,
 }
@@ -263,6 +265,7 @@ impl Agent {
             ring: Ring::new(config.write_block, config.write_buffers),
             lend: None,
             scratch: Vec::with_capacity(128),
+            record_head: RecordHead::new(),
             modules: core::iter::once((config.module.clone(), String::from(boot.running_version)))
                 .chain(config.extra_modules.iter().cloned())
                 .collect(),

@@ -6,9 +6,7 @@ use alloc::vec::Vec;
 use alloc::{format, vec};
 use core::time::Duration;
 
-use crate::agent::{
-    Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Notification, Phase,
-};
+use crate::agent::{Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Notification, Phase};
 use crate::error::Error;
 use crate::record::{ImageId, Phase as RecordPhase, Record};
 use crate::task::{DigestMethod, ExpectedDigest};
@@ -257,7 +255,11 @@ fn a_lent_block_filled_after_the_progress_interval_notifies_the_percentage() {
     w.agent.handle(t0, ok).unwrap();
     assert!(drain_answering(&mut w.agent, t0).is_empty());
     assert_eq!(w.agent.handle_body(t0, fetch, &[0; 100]), Ok(100));
-    assert_eq!(drain_answering(&mut w.agent, t0), vec![1], "the first chunk");
+    assert_eq!(
+        drain_answering(&mut w.agent, t0),
+        vec![1],
+        "the first chunk"
+    );
     // 1 % is 200 bytes: 500 more make 3 %, short of the next step (6 %).
     assert!(matches!(
         w.agent.body_buffer(t0, fetch),
