@@ -485,19 +485,21 @@ impl Agent {
             } => return self.on_response(fetch, status, content_length, content_range),
             Event::HttpEnd { fetch } => return self.on_http_end(fetch),
             Event::HttpFailed { fetch, reason } => return self.on_http_failed(fetch, reason),
-            // One arm per variant: comparing `event` would need it in memory (a 32-byte copy
-            // and a call to `Event::eq` on every storage answer).
-            Event::WriteDone => return self.on_write_result(true),
-            Event::WriteFailed => return self.on_write_result(false),
+            Event::WriteDone | Event::WriteFailed => {
+                return self.on_write_result(matches!(event, Event::WriteDone))
+            }
             Event::ReadDone { len } => return self.on_read_result(Some(len)),
             Event::ReadFailed => return self.on_read_result(None),
-            Event::RecordSaved => return self.on_record_result(true),
-            Event::RecordSaveFailed => return self.on_record_result(false),
-            Event::Activated => return self.on_activation_result(true),
-            Event::ActivationFailed => return self.on_activation_result(false),
+            Event::RecordSaved | Event::RecordSaveFailed => {
+                return self.on_record_result(matches!(event, Event::RecordSaved))
+            }
+            Event::Activated | Event::ActivationFailed => {
+                return self.on_activation_result(matches!(event, Event::Activated))
+            }
             Event::HealthVerdict { healthy } => return self.on_health_verdict(healthy),
-            Event::AcceptTask => return self.on_decision(true),
-            Event::DeclineTask => return self.on_decision(false),
+            Event::AcceptTask | Event::DeclineTask => {
+                return self.on_decision(matches!(event, Event::AcceptTask))
+            }
         }
         Ok(())
     }
