@@ -152,7 +152,7 @@ impl Record {
         }
         let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
         if crc.len() != 4
-            || CRC.checksum(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
+            || record_crc(body).finalize() != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
         {
             return Err(RecordError::BadChecksum);
         }
