@@ -777,6 +777,11 @@ impl Agent {
     /// caught as [`Agent::handle_body`] catches it. While leading bytes are skipped, at most
     /// those.
     pub(super) fn body_room(&mut self, fetch: FetchId) -> Result<BodyBuffer<'_>, Error> {
+        if let Some(lend) = self.lend.filter(|lend| lend.fetch == fetch) {
+            // Lent before, or carried on by a quiet fill (`fill_quietly`): still what would
+            // be decided here, since no input came since.
+            return Ok(BodyBuffer::Lent(self.ring.room_prefix(lend.len)));
+        }
         let end = match self.body_intake(fetch)? {
             Intake::Drop => return Ok(BodyBuffer::Unwanted),
             Intake::Full => return Ok(BodyBuffer::Full),
@@ -844,9 +849,12 @@ impl Agent {
 
     /// The common case of [`Agent::body_filled`] right after [`Agent::body_buffer`]: fewer
     /// bytes than [`Download::quiet`] allowed, before its time limit, are staged and that is
-    /// all (no `after_body`, no `advance`). Returns false, having done nothing, otherwise.
+    /// all (no `after_body`, no `advance`). The lend then goes on with the rest of the room:
+    /// staging `n` bytes lowers the room, the stage limit and the quiet bound by `n` each and
+    /// changes nothing else they depend on, so the next [`Agent::body_buffer`] lends that
+    /// without deciding again. Returns false, having done nothing, otherwise.
     #[inline(always)] // run for every body chunk
-    pub(super) fn fill_quietly(&mut self, now: Instant, lend: &Lend, n: usize) -> bool {
+    pub(super) fn fill_quietly(&mut self, now: Instant, lend: Lend, n: usize) -> bool {
         if n == 0 || n >= lend.quiet || lend.until.is_some_and(|until| now >= until) {
             return false;
         }
@@ -855,6 +863,12 @@ impl Agent {
         };
         d.staged(&mut self.ring, n);
         d.last_activity = now;
+        self.lend = Some(Lend {
+            len: lend.len - n,
+            stage: lend.stage - n,
+            quiet: lend.quiet - n,
+            ..lend
+        });
         true
     }
 

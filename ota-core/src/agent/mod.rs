@@ -350,7 +350,7 @@ impl Agent {
             // Nothing but `poll_action` can have run since the lend (any input forgets it),
             // so the actions are drained and the checks of `begin_input` hold.
             let now = self.now.max(now);
-            if self.fill_quietly(now, &lend, n) {
+            if self.fill_quietly(now, lend, n) {
                 self.now = now;
                 return Ok(n);
             }

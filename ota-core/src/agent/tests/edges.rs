@@ -280,6 +280,46 @@ fn a_lent_block_filled_after_the_progress_interval_notifies_the_percentage() {
 }
 
 #[test]
+fn after_a_quiet_fill_the_rest_of_the_block_is_lent() {
+    // A fill that only stages leaves its lend in place, less the bytes filled: the next
+    // `body_buffer` lends exactly the rest of the block, as deciding afresh would.
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let now = w.now;
+    let fetch = FetchId(0);
+    let ok = Event::HttpResponse {
+        fetch,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    };
+    w.agent.handle(now, ok).unwrap();
+    drain_answering(&mut w.agent, now);
+    assert_eq!(w.agent.handle_body(now, fetch, &[0; 100]), Ok(100));
+    drain_answering(&mut w.agent, now);
+    let lent = |agent: &mut Agent| match agent.body_buffer(now, fetch) {
+        Ok(BodyBuffer::Lent(b)) => b.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lent(&mut w.agent), 924, "the rest of the 1,024-byte block");
+    assert_eq!(w.agent.body_filled(now, fetch, 50), Ok(50));
+    assert_eq!(w.agent.poll_action(), None, "a quiet fill queues nothing");
+    assert_eq!(lent(&mut w.agent), 874);
+    assert_eq!(w.agent.body_filled(now, fetch, 873), Ok(873));
+    assert_eq!(lent(&mut w.agent), 1, "the last byte of the block");
+    w.agent.handle_timeout(now).unwrap(); // an input: the lend is decided afresh
+    assert_eq!(lent(&mut w.agent), 1);
+    assert_eq!(w.agent.body_filled(now, fetch, 1), Ok(1));
+    assert_eq!(w.agent.fetched_size(), 1024);
+    assert!(
+        matches!(w.agent.poll_action(), Some(Action::Write { offset: 0, data }) if data.len() == 1024),
+        "the full block is written"
+    );
+}
+
+#[test]
 fn a_200_with_the_wrong_length_is_not_trusted() {
     let mut w = world(5000);
     w.connect();
