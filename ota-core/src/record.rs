@@ -15,7 +15,7 @@ const MAGIC: &[u8; 4] = b"OTAR";
 const FORMAT: u8 = 3;
 /// The previous format: the same fields without the last reported step and the signature.
 const FORMAT_WITHOUT_STEP: u8 = 2;
-const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+static CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// Where an upgrade stood when the record was saved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl Record {
         }
         let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
         if crc.len() != 4
-            || CRC.checksum(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
+            || record_crc(body).finalize() != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
         {
             return Err(RecordError::BadChecksum);
         }
@@ -241,6 +241,16 @@ pub(crate) enum PhaseRef<'a> {
     RollingBack,
 }
 
+impl PhaseRef<'_> {
+    /// The step byte of a record in this phase.
+    pub(crate) fn step(&self) -> u8 {
+        match *self {
+            PhaseRef::Downloading { step, .. } => step.min(99),
+            PhaseRef::Activating | PhaseRef::RollingBack => 0,
+        }
+    }
+}
+
 /// Appends the encoding of a record made of these parts to `out`.
 pub(crate) fn encode_record(
     out: &mut Vec<u8>,
@@ -249,17 +259,40 @@ pub(crate) fn encode_record(
     phase: PhaseRef<'_>,
 ) {
     let start = out.len();
+    encode_record_head(out, image, previous_version, phase);
+    let crc = record_crc(&out[start..]);
+    finish_record(out, image, phase.step(), crc);
+}
+
+/// The CRC-32 of a record, part way through.
+pub(crate) type RecordCrc = crc::Digest<'static, u32>;
+
+/// The CRC-32 over `head`, to be continued by [`finish_record`].
+pub(crate) fn record_crc(head: &[u8]) -> RecordCrc {
+    let mut crc = CRC.digest();
+    crc.update(head);
+    crc
+}
+
+/// Appends a record's fields before its step byte: the same for every record of one
+/// download at one offset, whatever step it carries.
+pub(crate) fn encode_record_head(
+    out: &mut Vec<u8>,
+    image: &ImageId,
+    previous_version: &str,
+    phase: PhaseRef<'_>,
+) {
     out.extend_from_slice(MAGIC);
     out.push(FORMAT);
-    let (code, file, offset, state, step): (u8, u8, u64, &[u8], u8) = match phase {
+    let (code, file, offset, state): (u8, u8, u64, &[u8]) = match phase {
         PhaseRef::Downloading {
             file,
             offset,
             digest_state,
-            step,
-        } => (0, file, offset, digest_state, step.min(99)),
-        PhaseRef::Activating => (1, 0, 0, &[], 0),
-        PhaseRef::RollingBack => (2, 0, 0, &[], 0),
+            ..
+        } => (0, file, offset, digest_state),
+        PhaseRef::Activating => (1, 0, 0, &[]),
+        PhaseRef::RollingBack => (2, 0, 0, &[]),
     };
     out.push(code);
     push_str(out, &image.module);
@@ -288,6 +321,12 @@ pub(crate) fn encode_record(
     let state = if state.len() <= 255 { state } else { &[] };
     out.push(state.len() as u8);
     out.extend_from_slice(state);
+}
+
+/// Appends the rest of a record after its head ([`encode_record_head`], whose CRC `crc`
+/// is): the step, the signature and the CRC-32 of the whole.
+pub(crate) fn finish_record(out: &mut Vec<u8>, image: &ImageId, step: u8, mut crc: RecordCrc) {
+    let start = out.len();
     out.push(step);
     match &image.signature {
         None => out.push(0),
@@ -296,8 +335,8 @@ pub(crate) fn encode_record(
             out.extend_from_slice(signature);
         }
     }
-    let crc = CRC.checksum(&out[start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    crc.update(&out[start..]);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {

@@ -127,14 +127,19 @@ fn push_module(out: &mut Vec<u8>, module: &str) {
 }
 
 /// Appends `s` as a JSON string literal (RFC 8259 escaping). Runs of bytes that need no
-/// escape (all but `"`, `\` and control characters; UTF-8 passes as it is) are copied
-/// whole: progress reports carry a description and a module name every few percent.
+/// escape (all but `"`, `\` and control characters; UTF-8 passes as it is) are found with
+/// one test per byte and copied whole: progress reports carry a description and a module
+/// name every few percent, and they rarely hold a byte to escape.
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut plain = 0; // start of the run not yet copied
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut rest = s.as_bytes();
+    while let Some(i) = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        out.extend_from_slice(&rest[..i]);
+        let b = rest[i];
         let control;
         let escaped: &[u8] = match b {
             b'"' => b"\\\"",
@@ -142,7 +147,7 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0..=0x1f => {
+            _ => {
                 control = [
                     b'\\',
                     b'u',
@@ -153,13 +158,11 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
                 ];
                 &control
             }
-            _ => continue,
         };
-        out.extend_from_slice(&bytes[plain..i]);
         out.extend_from_slice(escaped);
-        plain = i + 1;
+        rest = &rest[i + 1..];
     }
-    out.extend_from_slice(&bytes[plain..]);
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 

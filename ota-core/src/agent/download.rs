@@ -13,7 +13,9 @@ use super::BodyBuffer;
 use super::{Agent, Io, RecordPurpose, State};
 use crate::digest::Hasher;
 use crate::error::Error;
-use crate::record::{encode_record, ImageId, PhaseRef};
+use crate::record::{
+    encode_record, encode_record_head, finish_record, record_crc, ImageId, PhaseRef, RecordCrc,
+};
 use crate::task::{Channel, Task};
 use crate::time::Instant;
 use crate::uplink::{encode_progress, FailureCode, Step};
@@ -296,10 +298,18 @@ impl Download {
     }
 
     /// Copies as much of `bytes` as [`Download::stage_limit`] allows into the filling block
-    /// and stages it. Returns how many were taken.
+    /// and stages it. Returns how many were taken. (The MQTT channel's replies; HTTP bodies
+    /// know their limit already and call [`Download::stage_up_to`].)
+    #[cfg(feature = "mqtt-channel")]
     pub(super) fn stage(&mut self, ring: &mut Ring, bytes: &[u8], end: u64) -> usize {
-        let n = bytes.len().min(self.stage_limit(ring, end));
-        ring.room()[..n].copy_from_slice(&bytes[..n]);
+        let limit = self.stage_limit(ring, end);
+        self.stage_up_to(ring, bytes, limit)
+    }
+
+    /// [`Download::stage`] with the limit already known.
+    fn stage_up_to(&mut self, ring: &mut Ring, bytes: &[u8], limit: usize) -> usize {
+        let n = bytes.len().min(limit);
+        ring.room_prefix(n).copy_from_slice(&bytes[..n]);
         self.staged(ring, n);
         n
     }
@@ -307,7 +317,7 @@ impl Download {
     /// The first `n` bytes of the ring's room hold body bytes: hash them in place (each byte
     /// is hashed exactly once) and take them into the filling block.
     fn staged(&mut self, ring: &mut Ring, n: usize) {
-        self.hasher.update(&ring.room()[..n]);
+        self.hasher.update(ring.room_prefix(n));
         ring.commit(n);
         self.received += n as u64;
     }
@@ -334,6 +344,30 @@ impl Download {
         } else {
             (limit, limit)
         }
+    }
+
+    /// How many body bytes a call may stage with nothing else to do, and until when that
+    /// holds: a call staging fewer (but at least one) fills no block, ends no range, reaches
+    /// no checkpoint and no progress threshold, so neither [`Agent::after_body`] nor
+    /// [`Agent::advance`] has anything to do (staging puts `received` past `written`, so no
+    /// checkpoint or verification can become due, and no step is marked). `stage` is what
+    /// [`Download::stage_limit`] allows. None while leading bytes are skipped, before the
+    /// first notification or during a re-read. Both body entry points skip the rest of the
+    /// call by this one rule.
+    #[inline(always)] // run for every body chunk
+    fn quiet(&self, stage: usize, now: Instant) -> (usize, Option<Instant>) {
+        if self.skip > 0 || self.notified == 0 || self.reread.is_some() {
+            return (0, None);
+        }
+        // The threshold `progress_due` compares with: the next step until `next_percent_at`,
+        // the next percentage from then on (time only moves forward, so for good).
+        let (threshold, until) = if now < self.next_percent_at {
+            (self.next_step_bytes, Some(self.next_percent_at))
+        } else {
+            (self.next_percent_bytes, None)
+        };
+        let left = threshold.saturating_sub(self.done + self.received);
+        (stage.min(left.try_into().unwrap_or(usize::MAX)), until)
     }
 
     /// A checkpoint is due when every byte taken is acknowledged (the digest covers exactly
@@ -384,13 +418,40 @@ enum Intake {
 /// changed it), so the per-chunk path decides once.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Lend {
-    fetch: FetchId,
+    pub(super) fetch: FetchId,
     /// End of the fetch's range.
     end: u64,
     /// Bytes lent.
     len: usize,
     /// How many of them may be staged.
     stage: usize,
+    /// Fewer than this many bytes, filled before `until`, need nothing but staging
+    /// ([`Download::quiet`]).
+    quiet: usize,
+    until: Option<Instant>,
+}
+
+/// The head of the last download record queued (all but its step, signature and CRC:
+/// [`encode_record_head`]) and the CRC-32 over it. A record that only carries a new step
+/// (one per progress step, at the offset of the last checkpoint) repeats that head, so it
+/// copies these bytes and finishes the CRC from here instead of encoding and checking them
+/// again. Allocated with the agent; the body path only refills it.
+pub(super) struct RecordHead {
+    /// Download generation, file and offset the head was encoded for.
+    key: Option<(u32, usize, u64)>,
+    bytes: alloc::vec::Vec<u8>,
+    crc: RecordCrc,
+}
+
+impl RecordHead {
+    pub(super) fn new() -> Self {
+        RecordHead {
+            key: None,
+            // A head is ~170 bytes with an MD5 state, ~190 with SHA-256's, plus the names.
+            bytes: alloc::vec::Vec::with_capacity(256),
+            crc: record_crc(&[]),
+        }
+    }
 }
 
 /// What `advance_download` decided, computed while the download is borrowed.
@@ -455,15 +516,15 @@ impl Agent {
         match next {
             Next::Nothing => {}
             Next::Checkpoint(_) | Next::SaveStep => {
-                let offset = match next {
+                let (offset, fresh) = match next {
                     Next::Checkpoint(offset) => {
                         d.next_checkpoint = offset + self.config.checkpoint_bytes();
                         self.scratch.clear();
                         d.hasher.save_state(&mut self.scratch);
-                        offset
+                        (offset, true)
                     }
                     // `scratch` still holds the digest state at the recorded offset.
-                    _ => d.recorded.unwrap_or(0),
+                    _ => (d.recorded.unwrap_or(0), false),
                 };
                 let step = d.due_step.max(d.saved_step);
                 let phase = PhaseRef::Downloading {
@@ -478,9 +539,18 @@ impl Agent {
                     .find(|(m, _)| *m == d.image.module)
                     .map_or("", |(_, v)| v.as_str());
                 let image = &d.image;
-                let range = self
-                    .outbox
-                    .encode(|out| encode_record(out, image, previous, phase));
+                let head = &mut self.record_head;
+                let key = (d.generation, d.file, offset);
+                if fresh || head.key != Some(key) {
+                    head.key = Some(key);
+                    head.bytes.clear();
+                    encode_record_head(&mut head.bytes, image, previous, phase);
+                    head.crc = record_crc(&head.bytes);
+                }
+                let range = self.outbox.encode(|out| {
+                    out.extend_from_slice(&head.bytes);
+                    finish_record(out, image, phase.step(), head.crc.clone());
+                });
                 self.outbox.push(Queued::SaveRecord(range));
                 self.io = Some(Io::SaveRecord(RecordPurpose::Checkpoint {
                     generation: d.generation,
@@ -684,18 +754,27 @@ impl Agent {
         }
     }
 
-    pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<usize, Error> {
+    /// Takes body bytes for [`Agent::handle_body`]. Returns how many were taken, and true
+    /// when staging them was all the call did ([`Download::quiet`]): then `advance` is
+    /// skipped.
+    pub(super) fn on_body(&mut self, fetch: FetchId, bytes: &[u8]) -> Result<(usize, bool), Error> {
         let (id, end) = match self.body_intake(fetch)? {
-            Intake::Drop => return Ok(bytes.len()),
-            Intake::Full => return Ok(0),
+            Intake::Drop => return Ok((bytes.len(), false)),
+            Intake::Full => return Ok((0, false)),
             Intake::Take { id, end } => (id, end),
         };
         let State::Downloading(d) = &mut self.state else {
-            return Ok(bytes.len());
+            return Ok((bytes.len(), false));
         };
+        let limit = d.stage_limit(&self.ring, end);
+        if !bytes.is_empty() && bytes.len() < d.quiet(limit, self.now).0 {
+            let n = d.stage_up_to(&mut self.ring, bytes, limit);
+            d.last_activity = self.now;
+            return Ok((n, true));
+        }
         let skipped = d.skip_bytes(bytes.len());
-        let n = d.stage(&mut self.ring, &bytes[skipped..], end);
-        Ok(self.after_body(id, end, skipped + n, n, bytes.len()))
+        let n = d.stage_up_to(&mut self.ring, &bytes[skipped..], limit);
+        Ok((self.after_body(id, end, skipped + n, n, bytes.len()), false))
     }
 
     /// Where body bytes of `fetch` may be read to now (see [`Agent::body_buffer`]): the free
@@ -704,6 +783,11 @@ impl Agent {
     /// caught as [`Agent::handle_body`] catches it. While leading bytes are skipped, at most
     /// those.
     pub(super) fn body_room(&mut self, fetch: FetchId) -> Result<BodyBuffer<'_>, Error> {
+        if let Some(lend) = self.lend.filter(|lend| lend.fetch == fetch) {
+            // Lent before, or carried on by a quiet fill (`fill_quietly`): still what would
+            // be decided here, since no input came since.
+            return Ok(BodyBuffer::Lent(self.ring.room_prefix(lend.len)));
+        }
         let end = match self.body_intake(fetch)? {
             Intake::Drop => return Ok(BodyBuffer::Unwanted),
             Intake::Full => return Ok(BodyBuffer::Full),
@@ -716,13 +800,16 @@ impl Agent {
         if len == 0 {
             return Ok(BodyBuffer::Full); // a checkpoint or a step waits for the writes
         }
+        let (quiet, until) = d.quiet(stage, self.now);
         self.lend = Some(Lend {
             fetch,
             end,
             len,
             stage,
+            quiet,
+            until,
         });
-        Ok(BodyBuffer::Lent(&mut self.ring.room()[..len]))
+        Ok(BodyBuffer::Lent(self.ring.room_prefix(len)))
     }
 
     /// `n` bytes were read to the start of what [`Agent::body_buffer`] lent; `lend` is what
@@ -766,18 +853,29 @@ impl Agent {
         Ok(self.after_body(fetch, end, skipped + staged, staged, n))
     }
 
-    /// True when the body call just made cannot have changed what [`Agent::advance`] decides,
-    /// so the call may skip it: the fetch still streams short of its end, the filling block
-    /// is not full and no step waits for its record. (Staging puts `received` past
-    /// `written`, so neither a checkpoint nor the verification can have become due.)
-    pub(super) fn body_left_advance_unchanged(&self) -> bool {
-        let State::Downloading(d) = &self.state else {
+    /// The common case of [`Agent::body_filled`] right after [`Agent::body_buffer`]: fewer
+    /// bytes than [`Download::quiet`] allowed, before its time limit, are staged and that is
+    /// all (no `after_body`, no `advance`). The lend then goes on with the rest of the room:
+    /// staging `n` bytes lowers the room, the stage limit and the quiet bound by `n` each and
+    /// changes nothing else they depend on, so the next [`Agent::body_buffer`] lends that
+    /// without deciding again. Returns false, having done nothing, otherwise.
+    #[inline(always)] // run for every body chunk
+    pub(super) fn fill_quietly(&mut self, now: Instant, lend: Lend, n: usize) -> bool {
+        if n == 0 || n >= lend.quiet || lend.until.is_some_and(|until| now >= until) {
+            return false;
+        }
+        let State::Downloading(d) = &mut self.state else {
             return false;
         };
-        matches!(d.fetch, Fetch::Streaming { end, .. } if d.received < end)
-            && self.ring.filled() < self.ring.block()
-            && d.due_step <= d.saved_step
-            && d.reread.is_none()
+        d.staged(&mut self.ring, n);
+        d.last_activity = now;
+        self.lend = Some(Lend {
+            len: lend.len - n,
+            stage: lend.stage - n,
+            quiet: lend.quiet - n,
+            ..lend
+        });
+        true
     }
 
     /// After `taken` of `offered` body bytes were taken, `staged` of them into the ring: the

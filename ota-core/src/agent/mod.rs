@@ -34,7 +34,7 @@ use crate::uplink::{encode_firmware_get, encode_inform, encode_progress, Failure
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use actions::QUEUE_CAPACITY;
 use actions::{Note, Outbox, Queued, Topic};
-use download::{Download, Lend};
+use download::{Download, Lend, RecordHead};
 use reread::Reread;
 use ring::Ring;
 
@@ -237,6 +237,8 @@ pub struct Agent {
     lend: Option<Lend>,
     /// Reused buffer for the digest mid-state of checkpoints.
     scratch: Vec<u8>,
+    /// The last download record's head, repeated by a record that carries only a new step.
+    record_head: RecordHead,
     backoff: Backoff,
     outbox: Outbox,
 }
@@ -267,6 +269,7 @@ impl Agent {
             ring: Ring::new(config.write_block, config.write_buffers),
             lend: None,
             scratch: Vec::with_capacity(128),
+            record_head: RecordHead::new(),
             modules: Self::managed_modules(&config, boot.running_version),
             requests: Vec::new(),
             now,
@@ -326,10 +329,10 @@ impl Agent {
     ) -> Result<usize, Error> {
         self.begin_input(now)?;
         let result = self.on_body(fetch, bytes);
-        if !self.body_left_advance_unchanged() {
+        if !matches!(result, Ok((_, true))) {
             self.advance();
         }
-        result
+        result.map(|(taken, _)| taken)
     }
 
     /// Lends the free part of the current staging block, to read body bytes of `fetch` into
@@ -355,11 +358,18 @@ impl Agent {
     /// [`Error::BodyOverfilled`].
     pub fn body_filled(&mut self, now: Instant, fetch: FetchId, n: usize) -> Result<usize, Error> {
         let lend = self.lend.take();
+        if let Some(lend) = lend.filter(|lend| lend.fetch == fetch) {
+            // Nothing but `poll_action` can have run since the lend (any input forgets it),
+            // so the actions are drained and the checks of `begin_input` hold.
+            let now = self.now.max(now);
+            if self.fill_quietly(now, lend, n) {
+                self.now = now;
+                return Ok(n);
+            }
+        }
         self.begin_input(now)?;
         let result = self.on_body_filled(fetch, n, lend);
-        if !self.body_left_advance_unchanged() {
-            self.advance();
-        }
+        self.advance();
         result
     }
 

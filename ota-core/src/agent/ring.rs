@@ -100,16 +100,22 @@ impl Ring {
         (used < self.count).then(|| self.after_head(used))
     }
 
-    /// The free part of the filling block (empty when the ring is full).
+    /// The first `n` bytes of the free part of the filling block (`n` at most
+    /// [`Ring::room_len`]), sliced once: each slicing is a call at `opt-level = "z"`, and
+    /// this runs twice per body chunk.
     #[inline(always)] // a few instructions, run for every body chunk
-    pub(super) fn room(&mut self) -> &mut [u8] {
+    pub(super) fn room_prefix(&mut self, n: usize) -> &mut [u8] {
         match self.filling() {
-            Some(i) => &mut self.bytes[i * self.block + self.filled..(i + 1) * self.block],
-            None => &mut [],
+            Some(i) => {
+                let start = i * self.block + self.filled;
+                debug_assert!(self.filled + n <= self.block);
+                &mut self.bytes[start..start + n]
+            }
+            None => &mut [][..n],
         }
     }
 
-    /// Length of [`Ring::room`].
+    /// Length of the free part of the filling block (0 when the ring is full).
     #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn room_len(&self) -> usize {
         if self.has_room() {
@@ -125,7 +131,7 @@ impl Ring {
         self.filled < self.block && self.in_flight + self.sealed < self.count
     }
 
-    /// `n` more bytes were copied into [`Ring::room`].
+    /// `n` more bytes were copied into the free part of the filling block.
     #[inline(always)] // a few instructions, run for every body chunk
     pub(super) fn commit(&mut self, n: usize) {
         self.filled += n;
@@ -220,9 +226,8 @@ mod tests {
     use super::*;
 
     fn fill(ring: &mut Ring, byte: u8, n: usize) -> usize {
-        let room = ring.room();
-        let n = n.min(room.len());
-        room[..n].fill(byte);
+        let n = n.min(ring.room_len());
+        ring.room_prefix(n).fill(byte);
         ring.commit(n);
         n
     }

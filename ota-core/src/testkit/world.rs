@@ -983,6 +983,11 @@ impl World {
     fn check_record(&mut self, bytes: &[u8]) {
         let record =
             crate::record::Record::decode(bytes).expect("the agent saves decodable records");
+        // A record that only carries a new step reuses the previous one's head and CRC: it
+        // must be exactly what a full encoding makes of its fields.
+        let mut encoded = Vec::new();
+        record.encode(&mut encoded);
+        assert_eq!(encoded, bytes, "the record as encoded in one piece");
         if let crate::record::Phase::Downloading {
             file,
             offset,

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use alloc::{format, vec};
 use core::time::Duration;
 
-use crate::agent::{Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Phase};
+use crate::agent::{Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Notification, Phase};
 use crate::error::Error;
 use crate::record::{ImageId, Phase as RecordPhase, Record};
 use crate::task::{DigestMethod, ExpectedDigest};
@@ -212,6 +212,111 @@ fn a_lent_block_does_not_outlive_the_next_input() {
         "taken and dropped"
     );
     assert_eq!(w.agent.fetched_size(), 0);
+}
+
+/// Performs the queued actions as a storage that always succeeds; returns the percentages
+/// notified.
+fn drain_answering(agent: &mut Agent, now: Instant) -> Vec<u8> {
+    let mut percents = Vec::new();
+    loop {
+        let mut answer = None;
+        while let Some(action) = agent.poll_action() {
+            match action {
+                Action::Write { .. } => answer = Some(Event::WriteDone),
+                Action::SaveRecord { .. } => answer = Some(Event::RecordSaved),
+                Action::Notify(Notification::Progress { percent, .. }) => percents.push(percent),
+                _ => {}
+            }
+        }
+        match answer {
+            Some(event) => agent.handle(now, event).unwrap(),
+            None => return percents,
+        }
+    }
+}
+
+#[test]
+fn a_lent_block_filled_after_the_progress_interval_notifies_the_percentage() {
+    // `body_buffer` decides how many bytes `body_filled` may stage with nothing else to do
+    // for the clock it is given; filled once the progress interval has passed, the bytes
+    // reach the next percentage (not the next step) and it is notified.
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let t0 = w.now;
+    let fetch = FetchId(0);
+    let ok = Event::HttpResponse {
+        fetch,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    };
+    w.agent.handle(t0, ok).unwrap();
+    assert!(drain_answering(&mut w.agent, t0).is_empty());
+    assert_eq!(w.agent.handle_body(t0, fetch, &[0; 100]), Ok(100));
+    assert_eq!(
+        drain_answering(&mut w.agent, t0),
+        vec![1],
+        "the first chunk"
+    );
+    // 1 % is 200 bytes: 500 more make 3 %, short of the next step (6 %).
+    assert!(matches!(
+        w.agent.body_buffer(t0, fetch),
+        Ok(BodyBuffer::Lent(b)) if b.len() > 500
+    ));
+    let later = t0 + test_config().progress_interval;
+    assert_eq!(w.agent.body_filled(later, fetch, 500), Ok(500));
+    assert_eq!(drain_answering(&mut w.agent, later), vec![3]);
+    // Within the interval, only the next step (8 %, 1,600 bytes) is notified: 423 more bytes
+    // (up to 5 %, the last byte the block takes before it is full) are not.
+    assert!(matches!(
+        w.agent.body_buffer(later, fetch),
+        Ok(BodyBuffer::Lent(b)) if b.len() == 424
+    ));
+    assert_eq!(w.agent.body_filled(later, fetch, 423), Ok(423));
+    assert!(drain_answering(&mut w.agent, later).is_empty());
+    assert_eq!(w.agent.fetched_size(), 1023);
+}
+
+#[test]
+fn after_a_quiet_fill_the_rest_of_the_block_is_lent() {
+    // A fill that only stages leaves its lend in place, less the bytes filled: the next
+    // `body_buffer` lends exactly the rest of the block, as deciding afresh would.
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let now = w.now;
+    let fetch = FetchId(0);
+    let ok = Event::HttpResponse {
+        fetch,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    };
+    w.agent.handle(now, ok).unwrap();
+    drain_answering(&mut w.agent, now);
+    assert_eq!(w.agent.handle_body(now, fetch, &[0; 100]), Ok(100));
+    drain_answering(&mut w.agent, now);
+    let lent = |agent: &mut Agent| match agent.body_buffer(now, fetch) {
+        Ok(BodyBuffer::Lent(b)) => b.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lent(&mut w.agent), 924, "the rest of the 1,024-byte block");
+    assert_eq!(w.agent.body_filled(now, fetch, 50), Ok(50));
+    assert_eq!(w.agent.poll_action(), None, "a quiet fill queues nothing");
+    assert_eq!(lent(&mut w.agent), 874);
+    assert_eq!(w.agent.body_filled(now, fetch, 873), Ok(873));
+    assert_eq!(lent(&mut w.agent), 1, "the last byte of the block");
+    w.agent.handle_timeout(now).unwrap(); // an input: the lend is decided afresh
+    assert_eq!(lent(&mut w.agent), 1);
+    assert_eq!(w.agent.body_filled(now, fetch, 1), Ok(1));
+    assert_eq!(w.agent.fetched_size(), 1024);
+    assert!(
+        matches!(w.agent.poll_action(), Some(Action::Write { offset: 0, data }) if data.len() == 1024),
+        "the full block is written"
+    );
 }
 
 #[test]
