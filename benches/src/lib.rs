@@ -157,6 +157,32 @@ fn download_with(
     agent.is_image_verified()
 }
 
+/// [`bare_digest`] of bytes that are first copied, chunk by chunk, into a buffer of `block`
+/// bytes, as a program reading a socket gets them: the floor for any consumer of a network
+/// body, against which the lent path (whose copy stands for that read) is compared.
+pub fn copied_digest(image: &[u8], chunk: usize, block: usize, method: Method) -> u8 {
+    let mut buffer = vec![0u8; block.max(chunk)];
+    let mut hash = |update: &mut dyn FnMut(&[u8])| {
+        for piece in image.chunks(chunk) {
+            let landed = &mut buffer[..piece.len()];
+            landed.copy_from_slice(piece);
+            update(std::hint::black_box(landed));
+        }
+    };
+    match method {
+        Method::Md5 => {
+            let mut h = md5::Md5::new();
+            hash(&mut |bytes| h.update(bytes));
+            h.finalize()[0]
+        }
+        Method::Sha256 => {
+            let mut h = sha2::Sha256::new();
+            hash(&mut |bytes| h.update(bytes));
+            h.finalize()[0]
+        }
+    }
+}
+
 /// The baseline: the bare digest over the same bytes, fed in the same chunks.
 pub fn bare_digest(image: &[u8], chunk: usize, method: Method) -> u8 {
     match method {
