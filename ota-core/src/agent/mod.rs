@@ -528,6 +528,9 @@ impl Agent {
         Ok(())
     }
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn on_connected(&mut self) {
         self.online = true;
         if core::mem::take(&mut self.stale_record) {
@@ -572,6 +575,9 @@ impl Agent {
         self.publish_pending_progress();
     }
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
         let parsed = if topic == self.topics.upgrade {
             parse_push(payload, &self.config.rules).map(Some)
@@ -934,6 +940,9 @@ impl Agent {
         self.state = State::RollingBack { module };
     }
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn on_timeout(&mut self) {
         let now = self.now;
         match &mut self.state {
@@ -953,6 +962,9 @@ impl Agent {
 
     // ---- boot ---------------------------------------------------------------------------
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn recover(&mut self, bytes: &[u8]) {
         let record = match Record::decode(bytes) {
             Ok(r) if self.version_of(&r.image.module).is_some() => r,
