@@ -320,6 +320,8 @@ fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), St
 
 /// A multi-file task (`data.files()`, docs/protocol.md §3): each file with its size, URL and digest.
 #[cfg(feature = "multi-file")]
+// Out of line: inlined into its one caller it made `parse_envelope` larger (flash, issue #21).
+#[inline(never)]
 fn build_multi_file_task(
     data: &Data,
     files: Json,
