@@ -101,17 +101,27 @@ impl Topics {
     /// Formats the topics of `id`.
     pub fn new(id: &DeviceIdentity) -> Self {
         let (pk, dn) = (id.product_key(), id.device_name());
+        // One out-of-line builder per topic shape rather than a `text!` per topic: the
+        // concatenation's code once, not eight times (flash, issue #21).
+        #[inline(never)]
+        fn ota(kind: &str, pk: &str, dn: &str) -> String {
+            text!("/ota/device/", kind, "/", pk, "/", dn)
+        }
+        #[inline(never)]
+        fn sys(pk: &str, dn: &str, tail: &str) -> String {
+            text!("/sys/", pk, "/", dn, "/thing/", tail)
+        }
         Topics {
-            inform: text!("/ota/device/inform/", pk, "/", dn),
-            upgrade: text!("/ota/device/upgrade/", pk, "/", dn),
-            progress: text!("/ota/device/progress/", pk, "/", dn),
-            request: text!("/ota/device/request/", pk, "/", dn),
-            firmware_get: text!("/sys/", pk, "/", dn, "/thing/ota/firmware/get"),
-            firmware_get_reply: text!("/sys/", pk, "/", dn, "/thing/ota/firmware/get_reply"),
+            inform: ota("inform", pk, dn),
+            upgrade: ota("upgrade", pk, dn),
+            progress: ota("progress", pk, dn),
+            request: ota("request", pk, dn),
+            firmware_get: sys(pk, dn, "ota/firmware/get"),
+            firmware_get_reply: sys(pk, dn, "ota/firmware/get_reply"),
             #[cfg(feature = "mqtt-channel")]
-            file_download: text!("/sys/", pk, "/", dn, "/thing/file/download"),
+            file_download: sys(pk, dn, "file/download"),
             #[cfg(feature = "mqtt-channel")]
-            file_download_reply: text!("/sys/", pk, "/", dn, "/thing/file/download_reply"),
+            file_download_reply: sys(pk, dn, "file/download_reply"),
         }
     }
 }

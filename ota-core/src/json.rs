@@ -97,7 +97,7 @@ impl<'a> Json<'a> {
         if self.kind != Kind::Number || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        self.raw.parse().ok()
+        parse_i64(self.raw)
     }
 
     /// `Some(b)` for `true` and `false`.
@@ -181,6 +181,17 @@ pub fn parse_digits(digits: &str) -> Option<u64> {
         }
         n.checked_mul(10)?.checked_add(u64::from(digit))
     })
+}
+
+/// A decimal `i64` as `str::parse::<i64>` reads it (an optional `+` or `-`, then digits),
+/// over [`parse_digits`]: one digit loop rather than core's generic integer parser.
+#[cfg_attr(not(feature = "mqtt-channel"), allow(dead_code))]
+pub fn parse_i64(text: &str) -> Option<i64> {
+    match text.as_bytes().first() {
+        Some(b'-') => 0i64.checked_sub_unsigned(parse_digits(&text[1..])?),
+        Some(b'+') => i64::try_from(parse_digits(&text[1..])?).ok(),
+        _ => i64::try_from(parse_digits(text)?).ok(),
+    }
 }
 
 /// Iterator over an object's members: (decoded key, value).
@@ -575,6 +586,47 @@ mod tests {
         assert_eq!(n("-1"), None);
         assert_eq!(parse(b"-7").unwrap().as_i64(), Some(-7));
         assert_eq!(parse(b"\"7\"").unwrap().as_u64(), None);
+    }
+
+    #[test]
+    fn parse_i64_reads_what_str_parse_reads() {
+        let texts = [
+            "0",
+            "-0",
+            "+0",
+            "7",
+            "+7",
+            "-7",
+            "",
+            "+",
+            "-",
+            "+-1",
+            "-+1",
+            "--1",
+            "1-",
+            " 1",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "+9223372036854775807",
+            "18446744073709551616",
+            "00000000000000000000012",
+            "-00012",
+            "1a",
+            "\u{661}",
+        ];
+        for text in texts {
+            assert_eq!(parse_i64(text), text.parse::<i64>().ok(), "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_i64_agrees_with_str_parse_on_any_integer(n in proptest::prelude::any::<i64>(), plus in proptest::bool::ANY) {
+            let text = if plus && n >= 0 { alloc::format!("+{n}") } else { alloc::format!("{n}") };
+            proptest::prop_assert_eq!(parse_i64(&text), Some(n));
+        }
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl<'a> Header<'a> {
             .map_err(|_| FrameError::BadHeader)?;
         let code = code.ok_or(FrameError::BadHeader)?;
         let code = match code.as_str() {
-            Some(text) => text.parse().ok(),
+            Some(text) => json::parse_i64(&text),
             None => code.as_i64(),
         };
         let [offset, file_length, size, token] = match data {

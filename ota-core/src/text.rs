@@ -45,7 +45,20 @@ macro_rules! integer_pieces {
         }
     )*};
 }
-integer_pieces!(u8, u16, u32, u64, usize, i32, i64);
+integer_pieces!(u64, i64);
+
+// The narrower integers through `u64` and `i64`: one itoa formatter per signedness rather
+// than one per width (flash, issue #21; texts are off the body path).
+macro_rules! widened_pieces {
+    ($($t:ty => $wide:ty),*) => {$(
+        impl Piece for $t {
+            fn push_to(&self, out: &mut String) {
+                (*self as $wide).push_to(out);
+            }
+        }
+    )*};
+}
+widened_pieces!(u8 => u64, u16 => u64, u32 => u64, usize => u64, i32 => i64);
 
 /// Concatenates strings and integers into a new `String`: `text!("HTTP ", status)`.
 macro_rules! text {

@@ -6,7 +6,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::actions::{Queued, Topic};
-use super::{Agent, State};
+use super::{swap_remove, Agent, State};
 use crate::mqtt_frame::{parse_block_reply, FrameError};
 use crate::task::{Channel, Task};
 use crate::time::Instant;
@@ -106,9 +106,11 @@ impl Agent {
             staged_any |= n > 0;
             let (offset, data) = &mut blocks.arrived[i];
             if n == data.len() {
-                blocks.arrived.swap_remove(i);
+                swap_remove(&mut blocks.arrived, i);
             } else {
-                data.drain(..n);
+                // The rest into a new buffer, not shifted in place: no `memmove` linked
+                // (see `remove_in_order`).
+                *data = data.split_off(n);
                 *offset += n as u64;
                 break; // the staging block is full
             }
@@ -230,7 +232,7 @@ impl Agent {
             self.retry_block(reply.offset, &why);
             return;
         }
-        blocks.outstanding.swap_remove(i);
+        swap_remove(&mut blocks.outstanding, i);
         blocks.arrived.push((reply.offset, reply.data.to_vec()));
         d.failures = 0;
     }

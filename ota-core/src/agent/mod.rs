@@ -246,6 +246,28 @@ pub struct Agent {
 /// Failure reports kept while offline; beyond this, refusals go first, then the oldest.
 const MAX_UNSENT_REPORTS: usize = 4;
 
+/// `v.remove(i)` (the rest keep their order; `None` when `v` is empty), by moving each later
+/// element one place down. `Vec::remove` shifts them with one overlapping copy, and these few
+/// short lists were all that linked compiler_builtins' `memmove` (~1.5 KB of flash).
+fn remove_in_order<T>(v: &mut Vec<T>, i: usize) -> Option<T> {
+    let mut moved = v.pop()?;
+    for slot in v.iter_mut().skip(i).rev() {
+        moved = core::mem::replace(slot, moved);
+    }
+    Some(moved)
+}
+
+/// `v.swap_remove(i)` (`None` when `v` is empty), for the reason of [`remove_in_order`]:
+/// `Vec::swap_remove`'s copy may overlap, so it is a `memmove`; `mem::swap` of two distinct
+/// places is not.
+fn swap_remove<T>(v: &mut Vec<T>, i: usize) -> Option<T> {
+    let mut removed = v.pop()?;
+    if let Some(slot) = v.get_mut(i) {
+        core::mem::swap(slot, &mut removed);
+    }
+    Some(removed)
+}
+
 /// A failure report made while offline, sent on the next connect.
 struct UnsentReport {
     step: Step,
@@ -516,6 +538,9 @@ impl Agent {
         Ok(())
     }
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn on_connected(&mut self) {
         self.online = true;
         if core::mem::take(&mut self.stale_record) {
@@ -560,6 +585,9 @@ impl Agent {
         self.publish_pending_progress();
     }
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
         let parsed = if topic == self.topics.upgrade {
             parse_push(payload, &self.config.rules).map(Some)
@@ -577,8 +605,9 @@ impl Agent {
             Ok(None) => {
                 // Pair the reply with its request to know which module has no task.
                 let id = reply_id(payload);
-                let module = match self.requests.iter().position(|(i, _)| Some(*i) == id) {
-                    Some(i) => self.requests.swap_remove(i).1,
+                let found = self.requests.iter().position(|(i, _)| Some(*i) == id);
+                let module = match found.and_then(|i| swap_remove(&mut self.requests, i)) {
+                    Some((_, module)) => module,
                     None => self.config.module.clone(),
                 };
                 self.on_no_task(&module);
@@ -921,6 +950,9 @@ impl Agent {
         self.state = State::RollingBack { module };
     }
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn on_timeout(&mut self) {
         let now = self.now;
         match &mut self.state {
@@ -940,6 +972,9 @@ impl Agent {
 
     // ---- boot ---------------------------------------------------------------------------
 
+    // Out of line: inlined into its one caller it made the caller larger (flash, issue #21;
+    // measured in BENCHMARKS.md).
+    #[inline(never)]
     fn recover(&mut self, bytes: &[u8]) {
         let record = match Record::decode(bytes) {
             Ok(r) if self.version_of(&r.image.module).is_some() => r,
@@ -1036,8 +1071,9 @@ impl Agent {
         #[cfg(feature = "modules")]
         if matches!(self.state, State::Idle) && !self.waiting.is_empty() && self.parked.is_none() {
             // The previous module's task is over: the next one in line starts.
-            let task = self.waiting.remove(0);
-            self.on_task(task);
+            if let Some(task) = remove_in_order(&mut self.waiting, 0) {
+                self.on_task(task);
+            }
         }
         if let State::Downloading(_) = self.state {
             self.advance_download();
@@ -1105,7 +1141,7 @@ impl Agent {
         if self.unsent_reports.len() == MAX_UNSENT_REPORTS {
             // Make room by dropping a refusal before ever dropping a task's failure.
             let oldest_refusal = self.unsent_reports.iter().position(|r| r.refusal);
-            self.unsent_reports.remove(oldest_refusal.unwrap_or(0));
+            remove_in_order(&mut self.unsent_reports, oldest_refusal.unwrap_or(0));
         }
         self.unsent_reports.push(UnsentReport {
             step,
@@ -1172,7 +1208,7 @@ impl Agent {
         }
         let id = self.next_id();
         if self.requests.len() >= 8 {
-            self.requests.remove(0);
+            remove_in_order(&mut self.requests, 0);
         }
         self.requests.push((id, String::from(module)));
         let (topic, range) = match self.config.task_request {
