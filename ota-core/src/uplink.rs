@@ -61,14 +61,90 @@ pub fn encode_inform(out: &mut Vec<u8>, id: u64, version: &str, module: &str) {
 }
 
 /// `{"id":"4","params":{"step":"37","desc":"downloading"[,"module":"MCU"]}}` on the progress topic.
+///
+/// Sent for every step of every download, so built without the generic helpers: the arena
+/// grows once by the longest report and is written in place, each fixed part one copy of a
+/// known length, the numbers written directly; only a description other than "downloading"
+/// or a module other than the default goes through [`push_json_str`].
 pub fn encode_progress(out: &mut Vec<u8>, id: u64, step: Step, desc: &str, module: &str) {
-    open_params(out, id);
-    out.extend_from_slice(b"\"step\":\"");
-    push_integer(out, step.value());
-    out.extend_from_slice(b"\",\"desc\":");
+    // The longest report of a download (20-digit id, step 100, default module): copied in
+    // one piece, its head already in place (rather than zeroed a byte at a time).
+    const LONGEST: &[u8] =
+        b"{\"id\":\"00000000000000000000\",\"params\":{\"step\":\"000\",\"desc\":\"downloading\"}}";
+    const HEAD: usize = b"{\"id\":\"".len();
+    const STEP: &[u8] = b"\",\"params\":{\"step\":\"";
+    const DESC: &[u8] = b"\",\"desc\":";
+    const DOWNLOADING: &[u8] = b"\",\"desc\":\"downloading\"}}";
+    let start = out.len();
+    out.extend_from_slice(LONGEST);
+    let text = &mut out[start..];
+    let mut at = put_decimal(text, HEAD, id);
+    at = put(text, at, STEP);
+    // -4..=-1 or 1..=100: a sign and one to three digits, written directly.
+    let value = step.value();
+    if value < 0 {
+        text[at] = b'-';
+        at += 1;
+    }
+    let digits = value.unsigned_abs();
+    if digits >= 10 {
+        if digits >= 100 {
+            text[at] = b'1';
+            at += 1;
+        }
+        text[at] = b'0' + (digits / 10 % 10) as u8;
+        at += 1;
+    }
+    text[at] = b'0' + (digits % 10) as u8;
+    at += 1;
+    // `DEFAULT_MODULE` spelled out: a 7-byte literal is compared inline, not by `memcmp`.
+    if desc.as_bytes() == b"downloading" && module.as_bytes() == b"default" {
+        at = put(text, at, DOWNLOADING);
+        out.truncate(start + at);
+        return;
+    }
+    at = put(text, at, DESC);
+    out.truncate(start + at);
     push_json_str(out, desc);
     push_module(out, module);
     out.extend_from_slice(b"}}");
+}
+
+/// Writes `bytes` at `at`; returns where they end. Inlined, so that each copy has a known length.
+#[inline(always)]
+fn put(text: &mut [u8], at: usize, bytes: &[u8]) -> usize {
+    let end = at + bytes.len();
+    text[at..end].copy_from_slice(bytes);
+    end
+}
+
+/// Writes `n` in decimal at `at`; returns where it ends. The digits are counted by comparison
+/// and then written last first; those past `u32` take a 64-bit division each (a library call on
+/// a 32-bit core), so message ids, which stay below that, come from `u32` arithmetic.
+fn put_decimal(text: &mut [u8], at: usize, n: u64) -> usize {
+    let mut end = at + 1;
+    let mut power = 10u64;
+    while n >= power {
+        end += 1;
+        match power.checked_mul(10) {
+            Some(next) => power = next,
+            None => break,
+        }
+    }
+    let mut i = end;
+    let mut n = n;
+    while n > u64::from(u32::MAX) {
+        i -= 1;
+        text[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let mut n = n as u32;
+    while i > at {
+        i -= 1;
+        text[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    end
 }
 
 /// `{"id":"3","version":"1.0","params":{["module":"MCU"]},"method":"thing.ota.firmware.get"}`.
@@ -211,6 +287,63 @@ mod tests {
             )),
             r#"{"id":"5","params":{"step":"-3","desc":"md5 mismatch"}}"#
         );
+    }
+
+    /// The report as the generic helpers build it (itoa, one string escape per field).
+    fn progress_by_helpers(id: u64, step: Step, desc: &str, module: &str) -> String {
+        text(|out| {
+            open_params(out, id);
+            out.extend_from_slice(b"\"step\":\"");
+            push_integer(out, step.value());
+            out.extend_from_slice(b"\",\"desc\":");
+            push_json_str(out, desc);
+            push_module(out, module);
+            out.extend_from_slice(b"}}");
+        })
+    }
+
+    #[test]
+    fn progress_of_the_longest_download_report() {
+        assert_eq!(
+            text(|o| encode_progress(o, u64::MAX, Step::Percent(100), "downloading", "default")),
+            r#"{"id":"18446744073709551615","params":{"step":"100","desc":"downloading"}}"#
+        );
+    }
+
+    fn step_strategy() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u8>().prop_map(Step::Percent),
+            proptest::sample::select(
+                &[
+                    FailureCode::UpgradeFailed,
+                    FailureCode::DownloadFailed,
+                    FailureCode::VerifyFailed,
+                    FailureCode::FlashFailed,
+                ][..]
+            )
+            .prop_map(Step::Failed),
+        ]
+    }
+
+    /// A string that is `common` half of the time, else any string.
+    fn often(common: &'static str) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![Just(String::from(common)), ".*"]
+    }
+
+    proptest::proptest! {#[test]
+        fn progress_is_what_the_generic_helpers_build(
+            id in proptest::prop_oneof![0u64..100_000, proptest::prelude::any::<u64>()],
+            step in step_strategy(),
+            desc in often("downloading"),
+            module in often("default"),
+        ) {
+            proptest::prop_assert_eq!(
+                text(|o| encode_progress(o, id, step, &desc, &module)),
+                progress_by_helpers(id, step, &desc, &module)
+            );
+        }
     }
 
     #[test]

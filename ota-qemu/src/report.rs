@@ -12,8 +12,9 @@ use crate::{CHECKPOINT, CHUNK, WRITE_BLOCK};
 
 /// Goal of issue #10: stack high-water mark.
 const STACK_GOAL: usize = 8 * 1024;
-/// Goal of issue #10: agent instructions over bare-MD5 instructions, x 1000.
-const RATIO_GOAL_MILLI: u64 = 1050;
+/// Goal of issue #21 (which replaced issue #10's 1.050): agent instructions over bare-MD5
+/// instructions, x 1000.
+const RATIO_GOAL_MILLI: u64 = 1080;
 
 /// Everything measured in one run besides the probe's stack depths.
 #[derive(Default)]
@@ -209,9 +210,11 @@ pub fn print(f: &Figures, device: &Device) {
     );
     let over_staged = ratio_milli(download, staged);
     hprintln!(
-        "agent / bare MD5: {}.{:03} (goal <= 1.050: {}); agent / (MD5 + staging copy): {}.{:03}",
+        "agent / bare MD5: {}.{:03} (goal <= {}.{:03}: {}); agent / (MD5 + staging copy): {}.{:03}",
         ratio / 1000,
         ratio % 1000,
+        RATIO_GOAL_MILLI / 1000,
+        RATIO_GOAL_MILLI % 1000,
         verdict(ratio <= RATIO_GOAL_MILLI),
         over_staged / 1000,
         over_staged % 1000

@@ -82,6 +82,8 @@ pub(super) struct Download {
     /// (within the interval), a body chunk skips the progress arithmetic altogether.
     next_percent_bytes: u64,
     next_step_bytes: u64,
+    /// The task's size in hundredths, for those two thresholds without a 64-bit division each.
+    hundredths: Hundredths,
     /// The step the throttle chose for the cloud, waiting for a record that carries it.
     due_step: u8,
     /// The step carried by the durable record: the highest one the cloud may hear.
@@ -141,6 +143,7 @@ impl Download {
         let base = before.iter().map(|f| f.size.div_ceil(block) * block).sum();
         #[cfg(feature = "mqtt-channel")]
         let blocks = Blocks::for_task(&task, generation, offset);
+        let hundredths = Hundredths::of(task.size);
         Download {
             image: ImageId::of(&task),
             task,
@@ -165,6 +168,7 @@ impl Download {
             next_percent_at: now,
             next_percent_bytes: 0,
             next_step_bytes: 0,
+            hundredths,
             due_step: 0,
             saved_step: 0,
             reported: 0,
@@ -262,7 +266,7 @@ impl Download {
     #[cfg_attr(not(feature = "mqtt-channel"), allow(unused_variables))]
     pub(super) fn deadline(
         &self,
-        stall: Duration,
+        stall_ms: u64,
         storage_busy: bool,
         online: bool,
     ) -> Option<Instant> {
@@ -273,11 +277,16 @@ impl Download {
         }
         match self.fetch {
             Fetch::Requested { .. } | Fetch::Streaming { .. } if !storage_busy => {
-                Some(self.last_activity + stall)
+                Some(self.stalled_at(stall_ms))
             }
             Fetch::Backoff { until } | Fetch::Refreshing { until, .. } => Some(until),
             _ => None,
         }
+    }
+
+    /// When the fetch counts as stalled: `stall_ms` (the stall timeout) after the last activity.
+    fn stalled_at(&self, stall_ms: u64) -> Instant {
+        Instant::from_millis(self.last_activity.as_millis().saturating_add(stall_ms))
     }
 
     /// How many body bytes the filling block of the ring may take now: never past `end`, nor
@@ -954,14 +963,14 @@ impl Agent {
             return;
         }
         let now = self.now;
-        let stall = self.config.stall_timeout;
+        let (stall, stall_ms) = (self.config.stall_timeout, self.stall_ms);
         let busy = self.storage_busy();
         let State::Downloading(d) = &mut self.state else {
             return;
         };
         match d.fetch {
             Fetch::Requested { id, .. } | Fetch::Streaming { id, .. }
-                if !busy && now >= d.last_activity + stall =>
+                if !busy && now >= d.stalled_at(stall_ms) =>
             {
                 let reason = text!("no data for ", stall.as_secs(), " s");
                 self.transient_failure(&reason, Some(id));
@@ -1070,12 +1079,12 @@ impl Agent {
         }
         d.notified = pct;
         d.next_percent_at = now + interval;
-        let total = d.task.size;
-        d.next_percent_bytes = bytes_at_percent(pct + 1, total);
-        d.next_step_bytes = bytes_at_percent(pct.saturating_add(step), total);
+        d.next_percent_bytes = d.hundredths.bytes_at(pct + 1);
+        d.next_step_bytes = d.hundredths.bytes_at(pct.saturating_add(step));
         if pct > d.due_step.max(d.saved_step) {
             d.due_step = pct;
         }
+        let total = d.task.size;
         self.notify(Note::Progress {
             percent: pct,
             received: bytes,
@@ -1112,13 +1121,37 @@ impl Agent {
     }
 }
 
+/// A size as `100 q + r`, split once per download: each threshold then takes a multiplication
+/// and a 32-bit division by a constant, not a 64-bit division (a library call on a 32-bit core).
+#[derive(Clone, Copy)]
+struct Hundredths {
+    q: u64,
+    r: u32,
+}
+
+impl Hundredths {
+    fn of(total: u64) -> Self {
+        Hundredths {
+            q: total / 100,
+            r: (total % 100) as u32,
+        }
+    }
+
+    /// [`bytes_at_percent`] of the size split.
+    fn bytes_at(self, percent: u8) -> u64 {
+        let p = u32::from(percent);
+        // p * r < 256 * 100: no overflow in u32.
+        u64::from(p)
+            .saturating_mul(self.q)
+            .saturating_add(u64::from((p * self.r).div_ceil(100)))
+    }
+}
+
 /// The first byte count at which `floor(bytes * 100 / total)` reaches `percent`:
 /// `ceil(percent * total / 100)`, exactly, in u64 (`total = 100 q + r`). No u128: its
 /// division costs ~800 B of flash per use on a 32-bit microcontroller.
 fn bytes_at_percent(percent: u8, total: u64) -> u64 {
-    let p = u64::from(percent);
-    let (q, r) = (total / 100, total % 100);
-    p.saturating_mul(q).saturating_add((p * r).div_ceil(100))
+    Hundredths::of(total).bytes_at(percent)
 }
 
 /// `floor(bytes * 100 / total)`, capped at 100, for `total > 0`, in u64 only: one division
@@ -1126,6 +1159,11 @@ fn bytes_at_percent(percent: u8, total: u64) -> u64 {
 /// byte count [`bytes_at_percent`] `bytes` has reached.
 fn percent_of(bytes: u64, total: u64) -> u8 {
     if let Some(scaled) = bytes.checked_mul(100) {
+        // Within 32 bits (images up to ~42 MB), the core's divide instruction rather than a
+        // 64-bit division's library call.
+        if let (Ok(scaled), Ok(total)) = (u32::try_from(scaled), u32::try_from(total)) {
+            return (scaled / total).min(100) as u8;
+        }
         return (scaled / total).min(100) as u8;
     }
     let (mut low, mut high) = (0u8, 100u8);

@@ -202,6 +202,9 @@ struct ResumePoint {
 /// The OTA agent. See the crate documentation for the driving loop.
 pub struct Agent {
     config: Config,
+    /// `config.stall_timeout` in milliseconds, converted once: the deadline query runs after
+    /// every body read, and a `Duration` costs a conversion each time.
+    stall_ms: u64,
     topics: Topics,
     /// Every module this agent updates with its running version; the first is `config.module`.
     modules: Vec<(String, String)>,
@@ -312,6 +315,7 @@ impl Agent {
             unsent_reports: Vec::new(),
             backoff,
             outbox: Outbox::new(),
+            stall_ms: (Instant::ZERO + config.stall_timeout).as_millis(),
             config,
         };
         if let Some(bytes) = boot.record {
@@ -415,9 +419,7 @@ impl Agent {
             return Some(self.now);
         }
         let deadline = match &self.state {
-            State::Downloading(d) => {
-                d.deadline(self.config.stall_timeout, self.storage_busy(), self.online)
-            }
+            State::Downloading(d) => d.deadline(self.stall_ms, self.storage_busy(), self.online),
             State::CheckingHealth { deadline, .. } => Some(*deadline),
             _ => self.parked.as_deref().map(|(_, at)| *at),
         };
