@@ -12,7 +12,8 @@ use ota_core::{Action, Agent, Boot, Config, Event, FetchId, Instant, Notificatio
 use crate::boot::Bootloader;
 use crate::clock::{earliest, until, Clock};
 use crate::connect::Connect;
-use crate::flash::{FlashError, Slot};
+pub use crate::error::Error;
+use crate::flash::Slot;
 use crate::http::{self, BodySink, Ending, Flow, Head, HEADER_BUF_LEN};
 use crate::login::Login;
 use crate::record::RecordStore;
@@ -69,25 +70,6 @@ impl Default for Settings {
             #[cfg(feature = "signature")]
             signing_key: None,
         }
-    }
-}
-
-/// Why the driver stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Error {
-    /// The agent refused its configuration or an input (a bug in the driver or the config).
-    Agent(ota_core::Error),
-    /// `Config::write_block` breaks the slot rule, or the record could not be read.
-    Flash(FlashError),
-    /// The bootloader failed to confirm or roll back: its state is unknown.
-    Boot,
-    /// The agent took no body bytes and asked for nothing: it would loop forever.
-    Stuck,
-}
-
-impl From<ota_core::Error> for Error {
-    fn from(e: ota_core::Error) -> Self {
-        Error::Agent(e)
     }
 }
 

@@ -20,7 +20,7 @@ use reqwless::request::{Request, RequestBuilder};
 
 use crate::clock::Clock;
 use crate::connect::{Connect, Security};
-use crate::Error;
+use crate::error::Error;
 
 /// Bytes of response headers (and body read-ahead) reqwless may buffer.
 pub const HEADER_BUF_LEN: usize = 2048;
