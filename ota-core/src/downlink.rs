@@ -465,9 +465,15 @@ fn is_safe_file_name(name: &str) -> bool {
     (1..=255).contains(&name.len())
         && name != "."
         && name != ".."
+        // The control characters are U+0000..=U+001F, U+007F and U+0080..=U+009F (UTF-8:
+        // 0xC2 0x80..=0x9F): checked on the bytes, not by decoding `chars` (flash, issue #21).
         && !name
-            .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
+            .bytes()
+            .any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
+        && !name
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == 0xc2 && w[1] < 0xa0)
 }
 
 fn is_sha256_name(method: &str) -> bool {

@@ -235,17 +235,20 @@ impl Download {
     }
 
     /// The same image came again: keep its (possibly fresher) URL, and go on if we were
-    /// waiting for exactly that.
-    pub(super) fn adopt_fresh_channel(&mut self, task: &Task) {
+    /// waiting for exactly that. The task is taken, not borrowed: its URLs and files move
+    /// in rather than being cloned (flash, issue #21).
+    pub(super) fn adopt_fresh_channel(&mut self, task: Task) {
         #[cfg(feature = "mqtt-channel")]
         if let Some(blocks) = self.blocks.as_mut() {
-            blocks.adopt(task);
+            blocks.adopt(&task);
         }
-        if let Some(url) = task.url() {
-            self.task.channel = Channel::Http { url: url.into() };
+        if let Channel::Http { url } = task.channel {
+            self.task.channel = Channel::Http { url };
         }
         #[cfg(feature = "multi-file")]
-        self.task.files.clone_from(&task.files); // same files, fresh URLs
+        {
+            self.task.files = task.files; // same files, fresh URLs
+        }
         if self.is_refreshing() {
             self.fetch = Fetch::Idle;
         }
