@@ -455,12 +455,15 @@ impl<'a> Scanner<'a> {
 // Decodes a validated string literal (with its quotes).
 fn decode_string(raw: &str) -> Cow<'_, str> {
     let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or("");
-    if !inner.contains('\\') {
+    // A byte search, not `str::contains`/`find` with a `char`: no `memchr` linked (flash,
+    // issue #21; escapes are rare and strings short).
+    let backslash = |s: &str| s.bytes().position(|b| b == b'\\');
+    if backslash(inner).is_none() {
         return Cow::Borrowed(inner);
     }
     let mut out = String::with_capacity(inner.len());
     let mut rest = inner;
-    while let Some(at) = rest.find('\\') {
+    while let Some(at) = backslash(rest) {
         out.push_str(&rest[..at]);
         rest = &rest[at + 1..];
         let Some(tag) = rest.bytes().next() else {
