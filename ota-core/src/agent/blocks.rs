@@ -273,20 +273,22 @@ impl Agent {
         if !self.online {
             return;
         }
-        let State::Downloading(d) = &self.state else {
-            return;
-        };
-        let Some(b) = d.blocks.as_ref() else {
-            return;
-        };
-        // Matched, not `flat_map`ped over the `Option`: no `FlatMap` iterator linked.
-        let late: Vec<u64> = b
-            .outstanding
-            .iter()
-            .filter(|o| o.deadline <= now)
-            .map(|o| o.offset)
-            .collect();
-        for offset in late {
+        // By index, not over a collected list of the late offsets: `retry_block` neither
+        // reorders nor removes requests (it moves a deadline, or fails the download and ends
+        // the loop), and no `Vec` is built (flash, issue #21).
+        let mut i = 0;
+        loop {
+            let State::Downloading(d) = &self.state else {
+                return;
+            };
+            let Some(o) = d.blocks.as_ref().and_then(|b| b.outstanding.get(i)) else {
+                return;
+            };
+            i += 1;
+            if o.deadline > now {
+                continue;
+            }
+            let offset = o.offset;
             let why = text!(
                 "no reply for the block at ",
                 offset,
