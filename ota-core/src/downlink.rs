@@ -444,14 +444,7 @@ fn file_parts(
         None => return Err("no fileUrl".into()),
     };
     let digest = match (method, text_of("fileSign"), text_of("fileMd5")) {
-        (Some(Ok(m)), Some(sign), _) => ExpectedDigest::from_hex(*m, &sign).ok_or_else(|| {
-            text!(
-                m.name(),
-                " digest in fileSign must be ",
-                m.digest_len() * 2,
-                " hex characters"
-            )
-        })?,
+        (Some(Ok(m)), Some(sign), _) => signed_digest(*m, &sign, "fileSign")?,
         (_, _, Some(md5)) => md5_digest(&md5)?,
         _ => return Err("no digest (fileSign with a known signMethod, or fileMd5)".into()),
     };
@@ -506,6 +499,21 @@ fn compiled_out(method: &str) -> Option<&'static str> {
     }
 }
 
+/// The digest in `field` (`sign`, or a file's `fileSign`) by `method`. One body for the task
+/// and its files (flash, issue #21).
+fn signed_digest(method: DigestMethod, hex: &str, field: &str) -> Result<ExpectedDigest, String> {
+    ExpectedDigest::from_hex(method, hex).ok_or_else(|| {
+        text!(
+            method.name(),
+            " digest in ",
+            field,
+            " must be ",
+            method.digest_len() * 2,
+            " hex characters"
+        )
+    })
+}
+
 /// An `md5` (or `fileMd5`) digest; refused when this build has no MD5.
 fn md5_digest(hex: &str) -> Result<ExpectedDigest, String> {
     #[cfg(feature = "md5")]
@@ -524,14 +532,7 @@ fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
     let method = sign_method(data);
     let sign = string(data.sign());
     if let (Some(Ok(method)), Some(sign)) = (&method, &sign) {
-        return ExpectedDigest::from_hex(*method, sign).ok_or_else(|| {
-            text!(
-                method.name(),
-                " digest in sign must be ",
-                method.digest_len() * 2,
-                " hex characters"
-            )
-        });
+        return signed_digest(*method, sign, "sign");
     }
     if let Some(md5) = string(data.md5()) {
         return md5_digest(&md5);
