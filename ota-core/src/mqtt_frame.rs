@@ -118,12 +118,29 @@ impl<'a> Header<'a> {
 impl FrameError {
     /// The same text as `Display`, built without `core::fmt` (it goes into reports).
     pub fn describe(&self) -> alloc::string::String {
+        text!(self)
+    }
+}
+
+/// The text of [`FrameError::describe`] as a `text!` piece: a reason that quotes it is
+/// built in one string, without a second one for the error (flash, issue #21).
+impl crate::text::Piece for FrameError {
+    fn push_to(&self, out: &mut alloc::string::String) {
         match *self {
-            FrameError::Truncated => "frame truncated".into(),
-            FrameError::TrailingBytes => "frame has trailing bytes".into(),
-            FrameError::BadHeader => "frame header is not valid JSON with code and data".into(),
-            FrameError::Code { code, .. } => text!("frame code ", code, " is not 200"),
-            FrameError::Crc { offset } => text!("frame CRC mismatch at offset ", offset),
+            FrameError::Truncated => "frame truncated".push_to(out),
+            FrameError::TrailingBytes => "frame has trailing bytes".push_to(out),
+            FrameError::BadHeader => {
+                "frame header is not valid JSON with code and data".push_to(out)
+            }
+            FrameError::Code { code, .. } => {
+                "frame code ".push_to(out);
+                code.push_to(out);
+                " is not 200".push_to(out);
+            }
+            FrameError::Crc { offset } => {
+                "frame CRC mismatch at offset ".push_to(out);
+                offset.push_to(out);
+            }
         }
     }
 }

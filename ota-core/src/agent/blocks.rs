@@ -193,7 +193,7 @@ impl Agent {
                     ..
                 }),
             ) if blocks.outstanding.iter().any(|o| o.offset == offset) => {
-                let why = text!("bad reply for the block at ", offset, ": ", e.describe());
+                let why = text!("bad reply for the block at ", offset, ": ", e);
                 self.retry_block(offset, &why);
                 return;
             }
