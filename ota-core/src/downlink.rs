@@ -443,10 +443,20 @@ fn file_parts(
         Some(u) => check_url(&u, rules)?,
         None => return Err("no fileUrl".into()),
     };
-    let digest = match (method, text_of("fileSign"), text_of("fileMd5")) {
-        (Some(Ok(m)), Some(sign), _) => signed_digest(*m, &sign, "fileSign")?,
-        (_, _, Some(md5)) => md5_digest(&md5)?,
-        _ => return Err("no digest (fileSign with a known signMethod, or fileMd5)".into()),
+    // `fileSign` read only with a known method, `fileMd5` only without a usable `fileSign`:
+    // fewer decoded strings alive at once (flash, issue #21).
+    let signed = match method {
+        Some(Ok(m)) => text_of("fileSign").map(|sign| (*m, sign)),
+        _ => None,
+    };
+    let digest = match signed {
+        Some((m, sign)) => signed_digest(m, &sign, "fileSign")?,
+        None => match text_of("fileMd5") {
+            Some(md5) => md5_digest(&md5)?,
+            None => {
+                return Err("no digest (fileSign with a known signMethod, or fileMd5)".into())
+            }
+        },
     };
     Ok((size, url, digest))
 }
