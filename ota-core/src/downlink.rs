@@ -193,9 +193,14 @@ fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rej
     if envelope.kind() != Kind::Object {
         return Err(reject("invalid json: the message is not an object"));
     }
-    let [id, code, data] = envelope
-        .fields(["id", "code", "data"])
-        .map_err(|key| reject(text!("invalid json: duplicate key ", key)))?;
+    // `fields_into`, not `fields`: the members land in place instead of being copied out of
+    // a `Result` (flash, issue #21).
+    const KEYS: [&str; 3] = ["id", "code", "data"];
+    let mut found = [None; 3];
+    if let Some(i) = envelope.fields_into(&KEYS, &mut found) {
+        return Err(reject(text!("invalid json: duplicate key ", KEYS[i])));
+    }
+    let [id, code, data] = found;
     check_code(code)?;
     let data = data.ok_or_else(|| reject("no data object in the message"))?;
     if data.kind() != Kind::Object {

@@ -76,21 +76,31 @@ impl<'a> Header<'a> {
         if doc.kind() != Kind::Object {
             return Err(FrameError::BadHeader);
         }
-        let [code, data, id] = doc
-            .fields(["code", "data", "id"])
-            .map_err(|_| FrameError::BadHeader)?;
+        // `fields_into`, not `fields`: the members land in place instead of being copied out
+        // of a `Result` (~200 B less in this function, flash, issue #21).
+        let mut top = [None; 3];
+        if doc.fields_into(&["code", "data", "id"], &mut top).is_some() {
+            return Err(FrameError::BadHeader);
+        }
+        let [code, data, id] = top;
         let code = code.ok_or(FrameError::BadHeader)?;
         let code = match code.as_str() {
             Some(text) => json::parse_i64(&text),
             None => code.as_i64(),
         };
-        let [offset, file_length, size, token] = match data {
-            Some(d) if d.kind() == Kind::Object => d
-                .fields(["bOffset", "fileLength", "bSize", "fileToken"])
-                .map_err(|_| FrameError::BadHeader)?,
+        let mut found = [None; 4];
+        match data {
+            Some(d) if d.kind() == Kind::Object => {
+                if d.fields_into(&["bOffset", "fileLength", "bSize", "fileToken"], &mut found)
+                    .is_some()
+                {
+                    return Err(FrameError::BadHeader);
+                }
+            }
             Some(_) => return Err(FrameError::BadHeader),
-            None => [None; 4],
-        };
+            None => {}
+        }
+        let [offset, file_length, size, token] = found;
         let number = |v: Option<Json>| match v {
             Some(v) => v.as_u64().map(Some).ok_or(FrameError::BadHeader),
             None => Ok(None),
