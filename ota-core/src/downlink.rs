@@ -132,11 +132,16 @@ data_members!(
 );
 
 impl<'a> Data<'a> {
-    fn read(object: Json<'a>) -> Result<Self, Rejection> {
-        object
-            .fields(DATA_KEYS)
-            .map(Data)
-            .map_err(|key| reject(text!("invalid json in data: duplicate key ", key)))
+    /// Fills the slots from `object` in place (`fields_into`: nothing copied out of a
+    /// `Result`, flash, issue #21).
+    fn read(&mut self, object: Json<'a>) -> Result<(), Rejection> {
+        match object.fields_into(&DATA_KEYS, &mut self.0) {
+            Some(i) => Err(reject(text!(
+                "invalid json in data: duplicate key ",
+                DATA_KEYS[i]
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Nothing the parser reads is present: `data` is `{}` (or only unknown keys, `isDiff`,
@@ -202,11 +207,12 @@ fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rej
     }
     let [id, code, data] = found;
     check_code(code)?;
-    let data = data.ok_or_else(|| reject("no data object in the message"))?;
-    if data.kind() != Kind::Object {
+    let object = data.ok_or_else(|| reject("no data object in the message"))?;
+    if object.kind() != Kind::Object {
         return Err(reject("data is not an object"));
     }
-    let data = Data::read(data)?;
+    let mut data = Data([None; DATA_KEYS.len()]);
+    data.read(object)?;
     if data.is_empty() {
         return Ok(None);
     }
@@ -458,9 +464,7 @@ fn file_parts(
         Some((m, sign)) => signed_digest(m, &sign, "fileSign")?,
         None => match text_of("fileMd5") {
             Some(md5) => md5_digest(&md5)?,
-            None => {
-                return Err("no digest (fileSign with a known signMethod, or fileMd5)".into())
-            }
+            None => return Err("no digest (fileSign with a known signMethod, or fileMd5)".into()),
         },
     };
     Ok((size, url, digest))

@@ -144,7 +144,11 @@ impl<'a> Json<'a> {
     /// The body of [`Json::fields`], one copy for every number of keys: fills `found`,
     /// or returns the index of a key that appears twice.
     #[inline(never)]
-    pub(crate) fn fields_into(&self, keys: &[&str], found: &mut [Option<Json<'a>>]) -> Option<usize> {
+    pub(crate) fn fields_into(
+        &self,
+        keys: &[&str],
+        found: &mut [Option<Json<'a>>],
+    ) -> Option<usize> {
         for (key, value) in self.members() {
             if let Some(i) = keys.iter().position(|k| *k == key) {
                 if found[i].is_some() {
