@@ -235,19 +235,20 @@ impl Download {
     }
 
     /// The same image came again: keep its (possibly fresher) URL, and go on if we were
-    /// waiting for exactly that. The task is taken, not borrowed: its URLs and files move
-    /// in rather than being cloned (flash, issue #21).
-    pub(super) fn adopt_fresh_channel(&mut self, task: Task) {
+    /// waiting for exactly that.
+    pub(super) fn adopt_fresh_channel(&mut self, task: &Task) {
         #[cfg(feature = "mqtt-channel")]
         if let Some(blocks) = self.blocks.as_mut() {
-            blocks.adopt(&task);
+            blocks.adopt(task);
         }
-        if let Channel::Http { url } = task.channel {
-            self.task.channel = Channel::Http { url };
+        if let Some(url) = task.url() {
+            self.task.channel = Channel::Http { url: url.into() };
         }
+        // Same files (`Task::same_image`: names, sizes and digests), fresh URLs: only the URLs
+        // are copied, not the whole list (flash, issue #21).
         #[cfg(feature = "multi-file")]
-        {
-            self.task.files = task.files; // same files, fresh URLs
+        for (file, fresh) in self.task.files.iter_mut().zip(&task.files) {
+            file.url.clone_from(&fresh.url);
         }
         if self.is_refreshing() {
             self.fetch = Fetch::Idle;

@@ -637,7 +637,7 @@ impl Agent {
         };
         match &mut self.state {
             State::Downloading(d) if d.task.same_image(&task) => {
-                d.adopt_fresh_channel(task);
+                d.adopt_fresh_channel(&task);
                 return;
             }
             // Another module's download runs: one task at a time, the next after it.
