@@ -381,3 +381,35 @@ fn a_file_sign_of_the_wrong_length_names_the_file() {
         "{r}"
     );
 }
+
+/// `is_safe_file_name` checks bytes; it must refuse exactly what a check of the decoded
+/// characters (`char::is_control`, `/`, `\`) refuses, for every character of every width.
+#[cfg(feature = "multi-file")]
+#[test]
+fn safe_file_names_on_bytes_agree_with_a_check_on_chars() {
+    let by_chars = |name: &str| {
+        (1..=255).contains(&name.len())
+            && name != "."
+            && name != ".."
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control())
+    };
+    let samples = (0..=0x3000u32)
+        .chain([0xfeff, 0xfffd, 0x1_0000, 0x1_f600, 0x10_ffff])
+        .filter_map(char::from_u32);
+    let mut refused = 0;
+    for c in samples {
+        for name in [format!("{c}"), format!("a{c}b"), format!("{c}{c}.bin")] {
+            assert_eq!(is_safe_file_name(&name), by_chars(&name), "{name:?}");
+            refused += usize::from(!by_chars(&name));
+        }
+    }
+    // The controls C0, DEL and C1 (65 characters), `/` and `\`, in three names each; and
+    // the name ".".
+    assert_eq!(refused, 67 * 3 + 1);
+    for name in ["", ".", "..", &"a".repeat(256)] {
+        assert!(!is_safe_file_name(name), "{name:?}");
+    }
+    assert!(is_safe_file_name(&"é".repeat(127)));
+}
