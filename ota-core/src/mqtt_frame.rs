@@ -89,16 +89,15 @@ impl<'a> Header<'a> {
             None => code.as_i64(),
         };
         let mut found = [None; 4];
-        match data {
-            Some(d) if d.kind() == Kind::Object => {
-                if d.fields_into(&["bOffset", "fileLength", "bSize", "fileToken"], &mut found)
-                    .is_some()
-                {
-                    return Err(FrameError::BadHeader);
-                }
-            }
-            Some(_) => return Err(FrameError::BadHeader),
-            None => {}
+        let bad_data = match data {
+            Some(d) if d.kind() == Kind::Object => d
+                .fields_into(&["bOffset", "fileLength", "bSize", "fileToken"], &mut found)
+                .is_some(),
+            Some(_) => true,
+            None => false,
+        };
+        if bad_data {
+            return Err(FrameError::BadHeader);
         }
         let [offset, file_length, size, token] = found;
         let number = |v: Option<Json>| match v {
