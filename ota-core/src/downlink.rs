@@ -167,7 +167,12 @@ pub fn parse_push(payload: &[u8], rules: &TaskRules) -> Result<Task, Rejection> 
 
 /// The `id` of a reply, to pair it with its request (numbers and digit strings alike).
 pub fn reply_id(payload: &[u8]) -> Option<u64> {
-    let id = json::parse(payload).ok()?.fields(["id"]).ok()?[0]?;
+    let mut found = [None];
+    let doc = json::parse(payload).ok()?;
+    if doc.fields_into(&["id"], &mut found).is_some() {
+        return None;
+    }
+    let id = found[0]?;
     match id.kind() {
         // As `str::parse` reads it: digits after an optional `+`.
         Kind::String => {
@@ -198,8 +203,7 @@ fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rej
     if envelope.kind() != Kind::Object {
         return Err(reject("invalid json: the message is not an object"));
     }
-    // `fields_into`, not `fields`: the members land in place instead of being copied out of
-    // a `Result` (flash, issue #21).
+    // The members land in place (`fields_into`), not copied out of a `Result` (flash, #21).
     const KEYS: [&str; 3] = ["id", "code", "data"];
     let mut found = [None; 3];
     if let Some(i) = envelope.fields_into(&KEYS, &mut found) {

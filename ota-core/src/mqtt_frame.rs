@@ -76,8 +76,8 @@ impl<'a> Header<'a> {
         if doc.kind() != Kind::Object {
             return Err(FrameError::BadHeader);
         }
-        // `fields_into`, not `fields`: the members land in place instead of being copied out
-        // of a `Result` (~200 B less in this function, flash, issue #21).
+        // The members land in place (`fields_into`), not copied out of a `Result` (~200 B
+        // less in this function, flash, issue #21).
         let mut top = [None; 3];
         if doc.fields_into(&["code", "data", "id"], &mut top).is_some() {
             return Err(FrameError::BadHeader);
