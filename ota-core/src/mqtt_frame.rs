@@ -295,6 +295,15 @@ mod tests {
             parse_block_reply(&frame("{", b"", 0, &[])),
             Err(FrameError::BadHeader)
         );
+        for twice in [
+            r#"{"code":200,"code":200,"data":{"bOffset":4,"fileLength":9,"bSize":3}}"#,
+            r#"{"code":200,"data":{"bOffset":4,"bOffset":4,"fileLength":9,"bSize":3}}"#,
+        ] {
+            assert_eq!(
+                parse_block_reply(&frame(twice, b"abc", crc16_arc(b"abc"), &[])),
+                Err(FrameError::BadHeader)
+            );
+        }
         let missing = r#"{"code":"200","data":{"bOffset":4}}"#;
         assert_eq!(
             parse_block_reply(&frame(missing, b"", 0, &[])),

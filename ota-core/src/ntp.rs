@@ -201,6 +201,10 @@ mod tests {
             (b"[]", NtpError::Malformed),
             (br#"{"deviceSendTime":"10","serverRecvTime":"5"}"#, NtpError::Malformed),
             (
+                br#"{"deviceSendTime":"10","serverRecvTime":"5","serverRecvTime":"5","serverSendTime":"6"}"#,
+                NtpError::Malformed,
+            ),
+            (
                 br#"{"deviceSendTime":"10","serverRecvTime":"-5","serverSendTime":"6"}"#,
                 NtpError::Malformed,
             ),

@@ -179,7 +179,17 @@ fn slot_capacity_http_policy_and_codes_are_enforced() {
 #[test]
 fn duplicate_keys_and_bad_field_types_are_refused() {
     let dup = r#"{"code":"1000","data":{"size":10,"size":11,"version":"1","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"}}"#;
-    assert!(parse_push(dup.as_bytes(), &rules()).is_err());
+    assert_eq!(
+        parse_push(dup.as_bytes(), &rules()).unwrap_err().reason,
+        "invalid json in data: duplicate key size"
+    );
+    let dup_envelope = r#"{"code":"1000","code":"1000","data":{}}"#;
+    assert_eq!(
+        parse_push(dup_envelope.as_bytes(), &rules())
+            .unwrap_err()
+            .reason,
+        "invalid json: duplicate key code"
+    );
     let bad_module = r#"{"code":"1000","data":{"size":10,"version":"1","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e","module":"a/b"}}"#;
     assert!(parse_push(bad_module.as_bytes(), &rules())
         .unwrap_err()
@@ -369,6 +379,8 @@ fn reply_ids_are_read_from_numbers_and_digit_strings() {
     assert_eq!(reply_id(br#"{"id":"x","data":{}}"#), None);
     assert_eq!(reply_id(br#"{"id":[1],"data":{}}"#), None);
     assert_eq!(reply_id(b"nope"), None);
+    // Two ids: ambiguous, so no pairing (as before `fields_into`).
+    assert_eq!(reply_id(br#"{"id":1,"id":2}"#), None);
 }
 
 #[cfg(all(feature = "multi-file", feature = "sha256"))]
