@@ -36,7 +36,10 @@ impl DeviceIdentity {
         let dn_ok = DEVICE_NAME_LEN.contains(&device_name.len())
             && device_name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b));
+                // `matches!`, not `b"-_.@:".contains`: no `memchr` linked (flash, issue #21).
+                .all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':')
+                });
         if !dn_ok {
             return Err(Error::InvalidDeviceName);
         }

@@ -77,9 +77,17 @@ pub fn decode_response(payload: &[u8]) -> Result<Response, NtpError> {
     if doc.kind() != Kind::Object {
         return Err(NtpError::Malformed);
     }
-    let [ds, sr, ss] = doc
-        .fields(["deviceSendTime", "serverRecvTime", "serverSendTime"])
-        .map_err(|_| NtpError::Malformed)?;
+    let mut found = [None; 3];
+    if doc
+        .fields_into(
+            &["deviceSendTime", "serverRecvTime", "serverSendTime"],
+            &mut found,
+        )
+        .is_some()
+    {
+        return Err(NtpError::Malformed);
+    }
+    let [ds, sr, ss] = found;
     let millis = |v: Option<json::Json>| -> Result<u64, NtpError> {
         let v = v.ok_or(NtpError::Malformed)?;
         match v.as_str() {
@@ -192,6 +200,10 @@ mod tests {
             (&b"not json"[..], NtpError::Malformed),
             (b"[]", NtpError::Malformed),
             (br#"{"deviceSendTime":"10","serverRecvTime":"5"}"#, NtpError::Malformed),
+            (
+                br#"{"deviceSendTime":"10","serverRecvTime":"5","serverRecvTime":"5","serverSendTime":"6"}"#,
+                NtpError::Malformed,
+            ),
             (
                 br#"{"deviceSendTime":"10","serverRecvTime":"-5","serverSendTime":"6"}"#,
                 NtpError::Malformed,

@@ -61,22 +61,23 @@ impl Blocks {
     /// keep what arrived contiguously from `received`, and ask again from its end.
     pub(super) fn restart(&mut self, received: u64) {
         self.outstanding.clear();
-        // At most a window of blocks: an insertion sort, not the 2.5 KiB of `sort_by_key`.
-        for i in 1..self.arrived.len() {
-            let mut j = i;
-            while j > 0 && self.arrived[j - 1].0 > self.arrived[j].0 {
-                self.arrived.swap(j - 1, j);
-                j -= 1;
+        // At most a window of blocks: the block at `end` is searched for and swapped to the
+        // front part, the rest dropped. Neither `sort_by_key` (2.5 KiB) nor a sort and
+        // `retain` (flash, issue #21).
+        let (mut end, mut kept) = (received, 0);
+        while let Some(i) = self.arrived[kept..]
+            .iter()
+            .position(|(offset, _)| *offset == end)
+        {
+            if let (front @ [_, ..], [found, ..]) = self.arrived[kept..].split_at_mut(i) {
+                // Two distinct elements: `mem::swap`, whose copies do not overlap
+                // (`slice::swap` may, and links `memmove`; see `remove_in_order`).
+                core::mem::swap(&mut front[0], found);
             }
+            end += self.arrived[kept].1.len() as u64;
+            kept += 1;
         }
-        let mut end = received;
-        self.arrived.retain(|(offset, data)| {
-            let keep = *offset == end;
-            if keep {
-                end += data.len() as u64;
-            }
-            keep
-        });
+        self.arrived.truncate(kept);
         self.next_offset = end;
     }
 
@@ -183,22 +184,16 @@ impl Agent {
         };
         let reply = match parse_block_reply(payload) {
             Ok(reply) => reply,
+            // The error kept as it came, not parsed again for its text: one call of the
+            // parser (flash, issue #21).
             Err(
-                FrameError::Crc { offset }
+                e @ (FrameError::Crc { offset }
                 | FrameError::Code {
                     offset: Some(offset),
                     ..
-                },
+                }),
             ) if blocks.outstanding.iter().any(|o| o.offset == offset) => {
-                let why = text!(
-                    "bad reply for the block at ",
-                    offset,
-                    ": ",
-                    parse_block_reply(payload)
-                        .err()
-                        .map(|e| e.describe())
-                        .unwrap_or_default()
-                );
+                let why = text!("bad reply for the block at ", offset, ": ", e);
                 self.retry_block(offset, &why);
                 return;
             }
@@ -278,20 +273,22 @@ impl Agent {
         if !self.online {
             return;
         }
-        let State::Downloading(d) = &self.state else {
-            return;
-        };
-        let late: Vec<u64> = d
-            .blocks
-            .iter()
-            .flat_map(|b| {
-                b.outstanding
-                    .iter()
-                    .filter(|o| o.deadline <= now)
-                    .map(|o| o.offset)
-            })
-            .collect();
-        for offset in late {
+        // By index, not over a collected list of the late offsets: `retry_block` neither
+        // reorders nor removes requests (it moves a deadline, or fails the download and ends
+        // the loop), and no `Vec` is built (flash, issue #21).
+        let mut i = 0;
+        loop {
+            let State::Downloading(d) = &self.state else {
+                return;
+            };
+            let Some(o) = d.blocks.as_ref().and_then(|b| b.outstanding.get(i)) else {
+                return;
+            };
+            i += 1;
+            if o.deadline > now {
+                continue;
+            }
+            let offset = o.offset;
             let why = text!(
                 "no reply for the block at ",
                 offset,

@@ -248,8 +248,12 @@ impl Download {
         if let Some(url) = task.url() {
             self.task.channel = Channel::Http { url: url.into() };
         }
+        // Same files (`Task::same_image`: names, sizes and digests), fresh URLs: only the URLs
+        // are copied, not the whole list (flash, issue #21).
         #[cfg(feature = "multi-file")]
-        self.task.files.clone_from(&task.files); // same files, fresh URLs
+        for (file, fresh) in self.task.files.iter_mut().zip(&task.files) {
+            file.url.clone_from(&fresh.url);
+        }
         if self.is_refreshing() {
             self.fetch = Fetch::Idle;
         }

@@ -179,7 +179,17 @@ fn slot_capacity_http_policy_and_codes_are_enforced() {
 #[test]
 fn duplicate_keys_and_bad_field_types_are_refused() {
     let dup = r#"{"code":"1000","data":{"size":10,"size":11,"version":"1","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"}}"#;
-    assert!(parse_push(dup.as_bytes(), &rules()).is_err());
+    assert_eq!(
+        parse_push(dup.as_bytes(), &rules()).unwrap_err().reason,
+        "invalid json in data: duplicate key size"
+    );
+    let dup_envelope = r#"{"code":"1000","code":"1000","data":{}}"#;
+    assert_eq!(
+        parse_push(dup_envelope.as_bytes(), &rules())
+            .unwrap_err()
+            .reason,
+        "invalid json: duplicate key code"
+    );
     let bad_module = r#"{"code":"1000","data":{"size":10,"version":"1","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e","module":"a/b"}}"#;
     assert!(parse_push(bad_module.as_bytes(), &rules())
         .unwrap_err()
@@ -369,6 +379,8 @@ fn reply_ids_are_read_from_numbers_and_digit_strings() {
     assert_eq!(reply_id(br#"{"id":"x","data":{}}"#), None);
     assert_eq!(reply_id(br#"{"id":[1],"data":{}}"#), None);
     assert_eq!(reply_id(b"nope"), None);
+    // Two ids: ambiguous, so no pairing (as before `fields_into`).
+    assert_eq!(reply_id(br#"{"id":1,"id":2}"#), None);
 }
 
 #[cfg(all(feature = "multi-file", feature = "sha256"))]
@@ -380,4 +392,36 @@ fn a_file_sign_of_the_wrong_length_names_the_file() {
         r.reason.contains("a.bin") && r.reason.contains("64 hex"),
         "{r}"
     );
+}
+
+/// `is_safe_file_name` checks bytes; it must refuse exactly what a check of the decoded
+/// characters (`char::is_control`, `/`, `\`) refuses, for every character of every width.
+#[cfg(feature = "multi-file")]
+#[test]
+fn safe_file_names_on_bytes_agree_with_a_check_on_chars() {
+    let by_chars = |name: &str| {
+        (1..=255).contains(&name.len())
+            && name != "."
+            && name != ".."
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control())
+    };
+    let samples = (0..=0x3000u32)
+        .chain([0xfeff, 0xfffd, 0x1_0000, 0x1_f600, 0x10_ffff])
+        .filter_map(char::from_u32);
+    let mut refused = 0;
+    for c in samples {
+        for name in [format!("{c}"), format!("a{c}b"), format!("{c}{c}.bin")] {
+            assert_eq!(is_safe_file_name(&name), by_chars(&name), "{name:?}");
+            refused += usize::from(!by_chars(&name));
+        }
+    }
+    // The controls C0, DEL and C1 (65 characters), `/` and `\`, in three names each; and
+    // the name ".".
+    assert_eq!(refused, 67 * 3 + 1);
+    for name in ["", ".", "..", &"a".repeat(256)] {
+        assert!(!is_safe_file_name(name), "{name:?}");
+    }
+    assert!(is_safe_file_name(&"é".repeat(127)));
 }
