@@ -16,14 +16,16 @@ impl Backoff {
     }
 
     /// The delay before retry number `attempt` (0 for the first retry) when delays start
-    /// at `base` and never exceed `max`.
+    /// at `base` and never exceed `max`. In whole milliseconds, the agent's clock unit, and in
+    /// 64-bit arithmetic: `Duration`'s multiplication and `as_millis` (`u128`) would cost an
+    /// MCU a 128-bit division routine for sub-millisecond precision no deadline keeps.
     pub fn delay(&mut self, base: Duration, max: Duration, attempt: u32) -> Duration {
-        let ceiling = base
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(max.max(base));
-        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        let half = ms / 2;
-        Duration::from_millis(half + self.next() % (ms - half + 1))
+        let base_ms = millis(base);
+        let ceiling = base_ms
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(millis(max).max(base_ms));
+        let half = ceiling / 2;
+        Duration::from_millis(half + self.next() % (ceiling - half + 1))
     }
 
     /// splitmix64: tiny, and good enough to spread retries.
@@ -34,6 +36,11 @@ impl Backoff {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+}
+
+/// `span` in whole milliseconds, saturating.
+fn millis(span: Duration) -> u64 {
+    (crate::time::Instant::ZERO + span).as_millis()
 }
 
 #[cfg(test)]
