@@ -5,8 +5,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use md5::Digest;
 use ota_core::{Action, Agent, BodyBuffer, Boot, Config, DeviceIdentity, Event, FetchId, Instant};
+use sha2::Digest;
 
 struct Counting;
 
@@ -86,10 +86,17 @@ fn body_chunks_flow_without_allocating() {
 fn download_counting_allocations(buffers: usize, lend: bool) {
     ALLOCATIONS.store(0, Ordering::SeqCst);
     let image = IMAGE.get_or_init(|| (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect());
-    let md5: String = md5::Md5::digest(image)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // MD5 when built in, else SHA-256 (the digest whose update is on the body path).
+    let (digest, members) = if cfg!(feature = "md5") {
+        (md5::Md5::digest(image).to_vec(), r#""md5":"{}""#)
+    } else {
+        (
+            sha2::Sha256::digest(image).to_vec(),
+            r#""sign":"{}","signMethod":"SHA256""#,
+        )
+    };
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = members.replace("{}", &hex);
     let mut config = Config::new(DeviceIdentity::new("a1TestPK001", "dev01").unwrap());
     config.checkpoint_interval = 64 * 1024;
     config.progress_step = 1;
@@ -105,7 +112,7 @@ fn download_counting_allocations(buffers: usize, lend: bool) {
     agent.handle(now, Event::Connected).unwrap();
     drain(&mut agent, &mut events, &mut fetch);
     let push = format!(
-        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"https://h/fw.bin","md5":"{md5}"}},"id":1}}"#,
+        r#"{{"code":"1000","data":{{"size":{},"version":"2.0.0","url":"https://h/fw.bin",{digest}}},"id":1}}"#,
         image.len()
     );
     let topic = "/ota/device/upgrade/a1TestPK001/dev01";

@@ -46,7 +46,7 @@ impl Site {
     fn new(seed: [u8; 2]) -> Site {
         let world = |seed: u8| {
             let mut w = World::new(test_config(), test_image(IMAGE_LEN, seed));
-            w.offer_md5_task();
+            w.offer_task();
             w
         };
         Site {

@@ -310,7 +310,7 @@ fn run_with(scenario: &Scenario, signatures: Signatures, transcript: bool) -> Wo
         if scenario.sha256 {
             return w.offer_sha256_task();
         }
-        w.offer_md5_task()
+        w.offer_task()
     };
     if scenario.multi_file && scenario.mqtt_window.is_none() {
         let third = scenario.image_len / 3 + 1;

@@ -250,6 +250,47 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// The digest of this build's tasks in the tests ([`World::offer_task`]): MD5 when built in,
+/// else SHA-256. The one place it is chosen; the helpers below follow it.
+pub const TASK_DIGEST: crate::task::DigestMethod = {
+    #[cfg(feature = "md5")]
+    let method = crate::task::DigestMethod::Md5;
+    #[cfg(not(feature = "md5"))]
+    let method = crate::task::DigestMethod::Sha256;
+    method
+};
+
+/// `data`'s digest by [`TASK_DIGEST`], in lowercase hex.
+pub fn task_digest_hex(data: &[u8]) -> String {
+    match TASK_DIGEST {
+        #[cfg(feature = "md5")]
+        crate::task::DigestMethod::Md5 => md5_hex(data),
+        #[cfg(feature = "sha256")]
+        crate::task::DigestMethod::Sha256 => sha256_hex(data),
+    }
+}
+
+/// A task's digest members for an image whose digest is `hex` (by [`TASK_DIGEST`]): `md5`, or
+/// `sign` with `signMethod` SHA256.
+pub fn task_digest_members(hex: &str) -> String {
+    match TASK_DIGEST {
+        #[cfg(feature = "md5")]
+        crate::task::DigestMethod::Md5 => format!(r#""md5":"{hex}""#),
+        #[cfg(feature = "sha256")]
+        crate::task::DigestMethod::Sha256 => format!(r#""sign":"{hex}","signMethod":"SHA256""#),
+    }
+}
+
+/// A multi-file task's `signMethod` and the member of each file's digest, by [`TASK_DIGEST`].
+pub fn files_digest_names() -> (&'static str, &'static str) {
+    match TASK_DIGEST {
+        #[cfg(feature = "md5")]
+        crate::task::DigestMethod::Md5 => ("Md5", "fileMd5"),
+        #[cfg(feature = "sha256")]
+        crate::task::DigestMethod::Sha256 => ("SHA256", "fileSign"),
+    }
+}
+
 pub fn test_image(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
@@ -391,8 +432,9 @@ impl World {
         self.remember_offer();
         self.file_sets.push((self.version.clone(), files));
         self.cloud_task = Some(format!(
-            r#""version":"{}","signMethod":"Md5""#,
-            self.version
+            r#""version":"{}","signMethod":"{}""#,
+            self.version,
+            files_digest_names().0
         ));
     }
 
@@ -408,9 +450,10 @@ impl World {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let md5 = md5_hex(f);
+                let field = files_digest_names().1;
+                let digest = format!(r#""{field}":"{}""#, task_digest_hex(f));
                 format!(
-                    r#"{{"fileName":"part{i}.bin","fileSize":{},"fileUrl":"https://fw.example/{version}/{i}.bin?gen={generation}","fileMd5":"{md5}"}}"#,
+                    r#"{{"fileName":"part{i}.bin","fileSize":{},"fileUrl":"https://fw.example/{version}/{i}.bin?gen={generation}",{digest}}}"#,
                     f.len()
                 )
             })
@@ -434,7 +477,19 @@ impl World {
         self.agent = first_boot_agent(self.config.clone(), Instant::ZERO);
     }
 
+    /// Publishes a task for the world's image and version with this build's digest: MD5 when
+    /// built in, else SHA-256 (the one place the tests' default digest is chosen).
+    pub fn offer_task(&mut self) {
+        match TASK_DIGEST {
+            #[cfg(feature = "md5")]
+            crate::task::DigestMethod::Md5 => self.offer_md5_task(),
+            #[cfg(feature = "sha256")]
+            crate::task::DigestMethod::Sha256 => self.offer_sha256_task(),
+        }
+    }
+
     /// Publishes an MD5 task for the world's image and version.
+    #[cfg(feature = "md5")]
     pub fn offer_md5_task(&mut self) {
         self.remember_offer();
         let md5 = md5_hex(&self.image);

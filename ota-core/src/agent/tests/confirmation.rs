@@ -14,7 +14,7 @@ fn world(confirmation: Confirmation, decision: Decision) -> World {
     config.confirmation = confirmation;
     let mut w = World::new(config, test_image(5000, 4));
     w.decision = decision;
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 

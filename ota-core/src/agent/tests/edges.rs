@@ -9,13 +9,13 @@ use core::time::Duration;
 use crate::agent::{Action, Agent, BodyBuffer, Boot, Config, Event, FetchId, Notification, Phase};
 use crate::error::Error;
 use crate::record::{ImageId, Phase as RecordPhase, Record};
-use crate::task::{DigestMethod, ExpectedDigest};
+use crate::task::ExpectedDigest;
 use crate::testkit::world::*;
 use crate::time::Instant;
 
 fn world(len: usize) -> World {
     let mut w = World::new(test_config(), test_image(len, 5));
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 
@@ -37,8 +37,7 @@ fn record(phase: RecordPhase, module: &str) -> Vec<u8> {
             module: module.into(),
             version: "2.0.0".into(),
             size: 3000,
-            digest: ExpectedDigest::from_hex(DigestMethod::Md5, "93230c3bde425a9d7984a594ac55ea1e")
-                .unwrap(),
+            digest: ExpectedDigest::from_hex(TASK_DIGEST, &task_digest_hex(b"2.0.0")).unwrap(),
             mqtt_stream: None,
             files: 0,
             signature: None,
@@ -119,7 +118,7 @@ fn the_lent_block_and_handle_body_take_the_same_bytes() {
         let mut config = test_config();
         config.write_buffers = buffers;
         let mut w = World::new(config, test_image(20_000, 5));
-        w.offer_md5_task();
+        w.offer_task();
         w.lend_body = lend;
         w.lazy_storage = buffers > 1;
         w.chunk_sizes = vec![1500, 333, 4096];
@@ -365,7 +364,7 @@ fn slow_storage_back_pressures_the_body_and_survives_a_replacing_push() {
     w.run_until(|w| w.agent.fetched_size() >= 8192);
     w.image = test_image(9000, 77);
     w.version = "3.0.0".into();
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     assert_eq!(w.run(), Stop::Reboot);
     assert_eq!(w.slot_image(), &w.image[..]);

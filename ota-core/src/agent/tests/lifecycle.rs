@@ -30,7 +30,7 @@ fn assert_progress_well_formed(progress: &[i16]) {
 #[test]
 fn happy_path_downloads_verifies_activates_reboots_and_confirms() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.push_task();
     assert_eq!(w.run(), Stop::Reboot);
@@ -66,7 +66,7 @@ fn transcript_of_a_small_upgrade() {
     w.chunk_sizes = vec![2500];
     w.config.progress_step = 50;
     w.restart_agent();
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
     let md5 = md5_hex(&w.image);
@@ -126,7 +126,7 @@ fn record_is_saved_before_the_first_byte_and_at_every_checkpoint() {
     let mut w = world(20_000);
     w.config.progress_step = 100; // one step ("1") between the checkpoints
     w.restart_agent();
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.run();
     let first_save = w
@@ -151,7 +151,7 @@ fn record_is_saved_before_the_first_byte_and_at_every_checkpoint() {
 #[test]
 fn the_same_task_pushed_again_is_ignored() {
     let mut w = world(30_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.push_task();
     w.push_task();
@@ -171,13 +171,13 @@ fn the_same_task_pushed_again_is_ignored() {
 #[test]
 fn a_different_task_replaces_the_running_download() {
     let mut w = world(30_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::StallAfter(10_000));
     w.run_until(|w| w.agent.fetched_size() >= 8000);
     w.image = test_image(12_000, 99);
     w.version = "3.0.0".into();
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     assert_eq!(w.run(), Stop::Reboot);
     assert!(w.transcript.iter().any(|l| l == "cancel 0"));
@@ -196,7 +196,7 @@ fn a_different_task_replaces_the_running_download() {
 #[test]
 fn power_loss_resumes_from_the_saved_record_with_range() {
     let mut w = world(40_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.cut = Some(Cut::Write { n: 13, torn: 100 });
     assert_eq!(w.run(), Stop::PowerLost);
@@ -222,7 +222,7 @@ fn power_loss_resumes_from_the_saved_record_with_range() {
 #[test]
 fn a_206_with_a_wrong_content_range_is_retried_not_appended() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::CutAfter(5000));
     w.faults.push_back(Fault::WrongRange);
@@ -235,7 +235,7 @@ fn a_206_with_a_wrong_content_range_is_retried_not_appended() {
 #[test]
 fn a_200_to_a_ranged_request_skips_what_we_have() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::CutAfter(6000));
     w.faults.push_back(Fault::IgnoreRange);
@@ -248,7 +248,7 @@ fn a_200_to_a_ranged_request_skips_what_we_have() {
 #[test]
 fn an_expired_url_asks_for_the_task_again_and_resumes() {
     let mut w = world(30_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::CutAfter(9000));
     w.run_until(|w| w.fetch_offsets.len() == 1 && w.agent.fetched_size() == 9000);
@@ -268,7 +268,7 @@ fn an_expired_url_asks_for_the_task_again_and_resumes() {
 #[test]
 fn a_url_that_stays_dead_fails_with_minus_2_once() {
     let mut w = world(10_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.url_valid_from = u32::MAX;
     assert_eq!(w.run(), Stop::Quiet);
@@ -292,7 +292,7 @@ fn a_url_that_stays_dead_fails_with_minus_2_once() {
 #[test]
 fn transient_errors_are_retried_with_backoff() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     for f in [
         Fault::Status(500),
@@ -317,7 +317,7 @@ fn transient_errors_are_retried_with_backoff() {
 #[test]
 fn an_exhausted_retry_budget_fails_with_minus_2_once() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     for _ in 0..20 {
         w.faults.push_back(Fault::Status(500));
@@ -335,7 +335,7 @@ fn an_exhausted_retry_budget_fails_with_minus_2_once() {
 #[test]
 fn a_stalled_download_is_restarted_after_the_stall_timeout() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::StallAfter(7000));
     assert_eq!(w.run(), Stop::Reboot);
@@ -347,7 +347,7 @@ fn a_stalled_download_is_restarted_after_the_stall_timeout() {
 #[test]
 fn a_digest_mismatch_never_reaches_activation() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::Corrupt(12_345));
     assert_eq!(w.run(), Stop::Quiet);
@@ -357,13 +357,14 @@ fn a_digest_mismatch_never_reaches_activation() {
     assert!(w.boot_next.is_none());
     assert!(!w.agent.is_image_verified());
     assert_eq!(w.record, None);
-    assert!(w.outcomes[0].starts_with("failed -3 md5 mismatch"));
+    let reason = format!("failed -3 {} mismatch", TASK_DIGEST.name());
+    assert!(w.outcomes[0].starts_with(&reason), "{:?}", w.outcomes);
 }
 
 #[test]
 fn bytes_beyond_the_image_size_are_never_written() {
     let mut w = world(5000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::Extra(3000));
     assert_eq!(w.run(), Stop::Reboot);
@@ -374,7 +375,7 @@ fn bytes_beyond_the_image_size_are_never_written() {
 #[test]
 fn flash_write_failure_reports_minus_4() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.fail_write = Some(3);
     assert_eq!(w.run(), Stop::Quiet);
@@ -389,7 +390,7 @@ fn flash_write_failure_reports_minus_4() {
 #[test]
 fn record_save_failure_reports_minus_4() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.fail_save = Some(0);
     assert_eq!(w.run(), Stop::Quiet);
@@ -403,7 +404,7 @@ fn record_save_failure_reports_minus_4() {
 #[test]
 fn activation_failure_reports_minus_4() {
     let mut w = world(3000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.fail_activate = true;
     assert_eq!(w.run(), Stop::Quiet);
@@ -414,7 +415,7 @@ fn activation_failure_reports_minus_4() {
 #[test]
 fn an_unhealthy_image_is_rolled_back_and_reported() {
     let mut w = world(3000);
-    w.offer_md5_task();
+    w.offer_task();
     w.health = Health::Unhealthy;
     w.connect();
     assert_eq!(w.run_through_reboots(), 2);
@@ -438,7 +439,7 @@ fn an_unhealthy_image_is_rolled_back_and_reported() {
 #[test]
 fn a_silent_health_check_times_out_into_a_rollback() {
     let mut w = world(3000);
-    w.offer_md5_task();
+    w.offer_task();
     w.health = Health::Silent;
     w.connect();
     w.run();
@@ -459,7 +460,7 @@ fn a_silent_health_check_times_out_into_a_rollback() {
 #[test]
 fn a_bootloader_fallback_is_reported_as_minus_1() {
     let mut w = world(3000);
-    w.offer_md5_task();
+    w.offer_task();
     w.bootloader_falls_back = true;
     w.connect();
     assert_eq!(w.run_through_reboots(), 1);
@@ -477,8 +478,13 @@ fn a_bootloader_fallback_is_reported_as_minus_1() {
 fn invalid_pushes_are_reported_with_a_reason_when_idle() {
     let mut w = world(3000);
     w.connect();
-    w.push_raw(r#"{"code":"1000","data":{"size":10,"version":"9","url":"http://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e"},"id":1}"#);
-    w.push_raw(r#"{"code":"1000","data":{"size":999999999999,"version":"9","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e","module":"MCU"},"id":1}"#);
+    let digest = task_digest_members(&task_digest_hex(b"9"));
+    w.push_raw(&format!(
+        r#"{{"code":"1000","data":{{"size":10,"version":"9","url":"http://h/p",{digest}}},"id":1}}"#
+    ));
+    w.push_raw(&format!(
+        r#"{{"code":"1000","data":{{"size":999999999999,"version":"9","url":"https://h/p",{digest},"module":"MCU"}},"id":1}}"#
+    ));
     w.push_raw("{not json");
     assert_eq!(w.run(), Stop::Quiet);
     assert_eq!(w.progress, vec![-1, -1, -1]);
@@ -497,7 +503,10 @@ fn invalid_pushes_are_reported_with_a_reason_when_idle() {
 fn tasks_for_another_module_are_refused() {
     let mut w = world(3000);
     w.connect();
-    w.push_raw(r#"{"code":"1000","data":{"size":10,"version":"9","url":"https://h/p","md5":"93230c3bde425a9d7984a594ac55ea1e","module":"MCU"},"id":1}"#);
+    let digest = task_digest_members(&task_digest_hex(b"9"));
+    w.push_raw(&format!(
+        r#"{{"code":"1000","data":{{"size":10,"version":"9","url":"https://h/p",{digest},"module":"MCU"}},"id":1}}"#
+    ));
     w.run();
     assert_eq!(w.progress, vec![-1]);
     assert!(w.outcomes.is_empty());
@@ -513,7 +522,7 @@ fn a_task_for_the_running_version_is_answered_with_the_version() {
     w.version = "1.0.0".into();
     w.connect();
     w.run();
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run();
     assert_eq!(
@@ -526,7 +535,7 @@ fn a_task_for_the_running_version_is_answered_with_the_version() {
 #[test]
 fn offline_failures_are_reported_once_on_reconnect_and_progress_catches_up() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::StallAfter(6000));
     w.run_until(|w| w.agent.fetched_size() == 6000);
@@ -545,7 +554,7 @@ fn offline_failures_are_reported_once_on_reconnect_and_progress_catches_up() {
 #[test]
 fn the_cloud_dropping_the_task_cancels_the_download() {
     let mut w = world(20_000);
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     w.faults.push_back(Fault::CutAfter(5000));
     w.run_until(|w| w.agent.fetched_size() == 5000);
@@ -629,7 +638,7 @@ fn the_legacy_request_topic_can_replace_firmware_get() {
     let mut w = world(5000);
     w.config.task_request = crate::agent::TaskRequest::Legacy;
     w.restart_agent();
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
     assert!(w

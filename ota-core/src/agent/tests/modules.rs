@@ -7,7 +7,7 @@ use alloc::{format, vec};
 
 use crate::agent::{Agent, Boot, Event};
 use crate::record::{ImageId, Phase as RecordPhase, Record};
-use crate::task::{DigestMethod, ExpectedDigest};
+use crate::task::ExpectedDigest;
 use crate::testkit::world::*;
 use crate::time::Instant;
 
@@ -51,14 +51,14 @@ fn tasks_for_different_modules_run_one_after_another() {
     w.run();
     // The default module's task first, corrupted in transit so that it fails with -3...
     w.faults.push_back(Fault::Corrupt(100));
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_until(|w| w.agent.fetched_size() > 2000);
     // ...while the MCU's task arrives and waits.
     w.module = Some(String::from("MCU"));
     w.image = test_image(7000, 2);
     w.version = String::from("1.5.0");
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     assert_eq!(w.run(), Stop::Reboot);
     let reports = publishes(&w, "progress");
@@ -91,7 +91,7 @@ fn a_no_task_reply_for_one_module_leaves_the_others_download_alone() {
     w.connect();
     w.run();
     w.faults.push_back(Fault::StallAfter(3000));
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_until(|w| w.agent.fetched_size() == 3000);
     // The answer to the MCU's request (id 4: inform, inform, get, get) says "no task".
@@ -124,8 +124,7 @@ fn a_record_of_a_second_module_is_resumed_after_boot() {
             module: "MCU".into(),
             version: "1.5.0".into(),
             size: 10,
-            digest: ExpectedDigest::from_hex(DigestMethod::Md5, "93230c3bde425a9d7984a594ac55ea1e")
-                .unwrap(),
+            digest: ExpectedDigest::from_hex(TASK_DIGEST, &task_digest_hex(b"1.5.0")).unwrap(),
             mqtt_stream: None,
             files: 0,
             signature: None,

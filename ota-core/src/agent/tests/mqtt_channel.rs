@@ -1,7 +1,7 @@
 //! The MQTT-channel download in the simulated world: block requests and checked replies,
 //! every reply fault, windows, resume after power loss, and the retry budget.
 
-use alloc::string::String;
+use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -13,7 +13,7 @@ fn world(len: usize, window: u8) -> World {
     config.mqtt.window = window;
     let mut w = World::new(config, test_image(len, 9));
     w.mqtt_channel = true;
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 
@@ -135,9 +135,8 @@ fn a_reconnect_asks_again_for_what_was_in_flight() {
 #[test]
 fn mqtt_images_beyond_16_mb_are_refused() {
     let mut w = world(100, 1);
-    w.cloud_task = Some(String::from(
-        r#""size":16777217,"version":"2.0.0","md5":"93230c3bde425a9d7984a594ac55ea1e""#,
-    ));
+    let digest = task_digest_members(&task_digest_hex(b"2.0.0"));
+    w.cloud_task = Some(format!(r#""size":16777217,"version":"2.0.0",{digest}"#));
     w.connect();
     w.run();
     assert_eq!(w.progress, vec![-1]);

@@ -126,7 +126,8 @@ fn the_next_file_starts_even_when_the_connection_stays_open() {
 /// that names the file, before a byte is fetched or written.
 #[test]
 fn duplicate_and_reserved_file_names_are_refused_before_a_byte_is_written() {
-    let md5 = md5_hex(&test_image(10, 1));
+    let (method, field) = files_digest_names();
+    let digest = task_digest_hex(&test_image(10, 1));
     for (names, named) in [
         (
             ["a.bin", "b.bin", "a.bin"],
@@ -149,12 +150,12 @@ fn duplicate_and_reserved_file_names_are_refused_before_a_byte_is_written() {
             .iter()
             .map(|n| {
                 alloc::format!(
-                    r#"{{"fileName":"{n}","fileSize":10,"fileUrl":"https://fw.example/{n}?gen=0","fileMd5":"{md5}"}}"#
+                    r#"{{"fileName":"{n}","fileSize":10,"fileUrl":"https://fw.example/{n}?gen=0","{field}":"{digest}"}}"#
                 )
             })
             .collect();
         w.push_raw(&alloc::format!(
-            r#"{{"code":"1000","data":{{"version":"2.0.0","signMethod":"Md5","files":[{}]}},"id":1}}"#,
+            r#"{{"code":"1000","data":{{"version":"2.0.0","signMethod":"{method}","files":[{}]}},"id":1}}"#,
             files.join(",")
         ));
         w.run();

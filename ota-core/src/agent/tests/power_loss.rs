@@ -37,7 +37,7 @@ fn world(mqtt: bool, signed: bool, buffers: usize, lend: bool) -> World {
     if signed {
         w.signing = Signing::Signed;
     }
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 

@@ -12,7 +12,7 @@ fn world_without_checkpoints(len: usize) -> World {
     let mut config = test_config();
     config.checkpoint_interval = 1024 * 1024;
     let mut w = World::new(config, test_image(len, 5));
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 
@@ -57,7 +57,7 @@ fn a_record_of_the_previous_format_resumes_above_its_durable_percentage() {
     let mut w = World::new(test_config(), test_image(23_000, 5));
     w.config.progress_step = 100; // only "1" before the cut: the durable offset is the floor
     w.restart_agent();
-    w.offer_md5_task();
+    w.offer_task();
     w.cut = Some(Cut::Write { n: 15, torn: 0 });
     w.connect();
     assert_eq!(w.run(), Stop::PowerLost);
@@ -90,7 +90,7 @@ fn with_writes_in_flight_the_steps_still_follow_the_bytes() {
         w.config.write_buffers = buffers;
         w.lazy_storage = true;
         w.restart_agent();
-        w.offer_md5_task();
+        w.offer_task();
         w.connect();
         assert_eq!(w.run(), Stop::Reboot);
         assert!(

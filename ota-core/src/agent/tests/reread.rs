@@ -15,7 +15,7 @@ const LEN: usize = 23_000;
 
 fn world() -> World {
     let mut w = World::new(test_config(), test_image(LEN, 5));
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 

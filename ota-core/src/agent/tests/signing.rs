@@ -18,7 +18,7 @@ fn keyed_world(signing: Signing, sha256: bool) -> World {
     if sha256 {
         w.offer_sha256_task();
     } else {
-        w.offer_md5_task();
+        w.offer_task();
     }
     w
 }
@@ -87,7 +87,7 @@ fn a_garbage_signature_is_refused() {
 fn a_device_without_a_key_passes_the_signature_through() {
     let mut w = World::new(test_config(), test_image(5000, 4));
     w.signing = Signing::OverOtherDigest;
-    w.offer_md5_task();
+    w.offer_task();
     w.connect();
     assert_eq!(w.run(), Stop::Reboot);
 }

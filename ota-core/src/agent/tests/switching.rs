@@ -17,7 +17,7 @@ fn fetches(w: &World) -> usize {
 
 fn world() -> World {
     let mut w = World::new(test_config(), test_image(30_000, 1));
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 
@@ -39,7 +39,7 @@ fn fifty_task_switches_in_a_burst_make_one_more_get_for_the_latest() {
     for seed in 0..50u8 {
         w.image = test_image(20_000 + usize::from(seed), seed);
         w.version = format!("3.{seed}");
-        w.offer_md5_task();
+        w.offer_task();
         w.push_task();
     }
     w.run_until(|w| fetches(w) == 2);
@@ -67,7 +67,7 @@ fn a_switch_after_the_interval_is_fetched_at_once() {
     w.advance(w.config.task_switch_interval + Duration::from_secs(1));
     w.image = test_image(9_000, 9);
     w.version = String::from("3.9");
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     let at = w.now;
     w.run_until(|w| fetches(w) == 2);
@@ -83,7 +83,7 @@ fn a_parked_switch_the_cloud_cancels_starts_nothing_and_leaves_no_record() {
     w.run_until(|w| fetches(w) == 1);
     w.image = test_image(9_000, 9);
     w.version = String::from("3.9");
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_until(|w| w.record.is_none());
     w.cloud_task = None; // the cloud drops the task before the switch is due
@@ -124,7 +124,7 @@ fn a_push_beyond_the_size_limit_gets_one_minus_1_and_the_next_task_installs() {
         "{report}"
     );
     assert!(w.agent.is_online());
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_through_reboots();
     assert_eq!(w.running, "2.0.0");
@@ -164,12 +164,12 @@ fn a_parked_switch_to_the_running_version_is_dropped() {
     w.run_until(|w| fetches(w) == 1);
     w.image = test_image(9_000, 9);
     w.version = String::from("3.9");
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_until(|w| w.record.is_none());
     w.version = String::from("1.0.0");
     w.image = test_image(7, 7);
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_through_reboots();
     assert_eq!(fetches(&w), 1);
@@ -188,13 +188,13 @@ fn another_modules_task_waits_behind_a_parked_switch() {
     w.run_until(|w| fetches(w) == 1);
     w.image = test_image(9_000, 9);
     w.version = String::from("3.9");
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_until(|w| w.record.is_none());
     w.module = Some(String::from("MCU"));
     w.image = test_image(5_000, 5);
     w.version = String::from("2.5");
-    w.offer_md5_task();
+    w.offer_task();
     w.push_task();
     w.run_until(|w| fetches(w) == 2);
     assert_eq!(

@@ -15,7 +15,7 @@ fn ring_world(len: usize, buffers: usize) -> World {
     // Storage answers after the network: the agent meets its writes still in flight.
     w.lazy_storage = true;
     w.chunk_sizes = vec![3000, 700, 5000];
-    w.offer_md5_task();
+    w.offer_task();
     w
 }
 
