@@ -633,7 +633,8 @@ fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
         .windows(3)
         .position(|w| w == b"://")
         .unwrap_or(0);
-    let scheme = &url[..scheme_end];
+    // The end of `://` (ASCII) or 0: a boundary either way.
+    let scheme = url.get(..scheme_end).unwrap_or("");
     let scheme_ok = scheme.eq_ignore_ascii_case("https")
         || (rules.allow_http && scheme.eq_ignore_ascii_case("http"));
     if !scheme_ok {

@@ -68,6 +68,8 @@ pub fn parse(bytes: &[u8]) -> Result<Json<'_>, SyntaxError> {
 
 impl<'a> Json<'a> {
     /// The value's kind.
+    // Out of line: measured smaller than inlined at its uses (flash, issue #21).
+    #[inline(never)]
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -182,8 +184,8 @@ pub fn parse_digits(digits: &str) -> Option<u64> {
 #[cfg_attr(not(feature = "mqtt-channel"), allow(dead_code))]
 pub fn parse_i64(text: &str) -> Option<i64> {
     match text.as_bytes().first() {
-        Some(b'-') => 0i64.checked_sub_unsigned(parse_digits(&text[1..])?),
-        Some(b'+') => i64::try_from(parse_digits(&text[1..])?).ok(),
+        Some(b'-') => 0i64.checked_sub_unsigned(parse_digits(text.get(1..)?)?),
+        Some(b'+') => i64::try_from(parse_digits(text.get(1..)?)?).ok(),
         _ => i64::try_from(parse_digits(text)?).ok(),
     }
 }
@@ -270,14 +272,17 @@ impl<'a> Scanner<'a> {
             Some(b'n') => self.literal("null", Kind::Null)?,
             Some(_) => return Err(self.error("expected a value")),
         };
-        Ok(Json {
-            kind,
-            raw: &self.text[start..self.pos],
-        })
+        // `get`, not indexing: both ends sit at ASCII bytes (a value starts and ends at one),
+        // and indexing would link core's 262-B slice-error formatter (flash, issue #21).
+        let raw = self
+            .text
+            .get(start..self.pos)
+            .ok_or_else(|| self.error("expected a value"))?;
+        Ok(Json { kind, raw })
     }
 
     fn literal(&mut self, word: &str, kind: Kind) -> Result<Kind, SyntaxError> {
-        if self.text[self.pos..].starts_with(word) {
+        if self.text.as_bytes()[self.pos..].starts_with(word.as_bytes()) {
             self.pos += word.len();
             Ok(kind)
         } else {
@@ -413,12 +418,12 @@ impl<'a> Scanner<'a> {
                     return Err(self.error("lone low surrogate in a string"));
                 }
                 if (0xD800..0xDC00).contains(&unit) {
-                    let low = match self.text[self.pos..].strip_prefix("\\") {
-                        Some(_) => {
+                    let low = match self.text.as_bytes().get(self.pos) {
+                        Some(b'\\') => {
                             self.pos += 1;
                             self.hex4()?
                         }
-                        None => 0,
+                        _ => 0,
                     };
                     if !(0xDC00..0xE000).contains(&low) {
                         return Err(self.error("lone high surrogate in a string"));
@@ -457,13 +462,14 @@ fn decode_string(raw: &str) -> Cow<'_, str> {
     }
     let mut out = String::with_capacity(inner.len());
     let mut rest = inner;
-    while let Some(at) = backslash(rest) {
-        out.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
+    while let Some((head, tail)) = split_at_byte(rest, b'\\') {
+        out.push_str(head);
+        rest = tail;
         let Some(tag) = rest.bytes().next() else {
             break;
         };
-        rest = &rest[1..];
+        // The scanner let only ASCII escape letters through, so byte 1 is a boundary.
+        rest = rest.get(1..).unwrap_or("");
         let c = match tag {
             b'b' => '\u{8}',
             b'f' => '\u{c}',
@@ -488,6 +494,14 @@ fn decode_string(raw: &str) -> Cow<'_, str> {
     }
     out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// `s` split around the first `byte` (ASCII), without it; `None` if it is absent. Byte
+/// slicing through `get`: no `split_once(char)` (the char searcher) and no indexing's
+/// slice-error formatter linked (flash, issue #21).
+pub(crate) fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == byte)?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
 }
 
 fn hex_unit(text: &str) -> u32 {

@@ -1185,17 +1185,12 @@ fn percent_of(bytes: u64, total: u64) -> u8 {
 /// Parses `bytes FIRST-LAST/TOTAL` (ASCII whitespace around the parts is allowed).
 fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
     let rest = value.trim_ascii().strip_prefix("bytes")?;
-    let (range, total) = split_at_byte(rest, b'/')?;
-    let (first, last) = split_at_byte(range, b'-')?;
+    let (range, total) = crate::json::split_at_byte(rest, b'/')?;
+    let (first, last) = crate::json::split_at_byte(range, b'-')?;
     Some((parse_u64(first)?, parse_u64(last)?, parse_u64(total)?))
 }
 
 /// `split_once` on one ASCII byte, without the generic char searcher.
-fn split_at_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
-    let at = s.bytes().position(|b| b == byte)?;
-    Some((&s[..at], &s[at + 1..]))
-}
-
 fn parse_u64(s: &str) -> Option<u64> {
     crate::json::parse_digits(s.trim_ascii())
 }

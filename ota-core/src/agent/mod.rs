@@ -1233,6 +1233,9 @@ impl Agent {
         self.outbox.push(Queued::Publish(topic, range));
     }
 
+    // Out of line: one call per notification beats the move into the outbox at each one
+    // (flash, issue #21).
+    #[inline(never)]
     fn notify(&mut self, note: Note) {
         self.outbox.push(Queued::Notify(note));
     }
