@@ -30,9 +30,10 @@ pub enum TaskRequest {
 pub struct RetryPolicy {
     /// Consecutive failures tolerated before the download is given up.
     pub max_attempts: u32,
-    /// First back-off delay.
+    /// First back-off delay, in whole milliseconds (the agent's clock unit: a finer part is
+    /// dropped).
     pub base_delay: Duration,
-    /// Longest back-off delay.
+    /// Longest back-off delay (whole milliseconds, as `base_delay`).
     pub max_delay: Duration,
 }
 
