@@ -71,6 +71,12 @@ impl core::fmt::Display for Rejection {
     }
 }
 
+/// Why a task was refused, before it becomes [`Rejection::reason`]: most refusals are a
+/// fixed text, kept borrowed (`&'static str`) and copied into a `String` in one place
+/// (`into_owned` where the [`Rejection`] is made) instead of allocated at each check (flash,
+/// issue #21). Reasons with values in them are built where the values are.
+type Why = Cow<'static, str>;
+
 fn reject(reason: impl Into<String>) -> Rejection {
     Rejection {
         reason: reason.into(),
@@ -134,9 +140,9 @@ data_members!(
 impl<'a> Data<'a> {
     /// Fills the slots from `object` in place (`fields_into`: nothing copied out of a
     /// `Result`, flash, issue #21).
-    fn read(&mut self, object: Json<'a>) -> Result<(), Rejection> {
+    fn read(&mut self, object: Json<'a>) -> Result<(), Why> {
         match object.fields_into(&DATA_KEYS, &mut self.0) {
-            Some(i) => Err(reject(text!(
+            Some(i) => Err(Why::Owned(text!(
                 "invalid json in data: duplicate key ",
                 DATA_KEYS[i]
             ))),
@@ -162,7 +168,13 @@ fn string<'a>(value: Option<Json<'a>>) -> Option<Cow<'a, str>> {
 
 /// Parses an upgrade push (`/ota/device/upgrade/...`). A push always carries a task.
 pub fn parse_push(payload: &[u8], rules: &TaskRules) -> Result<Task, Rejection> {
-    parse_envelope(payload, rules)?.ok_or_else(|| reject("push data is empty: no task in it"))
+    parse_envelope(payload, rules)?.ok_or_else(empty_push)
+}
+
+/// The refusal of a push without a task. The agent parses pushes with [`parse_get_reply`]
+/// and refuses an empty one itself: no `Task` moved out of an `Option` there (flash, #21).
+pub(crate) fn empty_push() -> Rejection {
+    reject("push data is empty: no task in it")
 }
 
 /// The `id` of a reply, to pair it with its request (numbers and digit strings alike).
@@ -189,8 +201,23 @@ pub fn parse_get_reply(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>
 }
 
 fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rejection> {
+    // Every refusal leaves through here: a `Why` (fixed texts borrowed) made a `Rejection`
+    // in one place, not at each check (flash, issue #21). `module` is set once it is read.
+    let mut module = None;
+    envelope_task(payload, rules, &mut module).map_err(|why| Rejection {
+        reason: why.into_owned(),
+        module,
+    })
+}
+
+/// [`parse_envelope`] up to its refusal; `module` is the task's module once it is known.
+fn envelope_task(
+    payload: &[u8],
+    rules: &TaskRules,
+    module: &mut Option<String>,
+) -> Result<Option<Task>, Why> {
     if payload.len() > rules.max_message_len {
-        return Err(reject(text!(
+        return Err(Why::Owned(text!(
             "message of ",
             payload.len(),
             " bytes exceeds the ",
@@ -199,21 +226,21 @@ fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rej
         )));
     }
     let envelope = json::parse(payload)
-        .map_err(|e| reject(text!("invalid json: ", e.what, " at byte ", e.at)))?;
+        .map_err(|e| Why::Owned(text!("invalid json: ", e.what, " at byte ", e.at)))?;
     if envelope.kind() != Kind::Object {
-        return Err(reject("invalid json: the message is not an object"));
+        return Err("invalid json: the message is not an object".into());
     }
     // The members land in place (`fields_into`), not copied out of a `Result` (flash, #21).
     const KEYS: [&str; 3] = ["id", "code", "data"];
     let mut found = [None; 3];
     if let Some(i) = envelope.fields_into(&KEYS, &mut found) {
-        return Err(reject(text!("invalid json: duplicate key ", KEYS[i])));
+        return Err(Why::Owned(text!("invalid json: duplicate key ", KEYS[i])));
     }
     let [id, code, data] = found;
     check_code(code)?;
-    let data = data.ok_or_else(|| reject("no data object in the message"))?;
+    let data = data.ok_or("no data object in the message")?;
     if data.kind() != Kind::Object {
-        return Err(reject("data is not an object"));
+        return Err("data is not an object".into());
     }
     let mut slots = Data([None; DATA_KEYS.len()]);
     slots.read(data)?;
@@ -222,31 +249,23 @@ fn parse_envelope(payload: &[u8], rules: &TaskRules) -> Result<Option<Task>, Rej
     if data.is_empty() {
         return Ok(None);
     }
-    let module = match data.module() {
+    let task_module = match data.module() {
         None => String::from(DEFAULT_MODULE),
         Some(m) => match m.as_str() {
             Some(m) if is_valid_module(&m) => m.into_owned(),
-            _ => {
-                return Err(reject(
-                    "module must be 1 to 64 characters of [A-Za-z0-9._-]",
-                ))
-            }
+            _ => return Err("module must be 1 to 64 characters of [A-Za-z0-9._-]".into()),
         },
     };
+    *module = Some(task_module.clone());
     let message_id = match id {
         Some(id) if id.kind() == Kind::String => id.as_str().unwrap_or_default().into_owned(),
         Some(id) if id.kind() == Kind::Number => String::from(id.raw()),
         _ => String::new(),
     };
-    build_task(&data, message_id, module.clone(), rules)
-        .map(Some)
-        .map_err(|reason| Rejection {
-            reason,
-            module: Some(module),
-        })
+    build_task(&data, message_id, task_module, rules)
 }
 
-fn check_code(code: Option<Json>) -> Result<(), Rejection> {
+fn check_code(code: Option<Json>) -> Result<(), Why> {
     let ok = match code {
         None => true,
         Some(c) => match c.kind() {
@@ -257,7 +276,7 @@ fn check_code(code: Option<Json>) -> Result<(), Rejection> {
     if ok {
         Ok(())
     } else {
-        Err(reject("message code is not a success code (1000 or 200)"))
+        Err("message code is not a success code (1000 or 200)".into())
     }
 }
 
@@ -266,7 +285,7 @@ fn build_task(
     message_id: String,
     module: String,
     rules: &TaskRules,
-) -> Result<Task, String> {
+) -> Result<Option<Task>, Why> {
     let version = match data.version() {
         Some(v) => match v.as_str() {
             Some(v) if is_valid_version(&v) => v.into_owned(),
@@ -293,19 +312,19 @@ fn build_task(
         None => return Err("no size in the task".into()),
     };
     if size > rules.max_image_size {
-        return Err(text!(
+        return Err(Why::Owned(text!(
             "image size ",
             size,
             " exceeds the slot capacity of ",
             rules.max_image_size,
             " bytes"
-        ));
+        )));
     }
     let digest = expected_digest(data)?;
 
     let channel = channel(data, size, rules)?;
     let (is_diff, ext_data, digestsign) = passthrough(data)?;
-    Ok(Task {
+    Ok(Some(Task {
         message_id,
         version,
         module,
@@ -317,16 +336,20 @@ fn build_task(
         digestsign,
         #[cfg(feature = "multi-file")]
         files: Vec::new(),
-    })
+    }))
 }
 
 /// `isDiff`, `extData` and `digestsign`, handed to the application untouched.
-fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), String> {
+fn passthrough(data: &Data) -> Result<(bool, Option<String>, Option<String>), Why> {
     let is_diff =
         matches!(data.is_diff(), Some(v) if unsigned(v) == Some(1) || v.as_bool() == Some(true));
     let ext_data = match data.ext_data() {
         Some(raw) if raw.raw().len() > MAX_EXT_DATA_LEN => {
-            return Err(text!("extData longer than ", MAX_EXT_DATA_LEN, " bytes"))
+            return Err(Why::Owned(text!(
+                "extData longer than ",
+                MAX_EXT_DATA_LEN,
+                " bytes"
+            )))
         }
         Some(raw) => Some(String::from(raw.raw())),
         None => None,
@@ -346,18 +369,18 @@ fn build_multi_file_task(
     module: String,
     version: String,
     rules: &TaskRules,
-) -> Result<Task, String> {
+) -> Result<Option<Task>, Why> {
     if files.kind() != Kind::Array {
         return Err("data.files() must be an array".into());
     }
     let count = files.elements().count();
     if count == 0 || count > MAX_FILES {
-        return Err(text!(
+        return Err(Why::Owned(text!(
             "data.files() must hold 1 to ",
             MAX_FILES,
             " files, not ",
             count
-        ));
+        )));
     }
     if string(data.d_protocol()).is_some_and(|p| p.eq_ignore_ascii_case("mqtt")) {
         return Err("multi-file tasks over the MQTT channel are not supported".into());
@@ -368,9 +391,10 @@ fn build_multi_file_task(
     for (i, file) in files.elements().enumerate() {
         // Each refusal names its file once here ("file 3: ..." until the name is known,
         // then "file a.bin: ..."), not in a `text!` per check (flash, issue #21).
-        let name = file_name(file, &parsed, rules).map_err(|e| text!("file ", i, ": ", e))?;
-        let (size, url, digest) =
-            file_parts(file, &method, rules).map_err(|e| text!("file ", name, ": ", e))?;
+        let name =
+            file_name(file, &parsed, rules).map_err(|e| Why::Owned(text!("file ", i, ": ", e)))?;
+        let (size, url, digest) = file_parts(file, &method, rules)
+            .map_err(|e| Why::Owned(text!("file ", name, ": ", e)))?;
         total = total.saturating_add(size);
         // `extend`, not `push`: LLVM made `push`'s move of the file (its digest) a `memmove`,
         // which nothing else links (~1.6 KB of flash, issue #21).
@@ -382,16 +406,16 @@ fn build_multi_file_task(
         }));
     }
     if total > rules.max_image_size {
-        return Err(text!(
+        return Err(Why::Owned(text!(
             "files of ",
             total,
             " bytes exceed the slot capacity of ",
             rules.max_image_size,
             " bytes"
-        ));
+        )));
     }
     let (is_diff, ext_data, digestsign) = passthrough(data)?;
-    Ok(Task {
+    Ok(Some(Task {
         message_id,
         version,
         module,
@@ -404,41 +428,41 @@ fn build_multi_file_task(
         ext_data,
         digestsign,
         files: parsed,
-    })
+    }))
 }
 
 /// The `fileName` of a file of a multi-file task (`parsed`: the files before it); the refusal
 /// without its "file I: ".
 #[cfg(feature = "multi-file")]
-fn file_name(file: Json, parsed: &[TaskFile], rules: &TaskRules) -> Result<String, String> {
+fn file_name(file: Json, parsed: &[TaskFile], rules: &TaskRules) -> Result<String, Why> {
     let name = match string(file.get("fileName")) {
         Some(n) if is_safe_file_name(&n) => n.into_owned(),
         Some(n) if !n.is_empty() && n.len() <= 255 => {
-            return Err(text!(
+            return Err(Why::Owned(text!(
                 "fileName \"",
                 n,
                 "\" could name a path outside the task's directory"
-            ))
+            )))
         }
         _ => return Err("fileName must be a string of 1 to 255 bytes".into()),
     };
     if let Some(j) = parsed.iter().position(|f| f.name == name) {
-        return Err(text!(
+        return Err(Why::Owned(text!(
             "fileName \"",
             name,
             "\" is also file ",
             j,
             "'s: installing both would destroy one"
-        ));
+        )));
     }
     let reserved = rules.reserved_prefixes.iter().any(|p| name.starts_with(p))
         || rules.reserved_suffixes.iter().any(|s| name.ends_with(s));
     if reserved {
-        return Err(text!(
+        return Err(Why::Owned(text!(
             "fileName \"",
             name,
             "\" is reserved for the agent's own files"
-        ));
+        )));
     }
     Ok(name)
 }
@@ -450,7 +474,7 @@ fn file_parts(
     file: Json,
     method: &Option<Result<DigestMethod, String>>,
     rules: &TaskRules,
-) -> Result<(u64, String, ExpectedDigest), String> {
+) -> Result<(u64, String, ExpectedDigest), Why> {
     let text_of = |key: &str| string(file.get(key));
     let size = match file.get("fileSize").and_then(unsigned) {
         Some(n) if n > 0 => n,
@@ -526,21 +550,21 @@ fn compiled_out(method: &str) -> Option<&'static str> {
 
 /// The digest in `field` (`sign`, or a file's `fileSign`) by `method`. One body for the task
 /// and its files (flash, issue #21).
-fn signed_digest(method: DigestMethod, hex: &str, field: &str) -> Result<ExpectedDigest, String> {
+fn signed_digest(method: DigestMethod, hex: &str, field: &str) -> Result<ExpectedDigest, Why> {
     ExpectedDigest::from_hex(method, hex).ok_or_else(|| {
-        text!(
+        Why::Owned(text!(
             method.name(),
             " digest in ",
             field,
             " must be ",
             method.digest_len() * 2,
             " hex characters"
-        )
+        ))
     })
 }
 
 /// An `md5` (or `fileMd5`) digest; refused when this build has no MD5.
-fn md5_digest(hex: &str) -> Result<ExpectedDigest, String> {
+fn md5_digest(hex: &str) -> Result<ExpectedDigest, Why> {
     #[cfg(feature = "md5")]
     return ExpectedDigest::from_hex(DigestMethod::Md5, hex)
         .ok_or_else(|| "md5 digest must be 32 hex characters".into());
@@ -553,7 +577,9 @@ fn md5_digest(hex: &str) -> Result<ExpectedDigest, String> {
 
 /// `sign` with `signMethod` when both are present and the method is known (and built in),
 /// else `md5`.
-fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
+// Out of line: with the borrowed reasons it makes `parse_envelope` smaller (flash, #21).
+#[inline(never)]
+fn expected_digest(data: &Data) -> Result<ExpectedDigest, Why> {
     let method = sign_method(data);
     let sign = string(data.sign());
     if let (Some(Ok(method)), Some(sign)) = (&method, &sign) {
@@ -564,18 +590,18 @@ fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
     }
     Err(match method {
         Some(Err(m)) => match compiled_out(&m) {
-            Some(algorithm) => text!(
+            Some(algorithm) => Why::Owned(text!(
                 "signMethod ",
                 m,
                 " is not supported: this firmware is built without ",
                 algorithm,
                 ", and there is no md5 digest to fall back on"
-            ),
-            None => text!(
+            )),
+            None => Why::Owned(text!(
                 "unsupported signMethod \"",
                 m,
                 "\" and no md5 digest to fall back on"
-            ),
+            )),
         },
         Some(Ok(_)) => "signMethod given but no sign digest".into(),
         None if sign.is_some() => "sign digest without a signMethod".into(),
@@ -584,7 +610,7 @@ fn expected_digest(data: &Data) -> Result<ExpectedDigest, String> {
 }
 
 #[cfg_attr(not(feature = "mqtt-channel"), allow(unused_variables))]
-fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String> {
+fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, Why> {
     let mqtt = match data.d_protocol().map(|p| p.as_str()) {
         None => false,
         Some(Some(p)) if p.eq_ignore_ascii_case("mqtt") => true,
@@ -607,11 +633,11 @@ fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String>
                 Some(v) => unsigned(v).ok_or("streamFileId must be a non-negative integer")?,
             };
             if size > MAX_MQTT_IMAGE {
-                return Err(text!(
+                return Err(Why::Owned(text!(
                     "image size ",
                     size,
                     " exceeds the 16 MB limit of the MQTT channel"
-                ));
+                )));
             }
             return Ok(Channel::Mqtt { stream_id, file_id });
         }
@@ -626,7 +652,7 @@ fn channel(data: &Data, size: u64, rules: &TaskRules) -> Result<Channel, String>
 }
 
 /// The URL if its scheme is allowed and it has a host and no spaces or control characters.
-fn check_url(url: &str, rules: &TaskRules) -> Result<String, String> {
+fn check_url(url: &str, rules: &TaskRules) -> Result<String, Why> {
     // A byte search: `str::find` with a `&str` pattern links the two-way searcher.
     let scheme_end = url
         .as_bytes()

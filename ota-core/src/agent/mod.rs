@@ -24,7 +24,7 @@ pub use config::{Config, Confirmation, RetryPolicy, TaskRequest};
 
 use crate::backoff::Backoff;
 use crate::digest::Hasher;
-use crate::downlink::{parse_get_reply, parse_push, reply_id, Rejection};
+use crate::downlink::{empty_push, parse_get_reply, reply_id, Rejection};
 use crate::error::Error;
 use crate::identity::{is_valid_version, Topics};
 use crate::record::{ImageId, Phase as RecordPhase, Record};
@@ -591,19 +591,18 @@ impl Agent {
     // measured in BENCHMARKS.md).
     #[inline(never)]
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
-        let parsed = if topic == self.topics.upgrade {
-            parse_push(payload, &self.config.rules).map(Some)
-        } else if topic == self.topics.firmware_get_reply {
-            parse_get_reply(payload, &self.config.rules)
-        } else {
+        // A push and a reply parse alike; only what an empty `data` means differs.
+        let push = topic == self.topics.upgrade;
+        if !push && topic != self.topics.firmware_get_reply {
             #[cfg(feature = "mqtt-channel")]
             if topic == self.topics.file_download_reply {
                 self.on_block_reply(payload);
             }
             return; // another device's topic, or one we do not serve
-        };
-        match parsed {
+        }
+        match parse_get_reply(payload, &self.config.rules) {
             Ok(Some(task)) => self.on_task(task),
+            Ok(None) if push => self.on_rejection(empty_push()),
             Ok(None) => {
                 // Pair the reply with its request to know which module has no task.
                 let id = reply_id(payload);
@@ -979,8 +978,7 @@ impl Agent {
     #[inline(never)]
     fn recover(&mut self, bytes: &[u8]) {
         let record = match Record::decode(bytes) {
-            Ok(r) if self.version_of(&r.image.module).is_some() => r,
-            Ok(_) => return, // a module this agent does not manage: not ours to touch
+            Ok(r) => r,
             Err(e) => {
                 self.notify(Note::RecordDiscarded(e));
                 self.clear_record_wanted = true;
@@ -988,7 +986,9 @@ impl Agent {
             }
         };
         let module = record.image.module.clone();
-        let running = String::from(self.version_of(&module).unwrap_or_default());
+        let Some(running) = self.version_of(&module).map(String::from) else {
+            return; // a module this agent does not manage: not ours to touch
+        };
         #[cfg(feature = "signature")]
         if let RecordPhase::Downloading { .. } = record.phase {
             if let Some(reason) = self.restored_signature_refusal(&record.image) {
@@ -1020,9 +1020,10 @@ impl Agent {
                 }
             },
             RecordPhase::Activating if running == record.image.version => {
+                // `module` and `running` (the target version here) are the note's own copies.
                 self.notify(Note::HealthCheck {
-                    module: record.image.module.clone(),
-                    version: record.image.version.clone(),
+                    module,
+                    version: running,
                 });
                 self.state = State::CheckingHealth {
                     image: record.image,
