@@ -144,10 +144,7 @@ fn the_lent_block_and_handle_body_take_the_same_bytes() {
 
 #[test]
 fn lent_block_contract_violations_are_errors() {
-    let mut w = world(20_000);
-    w.connect();
-    w.faults.push_back(Fault::StallAfter(0));
-    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let mut w = waiting_for_the_first_response();
     let now = w.now;
     let current = FetchId(0);
     assert_eq!(
@@ -158,12 +155,7 @@ fn lent_block_contract_violations_are_errors() {
         w.agent.body_buffer(now, FetchId(9)),
         Err(Error::UnknownFetch)
     );
-    let ok = Event::HttpResponse {
-        fetch: current,
-        status: 200,
-        content_length: Some(20_000),
-        content_range: None,
-    };
+    let ok = whole_body_response(current);
     w.agent.handle(now, ok).unwrap();
     let lent = match w.agent.body_buffer(now, current).unwrap() {
         BodyBuffer::Lent(buffer) => buffer.len(),
@@ -182,18 +174,10 @@ fn lent_block_contract_violations_are_errors() {
 fn a_lent_block_does_not_outlive_the_next_input() {
     // `body_filled` reuses what `body_buffer` decided only until another input: bytes read
     // into a lend whose fetch failed meanwhile are dropped, not staged.
-    let mut w = world(20_000);
-    w.connect();
-    w.faults.push_back(Fault::StallAfter(0));
-    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let mut w = waiting_for_the_first_response();
     let now = w.now;
     let current = FetchId(0);
-    let ok = Event::HttpResponse {
-        fetch: current,
-        status: 200,
-        content_length: Some(20_000),
-        content_range: None,
-    };
+    let ok = whole_body_response(current);
     w.agent.handle(now, ok).unwrap();
     assert!(matches!(
         w.agent.body_buffer(now, current),
@@ -239,10 +223,7 @@ fn a_lent_block_filled_after_the_progress_interval_notifies_the_percentage() {
     // `body_buffer` decides how many bytes `body_filled` may stage with nothing else to do
     // for the clock it is given; filled once the progress interval has passed, the bytes
     // reach the next percentage (not the next step) and it is notified.
-    let mut w = world(20_000);
-    w.connect();
-    w.faults.push_back(Fault::StallAfter(0));
-    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let mut w = waiting_for_the_first_response();
     let t0 = w.now;
     let fetch = FetchId(0);
     let ok = Event::HttpResponse {
@@ -282,10 +263,7 @@ fn a_lent_block_filled_after_the_progress_interval_notifies_the_percentage() {
 fn after_a_quiet_fill_the_rest_of_the_block_is_lent() {
     // A fill that only stages leaves its lend in place, less the bytes filled: the next
     // `body_buffer` lends exactly the rest of the block, as deciding afresh would.
-    let mut w = world(20_000);
-    w.connect();
-    w.faults.push_back(Fault::StallAfter(0));
-    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let mut w = waiting_for_the_first_response();
     let now = w.now;
     let fetch = FetchId(0);
     let ok = Event::HttpResponse {
@@ -554,22 +532,14 @@ fn messages_on_foreign_topics_and_stale_http_events_are_ignored() {
 
 #[test]
 fn http_contract_violations_are_errors() {
-    let mut w = world(20_000);
-    w.connect();
-    w.faults.push_back(Fault::StallAfter(0));
-    w.run_until(|w| !w.fetch_offsets.is_empty());
+    let mut w = waiting_for_the_first_response();
     let now = w.now;
     let current = FetchId(0);
     assert_eq!(
         w.agent.handle_body(now, current, b"x"),
         Err(Error::BodyBeforeResponse)
     );
-    let ok = Event::HttpResponse {
-        fetch: current,
-        status: 200,
-        content_length: Some(20_000),
-        content_range: None,
-    };
+    let ok = whole_body_response(current);
     w.agent.handle(now, ok).unwrap();
     assert_eq!(w.agent.handle(now, ok), Err(Error::DuplicateResponse));
     assert_eq!(
@@ -702,4 +672,25 @@ fn offline_a_task_failure_report_outlives_any_number_of_refusals() {
         "{:?}",
         w.progress
     );
+}
+
+/// A world of a 20,000-byte image whose first fetch is asked for and stalls before any
+/// answer: the state the HTTP contract tests start from (the fetch is `FetchId(0)`).
+fn waiting_for_the_first_response() -> World {
+    let mut w = world(20_000);
+    w.connect();
+    w.faults.push_back(Fault::StallAfter(0));
+    w.run_until(|w| !w.fetch_offsets.is_empty());
+    w
+}
+
+/// The `200` with the whole image's length that answers `fetch` of
+/// [`waiting_for_the_first_response`].
+fn whole_body_response(fetch: FetchId) -> Event<'static> {
+    Event::HttpResponse {
+        fetch,
+        status: 200,
+        content_length: Some(20_000),
+        content_range: None,
+    }
 }
