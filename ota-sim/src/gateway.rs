@@ -553,15 +553,7 @@ impl Gateways {
             added.push(sub);
         }
         for sub in &added {
-            self.topology
-                .entry(gateway.clone())
-                .or_default()
-                .insert(sub.clone());
-            self.subs
-                .entry(sub.clone())
-                .or_default()
-                .home
-                .get_or_insert(gateway.clone());
+            self.add_to_topology(gateway, sub);
             tracing::info!("{gateway}: topology now has {sub}");
         }
         (200, Value::Array(added.iter().map(device_json).collect()))

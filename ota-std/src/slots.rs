@@ -230,20 +230,8 @@ mod tests {
     }
 
     fn task(size: u64) -> Task {
-        Task {
-            message_id: "1".into(),
-            version: "2".into(),
-            module: "default".into(),
-            size,
-            digest: ota_core::ExpectedDigest::new(ota_core::DigestMethod::Md5, &[0; 16]).unwrap(),
-            channel: ota_core::Channel::Http {
-                url: "http://h/f".into(),
-            },
-            is_diff: false,
-            ext_data: None,
-            digestsign: None,
-            files: Vec::new(),
-        }
+        let digest = ota_core::ExpectedDigest::new(ota_core::DigestMethod::Md5, &[0; 16]);
+        crate::storage::http_task("2", size, digest.unwrap())
     }
 
     /// The staging file is synced before a record that vouches for more bytes than the last

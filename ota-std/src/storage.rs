@@ -500,10 +500,29 @@ pub(crate) fn run_command(command: &str, env: &[(&str, &str)]) -> Result<(), Str
     }
 }
 
+/// A single-file HTTP task of the default module, for the tests of this crate's storage.
+#[cfg(test)]
+pub(crate) fn http_task(version: &str, size: u64, digest: ota_core::ExpectedDigest) -> Task {
+    Task {
+        message_id: "1".into(),
+        version: version.into(),
+        module: "default".into(),
+        size,
+        digest,
+        channel: ota_core::Channel::Http {
+            url: "http://h/f".into(),
+        },
+        is_diff: false,
+        ext_data: None,
+        digestsign: None,
+        files: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ota_core::{Channel, DigestMethod, ExpectedDigest};
+    use ota_core::{DigestMethod, ExpectedDigest};
 
     fn slot(dir: &Path) -> Slot {
         Slot {
@@ -523,20 +542,7 @@ mod tests {
 
     /// A task for the image `data`.
     fn task(data: &[u8]) -> Task {
-        Task {
-            message_id: "1".into(),
-            version: "2.0".into(),
-            module: "default".into(),
-            size: data.len() as u64,
-            digest: sha256(data),
-            channel: Channel::Http {
-                url: "http://h/f".into(),
-            },
-            is_diff: false,
-            ext_data: None,
-            digestsign: None,
-            files: Vec::new(),
-        }
+        http_task("2.0", data.len() as u64, sha256(data))
     }
 
     #[test]
