@@ -226,12 +226,7 @@ fn a_lent_block_filled_after_the_progress_interval_notifies_the_percentage() {
     let mut w = waiting_for_the_first_response();
     let t0 = w.now;
     let fetch = FetchId(0);
-    let ok = Event::HttpResponse {
-        fetch,
-        status: 200,
-        content_length: Some(20_000),
-        content_range: None,
-    };
+    let ok = whole_body_response(fetch);
     w.agent.handle(t0, ok).unwrap();
     assert!(drain_answering(&mut w.agent, t0).is_empty());
     assert_eq!(w.agent.handle_body(t0, fetch, &[0; 100]), Ok(100));
@@ -266,12 +261,7 @@ fn after_a_quiet_fill_the_rest_of_the_block_is_lent() {
     let mut w = waiting_for_the_first_response();
     let now = w.now;
     let fetch = FetchId(0);
-    let ok = Event::HttpResponse {
-        fetch,
-        status: 200,
-        content_length: Some(20_000),
-        content_range: None,
-    };
+    let ok = whole_body_response(fetch);
     w.agent.handle(now, ok).unwrap();
     drain_answering(&mut w.agent, now);
     assert_eq!(w.agent.handle_body(now, fetch, &[0; 100]), Ok(100));
